@@ -1,0 +1,153 @@
+// Command dingproxy is a sidecar reverse proxy that makes any DingTalk client
+// reliable: one shared access token, DingTalk-aware retries that never repeat
+// a send, and more. See the README.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/dingproxy/dingproxy/internal/app"
+	"github.com/dingproxy/dingproxy/internal/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit statuses.
+const (
+	exitOK        = 0
+	exitFailure   = 1
+	exitBadConfig = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dingproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration `file` (default: built-in defaults and DINGPROXY_* environment)")
+	checkOnly := fs.Bool("check-config", false, "validate the configuration and exit: 0 if valid, 2 if not")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return exitBadConfig
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "dingproxy: unexpected arguments: %q\n", fs.Args())
+		return exitBadConfig
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "dingproxy %s\n", version)
+		return exitOK
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "dingproxy: invalid configuration:\n%s\n", indent(err.Error()))
+		return exitBadConfig
+	}
+	if *checkOnly {
+		fmt.Fprintln(stdout, "configuration is valid")
+		return exitOK
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "dingproxy: %v\n", err)
+		return exitBadConfig
+	}
+	defer log.Sync()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("dingproxy stopped", zap.Error(err))
+		return exitFailure
+	}
+	return exitOK
+}
+
+func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+	a, err := app.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("admin listen: %w", err)
+	}
+	a.Start()
+	errLog := zap.NewStdLog(log.Named("http"))
+	srv := &http.Server{Handler: a.Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	admin := &http.Server{Handler: a.AdminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- admin.Serve(adminLn) }()
+	a.SetReady(true)
+	log.Info("dingproxy started", zap.String("version", version), zap.String("listen", ln.Addr().String()),
+		zap.String("admin_listen", adminLn.Addr().String()), zap.Bool("injecting_tokens", a.Tokens() != nil))
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	log.Info("shutting down", zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
+	a.SetReady(false)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	admin.Close()
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if err != nil {
+		log.Warn("in-flight requests cut at shutdown_timeout")
+	}
+	return nil
+}
+
+func newLogger(c config.Log, stderr io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if c.Format == "console" {
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	core := zapcore.NewCore(enc, zapcore.AddSync(stderr), zap.NewAtomicLevelAt(level))
+	return zap.New(core), nil
+}
+
+func indent(s string) string {
+	out := "  "
+	for _, r := range s {
+		out += string(r)
+		if r == '\n' {
+			out += "  "
+		}
+	}
+	return out
+}

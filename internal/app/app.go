@@ -1,0 +1,192 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/proxy"
+	"github.com/dingproxy/dingproxy/internal/retry"
+	"github.com/dingproxy/dingproxy/internal/token"
+)
+
+// App is a running dingproxy minus its listeners.
+type App struct {
+	cfg    *config.Config
+	log    *zap.Logger
+	base   *http.Transport
+	tokens *token.Source // nil in pass-through mode
+	retry  *retry.Transport
+	proxy  *proxy.Proxy
+	ready  atomic.Bool
+
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// New builds an App from cfg, which must have passed Validate.
+func New(cfg *config.Config, log *zap.Logger) (*App, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	oapi, err := url.Parse(cfg.Upstreams.OAPI)
+	if err != nil {
+		return nil, fmt.Errorf("app: upstreams.oapi: %w", err)
+	}
+	api, err := url.Parse(cfg.Upstreams.API)
+	if err != nil {
+		return nil, fmt.Errorf("app: upstreams.api: %w", err)
+	}
+	a := &App{cfg: cfg, log: log, base: NewUpstreamTransport()}
+	if cfg.App.Key != "" {
+		var f token.Fetcher
+		if cfg.Token.Endpoint == config.EndpointGetToken {
+			f = token.NewGetTokenFetcher(a.base, cfg.Upstreams.OAPI, cfg.App.Key, cfg.App.Secret.Reveal())
+		} else {
+			f = token.NewOAuth2Fetcher(a.base, cfg.Upstreams.API, cfg.App.Key, cfg.App.Secret.Reveal())
+		}
+		a.tokens = token.NewSource(f, token.Options{
+			RefreshBefore: cfg.Token.RefreshBefore,
+			FetchTimeout:  cfg.Retry.PerTryTimeout,
+			Logger:        log.Named("token"),
+		})
+	} else {
+		log.Info("pass-through mode: no app.key configured, tokens are not injected")
+	}
+	a.retry = retry.NewTransport(a.base, RetryPolicy(cfg))
+	a.retry.Budget = retry.NewBudget(cfg.Retry.Budget.Ratio, cfg.Retry.Budget.MinPerSecond)
+	a.retry.Logger = log.Named("retry")
+	if a.tokens != nil {
+		a.retry.Prepare = proxy.Injector(a.tokens)
+		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
+	}
+	a.proxy = proxy.New(proxy.Options{
+		OAPI: oapi, API: api,
+		Transport: a.retry,
+		Tokens:    a.tokens,
+		AppKey:    cfg.App.Key, AppSecret: cfg.App.Secret.Reveal(),
+		Logger: log.Named("proxy"),
+	}, ProxyPolicy(cfg))
+	return a, nil
+}
+
+// NewUpstreamTransport is the bottom of the chain, tuned for a proxy that
+// talks to two hosts: many idle connections per host, HTTP/2 where offered,
+// and no compression of its own, so answers pass through as DingTalk sent them.
+func NewUpstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 128
+	t.IdleConnTimeout = 90 * time.Second
+	t.ForceAttemptHTTP2 = true
+	t.DisableCompression = true
+	t.Proxy = nil // a sidecar talks to DingTalk directly; HTTP_PROXY would bypass the pod's egress policy silently
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	return t
+}
+
+// RetryPolicy turns cfg's retry section into the attempt loop's policy.
+func RetryPolicy(cfg *config.Config) retry.Policy {
+	return retry.Policy{
+		MaxAttempts:     cfg.Retry.MaxAttempts,
+		PerTryTimeout:   cfg.Retry.PerTryTimeout,
+		Timeout:         cfg.Retry.Timeout,
+		BackoffBase:     cfg.Retry.Backoff.Base,
+		BackoffMax:      cfg.Retry.Backoff.Max,
+		ThrottlePenalty: dingtalk.ThrottlePenalty * time.Second,
+	}
+}
+
+// ProxyPolicy turns cfg's routes into the proxy's policy.
+func ProxyPolicy(cfg *config.Config) proxy.Policy {
+	p := proxy.Policy{Routes: make(map[string]proxy.Route, len(cfg.Routes)), MaxBodyBytes: cfg.Retry.MaxBodyBytes}
+	for _, r := range cfg.Routes {
+		p.Routes[r.Path] = proxy.Route{Idempotent: r.Idempotent}
+	}
+	return p
+}
+
+// Start starts the background work (the token refresher).
+func (a *App) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stop = cancel
+	if a.tokens != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.tokens.Run(ctx)
+		}()
+	}
+}
+
+// SetReady says whether the proxy accepts requests, for /readyz.
+func (a *App) SetReady(ok bool) { a.ready.Store(ok) }
+
+// Close stops the background work and drops idle upstream connections.
+func (a *App) Close() {
+	if a.stop != nil {
+		a.stop()
+	}
+	a.wg.Wait()
+	if a.tokens != nil {
+		a.tokens.Close()
+	}
+	a.base.CloseIdleConnections()
+}
+
+// Handler is the proxy.
+func (a *App) Handler() http.Handler { return a.proxy }
+
+// Tokens is the shared token source, nil in pass-through mode.
+func (a *App) Tokens() *token.Source { return a.tokens }
+
+// AdminHandler serves /healthz and /readyz.
+func (a *App) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", a.readyz)
+	return mux
+}
+
+// readyz reports readiness and the token state. It never fails because
+// DingTalk is down: one dependency's outage must not empty the Service.
+func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
+	type tokenState struct {
+		Mode             string  `json:"mode"`
+		Held             bool    `json:"held"`
+		ExpiresInSeconds float64 `json:"expires_in_seconds,omitempty"`
+		LastError        string  `json:"last_error,omitempty"`
+	}
+	out := struct {
+		Ready bool       `json:"ready"`
+		Token tokenState `json:"token"`
+	}{Ready: a.ready.Load(), Token: tokenState{Mode: "pass-through"}}
+	if a.tokens != nil {
+		st := a.tokens.State()
+		out.Token = tokenState{Mode: "injecting", Held: st.Held, LastError: st.LastError}
+		if st.Held {
+			out.Token.ExpiresInSeconds = time.Until(st.ExpiresAt).Truncate(time.Second).Seconds()
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !out.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(out)
+}
+
+// RetryTransport is the attempt loop, for tests and reload.
+func (a *App) RetryTransport() *retry.Transport { return a.retry }

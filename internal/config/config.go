@@ -1,0 +1,231 @@
+package config
+
+import (
+	"time"
+)
+
+// Config is dingproxy's whole configuration: SPEC's YAML schema. Every key can
+// also come from the environment as DINGPROXY_ + the key upper-cased with dots
+// as underscores. Zero values are never defaults: Default returns those.
+type Config struct {
+	// Listen is the proxy's address, host:port. Default 127.0.0.1:8080.
+	Listen string `mapstructure:"listen"`
+	// AdminListen serves /metrics, /healthz and /readyz, host:port. Default
+	// 127.0.0.1:9090. It must differ from Listen, unless both are port 0.
+	AdminListen string `mapstructure:"admin_listen"`
+	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
+	// Default 20s; must be > 0.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// Upstreams are DingTalk's hosts.
+	Upstreams Upstreams `mapstructure:"upstreams"`
+	// App holds the app's credentials.
+	App App `mapstructure:"app"`
+	// Token configures the shared access token.
+	Token Token `mapstructure:"token"`
+	// Retry configures the attempt loop.
+	Retry Retry `mapstructure:"retry"`
+	// Pacing keeps calls under DingTalk's rate limits.
+	Pacing Pacing `mapstructure:"pacing"`
+	// Breaker configures the per-route circuit breakers.
+	Breaker Breaker `mapstructure:"breaker"`
+	// Routes is per-path policy. Default: asyncsend_v2 is not idempotent and
+	// falls back to a "queued later" answer. An empty list means no routes;
+	// from the environment, DINGPROXY_ROUTES holds a YAML or JSON list.
+	Routes []Route `mapstructure:"routes"`
+	// Log configures logging.
+	Log Log `mapstructure:"log"`
+}
+
+// Upstreams are DingTalk's two hosts, as absolute URLs without a path.
+type Upstreams struct {
+	// OAPI serves every path except /v1.0/ and /v2.0/. Default
+	// https://oapi.dingtalk.com. http is allowed, for local fakes.
+	OAPI string `mapstructure:"oapi"`
+	// API serves /v1.0/ and /v2.0/ paths. Default https://api.dingtalk.com.
+	API string `mapstructure:"api"`
+}
+
+// App holds the credentials. With both empty the proxy runs in pass-through mode.
+type App struct {
+	// Key is the app key (DINGPROXY_APP_KEY). Set with Secret or not at all.
+	Key string `mapstructure:"key"`
+	// Secret is the app secret (DINGPROXY_APP_SECRET). It never prints.
+	Secret Secret `mapstructure:"secret"`
+}
+
+// Token configures the shared access token.
+type Token struct {
+	// RefreshBefore is how long before expiry the background refresh runs.
+	// Default 10m; must be > 0.
+	RefreshBefore time.Duration `mapstructure:"refresh_before"`
+	// Endpoint is "oauth2" (POST /v1.0/oauth2/accessToken) or "gettoken" (GET /gettoken).
+	// Default "oauth2".
+	Endpoint string `mapstructure:"endpoint"`
+}
+
+// Token endpoint names.
+const (
+	EndpointOAuth2   = "oauth2"
+	EndpointGetToken = "gettoken"
+)
+
+// Retry configures the attempt loop.
+type Retry struct {
+	// MaxAttempts counts the first try: 1 means no retries. Default 4; 1 to 10.
+	MaxAttempts int `mapstructure:"max_attempts"`
+	// PerTryTimeout bounds one attempt up to its response headers. Default
+	// 10s; must be > 0 and <= Timeout.
+	PerTryTimeout time.Duration `mapstructure:"per_try_timeout"`
+	// Timeout bounds the whole request: all attempts and waits. Default 30s;
+	// must be > 0.
+	Timeout time.Duration `mapstructure:"timeout"`
+	// Backoff is the wait between attempts.
+	Backoff Backoff `mapstructure:"backoff"`
+	// MaxBodyBytes is the largest request body buffered for replay, in bytes.
+	// Default 1048576 (1 MiB). Zero buffers nothing: a request with a body is
+	// streamed once and not retried.
+	MaxBodyBytes int64 `mapstructure:"max_body_bytes"`
+	// Budget caps how many retries are made.
+	Budget Budget `mapstructure:"budget"`
+}
+
+// Backoff is full-jitter exponential backoff between Base and Max.
+type Backoff struct {
+	// Base is the first wait's upper bound. Default 100ms; must be > 0.
+	Base time.Duration `mapstructure:"base"`
+	// Max caps every wait. Default 5s; must be >= Base.
+	Max time.Duration `mapstructure:"max"`
+}
+
+// Budget caps retries at Ratio of recent requests plus MinPerSecond.
+type Budget struct {
+	// Ratio is the share of recent requests that may be retries. Default 0.2;
+	// 0 to 1, where 0 leaves only MinPerSecond.
+	Ratio float64 `mapstructure:"ratio"`
+	// MinPerSecond is how many retries per second are always allowed. Default
+	// 5; must be >= 0.
+	MinPerSecond float64 `mapstructure:"min_per_second"`
+}
+
+// Pacing keeps calls under DingTalk's limits.
+type Pacing struct {
+	// PerAPIQPS is the most calls per second sent to one path. Default 20;
+	// must be > 0.
+	PerAPIQPS float64 `mapstructure:"per_api_qps"`
+	// GlobalQPS is the most calls per second sent in all. Default 450; must
+	// be > 0.
+	GlobalQPS float64 `mapstructure:"global_qps"`
+}
+
+// Breaker configures the per-route circuit breakers.
+type Breaker struct {
+	// FailureRatio of requests in Window that opens the breaker. Default 0.5;
+	// must be > 0 and <= 1.
+	FailureRatio float64 `mapstructure:"failure_ratio"`
+	// MinRequests in Window before FailureRatio is judged. Default 20; >= 1.
+	MinRequests uint32 `mapstructure:"min_requests"`
+	// Window is the closed state's counting period. Default 30s; must be > 0.
+	Window time.Duration `mapstructure:"window"`
+	// OpenTimeout is how long the breaker stays open before probing. Default
+	// 15s; must be > 0.
+	OpenTimeout time.Duration `mapstructure:"open_timeout"`
+	// HalfOpenRequests is how many probes run while half-open. Default 3; >= 1.
+	HalfOpenRequests uint32 `mapstructure:"half_open_requests"`
+	// MaxRoutes is how many paths get a breaker of their own; the rest share
+	// one. Default 512; >= 1.
+	MaxRoutes int `mapstructure:"max_routes"`
+}
+
+// Route is per-path policy.
+type Route struct {
+	// Path is matched exactly against the request path. It starts with "/"
+	// and appears once in Routes.
+	Path string `mapstructure:"path"`
+	// Idempotent, when set, overrides dingproxy's own judgement of the route:
+	// true lets every outcome be retried, false forbids retries that could
+	// repeat an executed call, even when the request carries an idempotency key.
+	// Absent (nil) leaves the judgement to dingproxy.
+	Idempotent *bool `mapstructure:"idempotent"`
+	// Fallback, when set, replaces the default answer of an open breaker.
+	Fallback *Fallback `mapstructure:"fallback"`
+}
+
+// Fallback is what an open breaker answers on the route.
+type Fallback struct {
+	// Status is the HTTP status, 100 to 599. It may be 0 only when Stale is
+	// the only field set: then the default answer follows a too-old stale one.
+	Status int `mapstructure:"status"`
+	// Headers are added to the answer. Names must be HTTP tokens. Names loaded
+	// by Load arrive lower-cased (viper folds map keys); HTTP header names are
+	// case-insensitive, so write them with http.Header.Set, which
+	// canonicalises them.
+	Headers map[string]string `mapstructure:"headers"`
+	// Body is sent as is.
+	Body string `mapstructure:"body"`
+	// Stale, when positive, serves the last good answer up to this age first.
+	// Zero serves no stale answers; it must not be negative.
+	Stale time.Duration `mapstructure:"stale"`
+}
+
+// Log configures zap.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `mapstructure:"level"`
+	// Format is json or console. Default json.
+	Format string `mapstructure:"format"`
+}
+
+// Secret is a string that never prints: fmt, JSON, text and zap see REDACTED.
+type Secret string
+
+// Redacted is what a Secret prints as.
+const Redacted = "REDACTED"
+
+func (s Secret) String() string { return Redacted }
+
+// GoString keeps %#v from printing the value.
+func (s Secret) GoString() string { return Redacted }
+
+// MarshalText keeps encoders from printing the value.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(Redacted), nil }
+
+// Reveal returns the secret itself, for the one place that must send it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Default returns the built-in configuration: SPEC's example.
+func Default() Config {
+	f := false
+	return Config{
+		Listen:          "127.0.0.1:8080",
+		AdminListen:     "127.0.0.1:9090",
+		ShutdownTimeout: 20 * time.Second,
+		Upstreams: Upstreams{
+			OAPI: "https://oapi.dingtalk.com",
+			API:  "https://api.dingtalk.com",
+		},
+		Token: Token{RefreshBefore: 10 * time.Minute, Endpoint: EndpointOAuth2},
+		Retry: Retry{
+			MaxAttempts:   4,
+			PerTryTimeout: 10 * time.Second,
+			Timeout:       30 * time.Second,
+			Backoff:       Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+			MaxBodyBytes:  1 << 20,
+			Budget:        Budget{Ratio: 0.2, MinPerSecond: 5},
+		},
+		Pacing: Pacing{PerAPIQPS: 20, GlobalQPS: 450},
+		Breaker: Breaker{
+			FailureRatio:     0.5,
+			MinRequests:      20,
+			Window:           30 * time.Second,
+			OpenTimeout:      15 * time.Second,
+			HalfOpenRequests: 3,
+			MaxRoutes:        512,
+		},
+		Routes: []Route{{
+			Path:       "/topapi/message/corpconversation/asyncsend_v2",
+			Idempotent: &f,
+			Fallback:   &Fallback{Status: 200, Body: `{"errcode":-1,"errmsg":"queued later"}`},
+		}},
+		Log: Log{Level: "info", Format: "json"},
+	}
+}

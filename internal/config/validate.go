@@ -1,0 +1,234 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FieldError is one problem with one key. Its Error is Key + ": " + Msg, for
+// example "retry.backoff.max: must be >= retry.backoff.base (100ms), got 50ms".
+// The messages are public: users and tests read them.
+type FieldError struct {
+	// Key is the dotted YAML key, with list indexes: "routes[2].path".
+	Key string
+	// Msg states the rule and, except for secrets, the value found.
+	Msg string
+}
+
+func (e *FieldError) Error() string { return e.Key + ": " + e.Msg }
+
+// Validate reports every problem in c, in the order of Config's fields, as
+// *FieldError values joined with errors.Join; nil when there are none. No
+// message contains app.secret's value.
+func (c *Config) Validate() error {
+	fes := c.validate()
+	if len(fes) == 0 {
+		return nil
+	}
+	errs := make([]error, len(fes))
+	for i, e := range fes {
+		errs[i] = e
+	}
+	return errors.Join(errs...)
+}
+
+// validator collects FieldErrors.
+type validator struct {
+	errs []*FieldError
+}
+
+func (v *validator) add(key, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) positive(key string, d time.Duration) bool {
+	if d <= 0 {
+		v.add(key, "must be > 0, got %s", d)
+		return false
+	}
+	return true
+}
+
+func (v *validator) atLeast(key string, n, minimum int64) {
+	if n < minimum {
+		v.add(key, "must be >= %d, got %d", minimum, n)
+	}
+}
+
+func (v *validator) positiveFloat(key string, f float64) {
+	if !(f > 0) { // also NaN
+		v.add(key, "must be > 0, got %s", fmtFloat(f))
+	}
+}
+
+func (c *Config) validate() []*FieldError {
+	var v validator
+
+	listenOK := v.hostPort("listen", c.Listen)
+	if v.hostPort("admin_listen", c.AdminListen) && listenOK && c.AdminListen == c.Listen {
+		// Port 0 picks a free port for each: they cannot collide.
+		if _, port, _ := net.SplitHostPort(c.Listen); port != "0" {
+			v.add("admin_listen", "must differ from listen (%q)", c.Listen)
+		}
+	}
+	v.positive("shutdown_timeout", c.ShutdownTimeout)
+
+	v.upstream("upstreams.oapi", c.Upstreams.OAPI)
+	v.upstream("upstreams.api", c.Upstreams.API)
+
+	// Never show the secret: say only whether it is set.
+	switch {
+	case c.App.Key == "" && c.App.Secret != "":
+		v.add("app.key", "must be set when app.secret is set")
+	case c.App.Key != "" && c.App.Secret == "":
+		v.add("app.secret", "must be set when app.key is set")
+	}
+
+	v.positive("token.refresh_before", c.Token.RefreshBefore)
+	if e := c.Token.Endpoint; e != EndpointOAuth2 && e != EndpointGetToken {
+		v.add("token.endpoint", "must be %q or %q, got %q", EndpointOAuth2, EndpointGetToken, e)
+	}
+
+	r := c.Retry
+	if r.MaxAttempts < 1 || r.MaxAttempts > 10 {
+		v.add("retry.max_attempts", "must be between 1 and 10, got %d", r.MaxAttempts)
+	}
+	if v.positive("retry.per_try_timeout", r.PerTryTimeout) && r.Timeout > 0 && r.PerTryTimeout > r.Timeout {
+		v.add("retry.per_try_timeout", "must be <= retry.timeout (%s), got %s", r.Timeout, r.PerTryTimeout)
+	}
+	v.positive("retry.timeout", r.Timeout)
+	v.positive("retry.backoff.base", r.Backoff.Base)
+	if v.positive("retry.backoff.max", r.Backoff.Max) && r.Backoff.Base > 0 && r.Backoff.Max < r.Backoff.Base {
+		v.add("retry.backoff.max", "must be >= retry.backoff.base (%s), got %s", r.Backoff.Base, r.Backoff.Max)
+	}
+	v.atLeast("retry.max_body_bytes", r.MaxBodyBytes, 0)
+	if f := r.Budget.Ratio; !(f >= 0 && f <= 1) {
+		v.add("retry.budget.ratio", "must be between 0 and 1, got %s", fmtFloat(f))
+	}
+	if f := r.Budget.MinPerSecond; !(f >= 0) {
+		v.add("retry.budget.min_per_second", "must be >= 0, got %s", fmtFloat(f))
+	}
+
+	v.positiveFloat("pacing.per_api_qps", c.Pacing.PerAPIQPS)
+	v.positiveFloat("pacing.global_qps", c.Pacing.GlobalQPS)
+
+	b := c.Breaker
+	if f := b.FailureRatio; !(f > 0 && f <= 1) {
+		v.add("breaker.failure_ratio", "must be > 0 and <= 1, got %s", fmtFloat(f))
+	}
+	v.atLeast("breaker.min_requests", int64(b.MinRequests), 1)
+	v.positive("breaker.window", b.Window)
+	v.positive("breaker.open_timeout", b.OpenTimeout)
+	v.atLeast("breaker.half_open_requests", int64(b.HalfOpenRequests), 1)
+	v.atLeast("breaker.max_routes", int64(b.MaxRoutes), 1)
+
+	v.routes(c.Routes)
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.add("log.level", `must be "debug", "info", "warn" or "error", got %q`, c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		v.add("log.format", `must be "json" or "console", got %q`, c.Log.Format)
+	}
+	return v.errs
+}
+
+// hostPort checks a listen address: host:port, the host possibly empty, the
+// port a number.
+func (v *validator) hostPort(key, addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		v.add(key, "must be host:port, got %q", addr)
+		return false
+	}
+	return true
+}
+
+// upstream checks an absolute http(s) URL with nothing after the host but an
+// optional "/". A password in the URL is shown as "xxxxx".
+func (v *validator) upstream(key, raw string) {
+	u, err := url.Parse(raw)
+	if err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.User == nil &&
+		(u.Path == "" || u.Path == "/") && u.RawPath == "" && u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" {
+		return
+	}
+	shown := raw
+	if err == nil && u.User != nil {
+		shown = u.Redacted()
+	}
+	v.add(key, "must be an absolute http or https URL with no path, query or user info, got %q", shown)
+}
+
+func (v *validator) routes(routes []Route) {
+	seen := make(map[string]int, len(routes))
+	for i, r := range routes {
+		key := fmt.Sprintf("routes[%d]", i)
+		switch first, dup := seen[r.Path]; {
+		case !strings.HasPrefix(r.Path, "/"):
+			v.add(key+".path", "must start with %q, got %q", "/", r.Path)
+		case dup:
+			v.add(key+".path", "duplicate of routes[%d].path %q", first, r.Path)
+		default:
+			seen[r.Path] = i
+		}
+		if r.Fallback != nil {
+			v.fallback(key+".fallback", r.Fallback)
+		}
+	}
+}
+
+func (v *validator) fallback(key string, f *Fallback) {
+	switch {
+	case f.Status == 0 && f.Stale > 0 && len(f.Headers) == 0 && f.Body == "":
+		// Only stale: the default answer follows a too-old stale one.
+	case f.Status == 0:
+		v.add(key+".status", "must be set (100 to 599) unless only fallback.stale is set")
+	case f.Status < 100 || f.Status > 599:
+		v.add(key+".status", "must be between 100 and 599, got %d", f.Status)
+	}
+	names := make([]string, 0, len(f.Headers))
+	for name := range f.Headers {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if !isToken(name) {
+			v.add(key+".headers", "header name must be a valid HTTP token, got %q", name)
+		}
+	}
+	if f.Stale < 0 {
+		v.add(key+".stale", "must be >= 0, got %s", f.Stale)
+	}
+}
+
+// isToken reports whether s is an RFC 9110 token, as a header name must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }

@@ -1,0 +1,162 @@
+package config
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		modify func(*Config)
+		want   string // "" means valid
+	}{
+		{"default", func(*Config) {}, ""},
+
+		{"listen without port", func(c *Config) { c.Listen = "8080" }, `listen: must be host:port, got "8080"`},
+		{"listen named port", func(c *Config) { c.Listen = ":http" }, `listen: must be host:port, got ":http"`},
+		{"listen port too big", func(c *Config) { c.Listen = "127.0.0.1:65536" }, `listen: must be host:port, got "127.0.0.1:65536"`},
+		{"listen empty", func(c *Config) { c.Listen = "" }, `listen: must be host:port, got ""`},
+		{"listen empty host", func(c *Config) { c.Listen = ":8080" }, ""},
+		{"listen ipv6", func(c *Config) { c.Listen = "[::1]:8080" }, ""},
+		{"admin_listen bad", func(c *Config) { c.AdminListen = "localhost" }, `admin_listen: must be host:port, got "localhost"`},
+		{"admin_listen same", func(c *Config) { c.AdminListen = c.Listen }, `admin_listen: must differ from listen ("127.0.0.1:8080")`},
+		{"both port 0", func(c *Config) { c.Listen, c.AdminListen = "127.0.0.1:0", "127.0.0.1:0" }, ""},
+		{"shutdown_timeout zero", func(c *Config) { c.ShutdownTimeout = 0 }, "shutdown_timeout: must be > 0, got 0s"},
+
+		{"api host only", func(c *Config) { c.Upstreams.API = "api.dingtalk.com" },
+			`upstreams.api: must be an absolute http or https URL with no path, query or user info, got "api.dingtalk.com"`},
+		{"oapi path", func(c *Config) { c.Upstreams.OAPI = "https://oapi.dingtalk.com/topapi" },
+			`upstreams.oapi: must be an absolute http or https URL with no path, query or user info, got "https://oapi.dingtalk.com/topapi"`},
+		{"api query", func(c *Config) { c.Upstreams.API = "https://api.dingtalk.com?x=1" },
+			`upstreams.api: must be an absolute http or https URL with no path, query or user info, got "https://api.dingtalk.com?x=1"`},
+		{"api user info hides password", func(c *Config) { c.Upstreams.API = "https://u:hunter2@api.dingtalk.com" },
+			`upstreams.api: must be an absolute http or https URL with no path, query or user info, got "https://u:xxxxx@api.dingtalk.com"`},
+		{"api other scheme", func(c *Config) { c.Upstreams.API = "ws://api.dingtalk.com" },
+			`upstreams.api: must be an absolute http or https URL with no path, query or user info, got "ws://api.dingtalk.com"`},
+		{"api empty", func(c *Config) { c.Upstreams.API = "" },
+			`upstreams.api: must be an absolute http or https URL with no path, query or user info, got ""`},
+		{"upstreams http and trailing slash", func(c *Config) {
+			c.Upstreams.API, c.Upstreams.OAPI = "http://127.0.0.1:8002/", "http://localhost:8001"
+		}, ""},
+
+		{"key without secret", func(c *Config) { c.App.Key = "k" }, "app.secret: must be set when app.key is set"},
+		{"secret without key", func(c *Config) { c.App.Secret = "s" }, "app.key: must be set when app.secret is set"},
+		{"key and secret", func(c *Config) { c.App = App{Key: "k", Secret: "s"} }, ""},
+
+		{"refresh_before negative", func(c *Config) { c.Token.RefreshBefore = -time.Minute }, "token.refresh_before: must be > 0, got -1m0s"},
+		{"endpoint unknown", func(c *Config) { c.Token.Endpoint = "foo" }, `token.endpoint: must be "oauth2" or "gettoken", got "foo"`},
+		{"endpoint gettoken", func(c *Config) { c.Token.Endpoint = EndpointGetToken }, ""},
+
+		{"max_attempts 0", func(c *Config) { c.Retry.MaxAttempts = 0 }, "retry.max_attempts: must be between 1 and 10, got 0"},
+		{"max_attempts 11", func(c *Config) { c.Retry.MaxAttempts = 11 }, "retry.max_attempts: must be between 1 and 10, got 11"},
+		{"max_attempts bounds", func(c *Config) { c.Retry.MaxAttempts = 10 }, ""},
+		{"per_try_timeout negative", func(c *Config) { c.Retry.PerTryTimeout = -time.Second }, "retry.per_try_timeout: must be > 0, got -1s"},
+		{"per_try_timeout above timeout", func(c *Config) { c.Retry.PerTryTimeout = time.Minute }, "retry.per_try_timeout: must be <= retry.timeout (30s), got 1m0s"},
+		{"per_try_timeout equal timeout", func(c *Config) { c.Retry.PerTryTimeout = c.Retry.Timeout }, ""},
+		{"timeout zero", func(c *Config) { c.Retry.Timeout = 0 }, "retry.timeout: must be > 0, got 0s"},
+		{"backoff base zero", func(c *Config) { c.Retry.Backoff.Base = 0 }, "retry.backoff.base: must be > 0, got 0s"},
+		{"backoff max zero", func(c *Config) { c.Retry.Backoff.Max = 0 }, "retry.backoff.max: must be > 0, got 0s"},
+		{"backoff max below base", func(c *Config) { c.Retry.Backoff.Max = 50 * time.Millisecond }, "retry.backoff.max: must be >= retry.backoff.base (100ms), got 50ms"},
+		{"max_body_bytes negative", func(c *Config) { c.Retry.MaxBodyBytes = -1 }, "retry.max_body_bytes: must be >= 0, got -1"},
+		{"max_body_bytes zero", func(c *Config) { c.Retry.MaxBodyBytes = 0 }, ""},
+		{"ratio above 1", func(c *Config) { c.Retry.Budget.Ratio = 1.5 }, "retry.budget.ratio: must be between 0 and 1, got 1.5"},
+		{"ratio negative", func(c *Config) { c.Retry.Budget.Ratio = -0.1 }, "retry.budget.ratio: must be between 0 and 1, got -0.1"},
+		{"ratio NaN", func(c *Config) { c.Retry.Budget.Ratio = math.NaN() }, "retry.budget.ratio: must be between 0 and 1, got NaN"},
+		{"ratio bounds", func(c *Config) { c.Retry.Budget.Ratio = 0 }, ""},
+		{"min_per_second negative", func(c *Config) { c.Retry.Budget.MinPerSecond = -1 }, "retry.budget.min_per_second: must be >= 0, got -1"},
+
+		{"per_api_qps zero", func(c *Config) { c.Pacing.PerAPIQPS = 0 }, "pacing.per_api_qps: must be > 0, got 0"},
+		{"global_qps negative", func(c *Config) { c.Pacing.GlobalQPS = -2.5 }, "pacing.global_qps: must be > 0, got -2.5"},
+
+		{"failure_ratio zero", func(c *Config) { c.Breaker.FailureRatio = 0 }, "breaker.failure_ratio: must be > 0 and <= 1, got 0"},
+		{"failure_ratio above 1", func(c *Config) { c.Breaker.FailureRatio = 1.01 }, "breaker.failure_ratio: must be > 0 and <= 1, got 1.01"},
+		{"failure_ratio 1", func(c *Config) { c.Breaker.FailureRatio = 1 }, ""},
+		{"min_requests zero", func(c *Config) { c.Breaker.MinRequests = 0 }, "breaker.min_requests: must be >= 1, got 0"},
+		{"window zero", func(c *Config) { c.Breaker.Window = 0 }, "breaker.window: must be > 0, got 0s"},
+		{"open_timeout negative", func(c *Config) { c.Breaker.OpenTimeout = -time.Millisecond }, "breaker.open_timeout: must be > 0, got -1ms"},
+		{"half_open_requests zero", func(c *Config) { c.Breaker.HalfOpenRequests = 0 }, "breaker.half_open_requests: must be >= 1, got 0"},
+		{"max_routes zero", func(c *Config) { c.Breaker.MaxRoutes = 0 }, "breaker.max_routes: must be >= 1, got 0"},
+
+		{"route path relative", func(c *Config) {
+			c.Routes = []Route{{Path: "/a"}, {Path: "topapi/x"}}
+		}, `routes[1].path: must start with "/", got "topapi/x"`},
+		{"route path empty", func(c *Config) { c.Routes = []Route{{}} }, `routes[0].path: must start with "/", got ""`},
+		{"route path duplicate", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/x"}, {Path: "/b"}, {Path: "/topapi/x"}}
+		}, `routes[2].path: duplicate of routes[0].path "/topapi/x"`},
+		{"no routes", func(c *Config) { c.Routes = nil }, ""},
+		{"fallback status 700", func(c *Config) { c.Routes[0].Fallback.Status = 700 }, "routes[0].fallback.status: must be between 100 and 599, got 700"},
+		{"fallback status 99", func(c *Config) { c.Routes[0].Fallback.Status = 99 }, "routes[0].fallback.status: must be between 100 and 599, got 99"},
+		{"fallback empty", func(c *Config) { c.Routes[0].Fallback = &Fallback{} }, "routes[0].fallback.status: must be set (100 to 599) unless only fallback.stale is set"},
+		{"fallback stale only", func(c *Config) { c.Routes[0].Fallback = &Fallback{Stale: time.Minute} }, ""},
+		{"fallback stale and body without status", func(c *Config) {
+			c.Routes[0].Fallback = &Fallback{Stale: time.Minute, Body: "x"}
+		}, "routes[0].fallback.status: must be set (100 to 599) unless only fallback.stale is set"},
+		{"fallback stale negative", func(c *Config) { c.Routes[0].Fallback.Stale = -time.Second }, "routes[0].fallback.stale: must be >= 0, got -1s"},
+		{"fallback header names", func(c *Config) {
+			c.Routes[0].Fallback.Headers = map[string]string{"X-Ok": "1", "bad name": "2", "": "3", "x:y": "4"}
+		}, strings.Join([]string{
+			`routes[0].fallback.headers: header name must be a valid HTTP token, got ""`,
+			`routes[0].fallback.headers: header name must be a valid HTTP token, got "bad name"`,
+			`routes[0].fallback.headers: header name must be a valid HTTP token, got "x:y"`,
+		}, "\n")},
+
+		{"log level", func(c *Config) { c.Log.Level = "verbose" }, `log.level: must be "debug", "info", "warn" or "error", got "verbose"`},
+		{"log format", func(c *Config) { c.Log.Format = "text" }, `log.format: must be "json" or "console", got "text"`},
+
+		{"all at once, in struct order", func(c *Config) {
+			c.Log.Format = "text"
+			c.Retry.Budget.Ratio = 2
+			c.Listen = "x"
+		}, strings.Join([]string{
+			`listen: must be host:port, got "x"`,
+			`retry.budget.ratio: must be between 0 and 1, got 2`,
+			`log.format: must be "json" or "console", got "text"`,
+		}, "\n")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			tt.modify(&c)
+			err := c.Validate()
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Validate mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The zero Config is invalid and says so key by key.
+func TestValidateZero(t *testing.T) {
+	t.Parallel()
+	err := (&Config{}).Validate()
+	if err == nil {
+		t.Fatal("Validate of the zero Config = nil")
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("Validate error %T does not unwrap to a list", err)
+	}
+	for _, e := range joined.Unwrap() {
+		var fe *FieldError
+		if !errors.As(e, &fe) {
+			t.Errorf("%v (%T) is not a *FieldError", e, e)
+			continue
+		}
+		if e.Error() != fe.Key+": "+fe.Msg {
+			t.Errorf("Error() = %q, want Key + \": \" + Msg", e.Error())
+		}
+	}
+}

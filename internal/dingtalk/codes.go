@@ -1,0 +1,73 @@
+package dingtalk
+
+// Header and query names used on the wire.
+const (
+	// HeaderAccessToken carries the token on the api upstream (/v1.0/, /v2.0/).
+	HeaderAccessToken = "x-acs-dingtalk-access-token"
+	// QueryAccessToken carries the token on the oapi upstream.
+	QueryAccessToken = "access_token"
+	// HeaderClientToken is the idempotency key of calendar and similar api calls.
+	HeaderClientToken = "x-client-token"
+)
+
+// Token endpoints.
+const (
+	// PathOAuth2Token is the new token endpoint on the api host:
+	// POST {"appKey","appSecret"} -> {"accessToken","expireIn"}.
+	PathOAuth2Token = "/v1.0/oauth2/accessToken"
+	// PathGetToken is the old token endpoint on the oapi host:
+	// GET ?appkey=&appsecret= -> {"errcode":0,"access_token","expires_in"}.
+	PathGetToken = "/gettoken"
+	// PathRobotSend is the custom robot webhook; its access_token is the robot's own.
+	PathRobotSend = "/robot/send"
+	// DefaultTokenTTL is used when DingTalk gives no or a non-positive lifetime.
+	DefaultTokenTTL = 7200 // seconds
+)
+
+// oapi errcodes (HTTP 200 JSON "errcode").
+const (
+	ErrcodeOK            = 0
+	ErrcodeSystemBusy    = -1    // 系统繁忙: transient, execution state unknown
+	ErrcodeGateway       = 88    // topapi gateway wrapper; see sub_code
+	ErrcodeTokenInvalid  = 40014 // 不合法的access_token
+	ErrcodeTokenExpired  = 42001 // access_token超时
+	ErrcodeSecretOrToken = 40001 // Secret错误，或者access_token无效
+	ErrcodeTokenMissing  = 41001 // access_token missing: a proxy bug, never a refresh trigger
+	ErrcodeTokenBlank    = 40000 // as 88 sub_code: "access_token is blank"
+	ErrcodeBadParameter  = 40035 // 缺少参数 / bad parameter
+	ErrcodeBadAppKey     = 40096 // 不合法的appKey或appSecret (token fetch)
+	ErrcodeBadAppKey2    = 40089 // 不合法的corpid或corpsecret (token fetch)
+	ErrcodeNoPermission  = 60011 // 没有调用该接口的权限
+	ErrcodeNoSuchUser    = 60121 // 找不到该用户
+	ErrcodeQPSAppAPI     = 90018 // per app per API QPS limit, 1 s penalty
+	ErrcodeQPSAPI        = 90002 // global per-API QPS limit; errmsg carries the penalty end
+	ErrcodeQPSSuiteAPI   = 90019 // ISV per app per corp per API QPS limit
+	ErrcodeMonthlyQuota  = 90020 // monthly API quota exhausted: not transient
+	ErrcodeRobotNoToken  = 300005
+)
+
+// api error codes (JSON "code" with an HTTP status).
+const (
+	CodeInvalidAuthentication = "InvalidAuthentication"
+	CodeMissingToken          = "AuthenticationFailed.MissingParameter"
+	CodeQPSLimitPrefix        = "Forbidden.AccessDenied.QpsLimit"
+	CodeQPMLimitPrefix        = "Forbidden.AccessDenied.QpmLimit"
+	CodeQPSLimitAppAPI        = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
+	CodeMonthlyQuota          = "Forbidden.AccessDenied.ApiCountLimitForOrg"
+	CodeNoPermission          = "Forbidden.AccessDenied.AccessTokenPermissionDenied"
+	CodeSystemBusy            = "system.busy"
+	CodeSystemBusyAlt         = "systemBusy"
+	CodeInvalidClient         = "invalidClientIdOrSecret"
+	CodeInvalidParameter      = "invalidParameter"
+	CodeUnknownError          = "unknownError"
+)
+
+// IPBanStatus is the "status" of the JSON answer to an egress IP over its limit:
+// {"status":1111,"wait":5,"source":"x5","punish":"deny","uuid":"..."}.
+const IPBanStatus = 1111
+
+// IPBanDuration is how long DingTalk bans an egress IP past 10,000 calls in 20 s.
+const IPBanDuration = 5 * 60 // seconds
+
+// ThrottlePenalty is DingTalk's documented block after a QPS throttle answer.
+const ThrottlePenalty = 1 // second

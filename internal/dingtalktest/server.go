@@ -1,0 +1,348 @@
+package dingtalktest
+
+import (
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Options configures a [Server]. The zero value is usable.
+type Options struct {
+	AppKey, AppSecret string // defaults "demo-app-key", "demo-app-secret"
+	RobotToken        string // default "demo-robot-token"
+	// TokenTTL is the lifetime of issued tokens; default 2h, DingTalk's 7200 s.
+	TokenTTL time.Duration
+	// Seed seeds the chaos RNG; 0 means 1.
+	Seed int64
+	// Now is the clock for token expiry and QPS windows; default time.Now.
+	// Latency and Hang use real time.
+	Now func() time.Time
+}
+
+// Defaults for [Options].
+const (
+	DefaultAppKey     = "demo-app-key"
+	DefaultAppSecret  = "demo-app-secret"
+	DefaultRobotToken = "demo-robot-token"
+	DefaultTokenTTL   = 2 * time.Hour
+)
+
+// maxRecorded is how many requests per path [Server.Requests] keeps.
+const maxRecorded = 64
+
+// maxBody bounds the request body the fake reads.
+const maxBody = 64 << 20
+
+// A Request is one request as the fake received it.
+type Request struct {
+	Method   string
+	Path     string
+	RawQuery string
+	Header   http.Header // a clone
+	Body     []byte
+}
+
+// Server is the fake DingTalk. Create it with [New] or [NewServer]; all its
+// methods are safe for concurrent use.
+type Server struct {
+	opts Options
+
+	mu       sync.Mutex
+	closed   bool
+	started  bool
+	rng      *rand.Rand           // chaos draws only
+	tokens   map[string]time.Time // issued token -> expiry
+	current  string               // the token fetches return while it is valid
+	scripts  map[string][]Fault
+	chaos    Chaos
+	qpsLimit int
+	qps      map[string]*qpsWindow
+	robotIDs map[string]struct{} // executed robot msgUuids
+	seen     map[string]map[[sha256.Size]byte]struct{}
+	nextTask int64
+	c        counters
+
+	idMu  sync.Mutex
+	idRNG *rand.Rand // tokens and request ids, under idMu
+
+	closing   chan struct{} // closed by Close: unblocks Hang and Latency
+	closeOnce sync.Once
+	inflight  sync.WaitGroup // handlers running; Add only under mu while !closed
+	ln        net.Listener
+	hs        *http.Server
+	served    chan struct{} // closed when Serve returns
+
+	// testHookHang, if set, is called when a handler starts to hang.
+	testHookHang func()
+}
+
+type counters struct {
+	hits         map[string]int
+	execs        map[string]int
+	requests     map[string][]Request
+	total        int
+	duplicates   int
+	throttled    int
+	tokenFetches int
+	leaks        int
+}
+
+func newCounters() counters {
+	return counters{
+		hits:     make(map[string]int),
+		execs:    make(map[string]int),
+		requests: make(map[string][]Request),
+	}
+}
+
+// qpsWindow is one path's limiter state.
+type qpsWindow struct {
+	second  int64 // Unix second of the current window
+	count   int
+	penalty time.Time // rejects every call before this
+}
+
+// New returns a Server that is not listening yet; call [Server.Start], or mount
+// [Server.Handler] on a server of your own.
+func New(opts Options) *Server {
+	if opts.AppKey == "" {
+		opts.AppKey = DefaultAppKey
+	}
+	if opts.AppSecret == "" {
+		opts.AppSecret = DefaultAppSecret
+	}
+	if opts.RobotToken == "" {
+		opts.RobotToken = DefaultRobotToken
+	}
+	if opts.TokenTTL <= 0 {
+		opts.TokenTTL = DefaultTokenTTL
+	}
+	if opts.Seed == 0 {
+		opts.Seed = 1
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	seed := uint64(opts.Seed)
+	return &Server{
+		opts:     opts,
+		rng:      rand.New(rand.NewPCG(seed, 0x6469_6e67)),
+		idRNG:    rand.New(rand.NewPCG(seed, uint64(time.Now().UnixNano()))),
+		tokens:   make(map[string]time.Time),
+		scripts:  make(map[string][]Fault),
+		qps:      make(map[string]*qpsWindow),
+		robotIDs: make(map[string]struct{}),
+		seen:     make(map[string]map[[sha256.Size]byte]struct{}),
+		nextTask: 256271667526,
+		c:        newCounters(),
+		closing:  make(chan struct{}),
+	}
+}
+
+// NewServer returns a Server listening on 127.0.0.1:0 and registers Close
+// with t.Cleanup.
+func NewServer(t testing.TB, opts Options) *Server {
+	t.Helper()
+	s := New(opts)
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatalf("dingtalktest: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Start listens on addr, such as "127.0.0.1:0", and serves in the background.
+// It fails if the server was started or closed before.
+func (s *Server) Start(addr string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("dingtalktest: Start after Close")
+	}
+	if s.started {
+		return errors.New("dingtalktest: Start called twice")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	s.started = true
+	s.ln = ln
+	s.hs = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.served = make(chan struct{})
+	go func() {
+		defer close(s.served)
+		_ = s.hs.Serve(ln) // returns http.ErrServerClosed after Close
+	}()
+	return nil
+}
+
+// URL is "http://127.0.0.1:PORT", or "" before Start.
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return "http://" + s.ln.Addr().String()
+}
+
+// Handler returns the fake's handler, for mounting on another server.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+// Close closes the listener and every connection, unblocks handlers in Hang or
+// Latency, and waits for running handlers to return. It is idempotent. After
+// Close the handler closes every new connection without answering.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		hs, served := s.hs, s.served
+		s.mu.Unlock()
+		close(s.closing)
+		if hs != nil {
+			_ = hs.Close()
+			<-served
+		}
+		s.inflight.Wait()
+	})
+}
+
+// enter registers a running handler; it reports false once Close has begun.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.inflight.Add(1)
+	return true
+}
+
+// Script queues faults for requests to exactly path (no query), consumed one
+// per request in order; when they are used up, the path behaves normally
+// again. Calls append to the queue.
+func (s *Server) Script(path string, faults ...Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scripts[path] = append(s.scripts[path], faults...)
+}
+
+// SetChaos replaces the chaos configuration; Chaos{} turns it off. It panics
+// if a probability is outside [0, 1] or they sum to more than 1.
+func (s *Server) SetChaos(c Chaos) {
+	if err := c.validate(); err != nil {
+		panic(err)
+	}
+	c.Faults = append([]Weighted(nil), c.Faults...)
+	c.Paths = append([]string(nil), c.Paths...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.chaos = c
+}
+
+// SetQPSLimit limits every path except the token endpoints to
+// perPathPerSecond calls per one-second window of Options.Now; 0 turns the
+// limit off. The call over the limit gets the [Throttle] answer and starts a
+// one-second penalty during which the path rejects every call; rejected calls
+// do not extend the penalty. Rejections are counted by [Server.Throttled].
+func (s *Server) SetQPSLimit(perPathPerSecond int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.qpsLimit = max(perPathPerSecond, 0)
+	clear(s.qps)
+}
+
+// ExpireTokens revokes every issued token now; the next fetch issues a new one.
+func (s *Server) ExpireTokens() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.tokens)
+	s.current = ""
+}
+
+// Hits is the number of requests received for path, whatever their outcome.
+func (s *Server) Hits(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.hits[path]
+}
+
+// TotalHits is the number of requests received for every path.
+func (s *Server) TotalHits() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.total
+}
+
+// Executions is the number of times a request to path was executed: it passed
+// faults, limits and auth and its handler did its work (a send was sent, a
+// read was answered). Token fetches, rejected requests and robot msgUuid
+// replays are not executions; [ResetAfterExec] is.
+func (s *Server) Executions(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.execs[path]
+}
+
+// Duplicates is the total number of executions of a non-idempotent send whose
+// body is byte-identical to one already executed on the same path (since the
+// last ResetCounters).
+func (s *Server) Duplicates() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.duplicates
+}
+
+// Throttled is the number of requests rejected by the QPS limit.
+func (s *Server) Throttled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.throttled
+}
+
+// TokenFetches is the number of requests to either token endpoint, including
+// failed ones.
+func (s *Server) TokenFetches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.tokenFetches
+}
+
+// SecretLeaks is the number of requests, other than to the two token
+// endpoints, in which the app secret appeared: in the path, the query (raw or
+// decoded), a header name or value, or the body.
+func (s *Server) SecretLeaks() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.leaks
+}
+
+// Requests returns the last 64 requests received for path, oldest first.
+func (s *Server) Requests(path string) []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rs := s.c.requests[path]
+	out := make([]Request, len(rs))
+	for i, r := range rs {
+		r.Header = r.Header.Clone()
+		r.Body = append([]byte(nil), r.Body...)
+		out[i] = r
+	}
+	return out
+}
+
+// ResetCounters zeroes every counter, forgets recorded requests, and forgets
+// which bodies were executed, so Duplicates counts afresh. Tokens, scripts,
+// chaos, QPS state and executed robot msgUuids are kept.
+func (s *Server) ResetCounters() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c = newCounters()
+	clear(s.seen)
+}

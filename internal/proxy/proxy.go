@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/retry"
+	"github.com/dingproxy/dingproxy/internal/token"
+)
+
+// HeaderAttempts carries the number of upstream attempts on every answer.
+const HeaderAttempts = "X-Dingproxy-Attempts"
+
+// Options are the parts of a Proxy fixed at start.
+type Options struct {
+	// OAPI and API are the upstreams' base URLs.
+	OAPI, API *url.URL
+	// Transport sends requests upstream: the attempt loop.
+	Transport http.RoundTripper
+	// Tokens is the shared token. Nil means pass-through mode: nothing is
+	// injected and token calls are forwarded.
+	Tokens *token.Source
+	// AppKey and AppSecret identify clients' own token calls that are answered
+	// from the cache.
+	AppKey, AppSecret string
+	// Logger gets failures. Nil means none.
+	Logger *zap.Logger
+}
+
+// Policy is the part of a Proxy that a reload can change.
+type Policy struct {
+	// Routes holds per-path settings by exact path.
+	Routes map[string]Route
+	// MaxBodyBytes is the largest request body buffered for replay.
+	MaxBodyBytes int64
+}
+
+// Route is per-path policy.
+type Route struct {
+	// Idempotent, when non-nil, overrides dingproxy's own judgement.
+	Idempotent *bool
+}
+
+// Proxy is the http.Handler in front of DingTalk.
+type Proxy struct {
+	opts   Options
+	log    *zap.Logger
+	rp     *httputil.ReverseProxy
+	policy atomic.Pointer[Policy]
+}
+
+// New returns a Proxy under policy p.
+func New(opts Options, p Policy) *Proxy {
+	px := &Proxy{opts: opts, log: opts.Logger}
+	if px.log == nil {
+		px.log = zap.NewNop()
+	}
+	px.SetPolicy(p)
+	px.rp = &httputil.ReverseProxy{
+		Rewrite:        px.rewrite,
+		Transport:      opts.Transport,
+		ModifyResponse: px.modifyResponse,
+		ErrorHandler:   px.errorHandler,
+		BufferPool:     bufferPool{},
+		ErrorLog:       zap.NewStdLog(px.log.Named("http")),
+	}
+	return px
+}
+
+// SetPolicy installs p for requests that start from now on.
+func (px *Proxy) SetPolicy(p Policy) { px.policy.Store(&p) }
+
+func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A request line in absolute form names a host of the client's choosing;
+	// CONNECT asks for a tunnel. Neither goes anywhere.
+	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Host != "" {
+		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: absolute-form request lines and CONNECT are not proxied")
+		return
+	}
+	if !strings.HasPrefix(r.URL.Path, "/") {
+		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: request path must start with /")
+		return
+	}
+	pol := px.policy.Load()
+	path := r.URL.Path
+	up := dingtalk.UpstreamFor(path)
+	route, configured := pol.Routes[path]
+
+	body, replayable, err := readBody(r, pol.MaxBodyBytes)
+	if err != nil {
+		writeError(w, up, http.StatusBadRequest, 0, "dingproxy: reading request body: "+err.Error())
+		return
+	}
+	if px.opts.Tokens != nil && px.answerTokenCall(w, r, body) {
+		return
+	}
+	call := &retry.Call{
+		Route:      path,
+		Upstream:   up,
+		Body:       body,
+		Replayable: replayable,
+		Inject:     px.placement(r, up),
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		call.Idempotent = true
+	default:
+		call.Idempotent = dingtalk.IsReadEndpoint(path) || dingtalk.HasIdempotencyKey(path, r.Header, body)
+	}
+	if configured && route.Idempotent != nil {
+		call.Idempotent = *route.Idempotent
+	}
+	px.rp.ServeHTTP(w, r.WithContext(retry.WithCall(r.Context(), call)))
+}
+
+// placement decides where the shared token goes: nowhere for robot webhooks,
+// token calls, requests that bring their own token, and pass-through mode.
+func (px *Proxy) placement(r *http.Request, up dingtalk.Upstream) dingtalk.Placement {
+	if px.opts.Tokens == nil || r.URL.Path == dingtalk.PathRobotSend || dingtalk.IsTokenEndpoint(r.URL.Path) {
+		return dingtalk.PlaceNone
+	}
+	if up == dingtalk.API {
+		if r.Header.Get(dingtalk.HeaderAccessToken) != "" {
+			return dingtalk.PlaceNone
+		}
+		return dingtalk.PlaceHeader
+	}
+	if strings.Contains(r.URL.RawQuery, dingtalk.QueryAccessToken) && r.URL.Query().Get(dingtalk.QueryAccessToken) != "" {
+		return dingtalk.PlaceNone
+	}
+	return dingtalk.PlaceQuery
+}
+
+func (px *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	target := px.opts.OAPI
+	if c := retry.CallFrom(pr.In.Context()); c != nil && c.Upstream == dingtalk.API {
+		target = px.opts.API
+	}
+	pr.SetURL(target)
+	// Rewrite has already dropped Forwarded and X-Forwarded-*; no other
+	// header naming the pod's or the client's address goes to DingTalk.
+	pr.Out.Header.Del("X-Real-Ip")
+	pr.Out.Header.Del("Client-Ip")
+}
+
+func (px *Proxy) modifyResponse(resp *http.Response) error {
+	if c := retry.CallFrom(resp.Request.Context()); c != nil {
+		resp.Header.Set(HeaderAttempts, strconv.Itoa(c.Attempts))
+	}
+	return nil
+}
+
+// TokenError is returned by the injector when no token can be had.
+type TokenError struct{ Err error }
+
+func (e *TokenError) Error() string { return "proxy: no access token: " + e.Err.Error() }
+func (e *TokenError) Unwrap() error { return e.Err }
+
+func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	c := retry.CallFrom(r.Context())
+	if c == nil {
+		c = &retry.Call{Upstream: dingtalk.UpstreamFor(r.URL.Path)}
+	}
+	w.Header().Set(HeaderAttempts, strconv.Itoa(c.Attempts))
+	var tokErr *TokenError
+	status, msg := http.StatusBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(c.Attempts)+" attempt(s)"
+	switch {
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads this answer.
+		px.log.Debug("client went away", zap.String("route", c.Route), zap.Int("attempts", c.Attempts))
+		w.WriteHeader(499)
+		return
+	case errors.As(err, &tokErr):
+		status, msg = http.StatusServiceUnavailable, "dingproxy: no access token available"
+	case errors.Is(err, retry.ErrTimeout):
+		status, msg = http.StatusGatewayTimeout, "dingproxy: DingTalk did not answer within retry.timeout"
+	case c.Outcome == retry.AfterSend && !c.Idempotent:
+		msg = "dingproxy: the connection to DingTalk failed after the request was sent; it may have been executed, so it was not repeated"
+		if errors.Is(err, retry.ErrAttemptTimeout) {
+			status = http.StatusGatewayTimeout
+			msg = "dingproxy: DingTalk did not answer within retry.per_try_timeout; the request may have been executed, so it was not repeated"
+		}
+	case errors.Is(err, retry.ErrAttemptTimeout):
+		status, msg = http.StatusGatewayTimeout, "dingproxy: DingTalk did not answer within retry.per_try_timeout after "+strconv.Itoa(c.Attempts)+" attempt(s)"
+	}
+	px.log.Warn("request failed", zap.String("route", c.Route), zap.String("method", r.Method),
+		zap.Int("status", status), zap.Int("attempts", c.Attempts), zap.String("reason", c.Reason), zap.Error(token.Redact(err)))
+	writeError(w, c.Upstream, status, 0, msg)
+}
+
+// Injector returns the attempt loop's Prepare hook: it puts the shared token
+// where the Call says, fresh from the cache on every attempt.
+func Injector(src *token.Source) func(*http.Request, *retry.Call) (string, error) {
+	return func(req *http.Request, c *retry.Call) (string, error) {
+		if c.Inject == dingtalk.PlaceNone || src == nil {
+			return "", nil
+		}
+		tok, err := src.Token(req.Context())
+		if err != nil {
+			return "", &TokenError{Err: err}
+		}
+		switch c.Inject {
+		case dingtalk.PlaceHeader:
+			req.Header.Set(dingtalk.HeaderAccessToken, tok)
+		case dingtalk.PlaceQuery:
+			q := dingtalk.QueryAccessToken + "=" + url.QueryEscape(tok)
+			if req.URL.RawQuery != "" {
+				q = req.URL.RawQuery + "&" + q
+			}
+			req.URL.RawQuery = q
+		}
+		return tok, nil
+	}
+}
+
+// readBody buffers a body of up to max bytes for replay. A larger one is
+// left to stream once: its read part is put back in front of the rest.
+func readBody(r *http.Request, max int64) (body []byte, replayable bool, err error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, true, nil
+	}
+	if r.ContentLength > max {
+		return nil, false, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if int64(len(b)) > max {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+		return nil, false, nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.ContentLength = int64(len(b))
+	r.TransferEncoding = nil
+	if len(b) == 0 {
+		return nil, true, nil
+	}
+	return b, true, nil
+}
+
+// writeError writes an answer of dingproxy's own in the shape of the
+// upstream the request was meant for: errcode/errmsg for oapi, code/message
+// for api. errcode 0 means -1 for 5xx and the status for 4xx.
+func writeError(w http.ResponseWriter, up dingtalk.Upstream, status, errcode int, msg string) {
+	if errcode == 0 {
+		errcode = status
+		if status >= 500 {
+			errcode = dingtalk.ErrcodeSystemBusy
+		}
+	}
+	var v any
+	if up == dingtalk.API {
+		code := "dingproxy." + strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "")
+		v = struct {
+			Code      string `json:"code"`
+			Message   string `json:"message"`
+			RequestID string `json:"requestid"`
+		}{code, msg, ""}
+	} else {
+		v = struct {
+			Errcode int    `json:"errcode"`
+			Errmsg  string `json:"errmsg"`
+		}{errcode, msg}
+	}
+	b, _ := json.Marshal(v)
+	h := w.Header()
+	h.Set("Content-Type", "application/json;charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// bufferPool lends ReverseProxy its copy buffers.
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

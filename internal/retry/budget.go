@@ -1,0 +1,88 @@
+package retry
+
+import (
+	"sync"
+	"time"
+)
+
+// budgetWindow is how far back the budget looks, in one-second buckets, as
+// Linkerd's and Finagle's retry budgets do.
+const budgetWindow = 10
+
+// Budget caps retries at Ratio of the requests seen in the last ten seconds
+// plus MinPerSecond per second, so that when everything fails the upstream
+// sees at most about (1+Ratio) times the client's calls. The zero Budget, and
+// a nil *Budget, allow every retry.
+type Budget struct {
+	mu      sync.Mutex
+	ratio   float64
+	minRate float64
+	buckets [budgetWindow]budgetBucket
+	enabled bool
+}
+
+type budgetBucket struct {
+	sec           int64
+	reqs, retries float64
+}
+
+// NewBudget returns a budget allowing ratio retries per request plus
+// minPerSecond retries per second.
+func NewBudget(ratio, minPerSecond float64) *Budget {
+	b := &Budget{}
+	b.Set(ratio, minPerSecond)
+	return b
+}
+
+// Set changes the budget's limits, keeping what it has counted.
+func (b *Budget) Set(ratio, minPerSecond float64) {
+	b.mu.Lock()
+	b.ratio, b.minRate, b.enabled = ratio, minPerSecond, true
+	b.mu.Unlock()
+}
+
+func (b *Budget) bucket(now time.Time) *budgetBucket {
+	sec := now.Unix()
+	bk := &b.buckets[sec%budgetWindow]
+	if bk.sec != sec {
+		*bk = budgetBucket{sec: sec}
+	}
+	return bk
+}
+
+// Request counts a client request (a first attempt).
+func (b *Budget) Request() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.bucket(time.Now()).reqs++
+	b.mu.Unlock()
+}
+
+// Retry reports whether one more retry fits the budget, and counts it if so.
+func (b *Budget) Retry() bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.enabled {
+		return true
+	}
+	now := time.Now()
+	cur := b.bucket(now)
+	oldest := now.Unix() - budgetWindow + 1
+	var reqs, retries float64
+	for _, bk := range b.buckets {
+		if bk.sec >= oldest {
+			reqs += bk.reqs
+			retries += bk.retries
+		}
+	}
+	if retries+1 > b.ratio*reqs+b.minRate*budgetWindow {
+		return false
+	}
+	cur.retries++
+	return true
+}

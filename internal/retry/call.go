@@ -1,0 +1,50 @@
+package retry
+
+import (
+	"context"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+)
+
+// Call is what the attempt loop knows about one client request. The proxy
+// fills in the first group before the request reaches the Transport; the loop
+// fills in the second. A Call belongs to one request and is not shared.
+type Call struct {
+	// Route names the request's route (a configured path or the request path,
+	// bounded by the caller) for logs and metrics.
+	Route string
+	// Upstream is the DingTalk host the request goes to.
+	Upstream dingtalk.Upstream
+	// Idempotent says a repeat cannot do harm (see SPEC: method, catalogue,
+	// idempotency key, route flag).
+	Idempotent bool
+	// Body is the buffered request body, replayed byte for byte on every
+	// attempt. Nil when the request has none or it was too large to buffer.
+	Body []byte
+	// Replayable is false when the body is streamed once: one attempt only.
+	Replayable bool
+	// Inject says where the loop's Prepare hook puts the shared token.
+	Inject dingtalk.Placement
+
+	// Attempts counts the attempts made so far.
+	Attempts int
+	// Outcome is the last attempt's outcome.
+	Outcome Outcome
+	// Reason is the last attempt's result in metric vocabulary.
+	Reason string
+	// BudgetExhausted is set when a wanted retry was refused by the budget.
+	BudgetExhausted bool
+}
+
+type callKey struct{}
+
+// WithCall returns ctx carrying c.
+func WithCall(ctx context.Context, c *Call) context.Context {
+	return context.WithValue(ctx, callKey{}, c)
+}
+
+// CallFrom returns the Call in ctx, or nil.
+func CallFrom(ctx context.Context) *Call {
+	c, _ := ctx.Value(callKey{}).(*Call)
+	return c
+}

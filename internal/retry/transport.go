@@ -1,0 +1,373 @@
+package retry
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+)
+
+var (
+	// ErrTimeout ends the loop when Policy.Timeout has passed.
+	ErrTimeout = errors.New("retry: request timed out")
+	// ErrAttemptTimeout ends an attempt when Policy.PerTryTimeout has passed.
+	ErrAttemptTimeout = errors.New("retry: attempt timed out")
+)
+
+// Error is what the loop returns when it ends with no answer to forward.
+type Error struct {
+	// Attempts is how many attempts were made.
+	Attempts int
+	// Outcome is the last attempt's.
+	Outcome Outcome
+	// Err is the last attempt's error.
+	Err error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("retry: %d attempt(s), last %s: %v", e.Attempts, e.Outcome, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Transport is the attempt loop. Its zero value is not usable: build it with
+// NewTransport.
+type Transport struct {
+	// Base sends each attempt.
+	Base http.RoundTripper
+	// Budget caps retries. Nil means no cap.
+	Budget *Budget
+	// Prepare, if set, readies each attempt's request (a clone, free to
+	// modify): it injects the token and returns the token it injected, or ""
+	// if none. An error ends the loop before anything is sent.
+	Prepare func(req *http.Request, c *Call) (token string, err error)
+	// OnTokenInvalid, if set, is told of an injected token DingTalk rejected.
+	OnTokenInvalid func(token string)
+	// Observe, if set, is told of every attempt's outcome once it is known.
+	Observe func(c *Call, reason string, d time.Duration)
+	// Logger gets one debug line per attempt. Nil means no logs.
+	Logger *zap.Logger
+
+	policy atomic.Pointer[Policy]
+}
+
+// NewTransport returns an attempt loop sending through base under p.
+func NewTransport(base http.RoundTripper, p Policy) *Transport {
+	t := &Transport{Base: base}
+	t.SetPolicy(p)
+	return t
+}
+
+// SetPolicy installs p for requests that start from now on.
+func (t *Transport) SetPolicy(p Policy) { t.policy.Store(&p) }
+
+// Policy returns the policy in force.
+func (t *Transport) Policy() Policy { return *t.policy.Load() }
+
+// attempt is one try's result.
+type attempt struct {
+	resp    *http.Response
+	err     error
+	outcome Outcome
+	reason  string
+	result  dingtalk.Result
+	token   string
+	cancel  context.CancelCauseFunc
+}
+
+// RoundTrip runs the attempt loop for req. The Call on req's context says
+// what the request is; without one, req is treated by its method alone and
+// its body is sent once.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	call := CallFrom(req.Context())
+	if call == nil {
+		call = &Call{
+			Route:      req.URL.Path,
+			Upstream:   dingtalk.UpstreamFor(req.URL.Path),
+			Idempotent: req.Method == http.MethodGet || req.Method == http.MethodHead,
+			Replayable: req.Body == nil || req.Body == http.NoBody,
+		}
+	}
+	p := t.policy.Load()
+	ctx, cancel := context.WithCancelCause(req.Context())
+	var deadline time.Time
+	var timer *time.Timer
+	if p.Timeout > 0 {
+		deadline = time.Now().Add(p.Timeout)
+		timer = time.AfterFunc(p.Timeout, func() { cancel(ErrTimeout) })
+	}
+	// release ends the loop's timer and context. For a forwarded answer it
+	// runs in two steps: the timer stops at once, so retry.timeout never cuts
+	// a body the client is still reading; the context ends when it is closed.
+	stopTimer := func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+	release := func() {
+		stopTimer()
+		cancel(nil)
+	}
+	t.Budget.Request()
+	tokenRetried := false
+	for n := 1; ; n++ {
+		call.Attempts = n
+		a := t.attempt(ctx, req, call, p)
+		call.Outcome, call.Reason = a.outcome, a.reason
+
+		retry := Retryable(a.outcome, call.Idempotent) && call.Replayable && n < p.maxAttempts()
+		if a.outcome == TokenInvalid {
+			retry = retry && a.token != "" && !tokenRetried
+		}
+		var wait time.Duration
+		if retry {
+			now := time.Now()
+			var ra time.Duration
+			if a.resp != nil {
+				ra = RetryAfter(a.resp.Header, now)
+			}
+			wait = p.wait(a.outcome, n, a.result.PenaltyEnd, ra, now)
+			if !deadline.IsZero() && now.Add(wait).After(deadline) {
+				retry = false
+			}
+		}
+		if retry && a.outcome != TokenInvalid && !t.Budget.Retry() {
+			retry, call.BudgetExhausted = false, true
+		}
+		if !retry {
+			if a.resp != nil {
+				stopTimer()
+				a.resp.Body = &finalBody{ReadCloser: a.resp.Body, done: func() { a.cancel(nil); release() }}
+				return a.resp, nil
+			}
+			a.cancel(nil)
+			release()
+			if a.outcome == Canceled && context.Cause(ctx) == ErrTimeout {
+				a.err = ErrTimeout
+			}
+			return nil, &Error{Attempts: n, Outcome: a.outcome, Err: a.err}
+		}
+		if a.outcome == TokenInvalid {
+			tokenRetried = true
+			if t.OnTokenInvalid != nil {
+				t.OnTokenInvalid(a.token)
+			}
+		}
+		if a.resp != nil {
+			a.resp.Body.Close()
+		}
+		a.cancel(nil)
+		if wait > 0 {
+			w := time.NewTimer(wait)
+			select {
+			case <-w.C:
+			case <-ctx.Done():
+				w.Stop()
+				release()
+				err := context.Cause(ctx)
+				if req.Context().Err() != nil {
+					err = req.Context().Err()
+				}
+				return nil, &Error{Attempts: n, Outcome: Canceled, Err: err}
+			}
+		}
+	}
+}
+
+// attempt makes one try and reads enough of its answer to classify it.
+func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, p *Policy) attempt {
+	start := time.Now()
+	actx, cancel := context.WithCancelCause(ctx)
+	a := attempt{cancel: cancel}
+	var timer *time.Timer
+	if p.PerTryTimeout > 0 {
+		timer = time.AfterFunc(p.PerTryTimeout, func() { cancel(ErrAttemptTimeout) })
+	}
+	var wrote atomic.Bool
+	trace := &httptrace.ClientTrace{WroteHeaders: func() { wrote.Store(true) }}
+	areq := req.Clone(httptrace.WithClientTrace(actx, trace))
+	switch {
+	case call.Body != nil:
+		body := call.Body
+		areq.ContentLength = int64(len(body))
+		areq.Body = io.NopCloser(bytes.NewReader(body))
+		areq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	case call.Replayable:
+		areq.Body, areq.GetBody, areq.ContentLength = nil, nil, 0
+	}
+	if t.Prepare != nil {
+		tok, err := t.Prepare(areq, call)
+		if err != nil {
+			if timer != nil {
+				timer.Stop()
+			}
+			a.err, a.outcome, a.reason = err, NotSent, "token_unavailable"
+			return a
+		}
+		a.token = tok
+	}
+	resp, err := t.Base.RoundTrip(areq)
+	if err == nil {
+		a.resp = resp
+		a.result, err = inspect(resp, areq.Method, p.inspectBytes())
+		if err != nil {
+			resp.Body.Close()
+			a.resp = nil
+		}
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	if err != nil {
+		a.err = err
+		switch {
+		case req.Context().Err() != nil:
+			a.outcome, a.reason = Canceled, "canceled"
+		case context.Cause(ctx) == ErrTimeout:
+			a.outcome, a.reason = Canceled, "timeout"
+		case context.Cause(actx) == ErrAttemptTimeout:
+			a.err, a.reason = ErrAttemptTimeout, "timeout"
+			a.outcome = AfterSend
+			if !wrote.Load() {
+				a.outcome = NotSent
+			}
+		case !wrote.Load():
+			a.outcome, a.reason = NotSent, "dial_error"
+		default:
+			a.outcome, a.reason = AfterSend, "reset"
+		}
+	} else {
+		a.outcome, a.reason = fromClass(a.result.Class), a.result.Reason
+	}
+	d := time.Since(start)
+	if t.Observe != nil {
+		t.Observe(call, a.reason, d)
+	}
+	if t.Logger != nil {
+		if ce := t.Logger.Check(zapcore.DebugLevel, "attempt"); ce != nil {
+			status := 0
+			if a.resp != nil {
+				status = a.resp.StatusCode
+			}
+			fields := []zap.Field{
+				zap.String("route", call.Route), zap.Stringer("upstream", call.Upstream),
+				zap.String("method", req.Method), zap.Int("status", status),
+				zap.Int("attempt", call.Attempts), zap.String("reason", a.reason),
+				zap.Duration("duration", d),
+			}
+			if a.result.Errcode != 0 {
+				fields = append(fields, zap.Int("errcode", a.result.Errcode))
+			}
+			if a.result.Code != "" {
+				fields = append(fields, zap.String("code", a.result.Code))
+			}
+			if a.err != nil {
+				fields = append(fields, zap.Error(a.err))
+			}
+			ce.Write(fields...)
+		}
+	}
+	return a
+}
+
+// inspect reads up to limit bytes of resp's body to classify it, and puts
+// what it read back in front of the rest, so the client gets every byte as
+// DingTalk sent it. A gzip-encoded body is decoded for classification only.
+func inspect(resp *http.Response, method string, limit int) (dingtalk.Result, error) {
+	ct := resp.Header.Get("Content-Type")
+	if method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
+		resp.StatusCode == http.StatusNotModified || resp.ContentLength == 0 || !inspectable(ct) {
+		return dingtalk.Classify(resp.StatusCode, ct, nil), nil
+	}
+	size := limit
+	if resp.ContentLength > 0 && resp.ContentLength < int64(limit) {
+		size = int(resp.ContentLength)
+	}
+	buf := make([]byte, size)
+	n, err := io.ReadFull(resp.Body, buf)
+	complete := err == io.EOF || err == io.ErrUnexpectedEOF
+	if err != nil && !complete {
+		return dingtalk.Result{}, err
+	}
+	if !complete && resp.ContentLength > 0 && int64(n) == resp.ContentLength {
+		complete = true
+	}
+	buf = buf[:n]
+	if complete {
+		resp.Body = &prefixBody{Reader: bytes.NewReader(buf), closer: resp.Body}
+	} else {
+		resp.Body = &prefixBody{Reader: io.MultiReader(bytes.NewReader(buf), resp.Body), closer: resp.Body}
+	}
+	decoded := buf
+	switch resp.Header.Get("Content-Encoding") {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		decoded = gunzipPrefix(buf, limit)
+	default:
+		decoded = nil // classified by status alone
+	}
+	return dingtalk.Classify(resp.StatusCode, ct, decoded), nil
+}
+
+// inspectable reports whether a body of this type can hold a DingTalk error.
+func inspectable(contentType string) bool {
+	if contentType == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return true
+	}
+	switch mt {
+	case "application/json", "text/json", "text/plain", "text/html", "application/problem+json":
+		return true
+	}
+	return false
+}
+
+// gunzipPrefix decodes as much of a gzip stream's start as it can, up to limit.
+func gunzipPrefix(b []byte, limit int) []byte {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil
+	}
+	out, _ := io.ReadAll(io.LimitReader(zr, int64(limit)))
+	return out
+}
+
+// prefixBody is an answer's body with its inspected prefix put back.
+type prefixBody struct {
+	io.Reader
+	closer io.Closer
+}
+
+func (b *prefixBody) Close() error { return b.closer.Close() }
+
+// finalBody releases the attempt's context and timers when the client's copy
+// of the answer is done, so no timer of the loop cuts a body still being read.
+type finalBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *finalBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
