@@ -22,7 +22,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // stack is a client, dingproxy and the fake DingTalk, all on loopback.
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	fake   *dingtalktest.Server
 	app    *app.App
 	proxy  *httptest.Server
@@ -36,6 +36,14 @@ type stackOpt func(*config.Config)
 // binary.
 func newStack(t *testing.T, log *zap.Logger, opts ...stackOpt) *stack {
 	t.Helper()
+	if log == nil {
+		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	return newStackTB(t, log, opts...)
+}
+
+func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
+	t.Helper()
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	cfg := config.Default()
 	cfg.Upstreams.OAPI, cfg.Upstreams.API = fake.URL(), fake.URL()
@@ -47,9 +55,6 @@ func newStack(t *testing.T, log *zap.Logger, opts ...stackOpt) *stack {
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
-	}
-	if log == nil {
-		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
 	a, err := app.New(&cfg, log)
 	if err != nil {

@@ -70,12 +70,13 @@ const (
 
 // Classify reads an answer: its HTTP status, Content-Type and (a prefix of)
 // its decoded body. Bodies that are not JSON are classified by status alone,
-// except an HTML page on a 200, 403 or 429, which is DingTalk's IP ban.
+// except an HTML page on a 200 or 403, which is DingTalk's IP ban
+// (a 429 is a throttle whatever its body).
 func Classify(status int, contentType string, body []byte) Result {
 	var f fields
 	isJSON := scanTop(body, &f)
 	if !isJSON {
-		if isHTML(contentType, body) && (status == 200 || status == 403 || status == 429) {
+		if isHTML(contentType, body) && (status == 200 || status == 403) {
 			return Result{Class: IPBan, Reason: ReasonIPBan}
 		}
 		return byStatus(status)

@@ -53,6 +53,7 @@ func TestClassify(t *testing.T) {
 		{"api 200 success", 200, jsonCT, `{"result":{"userid":"u1"}}`, Success, ReasonSuccess},
 		{"api 200 numeric code is data", 200, jsonCT, `{"code":200,"data":{}}`, Success, ReasonSuccess},
 		{"429 plain", 429, "text/plain", "too many", Throttled, ReasonHTTP429},
+		{"429 html is a throttle, not a ban", 429, "text/html", "<html>429</html>", Throttled, ReasonHTTP429},
 		{"429 with oapi business errcode", 429, jsonCT, `{"errcode":12345}`, Throttled, ReasonHTTP429},
 		{"502 html", 502, "text/html", "<html>502 Bad Gateway<hr><center>tengine</center></html>", ServerError, ReasonHTTP5xx},
 		{"503 empty", 503, "", "", ServerError, ReasonHTTP5xx},

@@ -1,0 +1,43 @@
+.DEFAULT_GOAL := help
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+help: ## list targets
+	@awk 'BEGIN{FS=":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table (about 20 s)
+	$(GO) run ./cmd/dingdemo
+
+test: ## go vet, then every test with the race detector, shuffled
+	$(GO) vet ./...
+	$(GO) test -race -shuffle=on -count=1 ./...
+
+test-short: ## quick loop: no race detector, long tests skipped
+	$(GO) test -short ./...
+
+build: ## static binaries in bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/dingproxy ./cmd/dingproxy
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/fakedingtalk ./cmd/fakedingtalk
+
+run: build ## run dingproxy on configs/dingproxy.yaml
+	./bin/dingproxy -config configs/dingproxy.yaml
+
+fake: build ## run the fake DingTalk on 127.0.0.1:9999
+	./bin/fakedingtalk
+
+check-config: build ## validate the example configuration
+	./bin/dingproxy -check-config -config configs/dingproxy.yaml
+
+bench: ## benchmarks, 10 runs each, into bench/new.txt (compare with benchstat)
+	mkdir -p bench
+	$(GO) test -run='^$$' -bench=. -benchmem -count=10 ./... | tee bench/new.txt
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+tidy: ## fail if go.mod/go.sum are not tidy
+	$(GO) mod tidy && git diff --exit-code go.mod go.sum
+
+.PHONY: help demo test test-short build run fake check-config bench lint tidy

@@ -1,0 +1,10 @@
+// Package demo runs dingproxy's self-contained demonstration: the fake
+// DingTalk with injected faults, dingproxy in front of it, and a bounded load
+// of reads and sends sent three ways (a plain client, a client with the retry
+// loop popular DingTalk SDKs use, and through dingproxy), then a table that
+// puts the three side by side. Everything stays on loopback and needs no
+// credentials.
+//
+// It is a tool for people and for a test of the README's promise; it is not
+// part of the proxy and the proxy never imports it.
+package demo
