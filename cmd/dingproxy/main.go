@@ -44,6 +44,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	checkOnly := fs.Bool("check-config", false, "validate the configuration and exit: 0 if valid, 2 if not")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) { // -h asked for the usage: not an error
+			return exitOK
+		}
 		return exitBadConfig
 	}
 	if fs.NArg() > 0 {

@@ -1,0 +1,692 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testVersion is stamped into the binary that the tests build.
+const testVersion = "v0.0.0-binary-test"
+
+// testSecret is app.secret in the generated configuration: it must reach the
+// upstream's token endpoint and never the logs.
+const testSecret = "S3CRET-binary-test-9c1e"
+
+// Deadlines. They are generous for slow CI machines: the tests poll and move
+// on as soon as the condition holds.
+const (
+	buildTimeout = 50 * time.Second
+	readyTimeout = 10 * time.Second
+	exitTimeout  = 15 * time.Second
+	pollInterval = 20 * time.Millisecond
+)
+
+// The binary is built once for all the tests, into buildDir, which
+// TestMain removes.
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildBin  string
+	buildErr  error
+	buildSkip string
+)
+
+// buildBinary builds the command, CGO_ENABLED=0, the first time a test asks
+// for it, and returns its path.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binary: skipped with -short")
+	}
+	buildOnce.Do(func() {
+		gocmd, err := exec.LookPath("go")
+		if err != nil {
+			buildSkip = fmt.Sprintf("no go command to build the binary: %v", err)
+			return
+		}
+		buildDir, buildErr = os.MkdirTemp("", "dingproxy-test-")
+		if buildErr != nil {
+			return
+		}
+		bin := filepath.Join(buildDir, "dingproxy")
+		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, gocmd, "build", "-o", bin, "-ldflags", "-X main.version="+testVersion, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		buildBin = bin
+	})
+	if buildSkip != "" {
+		t.Skip(buildSkip)
+	}
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildBin
+}
+
+// cleanEnv is the environment without any DINGPROXY_* variable.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DINGPROXY_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// syncBuffer is a bytes.Buffer that the process's output copier and the test
+// may use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// fakeDingTalk stands for both DingTalk hosts. It answers the OAuth2 token
+// call with a token, /topapi/slow once release is closed, and every other
+// path with {"errcode":0}.
+type fakeDingTalk struct {
+	srv     *httptest.Server
+	entered chan struct{} // one value per request that reached /topapi/slow
+	release chan struct{} // closed to let /topapi/slow answer
+
+	releaseOnce sync.Once
+
+	mu         sync.Mutex
+	tokenCalls []map[string]string // the token calls' JSON bodies
+	calls      []upstreamCall      // the other calls
+}
+
+// upstreamCall is a call that reached fakeDingTalk.
+type upstreamCall struct {
+	method string
+	url    url.URL
+	body   string
+}
+
+// Release lets the calls to /topapi/slow answer.
+func (f *fakeDingTalk) Release() { f.releaseOnce.Do(func() { close(f.release) }) }
+
+func newFakeDingTalk(t *testing.T) *fakeDingTalk {
+	t.Helper()
+	f := &fakeDingTalk{entered: make(chan struct{}, 16), release: make(chan struct{})}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serveHTTP))
+	t.Cleanup(func() {
+		f.Release()
+		f.srv.Close()
+	})
+	return f
+}
+
+func (f *fakeDingTalk) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	switch r.URL.Path {
+	case "/v1.0/oauth2/accessToken":
+		var m map[string]string
+		json.Unmarshal(body, &m)
+		f.mu.Lock()
+		f.tokenCalls = append(f.tokenCalls, m)
+		f.mu.Unlock()
+		io.WriteString(w, `{"accessToken":"t","expireIn":7200}`)
+		return
+	case "/topapi/slow":
+		f.entered <- struct{}{}
+		select {
+		case <-f.release:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, upstreamCall{method: r.Method, url: *r.URL, body: string(body)})
+	f.mu.Unlock()
+	io.WriteString(w, `{"errcode":0,"errmsg":"ok"}`)
+}
+
+// freePort returns a port that was free a moment ago on 127.0.0.1.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// proxyProcess is a running dingproxy binary.
+type proxyProcess struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	stdout *syncBuffer
+	done   chan struct{} // closed when the process has exited
+	err    error         // cmd.Wait's error, once done is closed
+
+	proxyURL, adminURL string
+}
+
+// exited reports whether the process has exited, without waiting.
+func (p *proxyProcess) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitExit waits up to exitTimeout for the process to exit and returns its
+// exit status; it kills the process and fails the test past the deadline.
+func (p *proxyProcess) waitExit(t *testing.T) int {
+	t.Helper()
+	timer := time.NewTimer(exitTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+	case <-timer.C:
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Fatalf("dingproxy did not exit within %s; stderr:\n%s", exitTimeout, p.stderr.String())
+	}
+	var ee *exec.ExitError
+	if p.err != nil && !errors.As(p.err, &ee) {
+		t.Fatalf("dingproxy: %v", p.err)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// testClient returns a client of its own, whose connections are closed at the
+// end of the test (for goleak).
+func testClient(t *testing.T, timeout time.Duration) *http.Client {
+	t.Helper()
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: timeout}
+}
+
+const binaryConfig = `# generated by binary_test.go
+listen: 127.0.0.1:%d
+admin_listen: 127.0.0.1:%d
+shutdown_timeout: 10s
+upstreams:
+  oapi: %s
+  api: %s
+app:
+  key: test-app-key
+  secret: %s
+retry:
+  max_attempts: 3
+log:
+  level: info
+  format: json
+`
+
+// startProxy runs the binary on free ports in front of up and waits until it
+// is ready and holds a token. A port taken by someone else between freePort
+// and the binary's listen is retried with new ports.
+func startProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
+	t.Helper()
+	for try := 1; ; try++ {
+		p := tryStartProxy(t, bin, up)
+		if p == nil {
+			if try < 3 {
+				continue
+			}
+			t.Fatal("dingproxy could not listen: ports kept being taken")
+		}
+		return p
+	}
+}
+
+// tryStartProxy returns nil when the process could not listen.
+func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
+	t.Helper()
+	listen, admin := freePort(t), freePort(t)
+	for admin == listen {
+		admin = freePort(t)
+	}
+	cfg := fmt.Sprintf(binaryConfig, listen, admin, up.srv.URL, up.srv.URL, testSecret)
+	path := filepath.Join(t.TempDir(), "dingproxy.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	p := &proxyProcess{
+		stderr:   &syncBuffer{},
+		stdout:   &syncBuffer{},
+		done:     make(chan struct{}),
+		proxyURL: fmt.Sprintf("http://127.0.0.1:%d", listen),
+		adminURL: fmt.Sprintf("http://127.0.0.1:%d", admin),
+	}
+	p.cmd = exec.Command(bin, "-config", path)
+	p.cmd.Env = cleanEnv()
+	p.cmd.Stdout = p.stdout
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if !p.exited() {
+			p.cmd.Process.Kill()
+		}
+		<-p.done
+		if t.Failed() {
+			t.Logf("dingproxy stderr:\n%s", p.stderr.String())
+		}
+	})
+
+	if !waitReady(t, p) {
+		if strings.Contains(p.stderr.String(), "address already in use") {
+			t.Logf("port taken, retrying: %s", p.stderr.String())
+			return nil
+		}
+		t.Fatalf("dingproxy exited before it was ready (%v); stderr:\n%s", p.err, p.stderr.String())
+	}
+	return p
+}
+
+// readyzAnswer is /readyz's JSON body.
+type readyzAnswer struct {
+	Ready bool `json:"ready"`
+	Token struct {
+		Mode             string  `json:"mode"`
+		Held             bool    `json:"held"`
+		ExpiresInSeconds float64 `json:"expires_in_seconds"`
+		LastError        string  `json:"last_error"`
+	} `json:"token"`
+}
+
+// getReadyz fetches /readyz once.
+func getReadyz(c *http.Client, p *proxyProcess) (int, readyzAnswer, error) {
+	var ans readyzAnswer
+	resp, err := c.Get(p.adminURL + "/readyz")
+	if err != nil {
+		return 0, ans, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, ans, err
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		return resp.StatusCode, ans, fmt.Errorf("Content-Type %q", ct)
+	}
+	if err := json.Unmarshal(body, &ans); err != nil {
+		return resp.StatusCode, ans, fmt.Errorf("%v in %q", err, body)
+	}
+	return resp.StatusCode, ans, nil
+}
+
+// waitReady polls /readyz until it answers 200 with ready:true and a held
+// token. It returns false if the process exits first, and fails the test
+// past readyTimeout.
+func waitReady(t *testing.T, p *proxyProcess) bool {
+	t.Helper()
+	c := testClient(t, time.Second)
+	deadline := time.Now().Add(readyTimeout)
+	var last string
+	for {
+		if p.exited() {
+			return false
+		}
+		code, ans, err := getReadyz(c, p)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case code == http.StatusOK && ans.Ready && ans.Token.Held:
+			if ans.Token.Mode != "injecting" {
+				t.Errorf("readyz token mode = %q, want injecting", ans.Token.Mode)
+			}
+			if s := ans.Token.ExpiresInSeconds; s <= 0 || s > 7200 {
+				t.Errorf("readyz token expires_in_seconds = %v, want in (0, 7200]", s)
+			}
+			if ans.Token.LastError != "" {
+				t.Errorf("readyz token last_error = %q, want none", ans.Token.LastError)
+			}
+			return true
+		default:
+			last = fmt.Sprintf("HTTP %d %+v", code, ans)
+		}
+		if time.Now().After(deadline) {
+			p.cmd.Process.Kill()
+			<-p.done
+			t.Fatalf("dingproxy not ready within %s, last /readyz: %s; stderr:\n%s", readyTimeout, last, p.stderr.String())
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// waitReadyzStatus polls /readyz until it answers want.
+func waitReadyzStatus(t *testing.T, p *proxyProcess, want int) readyzAnswer {
+	t.Helper()
+	c := testClient(t, time.Second)
+	deadline := time.Now().Add(readyTimeout)
+	var last string
+	for {
+		code, ans, err := getReadyz(c, p)
+		if err == nil && code == want {
+			return ans
+		}
+		last = fmt.Sprintf("HTTP %d %+v %v", code, ans, err)
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz did not answer %d within %s, last: %s", want, readyTimeout, last)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// waitRefused polls until a connection to addr is refused.
+func waitRefused(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still accepts connections %s after SIGTERM", addr, readyTimeout)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// assertGone checks that nothing answers 200 on the admin port any more.
+func assertGone(t *testing.T, p *proxyProcess) {
+	t.Helper()
+	c := testClient(t, time.Second)
+	for _, path := range []string{"/readyz", "/healthz"} {
+		resp, err := c.Get(p.adminURL + path)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Errorf("%s still answers 200 after exit", path)
+			}
+		}
+	}
+}
+
+// checkLogs checks the JSON log lines on stderr: started, shutting down, and
+// never the secret.
+func checkLogs(t *testing.T, p *proxyProcess) {
+	t.Helper()
+	stderr := p.stderr.String()
+	if strings.Contains(stderr, testSecret) || strings.Contains(p.stdout.String(), testSecret) {
+		t.Errorf("the output shows app.secret:\n%s", stderr)
+	}
+	msgs := map[string]map[string]any{}
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+			continue
+		}
+		if msg, _ := m["msg"].(string); msg != "" {
+			msgs[msg] = m
+		}
+	}
+	started, ok := msgs["dingproxy started"]
+	if !ok {
+		t.Fatalf("no \"dingproxy started\" log line:\n%s", stderr)
+	}
+	if started["version"] != testVersion {
+		t.Errorf("started: version = %v, want %s", started["version"], testVersion)
+	}
+	if started["injecting_tokens"] != true {
+		t.Errorf("started: injecting_tokens = %v, want true", started["injecting_tokens"])
+	}
+	if _, ok := msgs["shutting down"]; !ok {
+		t.Errorf("no \"shutting down\" log line:\n%s", stderr)
+	}
+	if _, ok := msgs["dingproxy stopped"]; ok {
+		t.Errorf("\"dingproxy stopped\" logged on a clean shutdown:\n%s", stderr)
+	}
+}
+
+func TestBinaryServeAndSignal(t *testing.T) {
+	bin := buildBinary(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			up := newFakeDingTalk(t)
+			p := startProxy(t, bin, up)
+
+			// The token was fetched with the configured credentials.
+			up.mu.Lock()
+			if len(up.tokenCalls) == 0 {
+				t.Error("ready with a token, but no token call reached the upstream")
+			} else if m := up.tokenCalls[0]; m["appKey"] != "test-app-key" || m["appSecret"] != testSecret {
+				t.Errorf("token call body = %v, want the configured key and secret", m)
+			}
+			up.mu.Unlock()
+
+			// One proxied call: one attempt, the token injected.
+			c := testClient(t, 10*time.Second)
+			resp, err := c.Post(p.proxyURL+"/topapi/v2/user/get", "application/json", strings.NewReader(`{"userid":"u1"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"errcode":0`) {
+				t.Errorf("proxied call: HTTP %d %s, want 200 {\"errcode\":0...}", resp.StatusCode, body)
+			}
+			if got := resp.Header.Get("X-Dingproxy-Attempts"); got != "1" {
+				t.Errorf("X-Dingproxy-Attempts = %q, want \"1\"", got)
+			}
+			up.mu.Lock()
+			if len(up.calls) != 1 {
+				t.Errorf("upstream got %d calls, want 1", len(up.calls))
+			} else {
+				r := up.calls[0]
+				if r.method != http.MethodPost || r.url.Path != "/topapi/v2/user/get" || r.url.Query().Get("access_token") != "t" || r.body != `{"userid":"u1"}` {
+					t.Errorf("upstream got %s %s body %q, want POST /topapi/v2/user/get?access_token=t with the body", r.method, &r.url, r.body)
+				}
+			}
+			up.mu.Unlock()
+
+			if err := p.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			if code := p.waitExit(t); code != exitOK {
+				t.Errorf("exit status after %s = %d, want 0; stderr:\n%s", sig, code, p.stderr.String())
+			}
+			assertGone(t, p)
+			checkLogs(t, p)
+		})
+	}
+}
+
+// On SIGTERM the proxy stops accepting and reports not ready, but finishes
+// the call in flight before it exits 0.
+func TestBinaryGracefulShutdown(t *testing.T) {
+	bin := buildBinary(t)
+	up := newFakeDingTalk(t)
+	p := startProxy(t, bin, up)
+
+	type result struct {
+		code     int
+		body     string
+		attempts string
+		err      error
+	}
+	results := make(chan result, 1)
+	c := testClient(t, 20*time.Second)
+	go func() {
+		resp, err := c.Get(p.proxyURL + "/topapi/slow")
+		if err != nil {
+			results <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		results <- result{code: resp.StatusCode, body: string(b), attempts: resp.Header.Get("X-Dingproxy-Attempts"), err: err}
+	}()
+	// Make sure the goroutine is done before the test ends, whatever happens:
+	// killing the process ends its call.
+	var res *result
+	t.Cleanup(func() {
+		if res == nil {
+			p.cmd.Process.Kill()
+			<-results
+		}
+	})
+
+	timer := time.NewTimer(readyTimeout)
+	defer timer.Stop()
+	select {
+	case <-up.entered:
+	case r := <-results:
+		res = &r
+		t.Fatalf("the slow call ended before reaching the upstream: %+v", r)
+	case <-timer.C:
+		t.Fatal("the slow call did not reach the upstream")
+	}
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// While the call is in flight: not ready, but the admin port answers.
+	ans := waitReadyzStatus(t, p, http.StatusServiceUnavailable)
+	if ans.Ready {
+		t.Errorf("readyz during shutdown: ready = true with HTTP 503")
+	}
+	// The proxy soon stops accepting connections: readyz may turn 503 a
+	// moment before the listener is closed.
+	waitRefused(t, strings.TrimPrefix(p.proxyURL, "http://"))
+	if p.exited() {
+		t.Fatalf("dingproxy exited with a call in flight; stderr:\n%s", p.stderr.String())
+	}
+
+	up.Release()
+	select {
+	case r := <-results:
+		res = &r
+	case <-time.After(exitTimeout):
+		t.Fatal("the call in flight did not finish")
+	}
+	if res.err != nil || res.code != http.StatusOK || !strings.Contains(res.body, `"errcode":0`) || res.attempts != "1" {
+		t.Errorf("call in flight: %+v, want HTTP 200 {\"errcode\":0...} after 1 attempt", *res)
+	}
+	if code := p.waitExit(t); code != exitOK {
+		t.Errorf("exit status = %d, want 0", code)
+	}
+	assertGone(t, p)
+	checkLogs(t, p)
+}
+
+// The built binary's exit statuses and messages without serving.
+func TestBinaryNoServe(t *testing.T) {
+	bin := buildBinary(t)
+	tests := []struct {
+		name       string
+		args       []string
+		env        []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{
+			name:       "bad config",
+			args:       []string{"-config", filepath.Join("testdata", "invalid-max-below-base.yaml")},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + "  retry.backoff.max: must be >= retry.backoff.base (100ms), got 50ms\n",
+		},
+		{
+			name:       "bad config checked",
+			args:       []string{"-check-config", "-config", filepath.Join("testdata", "invalid-unknown-key.yaml")},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + "  retry.bogus: unknown key\n",
+		},
+		{
+			name:       "bad environment",
+			env:        []string{"DINGPROXY_RETRY_MAX_ATTEMPTS=0"},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + "  retry.max_attempts: must be between 1 and 10, got 0\n",
+		},
+		{
+			name:       "valid config checked",
+			args:       []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
+			wantCode:   exitOK,
+			wantStdout: "configuration is valid\n",
+		},
+		{
+			name:       "version",
+			args:       []string{"-version"},
+			wantCode:   exitOK,
+			wantStdout: "dingproxy " + testVersion + "\n",
+		},
+		{
+			name:     "unknown flag",
+			args:     []string{"-bogus"},
+			wantCode: exitBadConfig,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, tt.args...)
+			cmd.Env = append(cleanEnv(), tt.env...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if err != nil && !errors.As(err, &ee) {
+				t.Fatal(err)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("dingproxy %q did not exit within %s", tt.args, exitTimeout)
+			}
+			if code := cmd.ProcessState.ExitCode(); code != tt.wantCode {
+				t.Errorf("exit status = %d, want %d; stderr:\n%s", code, tt.wantCode, stderr.String())
+			}
+			if stdout.String() != tt.wantStdout {
+				t.Errorf("stdout = %q, want %q", stdout.String(), tt.wantStdout)
+			}
+			if tt.wantStderr != "" && stderr.String() != tt.wantStderr {
+				t.Errorf("stderr =\n%s\nwant\n%s", stderr.String(), tt.wantStderr)
+			}
+		})
+	}
+}
