@@ -1,6 +1,8 @@
 package retry
 
 import (
+	"errors"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -52,9 +54,14 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if s, err := strconv.Atoi(v); err == nil {
-		if s < 0 {
+	// A number too large for a Duration saturates: it must not wrap into a
+	// short wait, nor be ignored.
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		switch {
+		case s < 0:
 			return 0
+		case s > int64(math.MaxInt64/time.Second):
+			return math.MaxInt64
 		}
 		return time.Duration(s) * time.Second
 	}

@@ -86,6 +86,8 @@ type attempt struct {
 	result  dingtalk.Result
 	token   string
 	cancel  context.CancelCauseFunc
+	// unprepared: Prepare failed and nothing was sent.
+	unprepared bool
 }
 
 // RoundTrip runs the attempt loop for req. The Call on req's context says
@@ -128,7 +130,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		a := t.attempt(ctx, req, call, p)
 		call.Outcome, call.Reason = a.outcome, a.reason
 
-		retry := Retryable(a.outcome, call.Idempotent) && call.Replayable && n < p.maxAttempts()
+		// A Prepare error ends the loop: nothing was sent, and nothing would be.
+		retry := !a.unprepared && Retryable(a.outcome, call.Idempotent) && call.Replayable && n < p.maxAttempts()
 		if a.outcome == TokenInvalid {
 			retry = retry && a.token != "" && !tokenRetried
 		}
@@ -140,7 +143,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				ra = RetryAfter(a.resp.Header, now)
 			}
 			wait = p.wait(a.outcome, n, a.result.PenaltyEnd, ra, now)
-			if !deadline.IsZero() && now.Add(wait).After(deadline) {
+			// A wait ending at the deadline leaves no time for the attempt.
+			if !deadline.IsZero() && !now.Add(wait).Before(deadline) {
 				retry = false
 			}
 		}
@@ -214,7 +218,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 			if timer != nil {
 				timer.Stop()
 			}
-			a.err, a.outcome, a.reason = err, NotSent, "token_unavailable"
+			a.err, a.outcome, a.reason, a.unprepared = err, NotSent, "token_unavailable", true
 			return a
 		}
 		a.token = tok

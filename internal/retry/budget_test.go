@@ -1,0 +1,217 @@
+package retry_test
+
+import (
+	"net/http"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/retry"
+)
+
+// allowed counts how many of tries retries b allows now.
+func allowed(b *retry.Budget, tries int) int {
+	n := 0
+	for range tries {
+		if b.Retry() {
+			n++
+		}
+	}
+	return n
+}
+
+func requests(b *retry.Budget, n int) {
+	for range n {
+		b.Request()
+	}
+}
+
+func TestBudget(t *testing.T) {
+	tests := []struct {
+		name  string
+		ratio float64
+		min   float64
+		reqs  int
+		want  int
+	}{
+		{"ratio of requests", 0.2, 0, 100, 20},
+		{"no requests, no minimum", 0.2, 0, 0, 0},
+		{"minimum per second over the window", 0, 5, 0, 50},
+		{"ratio plus minimum", 0.2, 5, 100, 70},
+		{"ratio of few requests", 0.5, 0, 3, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				b := retry.NewBudget(tt.ratio, tt.min)
+				requests(b, tt.reqs)
+				if got := allowed(b, tt.want+30); got != tt.want {
+					t.Errorf("NewBudget(%v, %v) after %d requests allowed %d retries, want %d", tt.ratio, tt.min, tt.reqs, got, tt.want)
+				}
+				// Spread over the window, the same holds.
+				b = retry.NewBudget(tt.ratio, tt.min)
+				for i := range tt.reqs {
+					b.Request()
+					if i%10 == 9 {
+						time.Sleep(time.Second / 2)
+					}
+				}
+				if got := allowed(b, tt.want+30); got != tt.want {
+					t.Errorf("NewBudget(%v, %v) after %d requests over 5 s allowed %d retries, want %d", tt.ratio, tt.min, tt.reqs, got, tt.want)
+				}
+			})
+		})
+	}
+}
+
+// TestBudgetWindow: requests and retries count for ten seconds, then age out.
+func TestBudgetWindow(t *testing.T) {
+	t.Run("requests age out", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			b := retry.NewBudget(0.2, 0)
+			requests(b, 100)
+			time.Sleep(10*time.Second - time.Millisecond)
+			if !b.Retry() {
+				t.Fatal("Retry refused 10s-1ms after 100 requests, want allowed")
+			}
+			time.Sleep(time.Millisecond)
+			if b.Retry() {
+				t.Error("Retry allowed 10s after the last request, want refused")
+			}
+		})
+	})
+	t.Run("a bucket left unused ages out", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			b := retry.NewBudget(0.2, 0)
+			requests(b, 100)
+			// 15 s on, the current bucket is not the one the requests
+			// filled: that one must be left out by its age.
+			time.Sleep(15 * time.Second)
+			if b.Retry() {
+				t.Error("Retry allowed 15s after the last request, want refused")
+			}
+		})
+	})
+	t.Run("retries age out", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			b := retry.NewBudget(0, 1) // 10 per 10 s
+			if got := allowed(b, 20); got != 10 {
+				t.Fatalf("allowed %d retries, want 10", got)
+			}
+			time.Sleep(5 * time.Second)
+			if got := allowed(b, 20); got != 0 {
+				t.Fatalf("5s later allowed %d retries, want 0", got)
+			}
+			time.Sleep(5 * time.Second)
+			if got := allowed(b, 20); got != 10 {
+				t.Errorf("10s later allowed %d retries, want 10", got)
+			}
+		})
+	})
+	t.Run("a sliding window", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			b := retry.NewBudget(1, 0)
+			requests(b, 5) // t=0
+			time.Sleep(5 * time.Second)
+			requests(b, 3) // t=5
+			time.Sleep(5 * time.Second)
+			// t=10: the first 5 are gone, the 3 remain.
+			if got := allowed(b, 10); got != 3 {
+				t.Errorf("allowed %d retries, want 3", got)
+			}
+		})
+	})
+}
+
+func TestBudgetNilAndZero(t *testing.T) {
+	var nilBudget *retry.Budget
+	nilBudget.Request()
+	if got := allowed(nilBudget, 1000); got != 1000 {
+		t.Errorf("nil *Budget allowed %d of 1000 retries, want all", got)
+	}
+	var zero retry.Budget
+	zero.Request()
+	if got := allowed(&zero, 1000); got != 1000 {
+		t.Errorf("zero Budget allowed %d of 1000 retries, want all", got)
+	}
+}
+
+func TestBudgetSet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := retry.NewBudget(0, 0)
+		requests(b, 10)
+		if b.Retry() {
+			t.Fatal("NewBudget(0, 0) allowed a retry")
+		}
+		b.Set(0.5, 0) // the 10 requests counted still count
+		if got := allowed(b, 20); got != 5 {
+			t.Errorf("after Set(0.5, 0) allowed %d retries, want 5", got)
+		}
+		b.Set(0.5, 1) // +10 in the window, 5 already used
+		if got := allowed(b, 30); got != 10 {
+			t.Errorf("after Set(0.5, 1) allowed %d more retries, want 10", got)
+		}
+		b.Set(0, 0)
+		if b.Retry() {
+			t.Error("after Set(0, 0) a retry was allowed")
+		}
+		var zero retry.Budget
+		zero.Set(0, 0)
+		if zero.Retry() {
+			t.Error("a zero Budget after Set(0, 0) allowed a retry")
+		}
+	})
+}
+
+// TestBudgetInTheLoop: the transport counts each request and asks before
+// each retry; a refused retry returns the last answer and sets
+// Call.BudgetExhausted.
+func TestBudgetInTheLoop(t *testing.T) {
+	tests := []struct {
+		name          string
+		budget        *retry.Budget
+		warm          int // requests before, each fully failing
+		wantAttempts  int
+		wantExhausted bool
+	}{
+		{"nil budget", nil, 0, 3, false},
+		{"empty budget", retry.NewBudget(0, 0), 0, 1, true},
+		{"budget of one retry", retry.NewBudget(0, 0.1), 0, 2, true},
+		// Two earlier failing requests used the one retry ratio 0.5 gave
+		// them; with the third, 1.5 retries fit: not a second one.
+		{"ratio shared by requests", retry.NewBudget(0.5, 0), 2, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var up upstream
+				tr := newTestTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+					wroteHeaders(req)
+					resp, _ := jsonAnswer(req, 502, `{}`)
+					return resp, nil
+				}))
+				tr.Budget = tt.budget
+				for range tt.warm {
+					resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
+					if err != nil {
+						t.Fatal(err)
+					}
+					readAll(t, resp)
+				}
+				call := newCall(true)
+				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				if err != nil {
+					t.Fatalf("RoundTrip: %v", err)
+				}
+				if resp.StatusCode != 502 {
+					t.Errorf("status = %d, want the last answer's 502", resp.StatusCode)
+				}
+				readAll(t, resp)
+				if call.Attempts != tt.wantAttempts || call.BudgetExhausted != tt.wantExhausted {
+					t.Errorf("Attempts = %d, BudgetExhausted = %v, want %d, %v", call.Attempts, call.BudgetExhausted, tt.wantAttempts, tt.wantExhausted)
+				}
+			})
+		})
+	}
+}
