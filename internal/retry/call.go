@@ -32,6 +32,8 @@ type Call struct {
 	Outcome Outcome
 	// Reason is the last attempt's result in metric vocabulary.
 	Reason string
+	// Result is the last answer's classification (zero when none came).
+	Result dingtalk.Result
 	// BudgetExhausted is set when a wanted retry was refused by the budget.
 	BudgetExhausted bool
 }

@@ -51,6 +51,17 @@ func fromClass(c dingtalk.Class) Outcome {
 	return Business
 }
 
+// Reasons the loop gives for attempts that got no answer; answered attempts
+// take dingtalk.Result.Reason. Together they are a fixed vocabulary, fit for
+// a metric label.
+const (
+	ReasonDialError        = "dial_error"        // nothing was sent
+	ReasonReset            = "reset"             // the connection broke after sending
+	ReasonTimeout          = "timeout"           // per-try or overall timeout
+	ReasonCanceled         = "canceled"          // the client went away
+	ReasonTokenUnavailable = "token_unavailable" // Prepare could not get a token
+)
+
 // Retryable is SPEC's retry table: whether an attempt that came to o may be
 // repeated, for an idempotent request or not. TokenInvalid is retryable once,
 // with a fresh token; the loop enforces the once.

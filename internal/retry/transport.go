@@ -128,7 +128,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for n := 1; ; n++ {
 		call.Attempts = n
 		a := t.attempt(ctx, req, call, p)
-		call.Outcome, call.Reason = a.outcome, a.reason
+		call.Outcome, call.Reason, call.Result = a.outcome, a.reason, a.result
 
 		// A Prepare error ends the loop: nothing was sent, and nothing would be.
 		retry := !a.unprepared && Retryable(a.outcome, call.Idempotent) && call.Replayable && n < p.maxAttempts()
@@ -218,7 +218,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 			if timer != nil {
 				timer.Stop()
 			}
-			a.err, a.outcome, a.reason, a.unprepared = err, NotSent, "token_unavailable", true
+			a.err, a.outcome, a.reason, a.unprepared = err, NotSent, ReasonTokenUnavailable, true
 			return a
 		}
 		a.token = tok
@@ -239,19 +239,19 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 		a.err = err
 		switch {
 		case req.Context().Err() != nil:
-			a.outcome, a.reason = Canceled, "canceled"
+			a.outcome, a.reason = Canceled, ReasonCanceled
 		case context.Cause(ctx) == ErrTimeout:
-			a.outcome, a.reason = Canceled, "timeout"
+			a.outcome, a.reason = Canceled, ReasonTimeout
 		case context.Cause(actx) == ErrAttemptTimeout:
-			a.err, a.reason = ErrAttemptTimeout, "timeout"
+			a.err, a.reason = ErrAttemptTimeout, ReasonTimeout
 			a.outcome = AfterSend
 			if !wrote.Load() {
 				a.outcome = NotSent
 			}
 		case !wrote.Load():
-			a.outcome, a.reason = NotSent, "dial_error"
+			a.outcome, a.reason = NotSent, ReasonDialError
 		default:
-			a.outcome, a.reason = AfterSend, "reset"
+			a.outcome, a.reason = AfterSend, ReasonReset
 		}
 	} else {
 		a.outcome, a.reason = fromClass(a.result.Class), a.result.Reason
