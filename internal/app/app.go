@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/proxy"
@@ -22,13 +23,14 @@ import (
 
 // App is a running dingproxy minus its listeners.
 type App struct {
-	cfg    *config.Config
-	log    *zap.Logger
-	base   *http.Transport
-	tokens *token.Source // nil in pass-through mode
-	retry  *retry.Transport
-	proxy  *proxy.Proxy
-	ready  atomic.Bool
+	cfg      *config.Config
+	log      *zap.Logger
+	base     *http.Transport
+	tokens   *token.Source // nil in pass-through mode
+	retry    *retry.Transport
+	breakers *breaker.Set
+	proxy    *proxy.Proxy
+	ready    atomic.Bool
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -70,9 +72,11 @@ func New(cfg *config.Config, log *zap.Logger) (*App, error) {
 		a.retry.Prepare = proxy.Injector(a.tokens)
 		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
 	}
+	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
 	a.proxy = proxy.New(proxy.Options{
 		OAPI: oapi, API: api,
 		Transport: a.retry,
+		Breakers:  a.breakers,
 		Tokens:    a.tokens,
 		AppKey:    cfg.App.Key, AppSecret: cfg.App.Secret.Reveal(),
 		Logger: log.Named("proxy"),
@@ -111,9 +115,41 @@ func RetryPolicy(cfg *config.Config) retry.Policy {
 func ProxyPolicy(cfg *config.Config) proxy.Policy {
 	p := proxy.Policy{Routes: make(map[string]proxy.Route, len(cfg.Routes)), MaxBodyBytes: cfg.Retry.MaxBodyBytes}
 	for _, r := range cfg.Routes {
-		p.Routes[r.Path] = proxy.Route{Idempotent: r.Idempotent}
+		route := proxy.Route{Idempotent: r.Idempotent}
+		if f := r.Fallback; f != nil {
+			fb := &proxy.Fallback{Status: f.Status, Body: []byte(f.Body), Stale: f.Stale, Header: http.Header{}}
+			for k, v := range f.Headers {
+				fb.Header.Set(k, v) // canonicalises the lower-cased names viper gives
+			}
+			if fb.Header.Get("Content-Type") == "" && json.Valid(fb.Body) {
+				fb.Header.Set("Content-Type", "application/json;charset=utf-8")
+			}
+			route.Fallback = fb
+		}
+		p.Routes[r.Path] = route
 	}
 	return p
+}
+
+// BreakerSettings turns cfg's breaker section into the breakers' settings.
+func BreakerSettings(cfg *config.Config) breaker.Settings {
+	b := cfg.Breaker
+	return breaker.Settings{
+		FailureRatio:     b.FailureRatio,
+		MinRequests:      b.MinRequests,
+		Window:           b.Window,
+		OpenTimeout:      b.OpenTimeout,
+		HalfOpenRequests: b.HalfOpenRequests,
+		MaxRoutes:        b.MaxRoutes,
+	}
+}
+
+func routePaths(cfg *config.Config) []string {
+	paths := make([]string, 0, len(cfg.Routes))
+	for _, r := range cfg.Routes {
+		paths = append(paths, r.Path)
+	}
+	return paths
 }
 
 // Start starts the background work (the token refresher).
@@ -146,6 +182,9 @@ func (a *App) Close() {
 
 // Handler is the proxy.
 func (a *App) Handler() http.Handler { return a.proxy }
+
+// Breakers is the set of circuit breakers.
+func (a *App) Breakers() *breaker.Set { return a.breakers }
 
 // Tokens is the shared token source, nil in pass-through mode.
 func (a *App) Tokens() *token.Source { return a.tokens }

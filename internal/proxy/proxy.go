@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
@@ -35,6 +36,8 @@ type Options struct {
 	// AppKey and AppSecret identify clients' own token calls that are answered
 	// from the cache.
 	AppKey, AppSecret string
+	// Breakers, when set, guard every route; open ones answer fallbacks.
+	Breakers *breaker.Set
 	// Logger gets failures. Nil means none.
 	Logger *zap.Logger
 }
@@ -51,6 +54,9 @@ type Policy struct {
 type Route struct {
 	// Idempotent, when non-nil, overrides dingproxy's own judgement.
 	Idempotent *bool
+	// Fallback, when non-nil, is what the route answers while its breaker
+	// is open instead of the default.
+	Fallback *Fallback
 }
 
 // Proxy is the http.Handler in front of DingTalk.
@@ -59,18 +65,23 @@ type Proxy struct {
 	log    *zap.Logger
 	rp     *httputil.ReverseProxy
 	policy atomic.Pointer[Policy]
+	stale  *staleCache
 }
 
 // New returns a Proxy under policy p.
 func New(opts Options, p Policy) *Proxy {
-	px := &Proxy{opts: opts, log: opts.Logger}
+	px := &Proxy{opts: opts, log: opts.Logger, stale: newStaleCache()}
 	if px.log == nil {
 		px.log = zap.NewNop()
 	}
 	px.SetPolicy(p)
+	transport := opts.Transport
+	if opts.Breakers != nil {
+		transport = &guard{next: transport, breakers: opts.Breakers, px: px}
+	}
 	px.rp = &httputil.ReverseProxy{
 		Rewrite:        px.rewrite,
-		Transport:      opts.Transport,
+		Transport:      transport,
 		ModifyResponse: px.modifyResponse,
 		ErrorHandler:   px.errorHandler,
 		BufferPool:     bufferPool{},
@@ -106,8 +117,12 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if px.opts.Tokens != nil && px.answerTokenCall(w, r, body) {
 		return
 	}
+	name := path
+	if px.opts.Breakers != nil {
+		name = px.opts.Breakers.Route(path)
+	}
 	call := &retry.Call{
-		Route:      path,
+		Route:      name,
 		Upstream:   up,
 		Body:       body,
 		Replayable: replayable,

@@ -1,0 +1,288 @@
+package app_test
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/proxy"
+)
+
+func breakerSettings(minRequests uint32, openTimeout time.Duration) stackOpt {
+	return func(c *config.Config) {
+		c.Breaker.MinRequests = minRequests
+		c.Breaker.OpenTimeout = openTimeout
+		c.Breaker.HalfOpenRequests = 3
+		c.Breaker.FailureRatio = 0.5
+		c.Breaker.Window = 30 * time.Second
+	}
+}
+
+// TestOutageOpensBreaker is a full outage of one path under 100 calls/s for
+// 10 s: the breaker opens after min_requests, the fake then sees no call on
+// that path until open_timeout passes, other paths keep working, the upstream
+// sees at most 1.2 attempts per client call, and once the fake recovers the
+// half-open probes close the breaker.
+func TestOutageOpensBreaker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10 s of load")
+	}
+	t.Parallel()
+	const openTimeout = 2 * time.Second
+	s := newStack(t, nil, breakerSettings(20, openTimeout))
+	down := dingtalktest.PathUserGet
+	s.fake.SetChaos(dingtalktest.Chaos{Paths: []string{down}, Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(503), P: 1}}})
+
+	const rate, duration = 100, 10 * time.Second
+	recoverAt := 5 * time.Second
+	begin := time.Now()
+	var (
+		clientCalls, fallbacks, otherFailures int
+		opened                                time.Time
+		hitsAtOpen                            int
+		recovered                             bool
+		closedAgain                           time.Time
+		lastUp                                time.Time
+	)
+	for i := 0; time.Since(begin) < duration; i++ {
+		time.Sleep(time.Until(begin.Add(time.Duration(i) * time.Second / rate))) // pacing the load, not synchronisation
+		if !recovered && time.Since(begin) >= recoverAt {
+			s.fake.SetChaos(dingtalktest.Chaos{})
+			recovered = true
+		}
+		if i%5 == 4 { // another path keeps working throughout
+			resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil)
+			if resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
+				otherFailures++
+			}
+			continue
+		}
+		if !opened.IsZero() && time.Since(opened) < openTimeout-200*time.Millisecond {
+			if h := s.fake.Hits(down); h != hitsAtOpen {
+				t.Fatalf("the fake got %d calls on %s while its breaker was open", h-hitsAtOpen, down)
+			}
+		}
+		clientCalls++
+		resp, _ := s.do(http.MethodPost, down, []byte(`{"userid":"u1"}`))
+		switch resp.Header.Get(proxy.HeaderFallback) {
+		case breaker.KindCircuitOpen:
+			fallbacks++
+			if opened.IsZero() {
+				opened, hitsAtOpen = time.Now(), s.fake.Hits(down)
+				if clientCalls-1 < 20 {
+					t.Errorf("breaker opened after %d calls, want >= min_requests (20)", clientCalls-1)
+				}
+			}
+		case "":
+			if recovered && resp.StatusCode == 200 && closedAgain.IsZero() {
+				closedAgain = time.Now()
+			}
+			if resp.StatusCode == 200 {
+				lastUp = time.Now()
+			}
+		}
+	}
+	if opened.IsZero() {
+		t.Fatal("the breaker never opened")
+	}
+	if otherFailures > 0 {
+		t.Errorf("%d calls on a healthy path failed during the outage", otherFailures)
+	}
+	perCall := float64(s.fake.Hits(down)) / float64(clientCalls)
+	t.Logf("outage: %d client calls, %d upstream attempts (%.2f per call), %d fallbacks, opened after %v, recovered %v after the fake",
+		clientCalls, s.fake.Hits(down), perCall, fallbacks, opened.Sub(begin).Round(time.Millisecond), closedAgain.Sub(begin.Add(recoverAt)).Round(time.Millisecond))
+	if perCall > 1.2 {
+		t.Errorf("upstream attempts per client call = %.2f, want <= 1.2", perCall)
+	}
+	if closedAgain.IsZero() || time.Since(lastUp) > time.Second {
+		t.Errorf("calls did not succeed again after the fake recovered (first success %v, last %v)", closedAgain, lastUp)
+	}
+	if st := s.app.Breakers().State(down); st != gobreaker.StateClosed {
+		t.Errorf("breaker state at the end = %v, want closed", st)
+	}
+}
+
+func TestBusinessErrorsNeverOpenBreaker(t *testing.T) {
+	s := newStack(t, nil, breakerSettings(5, time.Minute))
+	for _, code := range []int{dingtalk.ErrcodeNoPermission, dingtalk.ErrcodeBadParameter} {
+		script := make([]dingtalktest.Fault, 50)
+		for i := range script {
+			script[i] = dingtalktest.Errcode(code, "business")
+		}
+		s.fake.Script(dingtalktest.PathUserGet, script...)
+		for range 50 {
+			resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"u1"}`))
+			if resp.Header.Get(proxy.HeaderFallback) != "" || errcodeOf(t, body) != code {
+				t.Fatalf("business error %d: got %s (fallback %q)", code, body, resp.Header.Get(proxy.HeaderFallback))
+			}
+		}
+	}
+	if st := s.app.Breakers().State(dingtalktest.PathUserGet); st != gobreaker.StateClosed {
+		t.Errorf("breaker = %v after 100 business errors, want closed", st)
+	}
+}
+
+// tripBreaker makes path's breaker open with a run of 503s.
+func tripBreaker(t *testing.T, s *stack, method, path string, body []byte) {
+	t.Helper()
+	prefix, _, _ := strings.Cut(path, "?")
+	s.fake.SetChaos(dingtalktest.Chaos{Paths: []string{prefix}, Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(503), P: 1}}})
+	defer s.fake.SetChaos(dingtalktest.Chaos{})
+	for i := 0; i < 100; i++ {
+		resp, _ := s.do(method, path, body)
+		if resp.Header.Get(proxy.HeaderFallback) != "" {
+			return
+		}
+	}
+	t.Fatalf("breaker on %s did not open", path)
+}
+
+func TestFallbacks(t *testing.T) {
+	echoFallback := func(c *config.Config) {
+		c.Routes = append(c.Routes,
+			config.Route{Path: dingtalktest.PathChatSend, Fallback: &config.Fallback{
+				Status: 202, Body: `{"errcode":0,"errmsg":"accepted by fallback"}`,
+				Headers: map[string]string{"x-team": "notify"}, // viper lower-cases header names
+			}},
+			config.Route{Path: dingtalktest.PathDeptList, Fallback: &config.Fallback{Stale: time.Minute}},
+			config.Route{Path: dingtalktest.PathUserGet, Fallback: &config.Fallback{Stale: time.Minute, Status: 200, Body: `{"errcode":0,"result":{}}`}},
+		)
+	}
+	s := newStack(t, nil, breakerSettings(5, time.Minute), echoFallback)
+
+	t.Run("default", func(t *testing.T) {
+		tripBreaker(t, s, http.MethodGet, dingtalktest.PathContactUsers+"u9", nil)
+		resp, body := s.do(http.MethodGet, dingtalktest.PathContactUsers+"u9", nil)
+		if resp.StatusCode != 503 || resp.Header.Get(proxy.HeaderFallback) != breaker.KindCircuitOpen {
+			t.Fatalf("default fallback: %d %q", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+		}
+		ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if err != nil || ra < 1 || ra > 60 {
+			t.Errorf("Retry-After = %q, want the remaining open time in seconds", resp.Header.Get("Retry-After"))
+		}
+		want := fmt.Sprintf(`{"errcode":-1,"errmsg":"dingproxy: circuit open for %s, retry after %ds"}`, dingtalktest.PathContactUsers+"u9", ra)
+		if string(body) != want {
+			t.Errorf("body = %s, want %s", body, want)
+		}
+		if resp.Header.Get(proxy.HeaderAttempts) != "0" {
+			t.Errorf("attempts = %q, want 0", resp.Header.Get(proxy.HeaderAttempts))
+		}
+	})
+	t.Run("configured", func(t *testing.T) {
+		tripBreaker(t, s, http.MethodPost, dingtalktest.PathChatSend, []byte(`{"chatid":"c"}`))
+		hits := s.fake.Hits(dingtalktest.PathChatSend)
+		resp, body := s.do(http.MethodPost, dingtalktest.PathChatSend, []byte(`{"chatid":"c"}`))
+		if resp.StatusCode != 202 || string(body) != `{"errcode":0,"errmsg":"accepted by fallback"}` ||
+			resp.Header.Get(proxy.HeaderFallback) != proxy.KindRoute || resp.Header.Get("X-Team") != "notify" ||
+			!strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("configured fallback: %d %s %v", resp.StatusCode, body, resp.Header)
+		}
+		if s.fake.Hits(dingtalktest.PathChatSend) != hits {
+			t.Error("a call reached DingTalk while the breaker was open")
+		}
+	})
+	t.Run("stale", func(t *testing.T) {
+		path := dingtalktest.PathDeptList + "?id=7"
+		_, good := s.do(http.MethodGet, path, nil)
+		if errcodeOf(t, good) != 0 {
+			t.Fatalf("warm-up: %s", good)
+		}
+		tripBreaker(t, s, http.MethodGet, dingtalktest.PathDeptList+"?id=8", nil)
+		resp, body := s.do(http.MethodGet, path, nil)
+		if resp.Header.Get(proxy.HeaderFallback) != proxy.KindStale || string(body) != string(good) || resp.StatusCode != 200 {
+			t.Errorf("stale fallback: %d %q %s, want the last good answer", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback), body)
+		}
+		if resp.Header.Get("Age") == "" {
+			t.Error("stale answer without Age")
+		}
+		// Nothing cached for this query: no stale answer; no configured one: the default.
+		resp, _ = s.do(http.MethodGet, dingtalktest.PathDeptList+"?id=9", nil)
+		if resp.Header.Get(proxy.HeaderFallback) != breaker.KindCircuitOpen || resp.StatusCode != 503 {
+			t.Errorf("no stale entry: %d %q, want the default fallback", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+		}
+	})
+	t.Run("stale is per body, then configured", func(t *testing.T) {
+		_, good := s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"alice"}`))
+		tripBreaker(t, s, http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"x"}`))
+		resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"alice"}`))
+		if resp.Header.Get(proxy.HeaderFallback) != proxy.KindStale || string(body) != string(good) {
+			t.Errorf("stale for alice: %q %s", resp.Header.Get(proxy.HeaderFallback), body)
+		}
+		resp, body = s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"bob"}`))
+		if resp.Header.Get(proxy.HeaderFallback) != proxy.KindRoute || string(body) != `{"errcode":0,"result":{}}` {
+			t.Errorf("bob must not get alice's answer: %q %s", resp.Header.Get(proxy.HeaderFallback), body)
+		}
+	})
+}
+
+func TestIPBanOpensEveryRoute(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		fault   dingtalktest.Fault
+		wantMin int // seconds
+	}{
+		{"html page", dingtalktest.IPBanHTML(), 299},
+		{"json with wait", dingtalktest.IPBanJSON(2), 119},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStack(t, nil)
+			s.fake.Script(dingtalktest.PathUserGet, tt.fault)
+			resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"u1"}`))
+			if resp.Header.Get(proxy.HeaderFallback) != breaker.KindIPBan || resp.StatusCode != 503 || errcodeOf(t, body) != -1 {
+				t.Fatalf("ban answer: %d %q %s", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback), body)
+			}
+			before := s.fake.TotalHits()
+			for _, p := range []string{dingtalktest.PathDeptList, dingtalktest.PathContactUsers + "u1", "/never/seen"} {
+				resp, _ := s.do(http.MethodGet, p, nil)
+				ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+				if resp.Header.Get(proxy.HeaderFallback) != breaker.KindIPBan || ra < tt.wantMin {
+					t.Errorf("%s during the ban: %q Retry-After %d, want ip-ban >= %d", p, resp.Header.Get(proxy.HeaderFallback), ra, tt.wantMin)
+				}
+			}
+			if s.fake.TotalHits() != before {
+				t.Error("calls reached DingTalk during the IP ban")
+			}
+		})
+	}
+}
+
+func TestBreakerRoutesBounded(t *testing.T) {
+	s := newStack(t, nil, func(c *config.Config) { c.Breaker.MaxRoutes = 50 })
+	// The route table fills in the proxy's handler, before any upstream
+	// call; an IP ban keeps the 10,000 calls off the fake to save time.
+	s.app.Breakers().Ban(time.Minute)
+	var wg sync.WaitGroup
+	paths := make(chan string)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range paths {
+				if resp, _ := s.do(http.MethodGet, p, nil); resp.Header.Get(proxy.HeaderFallback) != breaker.KindIPBan {
+					t.Errorf("%s: not stopped by the ban", p)
+				}
+			}
+		}()
+	}
+	for i := range 10000 {
+		paths <- fmt.Sprintf("/topapi/unknown/%d", i)
+	}
+	close(paths)
+	wg.Wait()
+	if got := s.app.Breakers().Len(); got != 51 {
+		t.Errorf("breakers = %d after 10,000 distinct paths, want max_routes+1 = 51", got)
+	}
+	if r := s.app.Breakers().Route("/topapi/unknown/9999"); r != breaker.Overflow {
+		t.Errorf("route for a late path = %q, want %q", r, breaker.Overflow)
+	}
+}
