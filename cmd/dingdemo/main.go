@@ -43,6 +43,18 @@ func main() {
 	demo.PrintTable(os.Stdout, rs)
 	fmt.Printf("\nduplicate sends: a notice executed twice by DingTalk, so a person got it twice.\n")
 	fmt.Printf("upstream attempts per call: what DingTalk had to serve per client call.\n")
+
+	var oo demo.OutageOptions
+	fmt.Printf("\noutage: %s answers 503 to everything for 4 s, then recovers; reads continue 4 s more at 60/s.\n", demo.OutagePath)
+	fmt.Printf("(the demo's dingproxy runs with breaker.open_timeout: 2s, not the default 15s, so its recovery shows here)\n\n")
+	ors, err := demo.RunOutage(ctx, oo)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dingdemo:", err)
+		os.Exit(1)
+	}
+	demo.PrintOutageTable(os.Stdout, ors)
+	fmt.Printf("\nwhile its breaker is open dingproxy answers at once with a fallback (X-Dingproxy-Fallback)\n")
+	fmt.Printf("instead of sending DingTalk more load; it recovers when a half-open probe succeeds.\n")
 	fmt.Printf("(%s, took %s)\n", time.Now().Format("2006-01-02"), time.Since(start).Round(time.Second))
 }
 

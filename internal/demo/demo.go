@@ -201,10 +201,13 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 // startProxy runs dingproxy on built-in defaults, pointed at the fake with
 // the fake's credentials, on a free loopback port.
-func startProxy(fakeURL string) (stop func(), url string, err error) {
+func startProxy(fakeURL string, tweaks ...func(*config.Config)) (stop func(), url string, err error) {
 	cfg := config.Default()
 	cfg.Upstreams.OAPI, cfg.Upstreams.API = fakeURL, fakeURL
 	cfg.App.Key, cfg.App.Secret = dingtalktest.DefaultAppKey, config.Secret(dingtalktest.DefaultAppSecret)
+	for _, t := range tweaks {
+		t(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, "", err
 	}

@@ -49,3 +49,37 @@ func TestDemoPromise(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoOutage checks the outage phase: dingproxy answers fallbacks while
+// the API is down, costs DingTalk at most 1.2 attempts per client call, and
+// recovers after the API does.
+func TestDemoOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a few seconds of load")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rs, err := RunOutage(ctx, OutageOptions{Rate: 40, Modes: []Mode{Direct, Proxy}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct, proxy := rs[0], rs[1]
+	t.Logf("outage: %+v", rs)
+	if proxy.Fallbacks == 0 {
+		t.Error("dingproxy answered no fallback during the outage")
+	}
+	if got := proxy.AttemptsPerCall(); got > 1.2 {
+		t.Errorf("dingproxy: %.2f upstream attempts per call during the outage, want <= 1.2", got)
+	}
+	if direct.Fallbacks != 0 || direct.AttemptsPerCall() < 0.99 {
+		t.Errorf("direct client: %d fallbacks, %.2f attempts per call: the outage was not injected", direct.Fallbacks, direct.AttemptsPerCall())
+	}
+	if proxy.Recovery < 0 || proxy.Recovery > 3500*time.Millisecond {
+		t.Errorf("dingproxy recovered %v after the API, want within open_timeout and a probe", proxy.Recovery)
+	}
+	var buf bytes.Buffer
+	PrintOutageTable(&buf, rs)
+	if !strings.Contains(buf.String(), "answered by a fallback") {
+		t.Errorf("outage table:\n%s", buf.String())
+	}
+}
