@@ -198,7 +198,12 @@ func (s *Set) fresh(e *entry) *entry {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now, ok := s.routes[e.route]; ok && now != e {
+	// Another call may have rebuilt it meanwhile: use that one.
+	if e.route == Overflow {
+		if s.overflow != e {
+			return s.overflow
+		}
+	} else if now, ok := s.routes[e.route]; ok && now != e {
 		return now
 	}
 	n := s.newEntry(e.route, *cur)
@@ -208,6 +213,13 @@ func (s *Set) fresh(e *entry) *entry {
 		s.routes[e.route] = n
 	}
 	return n
+}
+
+// overflowEntry returns the overflow breaker, which fresh may replace.
+func (s *Set) overflowEntry() *entry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.overflow
 }
 
 // Allow asks whether a call on route may go. When it may, done must be
@@ -221,7 +233,7 @@ func (s *Set) Allow(route string) (done func(Verdict), err error) {
 	}
 	var e *entry
 	if route == Overflow {
-		e = s.fresh(s.overflow)
+		e = s.fresh(s.overflowEntry())
 	} else {
 		e = s.entry(route)
 	}
@@ -305,7 +317,7 @@ func (s *Set) Len() int {
 // State returns the state of route's breaker.
 func (s *Set) State(route string) State {
 	if route == Overflow {
-		return s.overflow.cb.State()
+		return s.overflowEntry().cb.State()
 	}
 	s.mu.RLock()
 	e, ok := s.routes[route]
