@@ -49,7 +49,8 @@ func TestOutageOpensBreaker(t *testing.T) {
 	var (
 		clientCalls, fallbacks, otherFailures int
 		opened                                time.Time
-		hitsAtOpen                            int
+		hitsAtOpen, callsAtOpen               int
+		hitsAtRecovery, callsAtRecovery       int
 		recovered                             bool
 		closedAgain                           time.Time
 		lastUp                                time.Time
@@ -59,6 +60,7 @@ func TestOutageOpensBreaker(t *testing.T) {
 		if !recovered && time.Since(begin) >= recoverAt {
 			s.fake.SetChaos(dingtalktest.Chaos{})
 			recovered = true
+			hitsAtRecovery, callsAtRecovery = s.fake.Hits(down), clientCalls
 		}
 		if i%5 == 4 { // another path keeps working throughout
 			resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil)
@@ -78,7 +80,7 @@ func TestOutageOpensBreaker(t *testing.T) {
 		case breaker.KindCircuitOpen:
 			fallbacks++
 			if opened.IsZero() {
-				opened, hitsAtOpen = time.Now(), s.fake.Hits(down)
+				opened, hitsAtOpen, callsAtOpen = time.Now(), s.fake.Hits(down), clientCalls
 				if clientCalls-1 < 20 {
 					t.Errorf("breaker opened after %d calls, want >= min_requests (20)", clientCalls-1)
 				}
@@ -99,8 +101,12 @@ func TestOutageOpensBreaker(t *testing.T) {
 		t.Errorf("%d calls on a healthy path failed during the outage", otherFailures)
 	}
 	perCall := float64(s.fake.Hits(down)) / float64(clientCalls)
-	t.Logf("outage: %d client calls, %d upstream attempts (%.2f per call), %d fallbacks, opened after %v, recovered %v after the fake",
-		clientCalls, s.fake.Hits(down), perCall, fallbacks, opened.Sub(begin).Round(time.Millisecond), closedAgain.Sub(begin.Add(recoverAt)).Round(time.Millisecond))
+	t.Logf("outage: %d client calls, %d upstream attempts (%.2f per call over 10 s), %d fallbacks", clientCalls, s.fake.Hits(down), perCall, fallbacks)
+	t.Logf("before the breaker opened (%v): %d calls, %.2f upstream attempts per call", opened.Sub(begin).Round(time.Millisecond),
+		callsAtOpen, float64(hitsAtOpen)/float64(callsAtOpen))
+	t.Logf("open until the fake recovered: %d calls, %.2f upstream attempts per call (half-open probes)",
+		callsAtRecovery-callsAtOpen, float64(hitsAtRecovery-hitsAtOpen)/float64(callsAtRecovery-callsAtOpen))
+	t.Logf("first success %v after the fake recovered (open_timeout %v)", closedAgain.Sub(begin.Add(recoverAt)).Round(time.Millisecond), openTimeout)
 	if perCall > 1.2 {
 		t.Errorf("upstream attempts per client call = %.2f, want <= 1.2", perCall)
 	}
