@@ -13,7 +13,7 @@ import (
 
 // BenchmarkSmallJSON sends the same small JSON read (POST /topapi/v2/user/get)
 // straight to the fake and through dingproxy, in one run, so the two can be
-// compared as a ratio (benchstat). The difference is dingproxy's own cost
+// compared as a ratio: benchstat -col /via. The difference is dingproxy's own cost
 // plus one more loopback hop.
 func BenchmarkSmallJSON(b *testing.B) {
 	s := newBenchStack(b)
@@ -35,8 +35,8 @@ func BenchmarkSmallJSON(b *testing.B) {
 			}
 		}
 	}
-	b.Run("direct", func(b *testing.B) { run(b, s.fake.URL()+dingtalktest.PathUserGet+"?access_token="+tok) })
-	b.Run("dingproxy", func(b *testing.B) { run(b, s.proxy.URL+dingtalktest.PathUserGet) })
+	b.Run("via=direct", func(b *testing.B) { run(b, s.fake.URL()+dingtalktest.PathUserGet+"?access_token="+tok) })
+	b.Run("via=dingproxy", func(b *testing.B) { run(b, s.proxy.URL+dingtalktest.PathUserGet) })
 }
 
 // newBenchStack is newStack for benchmarks: no test logger, nothing printed.
