@@ -11,14 +11,21 @@ const budgetWindow = 10
 
 // Budget caps retries at Ratio of the requests seen in the last ten seconds
 // plus MinPerSecond per second, so that when everything fails the upstream
-// sees at most about (1+Ratio) times the client's calls. The zero Budget, and
-// a nil *Budget, allow every retry.
+// sees at most about (1+Ratio) times the client's calls. The minimum is a
+// steady allowance (a bucket holding at most one second's worth), not a
+// ten-second reserve: a fresh outage cannot triple the load before the ratio
+// has anything to go on. The zero Budget, and a nil *Budget, allow every
+// retry.
 type Budget struct {
 	mu      sync.Mutex
 	ratio   float64
 	minRate float64
 	buckets [budgetWindow]budgetBucket
 	enabled bool
+	// floor is the minimum's credit in retries; it refills at minRate per
+	// second up to max(1, minRate).
+	floor     float64
+	floorTime time.Time
 }
 
 type budgetBucket struct {
@@ -37,8 +44,18 @@ func NewBudget(ratio, minPerSecond float64) *Budget {
 // Set changes the budget's limits, keeping what it has counted.
 func (b *Budget) Set(ratio, minPerSecond float64) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.enabled || minPerSecond != b.minRate {
+		b.floor, b.floorTime = floorCap(minPerSecond), time.Now()
+	}
 	b.ratio, b.minRate, b.enabled = ratio, minPerSecond, true
-	b.mu.Unlock()
+}
+
+func floorCap(minRate float64) float64 {
+	if minRate <= 0 {
+		return 0
+	}
+	return max(1, minRate)
 }
 
 func (b *Budget) bucket(now time.Time) *budgetBucket {
@@ -80,9 +97,17 @@ func (b *Budget) Retry() bool {
 			retries += bk.retries
 		}
 	}
-	if retries+1 > b.ratio*reqs+b.minRate*budgetWindow {
-		return false
+	if retries+1 <= b.ratio*reqs {
+		cur.retries++
+		return true
 	}
-	cur.retries++
-	return true
+	if elapsed := now.Sub(b.floorTime); elapsed > 0 {
+		b.floor = min(floorCap(b.minRate), b.floor+b.minRate*elapsed.Seconds())
+	}
+	b.floorTime = now
+	if b.floor >= 1 {
+		b.floor--
+		return true
+	}
+	return false
 }

@@ -36,8 +36,8 @@ func TestBudget(t *testing.T) {
 	}{
 		{"ratio of requests", 0.2, 0, 100, 20},
 		{"no requests, no minimum", 0.2, 0, 0, 0},
-		{"minimum per second over the window", 0, 5, 0, 50},
-		{"ratio plus minimum", 0.2, 5, 100, 70},
+		{"minimum: one second's worth at once", 0, 5, 0, 5},
+		{"ratio plus minimum", 0.2, 5, 100, 25},
 		{"ratio of few requests", 0.5, 0, 3, 1},
 	}
 	for _, tt := range tests {
@@ -95,17 +95,36 @@ func TestBudgetWindow(t *testing.T) {
 	})
 	t.Run("retries age out", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			b := retry.NewBudget(0, 1) // 10 per 10 s
+			b := retry.NewBudget(0.5, 0)
+			requests(b, 20) // 10 retries in the window
 			if got := allowed(b, 20); got != 10 {
 				t.Fatalf("allowed %d retries, want 10", got)
 			}
 			time.Sleep(5 * time.Second)
-			if got := allowed(b, 20); got != 0 {
-				t.Fatalf("5s later allowed %d retries, want 0", got)
+			requests(b, 20) // 20 more in the window, 10 used: 10 more
+			if got := allowed(b, 20); got != 10 {
+				t.Fatalf("5s later allowed %d retries, want 10", got)
 			}
 			time.Sleep(5 * time.Second)
-			if got := allowed(b, 20); got != 10 {
-				t.Errorf("10s later allowed %d retries, want 10", got)
+			// t=10: the first 20 requests and 10 retries are gone.
+			if got := allowed(b, 20); got != 0 {
+				t.Errorf("10s later allowed %d retries, want 0 (20 requests, 10 retries left in the window)", got)
+			}
+		})
+	})
+	t.Run("the minimum refills each second", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			b := retry.NewBudget(0, 2)
+			if got := allowed(b, 20); got != 2 {
+				t.Fatalf("allowed %d retries, want 2", got)
+			}
+			time.Sleep(time.Second / 2)
+			if got := allowed(b, 20); got != 1 {
+				t.Fatalf("0.5 s later allowed %d retries, want 1", got)
+			}
+			time.Sleep(10 * time.Second)
+			if got := allowed(b, 20); got != 2 {
+				t.Errorf("10 s later allowed %d retries, want 2: the minimum does not pile up", got)
 			}
 		})
 	})
@@ -148,9 +167,9 @@ func TestBudgetSet(t *testing.T) {
 		if got := allowed(b, 20); got != 5 {
 			t.Errorf("after Set(0.5, 0) allowed %d retries, want 5", got)
 		}
-		b.Set(0.5, 1) // +10 in the window, 5 already used
-		if got := allowed(b, 30); got != 10 {
-			t.Errorf("after Set(0.5, 1) allowed %d more retries, want 10", got)
+		b.Set(0.5, 1) // the ratio's 5 are used; the minimum gives 1 a second
+		if got := allowed(b, 30); got != 1 {
+			t.Errorf("after Set(0.5, 1) allowed %d more retries, want 1", got)
 		}
 		b.Set(0, 0)
 		if b.Retry() {
