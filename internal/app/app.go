@@ -16,6 +16,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
@@ -29,6 +30,7 @@ type App struct {
 	tokens   *token.Source // nil in pass-through mode
 	retry    *retry.Transport
 	breakers *breaker.Set
+	pacer    *pacing.Pacer
 	proxy    *proxy.Proxy
 	ready    atomic.Bool
 
@@ -68,6 +70,9 @@ func New(cfg *config.Config, log *zap.Logger) (*App, error) {
 	a.retry = retry.NewTransport(a.base, RetryPolicy(cfg))
 	a.retry.Budget = retry.NewBudget(cfg.Retry.Budget.Ratio, cfg.Retry.Budget.MinPerSecond)
 	a.retry.Logger = log.Named("retry")
+	a.pacer = pacing.New(PacingSettings(cfg))
+	a.retry.Pacer = callPacer{a.pacer}
+	a.retry.Observe = a.observe
 	if a.tokens != nil {
 		a.retry.Prepare = proxy.Injector(a.tokens)
 		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
@@ -130,6 +135,42 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 	}
 	return p
 }
+
+// PacingSettings turns cfg's pacing section into the pacer's settings.
+func PacingSettings(cfg *config.Config) pacing.Settings {
+	return pacing.Settings{PerAPIQPS: cfg.Pacing.PerAPIQPS, GlobalQPS: cfg.Pacing.GlobalQPS}
+}
+
+// observe feeds each attempt's answer back to the pacer: throttles cut the
+// path's rate and block it for DingTalk's penalty, successes raise it again.
+func (a *App) observe(c *retry.Call, reason string, _ time.Duration) {
+	switch reason {
+	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
+		a.pacer.Throttled(c.Path, c.Result.PenaltyEnd)
+	case dingtalk.ReasonSuccess:
+		a.pacer.Succeeded(c.Path)
+	}
+}
+
+// callPacer paces calls by path; token calls are not paced.
+type callPacer struct{ p *pacing.Pacer }
+
+func (cp callPacer) Wait(ctx context.Context, c *retry.Call, earliest, deadline time.Time) error {
+	if dingtalk.IsTokenEndpoint(c.Path) {
+		return nil
+	}
+	return cp.p.Wait(ctx, c.Path, earliest, deadline)
+}
+
+func (cp callPacer) Next(c *retry.Call, earliest time.Time) time.Time {
+	if dingtalk.IsTokenEndpoint(c.Path) {
+		return earliest
+	}
+	return cp.p.Next(c.Path, earliest)
+}
+
+// Pacer is the rate pacer.
+func (a *App) Pacer() *pacing.Pacer { return a.pacer }
 
 // BreakerSettings turns cfg's breaker section into the breakers' settings.
 func BreakerSettings(cfg *config.Config) breaker.Settings {

@@ -50,6 +50,8 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 	cfg.App.Key, cfg.App.Secret = dingtalktest.DefaultAppKey, config.Secret(dingtalktest.DefaultAppSecret)
 	cfg.Retry.Backoff.Base, cfg.Retry.Backoff.Max = time.Millisecond, 5*time.Millisecond
 	cfg.Retry.PerTryTimeout, cfg.Retry.Timeout = 5*time.Second, 10*time.Second
+	// Tests not about pacing send faster than DingTalk's 20 calls/s per API.
+	cfg.Pacing.PerAPIQPS, cfg.Pacing.GlobalQPS = 1e5, 1e6
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -24,12 +24,17 @@ import (
 )
 
 // DefaultFaults is the demo's fault mix: 25 % of calls, of which 20 % fail.
-const DefaultFaults = "system-busy=0.06,throttle=0.05,status:503=0.03,reset-before=0.03,reset-after=0.03,latency:30ms=0.05"
+// Throttling is not drawn at random: the fake enforces DingTalk's real limit
+// of QPSLimit calls per second per API, with its 1 s penalty.
+const DefaultFaults = "system-busy=0.08,status:503=0.04,reset-before=0.04,reset-after=0.04,latency:30ms=0.05"
+
+// QPSLimit is the fake's per-API limit in the demo: DingTalk's standard 20.
+const QPSLimit = 20
 
 // Options shape a demo run.
 type Options struct {
 	Calls  int     // calls per client; default 300
-	Rate   float64 // calls per second; default 60
+	Rate   float64 // calls per second; default 40 (about 9 per API, under DingTalk's 20)
 	Faults string  // dingtalktest.ParseChaos spec; default DefaultFaults
 	Seed   int64   // fault RNG seed; default 1
 	// Modes to run; default all three.
@@ -53,6 +58,7 @@ type Result struct {
 	Sends, SendsOK   int
 	DuplicateSends   int
 	UpstreamAttempts int // calls the fake received, token calls excluded
+	Throttled        int // of those, rejected by the fake's per-API limit
 	P50, P99         time.Duration
 }
 
@@ -77,7 +83,7 @@ func (o *Options) defaults() {
 		o.Calls = 300
 	}
 	if o.Rate <= 0 {
-		o.Rate = 60
+		o.Rate = 40
 	}
 	if o.Faults == "" {
 		o.Faults = DefaultFaults
@@ -116,6 +122,7 @@ func runMode(ctx context.Context, m Mode, chaos dingtalktest.Chaos, opts Options
 	}
 	defer fake.Close()
 	fake.SetChaos(chaos)
+	fake.SetQPSLimit(QPSLimit)
 
 	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
 	defer tr.CloseIdleConnections()
@@ -123,7 +130,7 @@ func runMode(ctx context.Context, m Mode, chaos dingtalktest.Chaos, opts Options
 	c := &client{hc: hc, base: fake.URL()}
 	switch m {
 	case Proxy:
-		stop, url, err := startProxy(fake.URL())
+		stop, url, err := startProxy(fake.URL(), proxyTweak)
 		if err != nil {
 			return Result{}, err
 		}
@@ -185,6 +192,7 @@ func runMode(ctx context.Context, m Mode, chaos dingtalktest.Chaos, opts Options
 	}
 	wg.Wait()
 	res.DuplicateSends = fake.Duplicates()
+	res.Throttled = fake.Throttled()
 	res.UpstreamAttempts = fake.TotalHits() - fake.Hits(dingtalk.PathGetToken) - fake.Hits(dingtalk.PathOAuth2Token)
 	slices.Sort(lat)
 	res.P50, res.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
@@ -198,6 +206,9 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	i := int(float64(len(sorted)-1) * p)
 	return sorted[i]
 }
+
+// proxyTweak adjusts the demo proxy's configuration (tests only).
+var proxyTweak = func(*config.Config) {}
 
 // startProxy runs dingproxy on built-in defaults, pointed at the fake with
 // the fake's credentials, on a free loopback port.

@@ -21,7 +21,7 @@ import (
 type OutageOptions struct {
 	Down  time.Duration // how long the API answers 503; default 4 s
 	After time.Duration // load after it recovers; default 3 s
-	Rate  float64       // calls per second; default 60
+	Rate  float64       // calls per second; default 18, under DingTalk's 20 per API
 	// OpenTimeout is the demo proxy's breaker.open_timeout, short so the
 	// recovery shows within the run; default 2 s.
 	OpenTimeout time.Duration
@@ -53,7 +53,7 @@ func (o *OutageOptions) defaults() {
 		o.After = 4 * time.Second
 	}
 	if o.Rate <= 0 {
-		o.Rate = 60
+		o.Rate = 18
 	}
 	if o.OpenTimeout <= 0 {
 		o.OpenTimeout = 2 * time.Second

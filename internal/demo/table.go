@@ -12,7 +12,7 @@ import (
 func PrintTable(w io.Writer, rs []Result) {
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', tabwriter.AlignRight)
 	row := func(name string, f func(Result) string) {
-		cells := []string{fmt.Sprintf("%-28s", name)}
+		cells := []string{fmt.Sprintf("%-36s", name)}
 		for _, r := range rs {
 			cells = append(cells, f(r))
 		}
@@ -23,6 +23,9 @@ func PrintTable(w io.Writer, rs []Result) {
 	row("sends ok", func(r Result) string { return fmt.Sprintf("%.1f%% (%d/%d)", 100*r.SendSuccess(), r.SendsOK, r.Sends) })
 	row("duplicate sends", func(r Result) string { return fmt.Sprint(r.DuplicateSends) })
 	row("upstream attempts per call", func(r Result) string { return fmt.Sprintf("%.2f", r.AttemptsPerCall()) })
+	row("throttle rejections per 100 attempts", func(r Result) string {
+		return fmt.Sprintf("%.1f", 100*ratio(r.Throttled, r.UpstreamAttempts))
+	})
 	row("p50 latency", func(r Result) string { return ms(r.P50) })
 	row("p99 latency", func(r Result) string { return ms(r.P99) })
 	tw.Flush()

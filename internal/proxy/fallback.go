@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
@@ -23,6 +25,9 @@ const HeaderFallback = "X-Dingproxy-Fallback"
 const (
 	KindRoute = "route"
 	KindStale = "stale"
+	// KindPaced: the call's turn under DingTalk's rate limits would come
+	// after its deadline, so it was answered at once instead of sent.
+	KindPaced = "paced"
 )
 
 // Fallback is what a route answers while its breaker is open.
@@ -56,6 +61,11 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 		return g.px.fallback(req, c, err.(*breaker.OpenError)), nil
 	}
 	resp, err := g.next.RoundTrip(req)
+	var paced *pacing.PacedError
+	if err != nil && errors.As(err, &paced) {
+		done(breaker.Ignore)
+		return g.px.pacedAnswer(req, paced), nil
+	}
 	if c.Outcome == retry.IPBan {
 		done(breaker.Ignore)
 		ban := c.Result.Wait
@@ -86,7 +96,7 @@ func verdict(c *retry.Call) breaker.Verdict {
 	case retry.ServerError, retry.AfterSend:
 		return breaker.Failure
 	case retry.NotSent:
-		if c.Reason == retry.ReasonTokenUnavailable {
+		if c.Reason == retry.ReasonTokenUnavailable || c.Reason == retry.ReasonPaced {
 			return breaker.Ignore
 		}
 		return breaker.Failure
@@ -136,6 +146,24 @@ func (px *Proxy) fallback(req *http.Request, c *retry.Call, oe *breaker.OpenErro
 	h.Set("Retry-After", strconv.Itoa(secs))
 	h.Set(HeaderFallback, oe.Kind)
 	return synthesize(req, http.StatusServiceUnavailable, h, body)
+}
+
+// pacedAnswer is the 429-style answer to a call whose turn would come after
+// its deadline: DingTalk's own throttle errcode, so SDKs treat it as one.
+func (px *Proxy) pacedAnswer(req *http.Request, e *pacing.PacedError) *http.Response {
+	secs := int((e.Wait + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	body, _ := json.Marshal(struct {
+		Errcode int    `json:"errcode"`
+		Errmsg  string `json:"errmsg"`
+	}{dingtalk.ErrcodeQPSAppAPI, fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", e.Path, secs)})
+	h := http.Header{}
+	h.Set("Content-Type", "application/json;charset=utf-8")
+	h.Set("Retry-After", strconv.Itoa(secs))
+	h.Set(HeaderFallback, KindPaced)
+	return synthesize(req, http.StatusTooManyRequests, h, body)
 }
 
 func synthesize(req *http.Request, status int, h http.Header, body []byte) *http.Response {

@@ -122,6 +122,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		name = px.opts.Breakers.Route(path)
 	}
 	call := &retry.Call{
+		Path:       path,
 		Route:      name,
 		Upstream:   up,
 		Body:       body,

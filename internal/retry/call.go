@@ -10,6 +10,8 @@ import (
 // fills in the first group before the request reaches the Transport; the loop
 // fills in the second. A Call belongs to one request and is not shared.
 type Call struct {
+	// Path is the request path: the API DingTalk rate-limits.
+	Path string
 	// Route names the request's route (a configured path or the request path,
 	// bounded by the caller) for logs and metrics.
 	Route string

@@ -60,6 +60,7 @@ const (
 	ReasonTimeout          = "timeout"           // per-try or overall timeout
 	ReasonCanceled         = "canceled"          // the client went away
 	ReasonTokenUnavailable = "token_unavailable" // Prepare could not get a token
+	ReasonPaced            = "paced"             // Pace found no turn before the deadline
 )
 
 // Retryable is SPEC's retry table: whether an attempt that came to o may be

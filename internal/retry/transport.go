@@ -56,12 +56,23 @@ type Transport struct {
 	Prepare func(req *http.Request, c *Call) (token string, err error)
 	// OnTokenInvalid, if set, is told of an injected token DingTalk rejected.
 	OnTokenInvalid func(token string)
-	// Observe, if set, is told of every attempt's outcome once it is known.
+	// Pacer, if set, gives each attempt its turn under DingTalk's limits.
+	Pacer Pacer
+	// Observe, if set, is told of every attempt's outcome once it is known;
+	// c.Result holds the attempt's classification.
 	Observe func(c *Call, reason string, d time.Duration)
 	// Logger gets one debug line per attempt. Nil means no logs.
 	Logger *zap.Logger
 
 	policy atomic.Pointer[Policy]
+}
+
+// Pacer gives attempts their turns. Wait waits for a turn no earlier than
+// earliest; an error means there is none before deadline (zero: none) or ctx
+// ended. Next estimates, without booking, when a turn could come.
+type Pacer interface {
+	Wait(ctx context.Context, c *Call, earliest, deadline time.Time) error
+	Next(c *Call, earliest time.Time) time.Time
 }
 
 // NewTransport returns an attempt loop sending through base under p.
@@ -97,6 +108,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	call := CallFrom(req.Context())
 	if call == nil {
 		call = &Call{
+			Path:       req.URL.Path,
 			Route:      req.URL.Path,
 			Upstream:   dingtalk.UpstreamFor(req.URL.Path),
 			Idempotent: req.Method == http.MethodGet || req.Method == http.MethodHead,
@@ -125,7 +137,18 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.Budget.Request()
 	tokenRetried := false
+	var earliest time.Time // of the next attempt
 	for n := 1; ; n++ {
+		if t.Pacer != nil {
+			if err := t.Pacer.Wait(ctx, call, earliest, deadline); err != nil {
+				release()
+				if ctx.Err() != nil {
+					return nil, &Error{Attempts: n - 1, Outcome: Canceled, Err: cause(req, ctx)}
+				}
+				call.Outcome, call.Reason = NotSent, ReasonPaced
+				return nil, &Error{Attempts: n - 1, Outcome: NotSent, Err: err}
+			}
+		}
 		call.Attempts = n
 		a := t.attempt(ctx, req, call, p)
 		call.Outcome, call.Reason, call.Result = a.outcome, a.reason, a.result
@@ -151,6 +174,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if retry && a.outcome != TokenInvalid && !t.Budget.Retry() {
 			retry, call.BudgetExhausted = false, true
 		}
+		if retry && t.Pacer != nil && !deadline.IsZero() {
+			if at := t.Pacer.Next(call, time.Now().Add(wait)); at.After(deadline) {
+				retry = false // no turn before the deadline: this answer is the last
+			}
+		}
 		if !retry {
 			if a.resp != nil {
 				stopTimer()
@@ -174,21 +202,37 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			a.resp.Body.Close()
 		}
 		a.cancel(nil)
-		if wait > 0 {
-			w := time.NewTimer(wait)
-			select {
-			case <-w.C:
-			case <-ctx.Done():
-				w.Stop()
-				release()
-				err := context.Cause(ctx)
-				if req.Context().Err() != nil {
-					err = req.Context().Err()
-				}
-				return nil, &Error{Attempts: n, Outcome: Canceled, Err: err}
-			}
+		earliest = time.Now().Add(wait)
+		if err := sleepUntil(ctx, earliest); err != nil {
+			release()
+			return nil, &Error{Attempts: n, Outcome: Canceled, Err: cause(req, ctx)}
 		}
 	}
+}
+
+// sleepUntil waits until t or until ctx ends, whichever is first.
+func sleepUntil(ctx context.Context, t time.Time) error {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	w := time.NewTimer(d)
+	defer w.Stop()
+	select {
+	case <-w.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// cause is why the loop's context ended: the client's own error if it went
+// away, else ErrTimeout.
+func cause(req *http.Request, ctx context.Context) error {
+	if err := req.Context().Err(); err != nil {
+		return err
+	}
+	return context.Cause(ctx)
 }
 
 // attempt makes one try and reads enough of its answer to classify it.
@@ -210,7 +254,11 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 		areq.Body = io.NopCloser(bytes.NewReader(body))
 		areq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	case call.Replayable:
-		areq.Body, areq.GetBody, areq.ContentLength = nil, nil, 0
+		// A non-nil empty body, without GetBody, keeps http.Transport from
+		// re-sending a bodiless GET by itself when a reused connection breaks:
+		// every attempt is this loop's, paced and counted. The transport
+		// probes the body, finds it empty, and sends no body at all.
+		areq.Body, areq.GetBody, areq.ContentLength = emptyBody{}, nil, 0
 	}
 	if t.Prepare != nil {
 		tok, err := t.Prepare(areq, call)
@@ -257,6 +305,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 		a.outcome, a.reason = fromClass(a.result.Class), a.result.Reason
 	}
 	d := time.Since(start)
+	call.Result = a.result
 	if t.Observe != nil {
 		t.Observe(call, a.reason, d)
 	}
@@ -351,6 +400,13 @@ func gunzipPrefix(b []byte, limit int) []byte {
 	out, _ := io.ReadAll(io.LimitReader(zr, int64(limit)))
 	return out
 }
+
+// emptyBody is a request body with nothing in it that net/http does not
+// take for http.NoBody.
+type emptyBody struct{}
+
+func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (emptyBody) Close() error             { return nil }
 
 // prefixBody is an answer's body with its inspected prefix put back.
 type prefixBody struct {
