@@ -111,20 +111,22 @@ func lifetime(n json.Number) time.Duration {
 }
 
 // Redact returns err with the query of any *url.Error in it removed, since
-// Go prints a *url.Error with its whole URL, query and all.
+// Go prints a *url.Error with its whole URL, query and all. Wrappers around
+// the outermost *url.Error are dropped: their text includes its URL.
 func Redact(err error) error {
 	var ue *url.Error
-	if errors.As(err, &ue) {
-		if u, perr := url.Parse(ue.URL); perr == nil {
-			c := *ue
-			c.URL = redactURL(u)
-			return &c
-		}
-		c := *ue
-		c.URL = "(url redacted)"
-		return &c
+	if !errors.As(err, &ue) {
+		return err
 	}
-	return err
+	c := *ue
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		c.URL = redactURL(u)
+	} else {
+		c.URL = "(url redacted)"
+	}
+	// A *url.Error can wrap another (a transport built on an http.Client).
+	c.Err = Redact(ue.Err)
+	return &c
 }
 
 // redactURL prints u without its query or user info.

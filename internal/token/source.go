@@ -82,9 +82,12 @@ func NewSource(f Fetcher, opts Options) *Source {
 }
 
 // Close cancels a fetch in flight and waits for it to end. Token calls after
-// Close fail once the held token expires.
+// Close fail once the held token expires; Run returns.
 func (s *Source) Close() {
+	// Cancelled under mu, so that no fetch starts (fetchers.Add) once Wait runs.
+	s.mu.Lock()
 	s.stop()
+	s.mu.Unlock()
 	s.fetchers.Wait()
 }
 
@@ -99,6 +102,10 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 			tok := s.token
 			s.mu.Unlock()
 			return tok, nil
+		}
+		if s.base.Err() != nil {
+			s.mu.Unlock()
+			return "", fmt.Errorf("%w: source closed", ErrUnavailable)
 		}
 		ch := s.inflight
 		var wait time.Duration
@@ -170,9 +177,10 @@ func (s *Source) run(ch chan struct{}) {
 		s.failures++
 		s.lastErr = err
 		back := s.opts.MinInterval << min(s.failures-1, 16)
-		if back > s.opts.MaxBackoff {
+		if back <= 0 || back > s.opts.MaxBackoff { // <= 0: the shift overflowed
 			back = s.opts.MaxBackoff
 		}
+		back = max(back, s.opts.MinInterval) // never sooner than MinInterval
 		s.nextStart = s.lastStart.Add(back)
 	} else {
 		s.failures, s.lastErr = 0, nil
@@ -252,6 +260,10 @@ func (s *Source) refreshAtLocked() time.Time {
 func (s *Source) Run(ctx context.Context) {
 	for {
 		s.mu.Lock()
+		if s.base.Err() != nil { // closed
+			s.mu.Unlock()
+			return
+		}
 		now := time.Now()
 		var ch chan struct{}
 		var wait time.Duration
@@ -282,6 +294,9 @@ func (s *Source) Run(ctx context.Context) {
 		case <-t.C:
 		case <-changed: // a fetch outside Run changed the schedule
 			t.Stop()
+		case <-s.base.Done(): // closed
+			t.Stop()
+			return
 		case <-ctx.Done():
 			t.Stop()
 			return
