@@ -96,7 +96,7 @@ func TestSpecRetryTable(t *testing.T) {
 				tok := fetchToken(t, fake.URL())
 				perTry := 10 * time.Second
 				if r.name == "timeout after sending" {
-					perTry = 200 * time.Millisecond
+					perTry = time.Second // long enough to reach the fake on a loaded machine
 				}
 				tr := retry.NewTransport(base, retry.Policy{
 					MaxAttempts:     max,
