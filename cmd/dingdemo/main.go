@@ -18,7 +18,7 @@ import (
 
 func main() {
 	var o demo.Options
-	flag.IntVar(&o.Calls, "calls", 300, "calls per client (30% sends, 70% reads)")
+	flag.IntVar(&o.Calls, "calls", 240, "calls per client (30% sends, 70% reads)")
 	flag.Float64Var(&o.Rate, "rate", 40, "calls per second (spread over five APIs)")
 	flag.StringVar(&o.Faults, "faults", demo.DefaultFaults, "fault mix injected by the fake DingTalk")
 	flag.Int64Var(&o.Seed, "seed", 1, "fault random seed")
@@ -46,7 +46,7 @@ func main() {
 	fmt.Printf("upstream attempts per call: what DingTalk had to serve per client call.\n")
 
 	var oo demo.OutageOptions
-	fmt.Printf("\noutage: %s answers 503 to everything for 4 s, then recovers; reads continue 4 s more at 18/s.\n", demo.OutagePath)
+	fmt.Printf("\noutage: %s answers 503 to everything for 4 s, then recovers; reads continue 3 s more at 18/s.\n", demo.OutagePath)
 	fmt.Printf("(the demo's dingproxy runs with breaker.open_timeout: 2s, not the default 15s, so its recovery shows here)\n\n")
 	ors, err := demo.RunOutage(ctx, oo)
 	if err != nil {

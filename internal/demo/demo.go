@@ -33,7 +33,7 @@ const QPSLimit = 20
 
 // Options shape a demo run.
 type Options struct {
-	Calls  int     // calls per client; default 300
+	Calls  int     // calls per client; default 240
 	Rate   float64 // calls per second; default 40 (about 9 per API, under DingTalk's 20)
 	Faults string  // dingtalktest.ParseChaos spec; default DefaultFaults
 	Seed   int64   // fault RNG seed; default 1
@@ -80,7 +80,7 @@ func ratio(a, b int) float64 {
 
 func (o *Options) defaults() {
 	if o.Calls <= 0 {
-		o.Calls = 300
+		o.Calls = 240
 	}
 	if o.Rate <= 0 {
 		o.Rate = 40

@@ -50,7 +50,7 @@ func (o *OutageOptions) defaults() {
 		o.Down = 4 * time.Second
 	}
 	if o.After <= 0 {
-		o.After = 4 * time.Second
+		o.After = 3 * time.Second
 	}
 	if o.Rate <= 0 {
 		o.Rate = 18
