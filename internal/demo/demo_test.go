@@ -61,7 +61,7 @@ func TestDemoOutage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rs, err := RunOutage(ctx, OutageOptions{Modes: []Mode{Direct, Proxy}})
+	rs, err := RunOutage(ctx, OutageOptions{After: 4 * time.Second, Modes: []Mode{Direct, Proxy}})
 	if err != nil {
 		t.Fatal(err)
 	}
