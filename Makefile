@@ -9,6 +9,9 @@ help: ## list targets
 demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table (about 20 s)
 	$(GO) run ./cmd/dingdemo
 
+resilience: ## the resilience benchmark: five scenarios, three clients, one table (under 3 minutes, loopback only)
+	$(GO) run ./cmd/resilience
+
 test: ## go vet, then every test with the race detector, shuffled
 	$(GO) vet ./...
 	$(GO) test -race -shuffle=on -count=1 ./...
@@ -40,4 +43,4 @@ lint: ## gofmt and go vet
 tidy: ## fail if go.mod/go.sum are not tidy
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
-.PHONY: help demo test test-short build run fake check-config bench lint tidy
+.PHONY: help demo resilience test test-short build run fake check-config bench lint tidy

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,8 +37,9 @@ const (
 	// maxPaths caps the paths paced on their own; beyond it, paths share one
 	// window (slower, never faster).
 	maxPaths = 10000
-	// maxRing bounds the send times kept per window. A rate above it is
-	// enforced as maxRing calls per maxRing/rate seconds.
+	// maxRing bounds the calls allowed per span, and so the past turns kept
+	// per window. A higher rate is enforced as k spans a second of at most
+	// maxRing calls each.
 	maxRing = 1024
 	// penalty is DingTalk's block after a QPS throttle.
 	penalty = time.Second
@@ -55,19 +57,20 @@ func (e *PacedError) Error() string {
 }
 
 // window is an exact sliding-window limit: at most n calls in any span of
-// span. It remembers the send times it handed out, oldest first out; turns
-// are handed out in order, so they never decrease.
+// span. It keeps the turns it handed out, sorted, from one span ago on. A
+// path's window hands turns out in order (FIFO); the global window is booked
+// out of order (a path's queue or penalty books turns ahead of other paths'),
+// so it finds the earliest turn that keeps every span within the limit.
 type window struct {
-	times []time.Time // ring of the last len(times) turns
-	head  int         // next slot to write
-	count int         // turns written, up to len(times)
-	n     int         // calls allowed per span, <= len(times)
+	times []time.Time // turns handed out, sorted
+	n     int         // calls allowed per span, <= maxRing
 	span  time.Duration
+	fifo  bool      // turns never decrease
 	last  time.Time // the latest turn handed out
 }
 
-func newWindow(rate float64) *window {
-	w := &window{}
+func newWindow(rate float64, fifo bool) *window {
+	w := &window{fifo: fifo}
 	w.setRate(rate)
 	return w
 }
@@ -77,44 +80,99 @@ func (w *window) setRate(rate float64) {
 	per := rate * margin
 	n := int(math.Floor(per))
 	span := time.Second
-	if n < 1 { // under one call a second: one call per 1/per seconds
+	switch {
+	case n < 1: // under one call a second: one call per 1/per seconds
 		n, span = 1, time.Duration(float64(time.Second)/per)
-	}
-	if n > maxRing {
-		span = time.Duration(float64(time.Second) * maxRing / per)
-		n = maxRing
-	}
-	if n > len(w.times) {
-		grown := make([]time.Time, n)
-		for i := 0; i < w.count; i++ { // oldest first
-			grown[i] = w.times[(w.head-w.count+i+2*len(w.times))%max(len(w.times), 1)]
-		}
-		w.times, w.head = grown, w.count%n
+	case n > maxRing: // k spans a second, so any second holds at most k·n <= per
+		k := int(math.Ceil(per / maxRing))
+		n = int(math.Floor(per / float64(k)))
+		span = (time.Second + time.Duration(k) - 1) / time.Duration(k)
 	}
 	w.n, w.span = n, span
 }
 
-// next is the earliest turn at or after t this window allows.
+// next is the earliest turn at or after t this window allows: one that no
+// span holds together with n turns already handed out.
 func (w *window) next(t time.Time) time.Time {
-	if w.last.After(t) {
+	if w.fifo && w.last.After(t) {
 		t = w.last
 	}
-	if w.count >= w.n {
-		nth := w.times[(w.head-w.n+len(w.times))%len(w.times)] // the n-th latest turn
-		if free := nth.Add(w.span); free.After(t) {
-			t = free
+	for {
+		// Every n consecutive turns that fit in one span with t push t to a
+		// span after the first of them.
+		from := t.Add(-w.span)
+		lo, _ := slices.BinarySearchFunc(w.times, from, func(x, f time.Time) int {
+			if x.After(f) {
+				return 1
+			}
+			return -1
+		})
+		free := t
+		for i := lo; i+w.n-1 < len(w.times); i++ {
+			first, last := w.times[i], w.times[i+w.n-1]
+			if last.Sub(t) >= w.span {
+				break
+			}
+			if last.Before(t) {
+				last = t
+			}
+			if first.After(t) {
+				first = t
+			}
+			if last.Sub(first) < w.span {
+				free = w.times[i].Add(w.span)
+			}
 		}
+		if !free.After(t) {
+			return t
+		}
+		t = free
 	}
-	return t
 }
 
-func (w *window) take(t time.Time) {
-	w.times[w.head] = t
-	w.head = (w.head + 1) % len(w.times)
-	if w.count < len(w.times) {
-		w.count++
+// take books turn t; turns before now-span no longer matter and are dropped.
+func (w *window) take(t, now time.Time) {
+	old := 0
+	for old < len(w.times) && !w.times[old].After(now.Add(-w.span)) {
+		old++
 	}
-	w.last = t
+	w.times = w.times[old:]
+	if len(w.times) == 0 || !t.Before(w.times[len(w.times)-1]) {
+		w.times = append(w.times, t) // in order: always so on a path
+	} else {
+		i, _ := slices.BinarySearchFunc(w.times, t, func(x, t time.Time) int {
+			if x.After(t) {
+				return 1
+			}
+			return -1
+		})
+		w.times = slices.Insert(w.times, i, t)
+	}
+	if t.After(w.last) {
+		w.last = t
+	}
+}
+
+// release gives back turn t, booked but not used.
+func (w *window) release(t time.Time) {
+	i, ok := slices.BinarySearchFunc(w.times, t, time.Time.Compare)
+	if ok {
+		w.times = slices.Delete(w.times, i, i+1)
+	}
+}
+
+// dropAfter forgets the turns booked after now (their callers book again).
+func (w *window) dropAfter(now time.Time) {
+	i, _ := slices.BinarySearchFunc(w.times, now, func(x, t time.Time) int {
+		if x.After(t) {
+			return 1
+		}
+		return -1
+	})
+	w.times = w.times[:i]
+	if w.last.After(now) {
+		w.last = now
+	}
 }
 
 // Pacer hands out turns. It is safe for concurrent use.
@@ -134,13 +192,20 @@ type path struct {
 	blockedUntil time.Time // DingTalk's penalty ends then
 	lastUse      time.Time
 	lastRaise    time.Time
+	// rebook is closed when a throttle voids the turns booked ahead on
+	// the path: their callers book again.
+	rebook chan struct{}
+}
+
+func newPath(rate float64) *path {
+	return &path{win: newWindow(rate, true), rate: rate, rebook: make(chan struct{})}
 }
 
 // New returns a Pacer under s.
 func New(s Settings) *Pacer {
-	p := &Pacer{paths: make(map[string]*path), global: newWindow(s.GlobalQPS)}
+	p := &Pacer{paths: make(map[string]*path), global: newWindow(s.GlobalQPS, false)}
 	p.settings.Store(&s)
-	p.overflow = &path{win: newWindow(s.PerAPIQPS), rate: s.PerAPIQPS}
+	p.overflow = newPath(s.PerAPIQPS)
 	return p
 }
 
@@ -178,11 +243,23 @@ func (p *Pacer) getLocked(name string, now time.Time) *path {
 			return p.overflow
 		}
 		full := p.settings.Load().PerAPIQPS
-		e = &path{win: newWindow(full), rate: full}
+		e = newPath(full)
 		p.paths[name] = e
 	}
 	e.lastUse = now
 	return e
+}
+
+// peekLocked returns name's pacing state if it has any: its own, or the
+// shared overflow's once the cap is reached; p.mu must be held.
+func (p *Pacer) peekLocked(name string) *path {
+	if e, ok := p.paths[name]; ok {
+		return e
+	}
+	if len(p.paths) >= maxPaths {
+		return p.overflow
+	}
+	return nil
 }
 
 // sweepLocked forgets paths idle for idleAfter that carry no adaptation or
@@ -200,8 +277,8 @@ func (p *Pacer) sweepLocked(now time.Time) {
 
 // reserve books the earliest turn for a call on name at or after earliest
 // that both its path and the global window allow, unless it would come after
-// deadline (zero: none).
-func (p *Pacer) reserve(name string, earliest, deadline time.Time) (time.Time, error) {
+// deadline (zero: none). It also returns the path's rebook channel.
+func (p *Pacer) reserve(name string, earliest, deadline time.Time) (time.Time, <-chan struct{}, error) {
 	now := time.Now()
 	if earliest.Before(now) {
 		earliest = now
@@ -209,26 +286,13 @@ func (p *Pacer) reserve(name string, earliest, deadline time.Time) (time.Time, e
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.getLocked(name, now)
-	at := earliest
-	if e.blockedUntil.After(at) {
-		at = e.blockedUntil
-	}
-	// The path's and the global window's turns: each later one may push the
-	// other, so settle on a turn both allow.
-	for range 4 {
-		at = e.win.next(at)
-		g := p.global.next(at)
-		if !g.After(at) {
-			break
-		}
-		at = g
-	}
+	at := p.settleLocked(e, earliest)
 	if !deadline.IsZero() && at.After(deadline) {
-		return time.Time{}, &PacedError{Path: name, Wait: at.Sub(now)}
+		return time.Time{}, nil, &PacedError{Path: name, Wait: at.Sub(now)}
 	}
-	e.win.take(at)
-	p.global.take(at)
-	return at, nil
+	e.win.take(at, now)
+	p.global.take(at, now)
+	return at, e.rebook, nil
 }
 
 // Wait books a turn for one call on name no earlier than earliest and waits
@@ -238,7 +302,7 @@ func (p *Pacer) reserve(name string, earliest, deadline time.Time) (time.Time, e
 // at once; ctx ending gives ctx's error.
 func (p *Pacer) Wait(ctx context.Context, name string, earliest, deadline time.Time) error {
 	for {
-		at, err := p.reserve(name, earliest, deadline)
+		at, rebook, err := p.reserve(name, earliest, deadline)
 		if err != nil {
 			return err
 		}
@@ -246,17 +310,28 @@ func (p *Pacer) Wait(ctx context.Context, name string, earliest, deadline time.T
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:
+			case <-rebook:
+				t.Stop()
 			case <-ctx.Done():
 				t.Stop()
 				return ctx.Err()
 			}
 		}
-		blocked := p.blockedUntil(name)
-		if !time.Now().Before(blocked) {
+		select {
+		case <-rebook: // throttled before the turn: the path's turn is void
+			p.releaseGlobal(at)
+		default:
 			return nil
 		}
-		earliest = blocked
 	}
+}
+
+// releaseGlobal gives back a global turn its call will not use. (The path's
+// turns after the throttle are dropped all at once.)
+func (p *Pacer) releaseGlobal(at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.global.release(at)
 }
 
 // Next estimates, without booking, when a call on name could go at the
@@ -264,29 +339,36 @@ func (p *Pacer) Wait(ctx context.Context, name string, earliest, deadline time.T
 func (p *Pacer) Next(name string, earliest time.Time) time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	at := earliest
-	if e, ok := p.paths[name]; ok {
-		if e.blockedUntil.After(at) {
-			at = e.blockedUntil
-		}
-		at = e.win.next(at)
-	}
-	return p.global.next(at)
+	return p.settleLocked(p.peekLocked(name), earliest)
 }
 
-func (p *Pacer) blockedUntil(name string) time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e, ok := p.paths[name]; ok {
-		return e.blockedUntil
+// settleLocked is the earliest turn at or after at that e's penalty and
+// window (e may be nil) and the global window allow; p.mu must be held.
+func (p *Pacer) settleLocked(e *path, at time.Time) time.Time {
+	if e != nil && e.blockedUntil.After(at) {
+		at = e.blockedUntil
 	}
-	return time.Time{}
+	// The global window's turn may be later than the path's. A path's turns
+	// are FIFO, so its window allows every time from its turn on: a second
+	// round settles.
+	for {
+		if e != nil {
+			at = e.win.next(at)
+		}
+		g := p.global.next(at)
+		if !g.After(at) {
+			return at
+		}
+		at = g
+	}
 }
 
 // Throttled tells the pacer DingTalk throttled a call on name: the path's
 // rate is cut to 70 % at once and no call goes before the penalty ends (at
 // least 1 s from now, or until, when DingTalk named a later end). Throttles
 // within one penalty (calls that were in flight together) cut the rate once.
+// Calls waiting on the path book their turns again, after the penalty and at
+// the lowered rate.
 func (p *Pacer) Throttled(name string, until time.Time) {
 	now := time.Now()
 	if earliest := now.Add(penalty); until.Before(earliest) {
@@ -296,16 +378,20 @@ func (p *Pacer) Throttled(name string, until time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.getLocked(name, now)
-	inPenalty := now.Before(e.blockedUntil)
-	if until.After(e.blockedUntil) {
-		e.blockedUntil = until
+	if !until.After(e.blockedUntil) {
+		return // within a penalty that ends later anyway
 	}
-	if inPenalty {
-		return
+	if !now.Before(e.blockedUntil) { // a new penalty, not one extended
+		e.rate = max(e.rate*decrease, full*minShare)
+		e.win.setRate(e.rate)
 	}
-	e.rate = max(e.rate*decrease, full*minShare)
-	e.lastRaise = now
-	e.win.setRate(e.rate)
+	e.blockedUntil = until
+	e.lastRaise = until // success counts from the penalty's end
+	// The turns booked ahead were booked at the old rate, some inside the
+	// penalty: void them, and wake their callers to book again.
+	e.win.dropAfter(now)
+	close(e.rebook)
+	e.rebook = make(chan struct{})
 }
 
 // Succeeded tells the pacer a call on name got through: a path cut by
@@ -315,8 +401,8 @@ func (p *Pacer) Succeeded(name string) {
 	full := p.settings.Load().PerAPIQPS
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	e, ok := p.paths[name]
-	if !ok || e.rate >= full {
+	e := p.peekLocked(name)
+	if e == nil || e.rate >= full {
 		return
 	}
 	now := time.Now()
@@ -330,11 +416,11 @@ func (p *Pacer) Succeeded(name string) {
 }
 
 // Rate is name's current rate in calls per second (the configured one for a
-// path not seen).
+// path not seen; the shared one for paths past the cap).
 func (p *Pacer) Rate(name string) float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if e, ok := p.paths[name]; ok {
+	if e := p.peekLocked(name); e != nil {
 		return e.rate
 	}
 	return p.settings.Load().PerAPIQPS

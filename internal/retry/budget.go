@@ -16,6 +16,11 @@ const budgetWindow = 10
 // ten-second reserve: a fresh outage cannot triple the load before the ratio
 // has anything to go on. The zero Budget, and a nil *Budget, allow every
 // retry.
+//
+// A retry that gets a definitive answer is refunded: the budget caps wasted
+// retries, not useful ones. In an outage no retry is refunded and the cap
+// holds; under scattered transient faults most retries succeed and cost
+// nothing, so the faults do not exhaust the budget.
 type Budget struct {
 	mu      sync.Mutex
 	ratio   float64
@@ -31,6 +36,21 @@ type Budget struct {
 type budgetBucket struct {
 	sec           int64
 	reqs, retries float64
+}
+
+// Refund gives back one retry that got a definitive answer.
+func (b *Budget) Refund() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cur := b.bucket(time.Now())
+	if cur.retries >= 1 {
+		cur.retries--
+		return
+	}
+	b.floor = min(floorCap(b.minRate), b.floor+1)
 }
 
 // NewBudget returns a budget allowing ratio retries per request plus

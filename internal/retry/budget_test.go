@@ -234,3 +234,49 @@ func TestBudgetInTheLoop(t *testing.T) {
 		})
 	}
 }
+
+// TestBudgetRefund: a retry that got a definitive answer is given back, so
+// scattered transient faults do not exhaust the budget, while failed retries
+// (an outage) still do.
+func TestBudgetRefund(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := retry.NewBudget(0.5, 0)
+		requests(b, 2) // one retry
+		if !b.Retry() || b.Retry() {
+			t.Fatal("want exactly one retry before the refund")
+		}
+		b.Refund()
+		if !b.Retry() {
+			t.Error("a refunded retry was not available again")
+		}
+		if b.Retry() {
+			t.Error("a refund gave more than one retry back")
+		}
+	})
+	t.Run("in the loop", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var up upstream
+			// Every call fails once, then succeeds: each retry is refunded.
+			tr := newTestTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+				wroteHeaders(req)
+				if n%2 == 1 {
+					resp, _ := jsonAnswer(req, 502, `{}`)
+					return resp, nil
+				}
+				return ok(req)
+			}))
+			tr.Budget = retry.NewBudget(0, 1) // one retry a second, unless refunded
+			for i := range 20 {
+				call := newCall(true)
+				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				if err != nil {
+					t.Fatal(err)
+				}
+				readAll(t, resp)
+				if call.Attempts != 2 || call.BudgetExhausted {
+					t.Fatalf("call %d: attempts %d, exhausted %v; want a retry every time", i, call.Attempts, call.BudgetExhausted)
+				}
+			}
+		})
+	})
+}

@@ -137,6 +137,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.Budget.Request()
 	tokenRetried := false
+	charged := false       // this attempt is a retry the budget paid for
 	var earliest time.Time // of the next attempt
 	for n := 1; ; n++ {
 		if t.Pacer != nil {
@@ -152,6 +153,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		call.Attempts = n
 		a := t.attempt(ctx, req, call, p)
 		call.Outcome, call.Reason, call.Result = a.outcome, a.reason, a.result
+		if charged && (a.outcome == Success || a.outcome == Business) {
+			t.Budget.Refund() // the retry was not wasted
+		}
+		charged = false
 
 		// A Prepare error ends the loop: nothing was sent, and nothing would be.
 		retry := !a.unprepared && Retryable(a.outcome, call.Idempotent) && call.Replayable && n < p.maxAttempts()
@@ -171,8 +176,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				retry = false
 			}
 		}
-		if retry && a.outcome != TokenInvalid && !t.Budget.Retry() {
-			retry, call.BudgetExhausted = false, true
+		if retry && a.outcome != TokenInvalid {
+			if charged = t.Budget.Retry(); !charged {
+				retry, call.BudgetExhausted = false, true
+			}
 		}
 		if retry && t.Pacer != nil && !deadline.IsZero() {
 			if at := t.Pacer.Next(call, time.Now().Add(wait)); at.After(deadline) {

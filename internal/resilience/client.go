@@ -1,0 +1,199 @@
+package resilience
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/app"
+	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/proxy"
+)
+
+// ClientTimeout bounds one client call (every attempt of the SDK loop), more
+// than dingproxy's retry.timeout (30 s) so calls it queues can complete.
+const ClientTimeout = 35 * time.Second
+
+// sdkAttempts is the common DingTalk SDK retry loop: 3 attempts.
+const sdkAttempts = 3
+
+// request is one client call.
+type request struct {
+	method, path string
+	body         []byte
+}
+
+// outcome is what one client call ended with.
+type outcome struct {
+	ok       bool
+	fallback bool // answered by dingproxy itself (X-Dingproxy-Fallback)
+	attempts int  // upstream attempts the call cost, as the client can count them
+	latency  time.Duration
+	last     string // the last answer's status and the start of its body, or the error
+}
+
+// client calls DingTalk: straight (with its own token, fetched once) or
+// through dingproxy.
+type client struct {
+	hc       *http.Client
+	base     string
+	token    string // set when calling DingTalk directly
+	sdkRetry bool   // retry like the popular SDKs
+}
+
+// do makes one client call: one attempt, or up to three the SDK way, with
+// the SDKs' exponential backoff of 100 ms, then 200 ms.
+func (c *client) do(ctx context.Context, r request) outcome {
+	start := time.Now()
+	tries := 1
+	if c.sdkRetry {
+		tries = sdkAttempts
+	}
+	var out outcome
+	for n := 1; ; n++ {
+		a := c.once(ctx, r)
+		out.attempts += a.attempts
+		out.ok, out.fallback, out.last = a.ok, a.fallback, a.last
+		if a.ok || !a.retryable || n >= tries {
+			break
+		}
+		t := time.NewTimer(time.Duration(50<<n) * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			out.latency = time.Since(start)
+			return out
+		}
+	}
+	out.latency = time.Since(start)
+	return out
+}
+
+// answer is one HTTP call's result.
+type answer struct {
+	ok, fallback bool
+	// retryable is what an SDK retry loop thinks: network errors, 5xx,
+	// "system busy" and throttle codes, POST included.
+	retryable bool
+	// attempts is 1 for a direct call, X-Dingproxy-Attempts through dingproxy.
+	attempts int
+	last     string
+}
+
+// once makes one HTTP call.
+func (c *client) once(ctx context.Context, r request) answer {
+	var body io.Reader
+	if r.body != nil {
+		body = bytes.NewReader(r.body)
+	}
+	url := c.base + r.path
+	if c.token != "" && !isAPIPath(r.path) {
+		sep := "?"
+		if strings.Contains(url, "?") {
+			sep = "&"
+		}
+		url += sep + dingtalk.QueryAccessToken + "=" + c.token
+	}
+	req, err := http.NewRequestWithContext(ctx, r.method, url, body)
+	if err != nil {
+		return answer{last: err.Error()}
+	}
+	if r.body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" && isAPIPath(r.path) {
+		req.Header.Set(dingtalk.HeaderAccessToken, c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return answer{retryable: ctx.Err() == nil, attempts: 1, last: err.Error()}
+	}
+	defer resp.Body.Close()
+	a := answer{attempts: 1}
+	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
+		a.attempts, _ = strconv.Atoi(v)
+	}
+	a.fallback = resp.Header.Get(proxy.HeaderFallback) != ""
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		a.retryable, a.last = true, err.Error()
+		return a
+	}
+	a.last = resp.Status + " " + string(b[:min(len(b), 120)])
+	switch dingtalk.Classify(resp.StatusCode, resp.Header.Get("Content-Type"), b).Class {
+	case dingtalk.Success:
+		a.ok = !a.fallback
+	case dingtalk.ServerError, dingtalk.Throttled:
+		a.retryable = true
+	}
+	return a
+}
+
+func isAPIPath(p string) bool {
+	return strings.HasPrefix(p, "/v1.0/") || strings.HasPrefix(p, "/v2.0/")
+}
+
+// startProxy runs dingproxy on its built-in defaults (config.Default), pointed
+// at the fake with the fake's credentials, on a free loopback port.
+func startProxy(fakeURL string, tune func(*config.Config)) (stop func(), url string, err error) {
+	cfg := config.Default()
+	cfg.Upstreams.OAPI, cfg.Upstreams.API = fakeURL, fakeURL
+	cfg.App.Key, cfg.App.Secret = dingtalktest.DefaultAppKey, config.Secret(dingtalktest.DefaultAppSecret)
+	tune(&cfg)
+	if err := cfg.Validate(); err != nil {
+		return nil, "", err
+	}
+	a, err := app.New(&cfg, zap.NewNop())
+	if err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	a.Start()
+	a.SetReady(true)
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	return func() {
+		_ = srv.Close()
+		<-done
+		a.Close()
+	}, "http://" + ln.Addr().String(), nil
+}
+
+// fetchToken gets an app token once, as a simple SDK setup does at start.
+func fetchToken(ctx context.Context, hc *http.Client, base string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+dingtalk.PathGetToken+"?appkey="+dingtalktest.DefaultAppKey+"&appsecret="+dingtalktest.DefaultAppSecret, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var v struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || v.AccessToken == "" {
+		return "", errors.New("resilience: fetching the app token from the fake failed")
+	}
+	return v.AccessToken, nil
+}

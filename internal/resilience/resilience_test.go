@@ -1,0 +1,145 @@
+package resilience
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestInvariants runs a shortened benchmark and checks what does not depend
+// on pacing or on the machine's speed: dingproxy never duplicates a send,
+// beats a plain client on transient read errors, rides out revoked tokens,
+// and costs DingTalk at most 1.2 attempts per call in an outage. The
+// throttle scenario's figures are logged, not checked.
+func TestInvariants(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs about half a minute of load")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run := func(t *testing.T, scenario string, scale float64, modes ...Mode) map[Mode]Row {
+		t.Helper()
+		// Keep the first failed answers through dingproxy, to say why.
+		var mu sync.Mutex
+		var failed []string
+		traceCall = func(_ string, m Mode, r request, o outcome) {
+			if m != Proxy || o.ok {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(failed) < 10 {
+				failed = append(failed, fmt.Sprintf("%s %s: %d attempts, %v: %s", r.method, r.path, o.attempts, o.latency.Round(time.Millisecond), o.last))
+			}
+		}
+		defer func() { traceCall = nil }()
+		rows, err := Run(ctx, Options{Only: []string{scenario}, Modes: modes, Scale: scale})
+		mu.Lock()
+		defer mu.Unlock()
+		if len(failed) > 0 {
+			t.Logf("%s: failed calls through dingproxy (first %d):\n  %s", scenario, len(failed), strings.Join(failed, "\n  "))
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", scenario, err)
+		}
+		var buf bytes.Buffer
+		if err := PrintTable(&buf, rows); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s at scale %.2f:\n%s", scenario, scale, buf.String())
+		out := make(map[Mode]Row)
+		for _, r := range rows {
+			if r.Calls == 0 {
+				t.Fatalf("%s, %s: no calls made", scenario, r.Mode)
+			}
+			if r.Mode == Proxy && r.Duplicates != 0 {
+				t.Errorf("%s: dingproxy duplicated %d sends", scenario, r.Duplicates)
+			}
+			out[r.Mode] = r
+		}
+		return out
+	}
+
+	t.Run(Transient, func(t *testing.T) {
+		rs := run(t, Transient, 0.4, Direct, Proxy)
+		direct, proxy := rs[Direct], rs[Proxy]
+		if direct.Success() > 0.9 {
+			t.Errorf("plain client: %.1f%% ok: the faults were not injected", 100*direct.Success())
+		}
+		if proxy.Success() <= direct.Success() {
+			t.Errorf("reads through dingproxy %.1f%% ok, plain client %.1f%%: want dingproxy ahead",
+				100*proxy.Success(), 100*direct.Success())
+		}
+	})
+	t.Run(Resets, func(t *testing.T) {
+		rs := run(t, Resets, 0.3, SDKRetry, Proxy)
+		if rs[SDKRetry].Duplicates == 0 {
+			t.Errorf("the SDK retry loop duplicated no send: resets after execution were not injected")
+		}
+		// dingproxy's duplicates are checked in run.
+	})
+	t.Run(Tokens, func(t *testing.T) {
+		// Full scale: tokens revoked every 2 s. At half scale (every 1 s) a
+		// revocation can land between the refresh and the one repeat SPEC
+		// allows, since fetches start at most once a second.
+		rs := run(t, Tokens, 1, Direct, Proxy)
+		direct, proxy := rs[Direct], rs[Proxy]
+		if proxy.OK != proxy.Calls {
+			t.Errorf("through dingproxy %d of %d calls ok with tokens revoked, want all", proxy.OK, proxy.Calls)
+		}
+		if direct.Success() >= proxy.Success() {
+			t.Errorf("direct client %.1f%% ok with tokens revoked: want below dingproxy's %.1f%%",
+				100*direct.Success(), 100*proxy.Success())
+		}
+	})
+	t.Run(Outage, func(t *testing.T) {
+		rs := run(t, Outage, 0.5, Proxy)
+		proxy := rs[Proxy]
+		if got := proxy.AttemptsPerCall(); got > 1.2 {
+			t.Errorf("dingproxy: %.2f upstream attempts per call over the outage, want <= 1.2", got)
+		}
+		if proxy.Fallbacks == 0 {
+			t.Errorf("dingproxy answered no fallback during the outage")
+		}
+		if proxy.CallAttempts != proxy.UpstreamAttempts {
+			t.Logf("attempts counted per call %d, by the fake %d", proxy.CallAttempts, proxy.UpstreamAttempts)
+		}
+	})
+	t.Run(Throttle, func(t *testing.T) {
+		// Pacing-dependent: figures are logged for now.
+		rs := run(t, Throttle, 0.3, SDKRetry, Proxy)
+		for _, m := range []Mode{SDKRetry, Proxy} {
+			r := rs[m]
+			t.Logf("%s: %.1f%% ok, %.1f throttled per 100 attempts (%.1f after 1 s), %.2f attempts per call",
+				m, 100*r.Success(), r.ThrottledPer100(), r.ThrottledPer100After1s(), r.AttemptsPerCall())
+		}
+	})
+}
+
+func TestOptions(t *testing.T) {
+	if _, err := Run(context.Background(), Options{Only: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "unknown scenario") {
+		t.Errorf("unknown scenario: err = %v", err)
+	}
+	var buf bytes.Buffer
+	if err := PrintTable(&buf, []Row{{Scenario: Throttle, Mode: Proxy, Calls: 10, OK: 10, UpstreamAttempts: 10, HasAfter1s: true, After1sAttempts: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"success", "dup sends", "attempts/call", "throttled/100", "after 1 s", "p50", "p99", "100.0%", "dingproxy"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, buf.String())
+		}
+	}
+	for _, s := range Scenarios {
+		if Describe(s, 1) == s {
+			t.Errorf("scenario %s has no description", s)
+		}
+	}
+}
