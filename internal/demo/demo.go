@@ -130,14 +130,14 @@ func runMode(ctx context.Context, m Mode, chaos dingtalktest.Chaos, opts Options
 	c := &client{hc: hc, base: fake.URL()}
 	switch m {
 	case Proxy:
-		stop, url, err := startProxy(fake.URL(), proxyTweak)
+		stop, url, err := StartProxy(fake.URL(), proxyTweak)
 		if err != nil {
 			return Result{}, err
 		}
 		defer stop()
 		c.base = url
 	default:
-		tok, err := fetchToken(ctx, hc, fake.URL())
+		tok, err := FetchToken(ctx, hc, fake.URL())
 		if err != nil {
 			return Result{}, err
 		}
@@ -210,9 +210,9 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 // proxyTweak adjusts the demo proxy's configuration (tests only).
 var proxyTweak = func(*config.Config) {}
 
-// startProxy runs dingproxy on built-in defaults, pointed at the fake with
+// StartProxy runs dingproxy on built-in defaults, pointed at the fake with
 // the fake's credentials, on a free loopback port.
-func startProxy(fakeURL string, tweaks ...func(*config.Config)) (stop func(), url string, err error) {
+func StartProxy(fakeURL string, tweaks ...func(*config.Config)) (stop func(), url string, err error) {
 	cfg := config.Default()
 	cfg.Upstreams.OAPI, cfg.Upstreams.API = fakeURL, fakeURL
 	cfg.App.Key, cfg.App.Secret = dingtalktest.DefaultAppKey, config.Secret(dingtalktest.DefaultAppSecret)
@@ -244,7 +244,9 @@ func startProxy(fakeURL string, tweaks ...func(*config.Config)) (stop func(), ur
 	}, "http://" + ln.Addr().String(), nil
 }
 
-func fetchToken(ctx context.Context, hc *http.Client, base string) (string, error) {
+// FetchToken gets an app token once from the fake, as a simple SDK setup
+// does at start.
+func FetchToken(ctx context.Context, hc *http.Client, base string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/gettoken?appkey="+dingtalktest.DefaultAppKey+"&appsecret="+dingtalktest.DefaultAppSecret, nil)
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -90,14 +90,14 @@ func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, erro
 	defer tr.CloseIdleConnections()
 	c := &client{hc: &http.Client{Transport: tr, Timeout: 40 * time.Second}, base: fake.URL()}
 	if m == Proxy {
-		stop, url, err := startProxy(fake.URL(), func(cfg *config.Config) { cfg.Breaker.OpenTimeout = o.OpenTimeout })
+		stop, url, err := StartProxy(fake.URL(), func(cfg *config.Config) { cfg.Breaker.OpenTimeout = o.OpenTimeout })
 		if err != nil {
 			return OutageResult{}, err
 		}
 		defer stop()
 		c.base = url
 	} else {
-		tok, err := fetchToken(ctx, c.hc, fake.URL())
+		tok, err := FetchToken(ctx, c.hc, fake.URL())
 		if err != nil {
 			return OutageResult{}, err
 		}

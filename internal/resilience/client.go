@@ -3,21 +3,13 @@ package resilience
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/dingproxy/dingproxy/internal/app"
-	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
-	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
@@ -143,57 +135,4 @@ func (c *client) once(ctx context.Context, r request) answer {
 
 func isAPIPath(p string) bool {
 	return strings.HasPrefix(p, "/v1.0/") || strings.HasPrefix(p, "/v2.0/")
-}
-
-// startProxy runs dingproxy on its built-in defaults (config.Default), pointed
-// at the fake with the fake's credentials, on a free loopback port.
-func startProxy(fakeURL string, tune func(*config.Config)) (stop func(), url string, err error) {
-	cfg := config.Default()
-	cfg.Upstreams.OAPI, cfg.Upstreams.API = fakeURL, fakeURL
-	cfg.App.Key, cfg.App.Secret = dingtalktest.DefaultAppKey, config.Secret(dingtalktest.DefaultAppSecret)
-	tune(&cfg)
-	if err := cfg.Validate(); err != nil {
-		return nil, "", err
-	}
-	a, err := app.New(&cfg, zap.NewNop())
-	if err != nil {
-		return nil, "", err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, "", err
-	}
-	a.Start()
-	a.SetReady(true)
-	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	return func() {
-		_ = srv.Close()
-		<-done
-		a.Close()
-	}, "http://" + ln.Addr().String(), nil
-}
-
-// fetchToken gets an app token once, as a simple SDK setup does at start.
-func fetchToken(ctx context.Context, hc *http.Client, base string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+dingtalk.PathGetToken+"?appkey="+dingtalktest.DefaultAppKey+"&appsecret="+dingtalktest.DefaultAppSecret, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var v struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || v.AccessToken == "" {
-		return "", errors.New("resilience: fetching the app token from the fake failed")
-	}
-	return v.AccessToken, nil
 }

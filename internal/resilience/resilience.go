@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/demo"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
@@ -326,14 +327,14 @@ func runOne(ctx context.Context, sc scenario, m Mode, o Options) (Row, error) {
 		if m == ProxyTuned {
 			tune = func(c *config.Config) { c.Retry.MaxAttempts = 6 }
 		}
-		stop, url, err := startProxy(fake.URL(), tune)
+		stop, url, err := demo.StartProxy(fake.URL(), tune)
 		if err != nil {
 			return Row{}, err
 		}
 		defer stop()
 		c.base = url
 	} else {
-		tok, err := fetchToken(ctx, c.hc, fake.URL())
+		tok, err := demo.FetchToken(ctx, c.hc, fake.URL())
 		if err != nil {
 			return Row{}, err
 		}
