@@ -130,7 +130,7 @@ func runMode(ctx context.Context, m Mode, chaos dingtalktest.Chaos, opts Options
 	c := &client{hc: hc, base: fake.URL()}
 	switch m {
 	case Proxy:
-		stop, url, err := StartProxy(fake.URL(), proxyTweak)
+		stop, url, err := StartProxy(fake.URL())
 		if err != nil {
 			return Result{}, err
 		}
@@ -206,9 +206,6 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	i := int(float64(len(sorted)-1) * p)
 	return sorted[i]
 }
-
-// proxyTweak adjusts the demo proxy's configuration (tests only).
-var proxyTweak = func(*config.Config) {}
 
 // StartProxy runs dingproxy on built-in defaults, pointed at the fake with
 // the fake's credentials, on a free loopback port.
