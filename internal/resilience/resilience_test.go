@@ -25,6 +25,9 @@ func TestInvariants(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// unrepeated counts failed calls through dingproxy that were not
+	// repeated (one attempt only), per scenario.
+	unrepeated := map[string]int{}
 	run := func(t *testing.T, scenario string, scale float64, modes ...Mode) map[Mode]Row {
 		t.Helper()
 		// Keep the first failed answers through dingproxy, to say why.
@@ -36,6 +39,9 @@ func TestInvariants(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if o.attempts < 2 {
+				unrepeated[scenario]++
+			}
 			if len(failed) < 10 {
 				failed = append(failed, fmt.Sprintf("%s %s: %d attempts, %v: %s", r.method, r.path, o.attempts, o.latency.Round(time.Millisecond), o.last))
 			}
@@ -87,13 +93,17 @@ func TestInvariants(t *testing.T) {
 		// dingproxy's duplicates are checked in run.
 	})
 	t.Run(Tokens, func(t *testing.T) {
-		// Full scale: tokens revoked every 2 s. At half scale (every 1 s) a
-		// revocation can land between the refresh and the one repeat SPEC
-		// allows, since fetches start at most once a second.
+		// Full scale: tokens revoked every 2 s. A call slowed past 2 s (a
+		// loaded CI machine) can meet two revocations, and SPEC allows one
+		// repeat; so: nearly all calls answered, and every failure was
+		// refreshed and repeated once, never returned after one attempt.
 		rs := run(t, Tokens, 1, Direct, Proxy)
 		direct, proxy := rs[Direct], rs[Proxy]
-		if proxy.OK != proxy.Calls {
-			t.Errorf("through dingproxy %d of %d calls ok with tokens revoked, want all", proxy.OK, proxy.Calls)
+		if proxy.Success() < 0.95 {
+			t.Errorf("through dingproxy %d of %d calls ok with tokens revoked, want >= 95%%", proxy.OK, proxy.Calls)
+		}
+		if n := unrepeated[Tokens]; n > 0 {
+			t.Errorf("%d calls through dingproxy failed after one attempt: a rejected token was not refreshed and repeated", n)
 		}
 		if direct.Success() >= proxy.Success() {
 			t.Errorf("direct client %.1f%% ok with tokens revoked: want below dingproxy's %.1f%%",
