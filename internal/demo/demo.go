@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
 // DefaultFaults is the demo's fault mix: 25 % of calls, of which 20 % fail.
@@ -286,26 +288,42 @@ func (c *client) call(ctx context.Context, i int, send bool, kind int) bool {
 	default:
 		method, path = http.MethodGet, dingtalktest.PathContactUsers+fmt.Sprintf("u%d", i%50)
 	}
-	attempts := 1
+	ok, _, _ := c.do(ctx, method, path, body)
+	return ok
+}
+
+// do makes one client call, the SDK way (up to 3 attempts, backoff 100 ms,
+// then 200 ms) if the client retries, and reports success, whether dingproxy
+// answered with a fallback, and how many upstream attempts the call cost.
+func (c *client) do(ctx context.Context, method, path string, body []byte) (ok, fallback bool, upstream int) {
+	tries := 1
 	if c.sdkRetry {
-		attempts = 3
+		tries = 3
 	}
 	for n := 1; ; n++ {
-		ok, retryable := c.once(ctx, method, path, body)
-		if ok || !retryable || n >= attempts {
-			return ok
+		a := c.once(ctx, method, path, body)
+		upstream += a.upstream
+		if a.ok || !a.retryable || n >= tries {
+			return a.ok, a.fallback, upstream
 		}
-		// The SDKs' exponential backoff, shortened: 100 ms, 200 ms.
 		select {
 		case <-time.After(time.Duration(50<<n) * time.Millisecond):
 		case <-ctx.Done():
-			return false
+			return false, a.fallback, upstream
 		}
 	}
 }
 
-// once makes one HTTP call; retryable is what an SDK retry loop would think.
-func (c *client) once(ctx context.Context, method, path string, body []byte) (ok, retryable bool) {
+// answer is what one HTTP call came to.
+type answer struct {
+	ok        bool // a success, not a fallback
+	retryable bool // what an SDK retry loop would think
+	fallback  bool // answered by dingproxy itself (X-Dingproxy-Fallback)
+	upstream  int  // upstream attempts: 1, or X-Dingproxy-Attempts through dingproxy
+}
+
+// once makes one HTTP call.
+func (c *client) once(ctx context.Context, method, path string, body []byte) answer {
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
@@ -313,7 +331,7 @@ func (c *client) once(ctx context.Context, method, path string, body []byte) (ok
 	url := c.base + path
 	req, err := http.NewRequestWithContext(ctx, method, url, r)
 	if err != nil {
-		return false, false
+		return answer{}
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -331,19 +349,20 @@ func (c *client) once(ctx context.Context, method, path string, body []byte) (ok
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return false, true // network errors: every SDK retries them, POST included
+		return answer{retryable: true, upstream: 1} // network errors: every SDK retries them, POST included
 	}
 	defer resp.Body.Close()
+	a := answer{upstream: 1, fallback: resp.Header.Get(proxy.HeaderFallback) != ""}
+	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
+		a.upstream, _ = strconv.Atoi(v)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return false, true
+		a.retryable = true
+		return a
 	}
 	res := dingtalk.Classify(resp.StatusCode, resp.Header.Get("Content-Type"), b)
-	switch res.Class {
-	case dingtalk.Success:
-		return true, false
-	case dingtalk.ServerError, dingtalk.Throttled:
-		return false, true
-	}
-	return false, false
+	a.ok = res.Class == dingtalk.Success && !a.fallback
+	a.retryable = res.Class == dingtalk.ServerError || res.Class == dingtalk.Throttled
+	return a
 }

@@ -5,16 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/config"
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
-	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
 // OutageOptions shape the outage phase.
@@ -134,7 +131,7 @@ func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok, fallback, attempts := c.read(ctx, OutagePath, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50))
+			ok, fallback, attempts := c.do(ctx, http.MethodPost, OutagePath, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50))
 			mu.Lock()
 			defer mu.Unlock()
 			if during {
@@ -155,55 +152,6 @@ func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, erro
 		res.Recovery = -1
 	}
 	return res, nil
-}
-
-// read makes one POST read, the SDK way if the client retries, and reports
-// success, whether dingproxy answered with a fallback, and how many upstream
-// attempts the read cost.
-func (c *client) read(ctx context.Context, path string, body []byte) (ok, fallback bool, upstream int) {
-	tries := 1
-	if c.sdkRetry {
-		tries = 3
-	}
-	for n := 1; ; n++ {
-		ok, retryable, fb, a := c.onceFallback(ctx, path, body)
-		upstream += a
-		if ok || !retryable || n >= tries {
-			return ok, fb, upstream
-		}
-		select {
-		case <-time.After(time.Duration(50<<n) * time.Millisecond):
-		case <-ctx.Done():
-			return false, fb, upstream
-		}
-	}
-}
-
-func (c *client) onceFallback(ctx context.Context, path string, body []byte) (ok, retryable, fallback bool, upstream int) {
-	url := c.base + path
-	if c.token != "" {
-		url += "?" + dingtalk.QueryAccessToken + "=" + c.token
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(string(body)))
-	if err != nil {
-		return false, false, false, 0
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return false, true, false, 1
-	}
-	defer resp.Body.Close()
-	upstream = 1
-	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
-		upstream, _ = strconv.Atoi(v)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return false, true, false, upstream
-	}
-	fallback = resp.Header.Get(proxy.HeaderFallback) != ""
-	res := dingtalk.Classify(resp.StatusCode, resp.Header.Get("Content-Type"), b)
-	return res.Class == dingtalk.Success && !fallback, res.Class == dingtalk.ServerError || res.Class == dingtalk.Throttled, fallback, upstream
 }
 
 // PrintOutageTable writes the outage results side by side.
