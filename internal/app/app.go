@@ -16,6 +16,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/metrics"
 	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/retry"
@@ -24,8 +25,11 @@ import (
 
 // App is a running dingproxy minus its listeners.
 type App struct {
-	cfg      *config.Config
+	cfg      atomic.Pointer[config.Config] // the configuration in force
 	log      *zap.Logger
+	level    zap.AtomicLevel
+	metrics  *metrics.Metrics
+	reloadMu sync.Mutex // one reload at a time
 	base     *http.Transport
 	tokens   *token.Source // nil in pass-through mode
 	retry    *retry.Transport
@@ -38,10 +42,28 @@ type App struct {
 	wg   sync.WaitGroup
 }
 
+// Option adjusts how New builds an App.
+type Option func(*options)
+
+type options struct {
+	version string
+	level   *zap.AtomicLevel
+}
+
+// WithVersion names the build in dingproxy_build_info.
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }
+
+// WithLevel is the logger's level, which a reload of log.level changes.
+func WithLevel(l zap.AtomicLevel) Option { return func(o *options) { o.level = &l } }
+
 // New builds an App from cfg, which must have passed Validate.
-func New(cfg *config.Config, log *zap.Logger) (*App, error) {
+func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	if log == nil {
 		log = zap.NewNop()
+	}
+	o := options{version: "dev"}
+	for _, f := range opts {
+		f(&o)
 	}
 	oapi, err := url.Parse(cfg.Upstreams.OAPI)
 	if err != nil {
@@ -51,7 +73,14 @@ func New(cfg *config.Config, log *zap.Logger) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: upstreams.api: %w", err)
 	}
-	a := &App{cfg: cfg, log: log, base: NewUpstreamTransport()}
+	a := &App{log: log, base: NewUpstreamTransport(), metrics: metrics.New(o.version)}
+	a.cfg.Store(cfg)
+	if o.level != nil {
+		a.level = *o.level
+	} else {
+		a.level = zap.NewAtomicLevelAt(zap.InfoLevel) // changes nothing: the logger is not ours
+	}
+	m := a.metrics
 	if cfg.App.Key != "" {
 		var f token.Fetcher
 		if cfg.Token.Endpoint == config.EndpointGetToken {
@@ -63,6 +92,20 @@ func New(cfg *config.Config, log *zap.Logger) (*App, error) {
 			RefreshBefore: cfg.Token.RefreshBefore,
 			FetchTimeout:  cfg.Retry.PerTryTimeout,
 			Logger:        log.Named("token"),
+			OnFetch: func(err error, _ time.Time) {
+				if err != nil {
+					m.TokenRefreshes.WithLabelValues(metrics.ResultFailure).Inc()
+				} else {
+					m.TokenRefreshes.WithLabelValues(metrics.ResultSuccess).Inc()
+				}
+			},
+		})
+		tokens := a.tokens
+		m.TokenExpiresAt(func() time.Time {
+			if tok, exp := tokens.Peek(); tok != "" {
+				return exp
+			}
+			return time.Time{}
 		})
 	} else {
 		log.Info("pass-through mode: no app.key configured, tokens are not injected")
@@ -73,11 +116,19 @@ func New(cfg *config.Config, log *zap.Logger) (*App, error) {
 	a.pacer = pacing.New(PacingSettings(cfg))
 	a.retry.Pacer = callPacer{a.pacer}
 	a.retry.Observe = a.observe
+	a.retry.OnRetry = func(c *retry.Call, reason string, _ time.Duration) {
+		m.Retries.WithLabelValues(c.Route, reason).Inc()
+	}
 	if a.tokens != nil {
 		a.retry.Prepare = proxy.Injector(a.tokens)
 		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
 	}
 	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
+	a.breakers.OnStateChange = func(route string, _, to breaker.State) {
+		m.BreakerState.WithLabelValues(route).Set(float64(to))
+		m.BreakerTransits.WithLabelValues(route, to.String()).Inc()
+	}
+	a.initRoutes(cfg)
 	a.proxy = proxy.New(proxy.Options{
 		OAPI: oapi, API: api,
 		Transport: a.retry,
@@ -85,6 +136,7 @@ func New(cfg *config.Config, log *zap.Logger) (*App, error) {
 		Tokens:    a.tokens,
 		AppKey:    cfg.App.Key, AppSecret: cfg.App.Secret.Reveal(),
 		Logger: log.Named("proxy"),
+		Served: a.served,
 	}, ProxyPolicy(cfg))
 	return a, nil
 }
@@ -141,14 +193,49 @@ func PacingSettings(cfg *config.Config) pacing.Settings {
 	return pacing.Settings{PerAPIQPS: cfg.Pacing.PerAPIQPS, GlobalQPS: cfg.Pacing.GlobalQPS}
 }
 
-// observe feeds each attempt's answer back to the pacer: throttles cut the
-// path's rate and block it for DingTalk's penalty, successes raise it again.
-func (a *App) observe(c *retry.Call, reason string, _ time.Duration) {
+// observe counts each attempt and feeds its answer back to the pacer:
+// throttles cut the path's rate and block it for DingTalk's penalty,
+// successes raise it again.
+func (a *App) observe(c *retry.Call, reason string, d time.Duration) {
+	a.metrics.Attempts.WithLabelValues(c.Route, reason).Inc()
+	a.metrics.AttemptDuration.WithLabelValues(c.Upstream.String()).Observe(d.Seconds())
 	switch reason {
 	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
 		a.pacer.Throttled(c.Path, c.Result.PenaltyEnd)
+		a.metrics.PacingRate.WithLabelValues(c.Route).Set(a.pacer.Rate(c.Path))
 	case dingtalk.ReasonSuccess:
-		a.pacer.Succeeded(c.Path)
+		if rate, raised := a.pacer.Succeeded(c.Path); raised {
+			a.metrics.PacingRate.WithLabelValues(c.Route).Set(rate)
+		}
+	}
+}
+
+// served counts an answered request, and logs the fallbacks.
+func (a *App) served(route string, status int, fallback string, c *retry.Call, d time.Duration) {
+	m := a.metrics
+	m.Requests.WithLabelValues(route, metrics.Code(status)).Inc()
+	m.RequestDuration.WithLabelValues(route).Observe(d.Seconds())
+	if fallback != "" {
+		m.Fallbacks.WithLabelValues(route, fallback).Inc()
+		a.log.Info("fallback served", zap.String("route", route), zap.String("kind", fallback), zap.Int("status", status))
+	}
+	if c == nil {
+		return
+	}
+	if c.BudgetExhausted {
+		m.BudgetExhausted.WithLabelValues(route).Inc()
+		a.log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", route),
+			zap.String("reason", c.Reason), zap.Int("attempt", c.Attempts))
+	}
+	if !c.Replayable {
+		m.Unreplayable.WithLabelValues(route, metrics.UnreplayableTooLarge).Inc()
+	}
+}
+
+// initRoutes creates the configured routes' series at zero.
+func (a *App) initRoutes(cfg *config.Config) {
+	for _, r := range cfg.Routes {
+		a.metrics.InitRoute(a.breakers.Route(r.Path), cfg.Pacing.PerAPIQPS)
 	}
 }
 
@@ -222,7 +309,20 @@ func (a *App) Close() {
 }
 
 // Handler is the proxy.
-func (a *App) Handler() http.Handler { return a.proxy }
+func (a *App) Handler() http.Handler {
+	inflight := a.metrics.Inflight
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inflight.Inc()
+		defer inflight.Dec()
+		a.proxy.ServeHTTP(w, r)
+	})
+}
+
+// Metrics are the App's metrics.
+func (a *App) Metrics() *metrics.Metrics { return a.metrics }
+
+// Config is the configuration in force.
+func (a *App) Config() *config.Config { return a.cfg.Load() }
 
 // Breakers is the set of circuit breakers.
 func (a *App) Breakers() *breaker.Set { return a.breakers }
@@ -230,7 +330,7 @@ func (a *App) Breakers() *breaker.Set { return a.breakers }
 // Tokens is the shared token source, nil in pass-through mode.
 func (a *App) Tokens() *token.Source { return a.tokens }
 
-// AdminHandler serves /healthz and /readyz.
+// AdminHandler serves /healthz, /readyz and /metrics.
 func (a *App) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -238,6 +338,7 @@ func (a *App) AdminHandler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.Handle("GET /metrics", a.metrics.Handler())
 	return mux
 }
 

@@ -53,6 +53,10 @@ type Result struct {
 	PenaltyEnd time.Time
 	// Wait is the ban length read from an IP-ban answer, zero if unreadable.
 	Wait time.Duration
+	// RequestID is DingTalk's request_id / requestid from an answer that is
+	// not a success, for logs (empty for successes: it would cost an
+	// allocation on every call). Only [A-Za-z0-9._-], at most 64 bytes.
+	RequestID string
 }
 
 // Reasons, the values Result.Reason takes.
@@ -74,7 +78,29 @@ const (
 // (a 429 is a throttle whatever its body).
 func Classify(status int, contentType string, body []byte) Result {
 	var f fields
-	isJSON := scanTop(body, &f)
+	r := classify(status, contentType, body, &f)
+	if r.Class != Success && len(f.requestID) > 0 {
+		r.RequestID = safeID(f.requestID)
+	}
+	return r
+}
+
+// safeID keeps a request id fit for a log line: an id is short and plain, so
+// anything else is cut.
+func safeID(b []byte) string {
+	n := 0
+	for n < len(b) && n < 64 {
+		c := b[n]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			break
+		}
+		n++
+	}
+	return string(b[:n])
+}
+
+func classify(status int, contentType string, body []byte, f *fields) Result {
+	isJSON := scanTop(body, f)
 	if !isJSON {
 		if isHTML(contentType, body) && (status == 200 || status == 403) {
 			return Result{Class: IPBan, Reason: ReasonIPBan}
@@ -94,7 +120,7 @@ func Classify(status int, contentType string, body []byte) Result {
 	}
 	if f.hasErrcode {
 		if n, ok := atoi(f.errcode); ok {
-			r := classifyErrcode(n, f)
+			r := classifyErrcode(n, *f)
 			if r.Class == Success && status >= 300 {
 				return byStatus(status)
 			}

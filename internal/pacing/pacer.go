@@ -396,23 +396,25 @@ func (p *Pacer) Throttled(name string, until time.Time) {
 
 // Succeeded tells the pacer a call on name got through: a path cut by
 // throttling regains increasePerSecond of its configured rate per second of
-// success, up to the configured rate.
-func (p *Pacer) Succeeded(name string) {
+// success, up to the configured rate. It returns the path's rate and
+// whether this call raised it.
+func (p *Pacer) Succeeded(name string) (rate float64, raised bool) {
 	full := p.settings.Load().PerAPIQPS
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.peekLocked(name)
 	if e == nil || e.rate >= full {
-		return
+		return full, false
 	}
 	now := time.Now()
 	elapsed := now.Sub(e.lastRaise)
 	if elapsed < 100*time.Millisecond {
-		return
+		return e.rate, false
 	}
 	e.rate = min(full, e.rate+full*increasePerSecond*elapsed.Seconds())
 	e.lastRaise = now
 	e.win.setRate(e.rate)
+	return e.rate, true
 }
 
 // Rate is name's current rate in calls per second (the configured one for a

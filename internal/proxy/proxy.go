@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -40,7 +41,15 @@ type Options struct {
 	Breakers *breaker.Set
 	// Logger gets failures. Nil means none.
 	Logger *zap.Logger
+	// Served, if set, is told of every answered request once its handler
+	// returns: its route (RouteRejected when it was refused before one was
+	// known), the status the client got, the fallback kind ("" for none),
+	// its Call (nil when none was made) and how long it took.
+	Served func(route string, status int, fallback string, c *retry.Call, d time.Duration)
 }
+
+// RouteRejected names the route of requests refused before routing.
+const RouteRejected = "_rejected"
 
 // Policy is the part of a Proxy that a reload can change.
 type Policy struct {
@@ -94,15 +103,31 @@ func New(opts Options, p Policy) *Proxy {
 func (px *Proxy) SetPolicy(p Policy) { px.policy.Store(&p) }
 
 func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if px.opts.Served == nil {
+		px.serve(w, r)
+		return
+	}
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	route, c := px.serve(sw, r)
+	status := sw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+}
+
+// serve answers r and returns its route and Call (nil when none was made).
+func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.Call) {
 	// A request line in absolute form names a host of the client's choosing;
 	// CONNECT asks for a tunnel. Neither goes anywhere.
 	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Host != "" {
 		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: absolute-form request lines and CONNECT are not proxied")
-		return
+		return RouteRejected, nil
 	}
 	if !strings.HasPrefix(r.URL.Path, "/") {
 		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: request path must start with /")
-		return
+		return RouteRejected, nil
 	}
 	pol := px.policy.Load()
 	path := r.URL.Path
@@ -112,10 +137,10 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, replayable, err := readBody(r, pol.MaxBodyBytes)
 	if err != nil {
 		writeError(w, up, http.StatusBadRequest, 0, "dingproxy: reading request body: "+err.Error())
-		return
+		return RouteRejected, nil
 	}
 	if px.opts.Tokens != nil && px.answerTokenCall(w, r, body) {
-		return
+		return path, nil // a token endpoint: one of a fixed few paths
 	}
 	name := path
 	if px.opts.Breakers != nil {
@@ -139,6 +164,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		call.Idempotent = *route.Idempotent
 	}
 	px.rp.ServeHTTP(w, r.WithContext(retry.WithCall(r.Context(), call)))
+	return name, call
 }
 
 // placement decides where the shared token goes: nowhere for robot webhooks,
@@ -301,6 +327,30 @@ func writeError(w http.ResponseWriter, up dingtalk.Upstream, status, errcode int
 	w.WriteHeader(status)
 	w.Write(b)
 }
+
+// statusWriter remembers the status written through it. Unwrap lets
+// http.ResponseController (which ReverseProxy flushes with) reach the
+// connection's own writer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 || w.status < 200 { // 1xx answers come before the final one
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // bufferPool lends ReverseProxy its copy buffers.
 type bufferPool struct{}

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/token"
 )
 
 var (
@@ -61,7 +62,11 @@ type Transport struct {
 	// Observe, if set, is told of every attempt's outcome once it is known;
 	// c.Result holds the attempt's classification.
 	Observe func(c *Call, reason string, d time.Duration)
-	// Logger gets one debug line per attempt. Nil means no logs.
+	// OnRetry, if set, is told of every retry about to be made: the reason
+	// of the attempt being repeated and the wait before the next one.
+	OnRetry func(c *Call, reason string, wait time.Duration)
+	// Logger gets one debug line per attempt and an info line per retry.
+	// Nil means no logs.
 	Logger *zap.Logger
 
 	policy atomic.Pointer[Policy]
@@ -199,6 +204,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, &Error{Attempts: n, Outcome: a.outcome, Err: a.err}
 		}
+		if t.OnRetry != nil {
+			t.OnRetry(call, a.reason, wait)
+		}
+		if t.Logger != nil {
+			if ce := t.Logger.Check(zapcore.InfoLevel, "retrying"); ce != nil {
+				ce.Write(append(attemptFields(call, req.Method, a), zap.Duration("wait", wait))...)
+			}
+		}
 		if a.outcome == TokenInvalid {
 			tokenRetried = true
 			if t.OnTokenInvalid != nil {
@@ -215,6 +228,37 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, &Error{Attempts: n, Outcome: Canceled, Err: cause(req, ctx)}
 		}
 	}
+}
+
+// attemptFields are the fixed log fields of an attempt. Errors are logged
+// through token.Redact's rule: the query of a URL in them is dropped.
+func attemptFields(call *Call, method string, a attempt) []zap.Field {
+	status := 0
+	requestID := a.result.RequestID
+	if a.resp != nil {
+		status = a.resp.StatusCode
+		if id := a.resp.Header.Get("X-Acs-Request-Id"); id != "" && requestID == "" {
+			requestID = id
+		}
+	}
+	fields := make([]zap.Field, 0, 12)
+	fields = append(fields,
+		zap.String("route", call.Route), zap.Stringer("upstream", call.Upstream),
+		zap.String("method", method), zap.Int("status", status),
+		zap.Int("attempt", call.Attempts), zap.String("reason", a.reason))
+	if a.result.Errcode != 0 {
+		fields = append(fields, zap.Int("errcode", a.result.Errcode))
+	}
+	if a.result.Code != "" {
+		fields = append(fields, zap.String("code", a.result.Code))
+	}
+	if requestID != "" {
+		fields = append(fields, zap.String("request_id", requestID))
+	}
+	if a.err != nil {
+		fields = append(fields, zap.Error(token.Redact(a.err)))
+	}
+	return fields
 }
 
 // sleepUntil waits until t or until ctx ends, whichever is first.
@@ -318,26 +362,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 	}
 	if t.Logger != nil {
 		if ce := t.Logger.Check(zapcore.DebugLevel, "attempt"); ce != nil {
-			status := 0
-			if a.resp != nil {
-				status = a.resp.StatusCode
-			}
-			fields := []zap.Field{
-				zap.String("route", call.Route), zap.Stringer("upstream", call.Upstream),
-				zap.String("method", req.Method), zap.Int("status", status),
-				zap.Int("attempt", call.Attempts), zap.String("reason", a.reason),
-				zap.Duration("duration", d),
-			}
-			if a.result.Errcode != 0 {
-				fields = append(fields, zap.Int("errcode", a.result.Errcode))
-			}
-			if a.result.Code != "" {
-				fields = append(fields, zap.String("code", a.result.Code))
-			}
-			if a.err != nil {
-				fields = append(fields, zap.Error(a.err))
-			}
-			ce.Write(fields...)
+			ce.Write(append(attemptFields(call, req.Method, a), zap.Duration("duration", d))...)
 		}
 	}
 	return a

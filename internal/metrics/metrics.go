@@ -1,0 +1,239 @@
+// Package metrics holds dingproxy's Prometheus metrics, on a registry of its
+// own: SPEC's names, bounded labels, and what an operator needs beyond them.
+//
+// Label values are bounded by construction: route is a breaker route (a
+// configured path, one of at most breaker.max_routes request paths, or
+// "_other"); code is an HTTP status; result, reason and kind come from fixed
+// vocabularies. No raw errcode, token, user id or query is ever a label.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "dingproxy"
+
+// Results of a token fetch or a config reload.
+const (
+	ResultSuccess = "success"
+	ResultFailure = "failure"
+)
+
+// Reasons for which a body was not buffered for replay.
+const (
+	// UnreplayableTooLarge: the body is larger than retry.max_body_bytes.
+	UnreplayableTooLarge = "too_large"
+)
+
+// Vocabularies used to create series at zero for configured routes, so that
+// rate() and alerts work from the first scrape.
+var (
+	// RetryReasons are the attempt reasons that can be retried.
+	RetryReasons = []string{"rate_limited", "http_429", "token_invalid", "system_busy", "http_5xx", "dial_error", "reset", "timeout"}
+	// FallbackKinds are the X-Dingproxy-Fallback values.
+	FallbackKinds = []string{"circuit-open", "ip-ban", "route", "stale", "paced"}
+	// BreakerStates are the "to" values of a breaker transition.
+	BreakerStates = []string{"closed", "half-open", "open"}
+)
+
+// Metrics is every dingproxy metric and the registry that holds them.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Requests          *prometheus.CounterVec   // route, code
+	RequestDuration   *prometheus.HistogramVec // route
+	Attempts          *prometheus.CounterVec   // route, result
+	AttemptDuration   *prometheus.HistogramVec // upstream
+	Retries           *prometheus.CounterVec   // route, reason
+	BudgetExhausted   *prometheus.CounterVec   // route
+	BreakerState      *prometheus.GaugeVec     // route
+	BreakerTransits   *prometheus.CounterVec   // route, to
+	Fallbacks         *prometheus.CounterVec   // route, kind
+	PacingRate        *prometheus.GaugeVec     // route
+	Unreplayable      *prometheus.CounterVec   // route, reason
+	Inflight          prometheus.Gauge
+	TokenRefreshes    *prometheus.CounterVec // result
+	tokenExpiry       atomic.Pointer[func() time.Time]
+	Reloads           *prometheus.CounterVec // result
+	ReloadSuccessful  prometheus.Gauge
+	ReloadSuccessTime prometheus.Gauge
+}
+
+// Latency buckets: DingTalk answers in tens of milliseconds, retries and
+// penalties push calls into seconds, retry.timeout caps them at 30 s.
+var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// New returns dingproxy's metrics on a fresh registry, with the Go and
+// process collectors and build info for version.
+func New(version string) *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	m.Requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "requests_total",
+		Help: "Client requests answered, by route and the HTTP status the client got.",
+	}, []string{"route", "code"})
+	m.RequestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "request_duration_seconds",
+		Help:    "Time from a client request's arrival to its answer's headers, all attempts and waits included.",
+		Buckets: durationBuckets,
+	}, []string{"route"})
+	m.Attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_attempts_total",
+		Help: "Attempts sent (or tried) upstream, by route and result: success, business_error, quota, rate_limited, http_429, token_invalid, system_busy, http_5xx, ip_ban, dial_error, reset, timeout, canceled, token_unavailable.",
+	}, []string{"route", "result"})
+	m.AttemptDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "upstream_attempt_duration_seconds",
+		Help:    "One attempt's latency up to its classified answer, by upstream (oapi, api).",
+		Buckets: durationBuckets,
+	}, []string{"upstream"})
+	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "retries_total",
+		Help: "Retries made, by route and the reason of the attempt that was retried.",
+	}, []string{"route", "reason"})
+	m.BudgetExhausted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "retry_budget_exhausted_total",
+		Help: "Retries wanted but refused by the retry budget.",
+	}, []string{"route"})
+	m.BreakerState = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "breaker_state",
+		Help: "Circuit breaker state by route: 0 closed, 1 half-open, 2 open.",
+	}, []string{"route"})
+	m.BreakerTransits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "breaker_transitions_total",
+		Help: "Circuit breaker state changes by route and the state entered.",
+	}, []string{"route", "to"})
+	m.Fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fallbacks_total",
+		Help: "Answers served instead of calling DingTalk, by route and kind: circuit-open, ip-ban, route, stale, paced.",
+	}, []string{"route", "kind"})
+	m.PacingRate = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "pacing_rate",
+		Help: "Calls per second the pacer lets through on a route now: pacing.per_api_qps, lower while DingTalk throttles.",
+	}, []string{"route"})
+	m.Unreplayable = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "unreplayable_requests_total",
+		Help: "Requests whose body was streamed once and could not be retried, by route and reason (too_large).",
+	}, []string{"route", "reason"})
+	m.Inflight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "inflight_requests",
+		Help: "Client requests being served now.",
+	})
+	m.TokenRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "token_refreshes_total",
+		Help: "Access token fetches by result (success, failure).",
+	}, []string{"result"})
+	tokenExpiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "token_expiry_timestamp_seconds",
+		Help: "When the held access token expires, as a Unix time; 0 while none is held (and in pass-through mode).",
+	}, func() float64 {
+		if f := m.tokenExpiry.Load(); f != nil {
+			if t := (*f)(); !t.IsZero() {
+				return float64(t.UnixNano()) / 1e9
+			}
+		}
+		return 0
+	})
+	m.Reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "config_reloads_total",
+		Help: "Configuration reloads by result (success, failure).",
+	}, []string{"result"})
+	m.ReloadSuccessful = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "config_last_reload_successful",
+		Help: "1 if the last configuration reload was applied, 0 if it was refused.",
+	})
+	m.ReloadSuccessTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
+		Help: "When the configuration in force was loaded, as a Unix time.",
+	})
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help: "Always 1; labels name the running build.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+
+	m.Registry.MustRegister(
+		m.Requests, m.RequestDuration, m.Attempts, m.AttemptDuration, m.Retries,
+		m.BudgetExhausted, m.BreakerState, m.BreakerTransits, m.Fallbacks, m.PacingRate,
+		m.Unreplayable, m.Inflight, m.TokenRefreshes, tokenExpiry, m.Reloads,
+		m.ReloadSuccessful, m.ReloadSuccessTime, build,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	for _, r := range []string{ResultSuccess, ResultFailure} {
+		m.TokenRefreshes.WithLabelValues(r)
+		m.Reloads.WithLabelValues(r)
+	}
+	for _, u := range []string{"oapi", "api"} {
+		m.AttemptDuration.WithLabelValues(u)
+	}
+	m.ReloadSuccessful.Set(1)
+	m.ReloadSuccessTime.Set(float64(time.Now().UnixNano()) / 1e9)
+	return m
+}
+
+// InitRoute creates route's series at zero (pacing rate at qps), so a
+// configured route is on dashboards and in alerts before its first call.
+func (m *Metrics) InitRoute(route string, qps float64) {
+	m.Requests.WithLabelValues(route, "200")
+	m.RequestDuration.WithLabelValues(route)
+	m.Attempts.WithLabelValues(route, "success")
+	for _, r := range RetryReasons {
+		m.Retries.WithLabelValues(route, r)
+	}
+	m.BudgetExhausted.WithLabelValues(route)
+	m.BreakerState.WithLabelValues(route)
+	for _, to := range BreakerStates {
+		m.BreakerTransits.WithLabelValues(route, to)
+	}
+	for _, k := range FallbackKinds {
+		m.Fallbacks.WithLabelValues(route, k)
+	}
+	m.PacingRate.WithLabelValues(route).Set(qps)
+	m.Unreplayable.WithLabelValues(route, UnreplayableTooLarge)
+}
+
+// TokenExpiresAt sets where the token expiry gauge reads from at scrape
+// time: f returns the held token's expiry, zero when none is held.
+func (m *Metrics) TokenExpiresAt(f func() time.Time) { m.tokenExpiry.Store(&f) }
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// Reloaded records a configuration reload's result.
+func (m *Metrics) Reloaded(ok bool) {
+	if ok {
+		m.Reloads.WithLabelValues(ResultSuccess).Inc()
+		m.ReloadSuccessful.Set(1)
+		m.ReloadSuccessTime.Set(float64(time.Now().UnixNano()) / 1e9)
+		return
+	}
+	m.Reloads.WithLabelValues(ResultFailure).Inc()
+	m.ReloadSuccessful.Set(0)
+}
+
+// Code is an HTTP status as a label value, without allocating for the
+// common ones.
+func Code(status int) string {
+	if status >= 100 && status < 600 {
+		if s := codes[status-100]; s != "" {
+			return s
+		}
+	}
+	return strconv.Itoa(status)
+}
+
+var codes = func() (t [500]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i + 100)
+	}
+	return t
+}()
