@@ -11,7 +11,9 @@ import (
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dingproxy/dingproxy/internal/app"
 	"github.com/dingproxy/dingproxy/internal/config"
@@ -58,6 +60,11 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
+	// Every stack logs at debug into a recorder as well, and is checked at
+	// its end: no secret or token in any log line or metric, over the
+	// whole end-to-end suite.
+	rec, recorded := observer.New(zapcore.DebugLevel)
+	log = zap.New(zapcore.NewTee(log.Core(), rec))
 	a, err := app.New(&cfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -74,8 +81,40 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 		px.Close()
 		a.Close()
 		s.client.CloseIdleConnections()
+		checkNoSecrets(t, fake, a, recorded)
 	})
 	return s
+}
+
+// checkNoSecrets fails t if the app secret, the robot token or any token
+// the fake issued appears in a log line (message or field) or in /metrics.
+func checkNoSecrets(t testing.TB, fake *dingtalktest.Server, a *app.App, logs *observer.ObservedLogs) {
+	t.Helper()
+	secrets := append(fake.IssuedTokens(), dingtalktest.DefaultAppSecret, dingtalktest.DefaultRobotToken)
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	for _, e := range logs.All() {
+		buf, err := enc.EncodeEntry(e.Entry, e.Context)
+		if err != nil {
+			t.Fatalf("encoding a log entry: %v", err)
+		}
+		line := buf.String()
+		buf.Free()
+		for _, sec := range secrets {
+			if sec != "" && strings.Contains(line, sec) {
+				t.Errorf("a secret or token reached a log line: %s", strings.ReplaceAll(line, sec, "<LEAKED>"))
+			}
+		}
+	}
+	rec := httptest.NewRecorder()
+	a.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("/metrics: %d", rec.Code)
+	}
+	for _, sec := range secrets {
+		if sec != "" && strings.Contains(rec.Body.String(), sec) {
+			t.Errorf("a secret or token reached /metrics")
+		}
+	}
 }
 
 // do sends a request through the proxy and returns the answer with its body read.

@@ -369,6 +369,7 @@ func (s *Server) issueToken() (string, time.Duration) {
 		}
 	}
 	s.tokens[tok] = now.Add(s.opts.TokenTTL)
+	s.issued = append(s.issued, tok)
 	s.current = tok
 	return tok, s.opts.TokenTTL
 }

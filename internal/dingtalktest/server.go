@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -57,6 +58,7 @@ type Server struct {
 	started  bool
 	rng      *rand.Rand           // chaos draws only
 	tokens   map[string]time.Time // issued token -> expiry
+	issued   []string             // every token ever issued, for leak checks
 	current  string               // the token fetches return while it is valid
 	scripts  map[string][]Fault
 	chaos    Chaos
@@ -264,6 +266,13 @@ func (s *Server) ExpireTokens() {
 	defer s.mu.Unlock()
 	clear(s.tokens)
 	s.current = ""
+}
+
+// IssuedTokens is every access token the fake has issued, for leak checks.
+func (s *Server) IssuedTokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.issued)
 }
 
 // Hits is the number of requests received for path, whatever their outcome.
