@@ -26,6 +26,9 @@ build: ## static binaries in bin/
 run: build ## run dingproxy on configs/dingproxy.yaml
 	./bin/dingproxy -config configs/dingproxy.yaml
 
+docker: ## the container image (multi-stage, static binary, distroless nonroot)
+	docker build --build-arg VERSION=$(VERSION) -t dingproxy:$(VERSION) .
+
 fake: build ## run the fake DingTalk on 127.0.0.1:9999
 	./bin/fakedingtalk
 
@@ -43,4 +46,4 @@ lint: ## gofmt and go vet
 tidy: ## fail if go.mod/go.sum are not tidy
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
-.PHONY: help demo resilience test test-short build run fake check-config bench lint tidy
+.PHONY: help demo resilience test test-short build docker run fake check-config bench lint tidy

@@ -1,0 +1,796 @@
+// Package deploy_test checks the deployment files: the Kubernetes manifests
+// under k8s/, the Dockerfile at the repository root and the Grafana dashboard.
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/dingproxy/dingproxy/internal/config"
+)
+
+const (
+	sidecarName  = "dingproxy"
+	configKey    = "dingproxy.yaml"
+	adminPortKey = "admin"
+)
+
+// manifest is one YAML document of a file under k8s/.
+type manifest struct {
+	file string
+	node *yaml.Node
+	head header
+}
+
+type header struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   meta   `yaml:"metadata"`
+}
+
+type meta struct {
+	Name        string            `yaml:"name"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
+}
+
+type deployment struct {
+	Spec struct {
+		Selector struct {
+			MatchLabels map[string]string `yaml:"matchLabels"`
+		} `yaml:"selector"`
+		Template struct {
+			Metadata meta    `yaml:"metadata"`
+			Spec     podSpec `yaml:"spec"`
+		} `yaml:"template"`
+	} `yaml:"spec"`
+}
+
+type podSpec struct {
+	TerminationGracePeriodSeconds *int64      `yaml:"terminationGracePeriodSeconds"`
+	InitContainers                []container `yaml:"initContainers"`
+	Containers                    []container `yaml:"containers"`
+	Volumes                       []struct {
+		Name      string `yaml:"name"`
+		ConfigMap *struct {
+			Name string `yaml:"name"`
+		} `yaml:"configMap"`
+	} `yaml:"volumes"`
+}
+
+type container struct {
+	Name          string   `yaml:"name"`
+	Image         string   `yaml:"image"`
+	RestartPolicy string   `yaml:"restartPolicy"`
+	Args          []string `yaml:"args"`
+	Env           []struct {
+		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
+		ValueFrom *struct {
+			SecretKeyRef *struct {
+				Name string `yaml:"name"`
+				Key  string `yaml:"key"`
+			} `yaml:"secretKeyRef"`
+		} `yaml:"valueFrom"`
+	} `yaml:"env"`
+	Ports []struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+	} `yaml:"ports"`
+	StartupProbe   *probe `yaml:"startupProbe"`
+	ReadinessProbe *probe `yaml:"readinessProbe"`
+	LivenessProbe  *probe `yaml:"livenessProbe"`
+	Resources      struct {
+		Requests map[string]string `yaml:"requests"`
+		Limits   map[string]string `yaml:"limits"`
+	} `yaml:"resources"`
+	SecurityContext *struct {
+		RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
+		ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
+		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+		Capabilities             struct {
+			Drop []string `yaml:"drop"`
+		} `yaml:"capabilities"`
+		SeccompProfile struct {
+			Type string `yaml:"type"`
+		} `yaml:"seccompProfile"`
+	} `yaml:"securityContext"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+		SubPath   string `yaml:"subPath"`
+		ReadOnly  bool   `yaml:"readOnly"`
+	} `yaml:"volumeMounts"`
+}
+
+type probe struct {
+	HTTPGet *struct {
+		Path string `yaml:"path"`
+		Port any    `yaml:"port"` // a number or a port name
+	} `yaml:"httpGet"`
+}
+
+// port returns the container port named or numbered p, or 0.
+func (c *container) port(p any) int {
+	switch p := p.(type) {
+	case int:
+		return p
+	case string:
+		for _, cp := range c.Ports {
+			if cp.Name == p {
+				return cp.ContainerPort
+			}
+		}
+		if n, err := strconv.Atoi(p); err == nil {
+			return n
+		}
+	}
+	return 0
+}
+
+// readManifests decodes every document of every k8s/*.yaml file, failing on
+// any parse error or on a document without apiVersion, kind or metadata.name.
+func readManifests(t *testing.T) []manifest {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("k8s", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no k8s/*.yaml files")
+	}
+	var ms []manifest
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		for i := 0; ; i++ {
+			var n yaml.Node
+			err := dec.Decode(&n)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: document %d: %v", f, i, err)
+			}
+			if len(n.Content) == 0 || n.Content[0].Kind == yaml.ScalarNode && n.Content[0].Tag == "!!null" {
+				continue // an empty document, e.g. after a trailing ---
+			}
+			m := manifest{file: f, node: &n}
+			if err := n.Decode(&m.head); err != nil {
+				t.Fatalf("%s: document %d: %v", f, i, err)
+			}
+			if m.head.APIVersion == "" || m.head.Kind == "" || m.head.Metadata.Name == "" {
+				t.Errorf("%s: document %d: apiVersion %q, kind %q, metadata.name %q: all are required",
+					f, i, m.head.APIVersion, m.head.Kind, m.head.Metadata.Name)
+			}
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
+// only decodes the one document of kind into v, and returns its header.
+func only(t *testing.T, ms []manifest, kind string, v any) header {
+	t.Helper()
+	var found []manifest
+	for _, m := range ms {
+		if m.head.Kind == kind {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want exactly one %s, found %d", kind, len(found))
+	}
+	if err := found[0].node.Decode(v); err != nil {
+		t.Fatalf("%s: %s: %v", found[0].file, kind, err)
+	}
+	return found[0].head
+}
+
+func TestManifestsParse(t *testing.T) {
+	ms := readManifests(t)
+	kinds := map[string]bool{}
+	for _, m := range ms {
+		kinds[m.head.Kind] = true
+	}
+	for _, k := range []string{"ConfigMap", "Secret", "Deployment", "Service", "ServiceMonitor"} {
+		if !kinds[k] {
+			t.Errorf("no %s in k8s/", k)
+		}
+	}
+}
+
+// setup is what several tests need from the manifests.
+type setup struct {
+	ms      []manifest
+	dep     deployment
+	pod     *podSpec
+	sidecar *container
+	admin   int // the sidecar's admin container port
+}
+
+func load(t *testing.T) *setup {
+	t.Helper()
+	s := &setup{ms: readManifests(t)}
+	only(t, s.ms, "Deployment", &s.dep)
+	s.pod = &s.dep.Spec.Template.Spec
+	for i := range s.pod.InitContainers {
+		if s.pod.InitContainers[i].Name == sidecarName {
+			s.sidecar = &s.pod.InitContainers[i]
+		}
+	}
+	if s.sidecar == nil {
+		for _, c := range s.pod.Containers {
+			if c.Name == sidecarName {
+				t.Fatalf("%s is under containers: it must be a native sidecar, under initContainers", sidecarName)
+			}
+		}
+		t.Fatalf("no initContainer named %s", sidecarName)
+	}
+	s.admin = s.sidecar.port(adminPortKey)
+	if s.admin == 0 {
+		t.Fatalf("sidecar has no container port named %q", adminPortKey)
+	}
+	return s
+}
+
+func TestDeploymentSidecar(t *testing.T) {
+	s := load(t)
+	c := s.sidecar
+	if c.RestartPolicy != "Always" {
+		t.Errorf("sidecar restartPolicy = %q, want Always (a native sidecar)", c.RestartPolicy)
+	}
+	if c.Image == "" {
+		t.Error("sidecar has no image")
+	}
+	if len(s.pod.Containers) == 0 {
+		t.Error("the pod has no app container")
+	}
+
+	checkProbe := func(name string, p *probe, wantPath string, required bool) {
+		t.Helper()
+		if p == nil {
+			if required {
+				t.Errorf("sidecar has no %s", name)
+			}
+			return
+		}
+		if p.HTTPGet == nil {
+			t.Errorf("%s: want an httpGet probe", name)
+			return
+		}
+		if p.HTTPGet.Path != wantPath {
+			t.Errorf("%s path = %q, want %q", name, p.HTTPGet.Path, wantPath)
+		}
+		if got := c.port(p.HTTPGet.Port); got != s.admin {
+			t.Errorf("%s port %v is %d, want the admin port %d", name, p.HTTPGet.Port, got, s.admin)
+		}
+	}
+	checkProbe("readinessProbe", c.ReadinessProbe, "/readyz", true)
+	checkProbe("livenessProbe", c.LivenessProbe, "/healthz", true)
+	checkProbe("startupProbe", c.StartupProbe, "/readyz", false)
+
+	for _, r := range []string{"cpu", "memory"} {
+		if c.Resources.Requests[r] == "" {
+			t.Errorf("sidecar resources.requests.%s not set", r)
+		}
+	}
+	if c.Resources.Limits["memory"] == "" {
+		t.Error("sidecar resources.limits.memory not set")
+	}
+
+	sc := c.SecurityContext
+	if sc == nil {
+		t.Fatal("sidecar has no securityContext")
+	}
+	isTrue := func(b *bool) bool { return b != nil && *b }
+	if !isTrue(sc.RunAsNonRoot) || !isTrue(sc.ReadOnlyRootFilesystem) {
+		t.Error("sidecar securityContext: want runAsNonRoot and readOnlyRootFilesystem true")
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("sidecar securityContext: want allowPrivilegeEscalation false")
+	}
+	if len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+		t.Errorf("sidecar capabilities.drop = %v, want [ALL]", sc.Capabilities.Drop)
+	}
+	if sc.SeccompProfile.Type != "RuntimeDefault" {
+		t.Errorf("sidecar seccompProfile.type = %q, want RuntimeDefault", sc.SeccompProfile.Type)
+	}
+}
+
+func TestDeploymentCredentialsFromSecret(t *testing.T) {
+	s := load(t)
+	var secret struct {
+		StringData map[string]string `yaml:"stringData"`
+		Data       map[string]string `yaml:"data"`
+	}
+	sh := only(t, s.ms, "Secret", &secret)
+	for _, name := range []string{"DINGPROXY_APP_KEY", "DINGPROXY_APP_SECRET"} {
+		found := false
+		for _, e := range s.sidecar.Env {
+			if e.Name != name {
+				continue
+			}
+			found = true
+			if e.Value != "" {
+				t.Errorf("%s has a literal value: it must come from the Secret", name)
+			}
+			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+				t.Errorf("%s: want valueFrom.secretKeyRef", name)
+				continue
+			}
+			ref := e.ValueFrom.SecretKeyRef
+			if ref.Name != sh.Metadata.Name {
+				t.Errorf("%s: secretKeyRef.name = %q, want the Secret %q", name, ref.Name, sh.Metadata.Name)
+			}
+			_, inString := secret.StringData[ref.Key]
+			_, inData := secret.Data[ref.Key]
+			if !inString && !inData {
+				t.Errorf("%s: secretKeyRef.key %q is not in the Secret", name, ref.Key)
+			}
+		}
+		if !found {
+			t.Errorf("sidecar env has no %s", name)
+		}
+	}
+}
+
+func TestDeploymentPrometheusAnnotations(t *testing.T) {
+	s := load(t)
+	a := s.dep.Spec.Template.Metadata.Annotations
+	if a["prometheus.io/scrape"] != "true" {
+		t.Errorf(`prometheus.io/scrape = %q, want "true"`, a["prometheus.io/scrape"])
+	}
+	if a["prometheus.io/path"] != "/metrics" {
+		t.Errorf("prometheus.io/path = %q, want /metrics", a["prometheus.io/path"])
+	}
+	if a["prometheus.io/port"] != strconv.Itoa(s.admin) {
+		t.Errorf("prometheus.io/port = %q, want the admin port %d", a["prometheus.io/port"], s.admin)
+	}
+}
+
+// configPath returns the sidecar's -config argument.
+func configPath(t *testing.T, c *container) string {
+	t.Helper()
+	for i, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "-config="); ok {
+			return v
+		}
+		if a == "-config" && i+1 < len(c.Args) {
+			return c.Args[i+1]
+		}
+	}
+	t.Fatalf("sidecar args %q have no -config", c.Args)
+	return ""
+}
+
+func TestDeploymentConfigMount(t *testing.T) {
+	s := load(t)
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	ch := only(t, s.ms, "ConfigMap", &cm)
+	vol := ""
+	for _, v := range s.pod.Volumes {
+		if v.ConfigMap != nil && v.ConfigMap.Name == ch.Metadata.Name {
+			vol = v.Name
+		}
+	}
+	if vol == "" {
+		t.Fatalf("no volume of ConfigMap %q", ch.Metadata.Name)
+	}
+	cfgPath := configPath(t, s.sidecar)
+	mounted := false
+	for _, m := range s.sidecar.VolumeMounts {
+		if m.Name != vol {
+			continue
+		}
+		mounted = true
+		if m.SubPath != "" {
+			t.Errorf("config volume mounted with subPath %q: a subPath mount never sees ConfigMap updates", m.SubPath)
+		}
+		if !m.ReadOnly {
+			t.Error("config volume should be mounted readOnly")
+		}
+		if dir := path.Dir(cfgPath); path.Clean(m.MountPath) != dir {
+			t.Errorf("config volume mounted at %q, but -config reads %q", m.MountPath, cfgPath)
+		}
+	}
+	if !mounted {
+		t.Fatalf("sidecar does not mount volume %q", vol)
+	}
+	if _, ok := cm.Data[path.Base(cfgPath)]; !ok {
+		t.Errorf("-config reads %q, but ConfigMap has no key %q", cfgPath, path.Base(cfgPath))
+	}
+}
+
+func TestServiceAndServiceMonitor(t *testing.T) {
+	s := load(t)
+	var svc struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+			Ports    []struct {
+				Name       string `yaml:"name"`
+				Port       int    `yaml:"port"`
+				TargetPort any    `yaml:"targetPort"`
+			} `yaml:"ports"`
+		} `yaml:"spec"`
+	}
+	sh := only(t, s.ms, "Service", &svc)
+	if len(svc.Spec.Selector) == 0 {
+		t.Error("Service has no selector")
+	}
+	podLabels := s.dep.Spec.Template.Metadata.Labels
+	for k, v := range svc.Spec.Selector {
+		if podLabels[k] != v {
+			t.Errorf("Service selector %s=%s does not match the pod's labels %v", k, v, podLabels)
+		}
+	}
+	found := false
+	for _, p := range svc.Spec.Ports {
+		if p.Name != adminPortKey {
+			continue
+		}
+		found = true
+		target := p.TargetPort
+		if target == nil {
+			target = p.Port
+		}
+		if got := s.sidecar.port(target); got != s.admin {
+			t.Errorf("Service port %q targets %v (%d), want the admin port %d", p.Name, target, got, s.admin)
+		}
+	}
+	if !found {
+		t.Errorf("Service has no port named %q", adminPortKey)
+	}
+
+	var sm struct {
+		Spec struct {
+			Selector struct {
+				MatchLabels map[string]string `yaml:"matchLabels"`
+			} `yaml:"selector"`
+			Endpoints []struct {
+				Port     string `yaml:"port"`
+				Path     string `yaml:"path"`
+				Interval string `yaml:"interval"`
+			} `yaml:"endpoints"`
+		} `yaml:"spec"`
+	}
+	mh := only(t, s.ms, "ServiceMonitor", &sm)
+	if mh.APIVersion != "monitoring.coreos.com/v1" {
+		t.Errorf("ServiceMonitor apiVersion = %q", mh.APIVersion)
+	}
+	if len(sm.Spec.Selector.MatchLabels) == 0 {
+		t.Error("ServiceMonitor selects no labels")
+	}
+	for k, v := range sm.Spec.Selector.MatchLabels {
+		if sh.Metadata.Labels[k] != v {
+			t.Errorf("ServiceMonitor selector %s=%s does not match the Service's labels %v", k, v, sh.Metadata.Labels)
+		}
+	}
+	if len(sm.Spec.Endpoints) != 1 {
+		t.Fatalf("ServiceMonitor has %d endpoints, want 1", len(sm.Spec.Endpoints))
+	}
+	if e := sm.Spec.Endpoints[0]; e.Port != adminPortKey || e.Path != "/metrics" || e.Interval == "" {
+		t.Errorf("ServiceMonitor endpoint = %+v, want port %q, path /metrics and an interval", e, adminPortKey)
+	}
+}
+
+// clearEnv unsets every DINGPROXY_* variable for the test: config.Load reads
+// them over the file. An empty variable counts as unset.
+func clearEnv(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "DINGPROXY_") {
+			t.Setenv(name, "")
+		}
+	}
+}
+
+func TestConfigMapValidates(t *testing.T) {
+	clearEnv(t)
+	s := load(t)
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, s.ms, "ConfigMap", &cm)
+	text, ok := cm.Data[configKey]
+	if !ok {
+		t.Fatalf("ConfigMap has no key %q", configKey)
+	}
+	file := filepath.Join(t.TempDir(), configKey)
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatalf("ConfigMap's %s does not validate:\n%v", configKey, err)
+	}
+
+	// No credentials in the ConfigMap: they come from the Secret.
+	if cfg.App.Key != "" || cfg.App.Secret.Reveal() != "" {
+		t.Error("ConfigMap sets app.key or app.secret: credentials belong in the Secret")
+	}
+	var raw map[string]any
+	if err := yaml.Unmarshal([]byte(text), &raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := raw["app"]; ok {
+		t.Error("ConfigMap has an app section: credentials belong in the Secret")
+	}
+	var secret struct {
+		StringData map[string]string `yaml:"stringData"`
+	}
+	only(t, s.ms, "Secret", &secret)
+	for k, v := range secret.StringData {
+		if v != "" && strings.Contains(text, v) {
+			t.Errorf("ConfigMap contains the Secret's %s value", k)
+		}
+	}
+
+	// The admin endpoints are where the probes and Prometheus look.
+	host, port, err := net.SplitHostPort(cfg.AdminListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port != strconv.Itoa(s.admin) {
+		t.Errorf("admin_listen %q: port is not the admin container port %d", cfg.AdminListen, s.admin)
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		t.Errorf("admin_listen %q: kubelet and Prometheus cannot reach it; listen on all addresses", cfg.AdminListen)
+	}
+
+	// The proxy listens on loopback, on the port the app is pointed at.
+	host, port, err = net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		t.Errorf("listen %q: want a loopback address (the app shares the pod's network)", cfg.Listen)
+	}
+	if p := s.sidecar.port("proxy"); strconv.Itoa(p) != port {
+		t.Errorf("listen %q: port differs from the proxy container port %d", cfg.Listen, p)
+	}
+	pointed := false
+	for _, c := range s.pod.Containers {
+		for _, e := range c.Env {
+			if strings.HasPrefix(e.Value, "http://127.0.0.1:"+port) {
+				pointed = true
+			}
+		}
+	}
+	if !pointed {
+		t.Errorf("no app container env points at http://127.0.0.1:%s", port)
+	}
+
+	// Kubernetes must not kill the proxy while it drains.
+	if g := s.pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= cfg.ShutdownTimeout {
+		t.Errorf("terminationGracePeriodSeconds must exceed shutdown_timeout %v", cfg.ShutdownTimeout)
+	}
+
+	// The example route keeps work notifications from being sent twice.
+	found := false
+	for _, r := range cfg.Routes {
+		if r.Path == "/topapi/message/corpconversation/asyncsend_v2" {
+			found = true
+			if r.Idempotent == nil || *r.Idempotent || r.Fallback == nil {
+				t.Error("asyncsend_v2 route: want idempotent: false and a fallback")
+			}
+		}
+	}
+	if !found {
+		t.Error("no route for /topapi/message/corpconversation/asyncsend_v2")
+	}
+}
+
+// dockerInstruction is one Dockerfile instruction, continuation lines joined.
+type dockerInstruction struct {
+	cmd  string // upper-cased
+	args string
+}
+
+func readDockerfile(t *testing.T) []dockerInstruction {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []dockerInstruction
+	var cur strings.Builder
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "#") || line == "" && cur.Len() == 0 {
+			continue
+		}
+		if l, ok := strings.CutSuffix(line, "\\"); ok {
+			cur.WriteString(l + " ")
+			continue
+		}
+		cur.WriteString(line)
+		cmd, args, _ := strings.Cut(strings.TrimSpace(cur.String()), " ")
+		out = append(out, dockerInstruction{strings.ToUpper(cmd), strings.TrimSpace(args)})
+		cur.Reset()
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestDockerfile(t *testing.T) {
+	ins := readDockerfile(t)
+	last := -1
+	for i, in := range ins {
+		if in.cmd == "FROM" {
+			last = i
+		}
+	}
+	if last < 0 {
+		t.Fatal("Dockerfile has no FROM")
+	}
+	final := ins[last:]
+	image := strings.Fields(final[0].args)
+	for len(image) > 0 && strings.HasPrefix(image[0], "--") { // --platform=...
+		image = image[1:]
+	}
+	if len(image) == 0 || !regexp.MustCompile(`^gcr\.io/distroless/static[^:@]*:nonroot$`).MatchString(image[0]) {
+		t.Errorf("final stage FROM %q: want gcr.io/distroless/static*:nonroot", final[0].args)
+	}
+
+	cgo := false
+	for _, in := range ins[:last] {
+		if in.cmd == "RUN" && strings.Contains(in.args, "CGO_ENABLED=0") && strings.Contains(in.args, "go build") ||
+			in.cmd == "ENV" && strings.Contains(in.args, "CGO_ENABLED=0") {
+			cgo = true
+		}
+	}
+	if !cgo {
+		t.Error("the build stage does not build with CGO_ENABLED=0")
+	}
+
+	var user, entrypoint string
+	var exposed []string
+	for _, in := range final {
+		switch in.cmd {
+		case "USER":
+			user = in.args
+		case "ENTRYPOINT":
+			entrypoint = in.args
+		case "EXPOSE":
+			exposed = append(exposed, strings.Fields(in.args)...)
+		}
+	}
+	if u, _, _ := strings.Cut(user, ":"); u != "nonroot" && u != "65532" {
+		t.Errorf("final stage USER %q: want nonroot", user)
+	}
+	var ep []string
+	if err := json.Unmarshal([]byte(entrypoint), &ep); err != nil || len(ep) == 0 || ep[0] != "/dingproxy" {
+		t.Errorf("ENTRYPOINT %q: want the exec form [\"/dingproxy\"]", entrypoint)
+	}
+	for _, p := range []string{"8080", "9090"} {
+		if !strings.Contains(" "+strings.Join(exposed, " ")+" ", " "+p+" ") &&
+			!strings.Contains(" "+strings.Join(exposed, " ")+" ", " "+p+"/tcp ") {
+			t.Errorf("final stage does not EXPOSE %s", p)
+		}
+	}
+}
+
+// dashboard is the part of a Grafana dashboard the tests read.
+type dashboard struct {
+	SchemaVersion int     `json:"schemaVersion"`
+	Panels        []panel `json:"panels"`
+	Templating    struct {
+		List []struct {
+			Name  string `json:"name"`
+			Type  string `json:"type"`
+			Query any    `json:"query"`
+		} `json:"list"`
+	} `json:"templating"`
+}
+
+type panel struct {
+	ID      int     `json:"id"`
+	Type    string  `json:"type"`
+	Title   string  `json:"title"`
+	Panels  []panel `json:"panels"` // a collapsed row's panels
+	Targets []struct {
+		RefID string `json:"refId"`
+		Expr  string `json:"expr"`
+	} `json:"targets"`
+}
+
+func readDashboard(t *testing.T) dashboard {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("grafana", "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !json.Valid(b) {
+		t.Fatal("grafana/dashboard.json is not valid JSON")
+	}
+	var d dashboard
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("grafana/dashboard.json: %v", err)
+	}
+	return d
+}
+
+// allPanels flattens rows: top-level panels and collapsed rows' panels.
+func allPanels(ps []panel) []panel {
+	var out []panel
+	for _, p := range ps {
+		out = append(out, p)
+		out = append(out, allPanels(p.Panels)...)
+	}
+	return out
+}
+
+// dashboardExprs returns every query of the dashboard, failing the test on a
+// panel without queries or a query without an expression.
+func dashboardExprs(t *testing.T) []string {
+	t.Helper()
+	d := readDashboard(t)
+	var exprs []string
+	for _, p := range allPanels(d.Panels) {
+		if p.Type == "row" {
+			continue
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %d %q has no targets", p.ID, p.Title)
+		}
+		for _, tg := range p.Targets {
+			if strings.TrimSpace(tg.Expr) == "" {
+				t.Errorf("panel %d %q: target %q has an empty expr", p.ID, p.Title, tg.RefID)
+				continue
+			}
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	return exprs
+}
+
+func TestDashboard(t *testing.T) {
+	d := readDashboard(t)
+	if d.SchemaVersion != 39 {
+		t.Errorf("schemaVersion = %d, want 39", d.SchemaVersion)
+	}
+	ids := map[int]bool{}
+	for _, p := range allPanels(d.Panels) {
+		if ids[p.ID] {
+			t.Errorf("panel id %d used twice", p.ID)
+		}
+		ids[p.ID] = true
+	}
+	vars := map[string]string{}
+	for _, v := range d.Templating.List {
+		vars[v.Name] = v.Type + " " + fmt.Sprint(v.Query)
+	}
+	if !strings.HasPrefix(vars["DS_PROMETHEUS"], "datasource prometheus") {
+		t.Errorf("no prometheus datasource variable DS_PROMETHEUS (got %q)", vars["DS_PROMETHEUS"])
+	}
+	if !strings.Contains(vars["route"], "label_values(dingproxy_requests_total, route)") {
+		t.Errorf("route variable = %q, want label_values(dingproxy_requests_total, route)", vars["route"])
+	}
+	exprs := dashboardExprs(t)
+	if len(exprs) == 0 {
+		t.Fatal("dashboard has no queries")
+	}
+}
