@@ -196,6 +196,9 @@ type proxyProcess struct {
 	err    error         // cmd.Wait's error, once done is closed
 
 	proxyURL, adminURL string
+	// configDir is laid out as Kubernetes mounts a ConfigMap: the file is a
+	// symlink through ..data, which an update swaps.
+	configDir, config string
 }
 
 // exited reports whether the process has exited, without waiting.
@@ -279,8 +282,10 @@ func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
 		admin = freePort(t)
 	}
 	cfg := fmt.Sprintf(binaryConfig, listen, admin, up.srv.URL, up.srv.URL, testSecret)
-	path := filepath.Join(t.TempDir(), "dingproxy.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+	dir := t.TempDir()
+	configMapUpdate(t, dir, cfg)
+	path := filepath.Join(dir, "dingproxy.yaml")
+	if err := os.Symlink(filepath.Join("..data", "dingproxy.yaml"), path); err != nil {
 		t.Fatal(err)
 	}
 
@@ -288,8 +293,10 @@ func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
 		stderr:   &syncBuffer{},
 		stdout:   &syncBuffer{},
 		done:     make(chan struct{}),
-		proxyURL: fmt.Sprintf("http://127.0.0.1:%d", listen),
-		adminURL: fmt.Sprintf("http://127.0.0.1:%d", admin),
+		proxyURL:  fmt.Sprintf("http://127.0.0.1:%d", listen),
+		adminURL:  fmt.Sprintf("http://127.0.0.1:%d", admin),
+		configDir: dir,
+		config:    cfg,
 	}
 	p.cmd = exec.Command(bin, "-config", path)
 	p.cmd.Env = cleanEnv()
@@ -323,6 +330,31 @@ func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
 }
 
 // readyzAnswer is /readyz's JSON body.
+// configMapUpdate writes content as the kubelet updates a ConfigMap volume:
+// into a new timestamped directory, then swaps the ..data symlink to it
+// atomically (symlink beside, rename over) and removes the old directory.
+func configMapUpdate(t *testing.T, dir, content string) {
+	t.Helper()
+	ts, err := os.MkdirTemp(dir, "..2026_11_27_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "dingproxy.yaml"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if old != "" {
+		os.RemoveAll(filepath.Join(dir, old))
+	}
+}
+
 type readyzAnswer struct {
 	Ready bool `json:"ready"`
 	Token struct {
@@ -688,5 +720,106 @@ func TestBinaryNoServe(t *testing.T) {
 				t.Errorf("stderr =\n%s\nwant\n%s", stderr.String(), tt.wantStderr)
 			}
 		})
+	}
+}
+
+// A ConfigMap update is applied live: a valid file is swapped in (the new
+// log level holds for the next call, the new route's series appear), an
+// invalid one is refused and the running policy keeps serving; both are
+// counted in /metrics.
+func TestBinaryLiveReload(t *testing.T) {
+	bin := buildBinary(t)
+	up := newFakeDingTalk(t)
+	p := startProxy(t, bin, up)
+	c := testClient(t, 10*time.Second)
+
+	call := func() {
+		t.Helper()
+		resp, err := c.Post(p.proxyURL+"/topapi/v2/user/get", "application/json", strings.NewReader(`{"userid":"u1"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("proxied call: HTTP %d", resp.StatusCode)
+		}
+	}
+	metricsText := func() string {
+		t.Helper()
+		resp, err := c.Get(p.adminURL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("/metrics: HTTP %d, %v", resp.StatusCode, err)
+		}
+		return string(b)
+	}
+	waitMetric := func(line string) string {
+		t.Helper()
+		deadline := time.Now().Add(readyTimeout)
+		for {
+			m := metricsText()
+			if strings.Contains(m, line+"\n") {
+				return m
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/metrics never showed %q; stderr:\n%s", line, p.stderr.String())
+			}
+			time.Sleep(pollInterval)
+		}
+	}
+
+	call()
+	if strings.Contains(p.stderr.String(), `"msg":"attempt"`) {
+		t.Fatal("a debug attempt line at log.level info")
+	}
+	// Valid: debug logs and a route of its own.
+	valid := strings.Replace(p.config, "level: info", "level: debug", 1) +
+		"routes:\n  - path: /topapi/v2/department/listsub\n    idempotent: true\n"
+	configMapUpdate(t, p.configDir, valid)
+	m := waitMetric(`dingproxy_config_reloads_total{result="success"} 1`)
+	if !strings.Contains(m, `dingproxy_breaker_state{route="/topapi/v2/department/listsub"} 0`) {
+		t.Errorf("the reloaded route has no breaker series")
+	}
+	if !strings.Contains(m, "dingproxy_config_last_reload_successful 1\n") {
+		t.Errorf("config_last_reload_successful is not 1 after a good reload")
+	}
+	call()
+	if !strings.Contains(p.stderr.String(), `"msg":"attempt"`) {
+		t.Errorf("no debug attempt line after log.level was reloaded to debug")
+	}
+
+	// Invalid: refused, counted, and the proxy keeps serving.
+	configMapUpdate(t, p.configDir, valid+"retry:\n  max_attempts: 0\n")
+	m = waitMetric(`dingproxy_config_reloads_total{result="failure"} 1`)
+	if !strings.Contains(m, "dingproxy_config_last_reload_successful 0\n") {
+		t.Errorf("config_last_reload_successful is not 0 after a refused reload")
+	}
+	if !strings.Contains(p.stderr.String(), "configuration reload refused") {
+		t.Errorf("no log line for the refused reload")
+	}
+	call()
+
+	// A listen address cannot change live: said so, and the old one serves.
+	moved := strings.Replace(valid, "listen: 127.0.0.1:", "listen: 127.0.0.2:", 1)
+	configMapUpdate(t, p.configDir, moved)
+	waitMetric(`dingproxy_config_reloads_total{result="success"} 2`)
+	if !strings.Contains(p.stderr.String(), `"restart_required":["listen"]`) {
+		t.Errorf("a changed listen address was not reported as needing a restart")
+	}
+	call()
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t); code != exitOK {
+		t.Errorf("exit status = %d, want 0", code)
+	}
+	if strings.Contains(p.stderr.String(), testSecret) {
+		t.Errorf("the secret reached the logs")
 	}
 }

@@ -66,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "configuration is valid")
 		return exitOK
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	log, level, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "dingproxy: %v\n", err)
 		return exitBadConfig
@@ -74,19 +74,45 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer log.Sync()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := serve(ctx, cfg, log); err != nil {
+	if err := serve(ctx, cfg, *configPath, log, level); err != nil {
 		log.Error("dingproxy stopped", zap.Error(err))
 		return exitFailure
 	}
 	return exitOK
 }
 
-func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-	a, err := app.New(cfg, log)
+func serve(ctx context.Context, cfg *config.Config, path string, log *zap.Logger, level zap.AtomicLevel) error {
+	a, err := app.New(cfg, log, app.WithVersion(version), app.WithLevel(level))
 	if err != nil {
 		return err
 	}
 	defer a.Close()
+	// Live reload: the file's directory is watched (a ConfigMap update is a
+	// symlink swap there), and SIGHUP reloads on demand.
+	if path != "" {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		reload := func() { a.Reload(path) }
+		done, err := config.Watch(wctx, path, 0, reload)
+		if err != nil {
+			log.Warn("configuration file not watched: reload with SIGHUP", zap.Error(err))
+		} else {
+			defer func() { cancel(); <-done }()
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-wctx.Done():
+					return
+				case <-hup:
+					reload()
+				}
+			}
+		}()
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -112,9 +138,10 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	case err := <-errc:
 		return err
 	}
-	log.Info("shutting down", zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
+	timeout := a.Config().ShutdownTimeout // as last reloaded
+	log.Info("shutting down", zap.Duration("shutdown_timeout", timeout))
 	a.SetReady(false)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err = srv.Shutdown(sctx)
 	admin.Close()
@@ -127,10 +154,12 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	return nil
 }
 
-func newLogger(c config.Log, stderr io.Writer) (*zap.Logger, error) {
+// newLogger builds the one logger, JSON or console, at a level a reload
+// can change.
+func newLogger(c config.Log, stderr io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
 	level, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -140,8 +169,9 @@ func newLogger(c config.Log, stderr io.Writer) (*zap.Logger, error) {
 	} else {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
-	core := zapcore.NewCore(enc, zapcore.AddSync(stderr), zap.NewAtomicLevelAt(level))
-	return zap.New(core), nil
+	lvl := zap.NewAtomicLevelAt(level)
+	core := zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)
+	return zap.New(core), lvl, nil
 }
 
 func indent(s string) string {

@@ -213,23 +213,23 @@ func (a *App) observe(c *retry.Call, reason string, d time.Duration) {
 // served counts an answered request, and logs the fallbacks.
 func (a *App) served(route string, status int, fallback string, c *retry.Call, d time.Duration) {
 	m := a.metrics
-	m.Requests.WithLabelValues(route, metrics.Code(status)).Inc()
 	m.RequestDuration.WithLabelValues(route).Observe(d.Seconds())
 	if fallback != "" {
 		m.Fallbacks.WithLabelValues(route, fallback).Inc()
 		a.log.Info("fallback served", zap.String("route", route), zap.String("kind", fallback), zap.Int("status", status))
 	}
-	if c == nil {
-		return
+	if c != nil {
+		if c.BudgetExhausted {
+			m.BudgetExhausted.WithLabelValues(route).Inc()
+			a.log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", route),
+				zap.String("reason", c.Reason), zap.Int("attempt", c.Attempts))
+		}
+		if !c.Replayable {
+			m.Unreplayable.WithLabelValues(route, metrics.UnreplayableTooLarge).Inc()
+		}
 	}
-	if c.BudgetExhausted {
-		m.BudgetExhausted.WithLabelValues(route).Inc()
-		a.log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", route),
-			zap.String("reason", c.Reason), zap.Int("attempt", c.Attempts))
-	}
-	if !c.Replayable {
-		m.Unreplayable.WithLabelValues(route, metrics.UnreplayableTooLarge).Inc()
-	}
+	// Last: whoever sees the request counted sees all of the above.
+	m.Requests.WithLabelValues(route, metrics.Code(status)).Inc()
 }
 
 // initRoutes creates the configured routes' series at zero.

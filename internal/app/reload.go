@@ -1,0 +1,92 @@
+package app
+
+import (
+	"fmt"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/dingproxy/dingproxy/internal/config"
+)
+
+// Reload validates the file at path in full and, if it is valid, swaps its
+// policy in for requests that start from now on; if it is not, nothing
+// changes. Either way the result is logged and counted. Settings that can
+// only change with a restart (listen addresses, upstreams, credentials, the
+// token endpoint, the log format) keep their running values; a change to
+// them is logged as such.
+func (a *App) Reload(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		a.metrics.Reloaded(false)
+		a.log.Error("configuration reload refused: the running configuration stays",
+			zap.String("path", path), zap.Error(err))
+		return err
+	}
+	return a.Apply(cfg)
+}
+
+// Apply swaps cfg's live settings in: the retry policy and budget, routes,
+// pacing, breakers, the log level and shutdown_timeout. cfg must have passed
+// Validate.
+func (a *App) Apply(cfg *config.Config) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	level, err := zapcore.ParseLevel(cfg.Log.Level)
+	if err != nil { // Validate refuses it; this guards direct callers
+		a.metrics.Reloaded(false)
+		return fmt.Errorf("app: log.level: %w", err)
+	}
+	old := a.cfg.Load()
+	fixed := restartOnly(old, cfg)
+	next := *cfg
+	keepRestartOnly(&next, old)
+
+	a.retry.SetPolicy(RetryPolicy(&next))
+	a.retry.Budget.Set(next.Retry.Budget.Ratio, next.Retry.Budget.MinPerSecond)
+	a.pacer.Update(PacingSettings(&next))
+	a.breakers.Update(BreakerSettings(&next), routePaths(&next))
+	a.proxy.SetPolicy(ProxyPolicy(&next))
+	a.level.SetLevel(level)
+	a.initRoutes(&next)
+	a.cfg.Store(&next)
+	a.metrics.Reloaded(true)
+	fields := []zap.Field{zap.Int("routes", len(next.Routes))}
+	if len(fixed) > 0 {
+		a.log.Warn("configuration reloaded; these settings change only with a restart and keep their running values",
+			zap.Strings("restart_required", fixed))
+	}
+	a.log.Info("configuration reloaded", fields...)
+	return nil
+}
+
+// restartOnly names the settings that differ between old and cfg but cannot
+// change while running.
+func restartOnly(old, cfg *config.Config) []string {
+	var out []string
+	check := func(name string, changed bool) {
+		if changed {
+			out = append(out, name)
+		}
+	}
+	check("listen", old.Listen != cfg.Listen)
+	check("admin_listen", old.AdminListen != cfg.AdminListen)
+	check("upstreams.oapi", old.Upstreams.OAPI != cfg.Upstreams.OAPI)
+	check("upstreams.api", old.Upstreams.API != cfg.Upstreams.API)
+	check("app.key", old.App.Key != cfg.App.Key)
+	check("app.secret", old.App.Secret.Reveal() != cfg.App.Secret.Reveal())
+	check("token.endpoint", old.Token.Endpoint != cfg.Token.Endpoint)
+	check("token.refresh_before", old.Token.RefreshBefore != cfg.Token.RefreshBefore)
+	check("log.format", old.Log.Format != cfg.Log.Format)
+	return out
+}
+
+// keepRestartOnly copies the settings restartOnly names from old into cfg,
+// so Config reports what is really in force.
+func keepRestartOnly(cfg, old *config.Config) {
+	cfg.Listen, cfg.AdminListen = old.Listen, old.AdminListen
+	cfg.Upstreams = old.Upstreams
+	cfg.App = old.App
+	cfg.Token = old.Token
+	cfg.Log.Format = old.Log.Format
+}
