@@ -290,9 +290,9 @@ func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
 	}
 
 	p := &proxyProcess{
-		stderr:   &syncBuffer{},
-		stdout:   &syncBuffer{},
-		done:     make(chan struct{}),
+		stderr:    &syncBuffer{},
+		stdout:    &syncBuffer{},
+		done:      make(chan struct{}),
 		proxyURL:  fmt.Sprintf("http://127.0.0.1:%d", listen),
 		adminURL:  fmt.Sprintf("http://127.0.0.1:%d", admin),
 		configDir: dir,
