@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
-	"github.com/dingproxy/dingproxy/internal/token"
 )
 
 var (
@@ -256,7 +255,7 @@ func attemptFields(call *Call, method string, a attempt) []zap.Field {
 		fields = append(fields, zap.String("request_id", requestID))
 	}
 	if a.err != nil {
-		fields = append(fields, zap.Error(token.Redact(a.err)))
+		fields = append(fields, zap.Error(dingtalk.RedactError(a.err)))
 	}
 	return fields
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -110,32 +109,9 @@ func lifetime(n json.Number) time.Duration {
 	return time.Duration(s) * time.Second
 }
 
-// Redact returns err with the query of any *url.Error in it removed, since
-// Go prints a *url.Error with its whole URL, query and all. Wrappers around
-// the outermost *url.Error are dropped: their text includes its URL.
-func Redact(err error) error {
-	var ue *url.Error
-	if !errors.As(err, &ue) {
-		return err
-	}
-	c := *ue
-	if u, perr := url.Parse(ue.URL); perr == nil {
-		c.URL = redactURL(u)
-	} else {
-		c.URL = "(url redacted)"
-	}
-	// A *url.Error can wrap another (a transport built on an http.Client).
-	c.Err = Redact(ue.Err)
-	return &c
-}
+// Redact returns err with the query of any *url.Error in it removed: see
+// dingtalk.RedactError.
+func Redact(err error) error { return dingtalk.RedactError(err) }
 
 // redactURL prints u without its query or user info.
-func redactURL(u *url.URL) string {
-	c := *u
-	c.User = nil
-	if c.RawQuery != "" {
-		c.RawQuery = "REDACTED"
-	}
-	c.Fragment, c.RawFragment = "", ""
-	return c.String()
-}
+func redactURL(u *url.URL) string { return dingtalk.RedactURL(u) }
