@@ -51,12 +51,12 @@ func (a *App) Apply(cfg *config.Config) error {
 	a.initRoutes(&next)
 	a.cfg.Store(&next)
 	a.metrics.Reloaded(true)
-	fields := []zap.Field{zap.Int("routes", len(next.Routes))}
 	if len(fixed) > 0 {
 		a.log.Warn("configuration reloaded; these settings change only with a restart and keep their running values",
 			zap.Strings("restart_required", fixed))
 	}
-	a.log.Info("configuration reloaded", fields...)
+	a.log.Info("configuration reloaded", zap.Strings("routes", routePaths(&next)),
+		zap.Int("max_attempts", next.Retry.MaxAttempts), zap.String("log_level", next.Log.Level))
 	return nil
 }
 
