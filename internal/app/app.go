@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -152,8 +153,30 @@ func NewUpstreamTransport() *http.Transport {
 	t.ForceAttemptHTTP2 = true
 	t.DisableCompression = true
 	t.Proxy = nil // a sidecar talks to DingTalk directly; HTTP_PROXY would bypass the pod's egress policy silently
-	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return copyConn{c}, nil
+	}
 	return t
+}
+
+// copyConn is a connection whose ReadFrom copies through a small pooled
+// buffer. http.Transport writes a request body that is not buffered with
+// the connection's ReadFrom; net.TCPConn's allocates 32 KiB per call, which
+// a crowd of slow streamed uploads would pay each. (Over TLS the body goes
+// through tls.Conn instead, which has no ReadFrom.)
+type copyConn struct{ net.Conn }
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+
+func (c copyConn) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	return io.CopyBuffer(struct{ io.Writer }{c.Conn}, r, *buf)
 }
 
 // RetryPolicy turns cfg's retry section into the attempt loop's policy.
@@ -170,7 +193,11 @@ func RetryPolicy(cfg *config.Config) retry.Policy {
 
 // ProxyPolicy turns cfg's routes into the proxy's policy.
 func ProxyPolicy(cfg *config.Config) proxy.Policy {
-	p := proxy.Policy{Routes: make(map[string]proxy.Route, len(cfg.Routes)), MaxBodyBytes: cfg.Retry.MaxBodyBytes}
+	p := proxy.Policy{
+		Routes:           make(map[string]proxy.Route, len(cfg.Routes)),
+		MaxBodyBytes:     cfg.Retry.MaxBodyBytes,
+		MaxBufferedBytes: cfg.Retry.MaxBufferedBytes,
+	}
 	for _, r := range cfg.Routes {
 		route := proxy.Route{Idempotent: r.Idempotent}
 		if f := r.Fallback; f != nil {
@@ -224,8 +251,8 @@ func (a *App) served(route string, status int, fallback string, c *retry.Call, d
 			a.log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", route),
 				zap.String("reason", c.Reason), zap.Int("attempt", c.Attempts))
 		}
-		if !c.Replayable {
-			m.Unreplayable.WithLabelValues(route, metrics.UnreplayableTooLarge).Inc()
+		if c.NotBuffered != "" {
+			m.Unreplayable.WithLabelValues(route, c.NotBuffered).Inc()
 		}
 	}
 	// Last: whoever sees the request counted sees all of the above.
@@ -371,3 +398,6 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 
 // RetryTransport is the attempt loop, for tests and reload.
 func (a *App) RetryTransport() *retry.Transport { return a.retry }
+
+// BufferedBytes is how many bytes request-body buffers hold now.
+func (a *App) BufferedBytes() int64 { return a.proxy.Buffered() }

@@ -85,6 +85,11 @@ type Retry struct {
 	// Default 1048576 (1 MiB). Zero buffers nothing: a request with a body is
 	// streamed once and not retried.
 	MaxBodyBytes int64 `mapstructure:"max_body_bytes"`
+	// MaxBufferedBytes caps the bytes held in request-body buffers by all
+	// requests together. Past it, a request is streamed once without retry
+	// (counted in dingproxy_unreplayable_requests_total{reason="buffer_cap"})
+	// rather than queued. Default 67108864 (64 MiB); must be >= MaxBodyBytes.
+	MaxBufferedBytes int64 `mapstructure:"max_buffered_bytes"`
 	// Budget caps how many retries are made.
 	Budget Budget `mapstructure:"budget"`
 }
@@ -205,12 +210,13 @@ func Default() Config {
 		},
 		Token: Token{RefreshBefore: 10 * time.Minute, Endpoint: EndpointOAuth2},
 		Retry: Retry{
-			MaxAttempts:   4,
-			PerTryTimeout: 10 * time.Second,
-			Timeout:       30 * time.Second,
-			Backoff:       Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
-			MaxBodyBytes:  1 << 20,
-			Budget:        Budget{Ratio: 0.2, MinPerSecond: 5},
+			MaxAttempts:      4,
+			PerTryTimeout:    10 * time.Second,
+			Timeout:          30 * time.Second,
+			Backoff:          Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+			MaxBodyBytes:     1 << 20,
+			MaxBufferedBytes: 64 << 20,
+			Budget:           Budget{Ratio: 0.2, MinPerSecond: 5},
 		},
 		Pacing: Pacing{PerAPIQPS: 20, GlobalQPS: 450},
 		Breaker: Breaker{

@@ -108,6 +108,9 @@ func (c *Config) validate() []*FieldError {
 		v.add("retry.backoff.max", "must be >= retry.backoff.base (%s), got %s", r.Backoff.Base, r.Backoff.Max)
 	}
 	v.atLeast("retry.max_body_bytes", r.MaxBodyBytes, 0)
+	if r.MaxBufferedBytes < r.MaxBodyBytes {
+		v.add("retry.max_buffered_bytes", "must be >= retry.max_body_bytes (%d), got %d", r.MaxBodyBytes, r.MaxBufferedBytes)
+	}
 	if f := r.Budget.Ratio; !(f >= 0 && f <= 1) {
 		v.add("retry.budget.ratio", "must be between 0 and 1, got %s", fmtFloat(f))
 	}

@@ -31,6 +31,8 @@ const (
 const (
 	// UnreplayableTooLarge: the body is larger than retry.max_body_bytes.
 	UnreplayableTooLarge = "too_large"
+	// UnreplayableBufferCap: retry.max_buffered_bytes was reached.
+	UnreplayableBufferCap = "buffer_cap"
 )
 
 // Vocabularies used to create series at zero for configured routes, so that
@@ -119,7 +121,7 @@ func New(version string) *Metrics {
 	}, []string{"route"})
 	m.Unreplayable = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "unreplayable_requests_total",
-		Help: "Requests whose body was streamed once and could not be retried, by route and reason (too_large).",
+		Help: "Requests whose body was streamed once and could not be retried, by route and reason: too_large (over retry.max_body_bytes), buffer_cap (retry.max_buffered_bytes reached).",
 	}, []string{"route", "reason"})
 	m.Inflight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "inflight_requests",
@@ -197,6 +199,7 @@ func (m *Metrics) InitRoute(route string, qps float64) {
 	}
 	m.PacingRate.WithLabelValues(route).Set(qps)
 	m.Unreplayable.WithLabelValues(route, UnreplayableTooLarge)
+	m.Unreplayable.WithLabelValues(route, UnreplayableBufferCap)
 }
 
 // TokenExpiresAt sets where the token expiry gauge reads from at scrape

@@ -57,7 +57,16 @@ type Policy struct {
 	Routes map[string]Route
 	// MaxBodyBytes is the largest request body buffered for replay.
 	MaxBodyBytes int64
+	// MaxBufferedBytes caps the bytes all requests together hold in body
+	// buffers; past it bodies are streamed once. Zero means MaxBodyBytes.
+	MaxBufferedBytes int64
 }
+
+// Why a body was not buffered, as Call.NotBuffered says.
+const (
+	NotBufferedTooLarge  = "too_large"
+	NotBufferedBufferCap = "buffer_cap"
+)
 
 // Route is per-path policy.
 type Route struct {
@@ -75,6 +84,8 @@ type Proxy struct {
 	rp     *httputil.ReverseProxy
 	policy atomic.Pointer[Policy]
 	stale  *staleCache
+	// buffered counts the bytes held in request-body buffers now.
+	buffered atomic.Int64
 }
 
 // New returns a Proxy under policy p.
@@ -100,7 +111,28 @@ func New(opts Options, p Policy) *Proxy {
 }
 
 // SetPolicy installs p for requests that start from now on.
-func (px *Proxy) SetPolicy(p Policy) { px.policy.Store(&p) }
+func (px *Proxy) SetPolicy(p Policy) {
+	if p.MaxBufferedBytes < p.MaxBodyBytes {
+		p.MaxBufferedBytes = p.MaxBodyBytes
+	}
+	px.policy.Store(&p)
+}
+
+// Buffered is how many bytes request-body buffers hold now.
+func (px *Proxy) Buffered() int64 { return px.buffered.Load() }
+
+// reserve takes n bytes of the buffer cap, or reports that they are not left.
+func (px *Proxy) reserve(n, limit int64) bool {
+	for {
+		used := px.buffered.Load()
+		if used+n > limit {
+			return false
+		}
+		if px.buffered.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
 
 func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if px.opts.Served == nil {
@@ -134,7 +166,10 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 	up := dingtalk.UpstreamFor(path)
 	route, configured := pol.Routes[path]
 
-	body, replayable, err := readBody(r, pol.MaxBodyBytes)
+	body, held, notBuffered, err := px.readBody(r, pol)
+	if held > 0 {
+		defer px.buffered.Add(-held)
+	}
 	if err != nil {
 		writeError(w, up, http.StatusBadRequest, 0, "dingproxy: reading request body: "+err.Error())
 		return RouteRejected, nil
@@ -150,8 +185,9 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 		Path:       path,
 		Route:      name,
 		Upstream:   up,
-		Body:       body,
-		Replayable: replayable,
+		Body:        body,
+		Replayable:  notBuffered == "",
+		NotBuffered: notBuffered,
 		Inject:     px.placement(r, up),
 	}
 	switch r.Method {
@@ -267,34 +303,104 @@ func Injector(src *token.Source) func(*http.Request, *retry.Call) (string, error
 	}
 }
 
-// readBody buffers a body of up to max bytes for replay. A larger one is
-// left to stream once: its read part is put back in front of the rest.
-func readBody(r *http.Request, max int64) (body []byte, replayable bool, err error) {
+// readBody buffers r's body for replay when it is at most pol.MaxBodyBytes
+// and the global cap pol.MaxBufferedBytes has room for it; held is what it
+// took of the cap, to be given back when the request is done. Otherwise the
+// body is left to stream once (its read part put back in front of the rest)
+// and notBuffered says why. Reading grows the buffer chunk by chunk, each
+// reserved before it is read, so a body of unknown length holds no more of
+// the cap than it has sent.
+func (px *Proxy) readBody(r *http.Request, pol *Policy) (body []byte, held int64, notBuffered string, err error) {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return nil, true, nil
+		return nil, 0, "", nil
 	}
-	if r.ContentLength > max {
-		return nil, false, nil
+	if r.ContentLength > pol.MaxBodyBytes {
+		px.streamRest(r, nil)
+		return nil, 0, NotBufferedTooLarge, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
-	if err != nil {
-		return nil, false, err
+	if r.ContentLength > 0 {
+		// Known length: reserve it all at once, read it in one buffer.
+		if !px.reserve(r.ContentLength, pol.MaxBufferedBytes) {
+			px.streamRest(r, nil)
+			return nil, 0, NotBufferedBufferCap, nil
+		}
+		b := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, b); err != nil {
+			return nil, r.ContentLength, "", err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		return b, r.ContentLength, "", nil
 	}
-	if int64(len(b)) > max {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
-		return nil, false, nil
+	const chunk = 32 << 10
+	var b []byte
+	for {
+		if len(b) == cap(b) {
+			grow := int64(min(max(int64(cap(b)), chunk), pol.MaxBodyBytes+1-int64(cap(b))))
+			if grow <= 0 || !px.reserve(grow, pol.MaxBufferedBytes) {
+				why := NotBufferedBufferCap
+				if int64(len(b)) > pol.MaxBodyBytes || grow <= 0 {
+					why = NotBufferedTooLarge
+				}
+				px.streamRest(r, b)
+				return nil, held, why, nil
+			}
+			held += grow
+			nb := make([]byte, len(b), int64(cap(b))+grow)
+			copy(nb, b)
+			b = nb
+		}
+		n, rerr := r.Body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return nil, held, "", rerr
+		}
+		if int64(len(b)) > pol.MaxBodyBytes {
+			px.streamRest(r, b)
+			return nil, held, NotBufferedTooLarge, nil
+		}
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	r.ContentLength = int64(len(b))
 	r.TransferEncoding = nil
 	if len(b) == 0 {
-		return nil, true, nil
+		return nil, held, "", nil
 	}
-	return b, true, nil
+	return b, held, "", nil
 }
+
+// streamRest puts the part of r's body already read back in front of the
+// rest, as a streamBody.
+func (px *Proxy) streamRest(r *http.Request, read []byte) {
+	var rd io.Reader = r.Body
+	if len(read) > 0 {
+		rd = io.MultiReader(bytes.NewReader(read), r.Body)
+	}
+	r.Body = streamBody{Reader: rd, Closer: r.Body}
+}
+
+// streamBody is a body streamed once. Its WriteTo copies through a small
+// pooled buffer and hides the writer's ReadFrom: otherwise http.Transport
+// hands the body to net.TCPConn.ReadFrom, which allocates 32 KiB per
+// request, and a crowd of slow uploads past the buffer cap would cost
+// that much each.
+type streamBody struct {
+	io.Reader
+	io.Closer
+}
+
+var streamBuffers = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+
+func (b streamBody) WriteTo(w io.Writer) (int64, error) {
+	buf := streamBuffers.Get().(*[]byte)
+	defer streamBuffers.Put(buf)
+	return io.CopyBuffer(writerOnly{w}, b.Reader, *buf)
+}
+
+// writerOnly hides everything of a Writer but Write.
+type writerOnly struct{ io.Writer }
 
 // writeError writes an answer of dingproxy's own in the shape of the
 // upstream the request was meant for: errcode/errmsg for oapi, code/message

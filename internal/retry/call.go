@@ -25,6 +25,10 @@ type Call struct {
 	Body []byte
 	// Replayable is false when the body is streamed once: one attempt only.
 	Replayable bool
+	// NotBuffered says why a body was streamed once instead of buffered
+	// ("too_large": over retry.max_body_bytes; "buffer_cap": the global
+	// retry.max_buffered_bytes was reached); empty otherwise.
+	NotBuffered string
 	// Inject says where the loop's Prepare hook puts the shared token.
 	Inject dingtalk.Placement
 
