@@ -37,9 +37,13 @@ fake: build ## run the fake DingTalk on 127.0.0.1:9999
 check-config: build ## validate the example configuration
 	./bin/dingproxy -check-config -config configs/dingproxy.yaml
 
-bench: ## benchmarks, 10 runs each, into bench/new.txt (compare with benchstat)
+bench: ## benchmarks (10 runs each, into bench/new.txt; compare with benchstat), then the fixed-rate latency tool
 	mkdir -p bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=10 ./... | tee bench/new.txt
+	$(GO) run ./cmd/loadtest
+
+loadtest: ## added latency at 500 and 1,000 calls/s, open loop, loopback (about 25 s)
+	$(GO) run ./cmd/loadtest
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -48,4 +52,4 @@ lint: ## gofmt and go vet
 tidy: ## fail if go.mod/go.sum are not tidy
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
-.PHONY: help demo resilience test test-short build docker run fake check-config bench lint tidy
+.PHONY: loadtest help demo resilience test test-short build docker run fake check-config bench lint tidy
