@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/dingproxy/dingproxy/internal/breaker"
@@ -26,18 +27,21 @@ import (
 
 // App is a running dingproxy minus its listeners.
 type App struct {
-	cfg      atomic.Pointer[config.Config] // the configuration in force
-	log      *zap.Logger
-	level    zap.AtomicLevel
-	metrics  *metrics.Metrics
-	reloadMu sync.Mutex // one reload at a time
-	base     *http.Transport
-	tokens   *token.Source // nil in pass-through mode
-	retry    *retry.Transport
-	breakers *breaker.Set
-	pacer    *pacing.Pacer
-	proxy    *proxy.Proxy
-	ready    atomic.Bool
+	cfg     atomic.Pointer[config.Config] // the configuration in force
+	log     *zap.Logger
+	level   zap.AtomicLevel
+	metrics *metrics.Metrics
+	series  sync.Map // route -> *routeSeries
+	// Attempt latency by upstream, resolved once.
+	oapiAttempts, apiAttempts prometheus.Observer
+	reloadMu                  sync.Mutex // one reload at a time
+	base                      *http.Transport
+	tokens                    *token.Source // nil in pass-through mode
+	retry                     *retry.Transport
+	breakers                  *breaker.Set
+	pacer                     *pacing.Pacer
+	proxy                     *proxy.Proxy
+	ready                     atomic.Bool
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -76,6 +80,8 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	}
 	a := &App{log: log, base: NewUpstreamTransport(), metrics: metrics.New(o.version)}
 	a.cfg.Store(cfg)
+	a.oapiAttempts = a.metrics.AttemptDuration.WithLabelValues(dingtalk.OAPI.String())
+	a.apiAttempts = a.metrics.AttemptDuration.WithLabelValues(dingtalk.API.String())
 	if o.level != nil {
 		a.level = *o.level
 	} else {
@@ -224,8 +230,16 @@ func PacingSettings(cfg *config.Config) pacing.Settings {
 // throttles cut the path's rate and block it for DingTalk's penalty,
 // successes raise it again.
 func (a *App) observe(c *retry.Call, reason string, d time.Duration) {
-	a.metrics.Attempts.WithLabelValues(c.Route, reason).Inc()
-	a.metrics.AttemptDuration.WithLabelValues(c.Upstream.String()).Observe(d.Seconds())
+	if reason == dingtalk.ReasonSuccess {
+		a.seriesFor(c.Route).success.Inc()
+	} else {
+		a.metrics.Attempts.WithLabelValues(c.Route, reason).Inc()
+	}
+	if c.Upstream == dingtalk.API {
+		a.apiAttempts.Observe(d.Seconds())
+	} else {
+		a.oapiAttempts.Observe(d.Seconds())
+	}
 	switch reason {
 	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
 		a.pacer.Throttled(c.Path, c.Result.PenaltyEnd)
@@ -240,7 +254,8 @@ func (a *App) observe(c *retry.Call, reason string, d time.Duration) {
 // served counts an answered request, and logs the fallbacks.
 func (a *App) served(route string, status int, fallback string, c *retry.Call, d time.Duration) {
 	m := a.metrics
-	m.RequestDuration.WithLabelValues(route).Observe(d.Seconds())
+	rs := a.seriesFor(route)
+	rs.duration.Observe(d.Seconds())
 	if fallback != "" {
 		m.Fallbacks.WithLabelValues(route, fallback).Inc()
 		a.log.Info("fallback served", zap.String("route", route), zap.String("kind", fallback), zap.Int("status", status))
@@ -256,7 +271,34 @@ func (a *App) served(route string, status int, fallback string, c *retry.Call, d
 		}
 	}
 	// Last: whoever sees the request counted sees all of the above.
-	m.Requests.WithLabelValues(route, metrics.Code(status)).Inc()
+	if status == http.StatusOK {
+		rs.ok.Inc()
+	} else {
+		m.Requests.WithLabelValues(route, metrics.Code(status)).Inc()
+	}
+}
+
+// routeSeries are a route's series on the common path, resolved once:
+// WithLabelValues hashes its labels and takes a lock on every call.
+type routeSeries struct {
+	ok       prometheus.Counter  // requests_total{code="200"}
+	duration prometheus.Observer // request_duration_seconds
+	success  prometheus.Counter  // upstream_attempts_total{result="success"}
+}
+
+// seriesFor returns route's resolved series. Routes are bounded (see
+// breaker.Set.Route), so the map is too.
+func (a *App) seriesFor(route string) *routeSeries {
+	if v, ok := a.series.Load(route); ok {
+		return v.(*routeSeries)
+	}
+	m := a.metrics
+	v, _ := a.series.LoadOrStore(route, &routeSeries{
+		ok:       m.Requests.WithLabelValues(route, "200"),
+		duration: m.RequestDuration.WithLabelValues(route),
+		success:  m.Attempts.WithLabelValues(route, dingtalk.ReasonSuccess),
+	})
+	return v.(*routeSeries)
 }
 
 // initRoutes creates the configured routes' series at zero.

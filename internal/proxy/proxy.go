@@ -182,13 +182,13 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 		name = px.opts.Breakers.Route(path)
 	}
 	call := &retry.Call{
-		Path:       path,
-		Route:      name,
-		Upstream:   up,
+		Path:        path,
+		Route:       name,
+		Upstream:    up,
 		Body:        body,
 		Replayable:  notBuffered == "",
 		NotBuffered: notBuffered,
-		Inject:     px.placement(r, up),
+		Inject:      px.placement(r, up),
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:

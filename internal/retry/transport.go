@@ -7,9 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/http/httptrace"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -380,21 +380,39 @@ func inspect(resp *http.Response, method string, limit int) (dingtalk.Result, er
 	if resp.ContentLength > 0 && resp.ContentLength < int64(limit) {
 		size = int(resp.ContentLength)
 	}
-	buf := make([]byte, size)
+	// Answers of unknown length get a pooled buffer of the whole limit,
+	// given back when the body is closed; small known ones an exact one.
+	var pooled *[]byte
+	var buf []byte
+	if size >= minPooled {
+		pooled = inspectBuffers.Get().(*[]byte)
+		if cap(*pooled) < size {
+			*pooled = make([]byte, size)
+		}
+		buf = (*pooled)[:size]
+	} else {
+		buf = make([]byte, size)
+	}
 	n, err := io.ReadFull(resp.Body, buf)
 	complete := err == io.EOF || err == io.ErrUnexpectedEOF
 	if err != nil && !complete {
+		if pooled != nil {
+			inspectBuffers.Put(pooled)
+		}
 		return dingtalk.Result{}, err
 	}
 	if !complete && resp.ContentLength > 0 && int64(n) == resp.ContentLength {
 		complete = true
 	}
 	buf = buf[:n]
+	pb := &prefixBody{closer: resp.Body, pooled: pooled}
+	pb.prefix.Reset(buf)
 	if complete {
-		resp.Body = &prefixBody{Reader: bytes.NewReader(buf), closer: resp.Body}
+		pb.Reader = &pb.prefix
 	} else {
-		resp.Body = &prefixBody{Reader: io.MultiReader(bytes.NewReader(buf), resp.Body), closer: resp.Body}
+		pb.Reader = io.MultiReader(&pb.prefix, resp.Body)
 	}
+	resp.Body = pb
 	decoded := buf
 	switch resp.Header.Get("Content-Encoding") {
 	case "", "identity":
@@ -411,13 +429,20 @@ func inspectable(contentType string) bool {
 	if contentType == "" {
 		return true
 	}
-	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		return true
+	// The media type without parameters, as mime.ParseMediaType would
+	// read it but without allocating: this runs on every answer.
+	mt := contentType
+	if i := strings.IndexByte(mt, ';'); i >= 0 {
+		mt = mt[:i]
 	}
-	switch mt {
-	case "application/json", "text/json", "text/plain", "text/html", "application/problem+json":
-		return true
+	mt = strings.TrimSpace(mt)
+	if slash := strings.IndexByte(mt, '/'); slash <= 0 || slash == len(mt)-1 {
+		return true // not a media type: look, as for none
+	}
+	for _, t := range [...]string{"application/json", "text/json", "text/plain", "text/html", "application/problem+json"} {
+		if strings.EqualFold(mt, t) {
+			return true
+		}
 	}
 	return false
 }
@@ -439,13 +464,44 @@ type emptyBody struct{}
 func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (emptyBody) Close() error             { return nil }
 
-// prefixBody is an answer's body with its inspected prefix put back.
+// prefixBody is an answer's body with its inspected prefix put back. A
+// pooled prefix buffer goes back to the pool on Close; reads after Close
+// fail rather than see a buffer that another answer may be filling.
 type prefixBody struct {
 	io.Reader
+	prefix bytes.Reader
 	closer io.Closer
+	pooled *[]byte
+	closed atomic.Bool
 }
 
-func (b *prefixBody) Close() error { return b.closer.Close() }
+func (b *prefixBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errBodyClosed
+	}
+	return b.Reader.Read(p)
+}
+
+func (b *prefixBody) Close() error {
+	if b.closed.Swap(true) {
+		return nil
+	}
+	err := b.closer.Close()
+	if b.pooled != nil {
+		b.prefix.Reset(nil)
+		inspectBuffers.Put(b.pooled)
+		b.pooled = nil
+	}
+	return err
+}
+
+var errBodyClosed = errors.New("retry: read on a closed answer body")
+
+// minPooled is the least inspection buffer taken from the pool: smaller
+// ones cost less to allocate than to pool.
+const minPooled = 4 << 10
+
+var inspectBuffers = sync.Pool{New: func() any { b := make([]byte, 0, DefaultInspectBytes); return &b }}
 
 // finalBody releases the attempt's context and timers when the client's copy
 // of the answer is done, so no timer of the loop cuts a body still being read.
