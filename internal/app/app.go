@@ -32,6 +32,8 @@ type App struct {
 	level   zap.AtomicLevel
 	metrics *metrics.Metrics
 	series  sync.Map // route -> *routeSeries
+	// inflight counts requests in the handler; maxInflight is max_inflight.
+	inflight, maxInflight atomic.Int64
 	// Attempt latency by upstream, resolved once.
 	oapiAttempts, apiAttempts prometheus.Observer
 	reloadMu                  sync.Mutex // one reload at a time
@@ -80,6 +82,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	}
 	a := &App{log: log, base: NewUpstreamTransport(), metrics: metrics.New(o.version)}
 	a.cfg.Store(cfg)
+	a.maxInflight.Store(int64(cfg.MaxInflight))
 	a.oapiAttempts = a.metrics.AttemptDuration.WithLabelValues(dingtalk.OAPI.String())
 	a.apiAttempts = a.metrics.AttemptDuration.WithLabelValues(dingtalk.API.String())
 	if o.level != nil {
@@ -377,12 +380,21 @@ func (a *App) Close() {
 	a.base.CloseIdleConnections()
 }
 
-// Handler is the proxy.
+// Handler is the proxy, behind max_inflight: a request beyond it is
+// answered 503 at once rather than queued.
 func (a *App) Handler() http.Handler {
-	inflight := a.metrics.Inflight
+	gauge := a.metrics.Inflight
+	rejected := a.metrics.Requests.WithLabelValues(proxy.RouteRejected, "503")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		inflight.Inc()
-		defer inflight.Dec()
+		n := a.inflight.Add(1)
+		defer a.inflight.Add(-1)
+		if limit := a.maxInflight.Load(); n > limit {
+			proxy.Overloaded(w, r, limit)
+			rejected.Inc()
+			return
+		}
+		gauge.Inc()
+		defer gauge.Dec()
 		a.proxy.ServeHTTP(w, r)
 	})
 }

@@ -35,8 +35,8 @@ func TestMetricsFollowTraffic(t *testing.T) {
 	m := s.app.Metrics()
 
 	// A configured route is on the dashboards before its first call.
-	if n := testutil.CollectAndCount(m.Requests); n != 1 {
-		t.Errorf("requests series at start = %d, want 1 (the configured route at 0)", n)
+	if n := testutil.CollectAndCount(m.Requests); n != 2 {
+		t.Errorf("requests series at start = %d, want 2 (the configured route and max_inflight refusals, at 0)", n)
 	}
 	if got := testutil.ToFloat64(m.Requests.WithLabelValues(configured, "200")); got != 0 {
 		t.Errorf("configured route's requests at start = %v", got)
@@ -301,5 +301,55 @@ func TestReloadChangesLogLevel(t *testing.T) {
 	}
 	if level.Level() != zap.DebugLevel {
 		t.Errorf("level after reload = %v, want debug", level.Level())
+	}
+}
+
+// TestMaxInflight: beyond max_inflight a request is answered 503 at once,
+// DingTalk-shaped with Retry-After, and counted; once calls finish, requests
+// are served again. The limit changes on reload.
+func TestMaxInflight(t *testing.T) {
+	s := newStack(t, nil, func(c *config.Config) { c.MaxInflight = 2 })
+	s.fake.Script(dingtalktest.PathDeptList, dingtalktest.Latency(time.Second), dingtalktest.Latency(time.Second))
+	done := make(chan int, 2)
+	for range 2 {
+		go func() {
+			resp, err := s.client.Get(s.proxy.URL + dingtalktest.PathDeptList)
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+	}
+	m := s.app.Metrics()
+	eventually(t, "two calls in flight", func() float64 { return testutil.ToFloat64(m.Inflight) }, 2)
+	start := time.Now()
+	resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || errcodeOf(t, body) != -1 || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("third call: HTTP %d %s Retry-After %q, want 503 errcode -1 Retry-After 1", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if waited := time.Since(start); waited > 500*time.Millisecond {
+		t.Errorf("the refused call took %v: it waited instead of being answered at once", waited)
+	}
+	if got := testutil.ToFloat64(m.Requests.WithLabelValues(proxy.RouteRejected, "503")); got != 1 {
+		t.Errorf("refused requests counted = %v, want 1", got)
+	}
+	for range 2 {
+		if code := <-done; code != http.StatusOK {
+			t.Errorf("call in flight: HTTP %d", code)
+		}
+	}
+	eventually(t, "no call in flight", func() float64 { return testutil.ToFloat64(m.Inflight) }, 0)
+	if resp, _ := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("after the calls ended: HTTP %d", resp.StatusCode)
+	}
+	next := *s.app.Config()
+	next.MaxInflight = 1000
+	if err := s.app.Apply(&next); err != nil {
+		t.Fatal(err)
+	}
+	if s.app.Config().MaxInflight != 1000 {
+		t.Errorf("max_inflight not reloaded")
 	}
 }

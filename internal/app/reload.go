@@ -48,6 +48,7 @@ func (a *App) Apply(cfg *config.Config) error {
 	a.breakers.Update(BreakerSettings(&next), routePaths(&next))
 	a.proxy.SetPolicy(ProxyPolicy(&next))
 	a.level.SetLevel(level)
+	a.maxInflight.Store(int64(next.MaxInflight))
 	a.initRoutes(&next)
 	a.cfg.Store(&next)
 	a.metrics.Reloaded(true)

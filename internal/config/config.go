@@ -16,6 +16,11 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
 	// Default 20s; must be > 0.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// MaxInflight is the most client requests served at once; beyond it a
+	// request is answered 503 at once with a DingTalk-shaped body and
+	// Retry-After, instead of piling up. Default 1024; must be >= 1.
+	// Applied live on reload.
+	MaxInflight int `mapstructure:"max_inflight"`
 	// Upstreams are DingTalk's hosts.
 	Upstreams Upstreams `mapstructure:"upstreams"`
 	// App holds the app's credentials.
@@ -51,6 +56,10 @@ type App struct {
 	Key string `mapstructure:"key"`
 	// Secret is the app secret (DINGPROXY_APP_SECRET). It never prints.
 	Secret Secret `mapstructure:"secret"`
+	// SecretFile names a file holding the secret, as Kubernetes mounts a
+	// Secret (DINGPROXY_APP_SECRET_FILE); one trailing newline is dropped.
+	// Load reads it into Secret. Set Secret or SecretFile, not both.
+	SecretFile string `mapstructure:"secret_file"`
 }
 
 // Token configures the shared access token.
@@ -204,6 +213,7 @@ func Default() Config {
 		Listen:          "127.0.0.1:8080",
 		AdminListen:     "127.0.0.1:9090",
 		ShutdownTimeout: 20 * time.Second,
+		MaxInflight:     1024,
 		Upstreams: Upstreams{
 			OAPI: "https://oapi.dingtalk.com",
 			API:  "https://api.dingtalk.com",

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"reflect"
 	"strings"
@@ -76,10 +77,39 @@ func Load(path string) (*Config, error) {
 	if err := v.UnmarshalExact(&cfg, viper.DecodeHook(decodeHook)); err != nil {
 		return nil, fmt.Errorf("config: decode: %w", err)
 	}
+	if err := cfg.readSecretFile(); err != nil {
+		return nil, errors.Join(err, cfg.Validate())
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// readSecretFile reads app.secret_file into app.secret. Its errors name the
+// file, never its content.
+func (c *Config) readSecretFile() error {
+	path := c.App.SecretFile
+	if path == "" {
+		return nil
+	}
+	if c.App.Secret != "" {
+		return &FieldError{Key: "app.secret_file", Msg: "set app.secret or app.secret_file, not both"}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is in the message already
+		}
+		return &FieldError{Key: "app.secret_file", Msg: fmt.Sprintf("cannot read %q: %v", path, err)}
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" || strings.ContainsAny(s, "\r\n") {
+		return &FieldError{Key: "app.secret_file", Msg: fmt.Sprintf("%q must hold the secret on one line", path)}
+	}
+	c.App.Secret = Secret(s)
+	return nil
 }
 
 // checkEnv checks every leaf's environment variable, and returns the usable

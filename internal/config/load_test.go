@@ -32,9 +32,9 @@ func ptr[T any](v T) *T { return &v }
 func TestKeys(t *testing.T) {
 	t.Parallel()
 	want := []string{
-		"listen", "admin_listen", "shutdown_timeout",
+		"listen", "admin_listen", "shutdown_timeout", "max_inflight",
 		"upstreams.oapi", "upstreams.api",
-		"app.key", "app.secret",
+		"app.key", "app.secret", "app.secret_file",
 		"token.refresh_before", "token.endpoint",
 		"retry.max_attempts", "retry.per_try_timeout", "retry.timeout",
 		"retry.backoff.base", "retry.backoff.max", "retry.max_body_bytes", "retry.max_buffered_bytes",
@@ -60,6 +60,7 @@ func TestLoadValid(t *testing.T) {
 		Listen:          "0.0.0.0:18080",
 		AdminListen:     ":19090",
 		ShutdownTimeout: 5 * time.Second,
+		MaxInflight:     1024,
 		Upstreams:       Upstreams{OAPI: "http://127.0.0.1:8001/", API: "http://127.0.0.1:8002"},
 		App:             App{Key: "dingabc123", Secret: "not-a-real-secret"},
 		Token:           Token{RefreshBefore: 15 * time.Minute, Endpoint: EndpointGetToken},
@@ -160,7 +161,7 @@ func TestLoadInvalid(t *testing.T) {
 			`admin_listen: must be host:port, got "localhost:http"`,
 		}, "\n")},
 		{"invalid-same-listen.yaml", `admin_listen: must differ from listen ("127.0.0.1:8080")`},
-		{"invalid-app.yaml", "app.secret: must be set when app.key is set"},
+		{"invalid-app.yaml", "app.secret: must be set (or app.secret_file) when app.key is set"},
 		{"invalid-routes.yaml", strings.Join([]string{
 			`routes[0].fallback.status: must be between 100 and 599, got 700`,
 			`routes[1].path: must start with "/", got "topapi/x"`,
@@ -388,6 +389,9 @@ func sampleEnv(t *testing.T) (Config, map[string]string) {
 	wv := reflect.ValueOf(&want).Elem()
 	env := map[string]string{}
 	for _, l := range leaves() {
+		if l.key == "app.secret_file" {
+			continue // excludes app.secret: TestSecretFile covers it
+		}
 		f := wv.FieldByIndex(l.index)
 		var s string
 		switch k := l.typ.Kind(); {
@@ -428,8 +432,8 @@ func sampleEnv(t *testing.T) (Config, map[string]string) {
 // Every leaf key can be set from the environment, with no file.
 func TestLoadEnvEveryKey(t *testing.T) {
 	want, env := sampleEnv(t)
-	if len(env) != len(leaves()) {
-		t.Fatalf("sampleEnv set %d variables for %d keys", len(env), len(leaves()))
+	if len(env) != len(leaves())-1 {
+		t.Fatalf("sampleEnv set %d variables for %d keys (all but app.secret_file)", len(env), len(leaves()))
 	}
 	for name, v := range env {
 		t.Setenv(name, v)

@@ -78,6 +78,7 @@ func (c *Config) validate() []*FieldError {
 		}
 	}
 	v.positive("shutdown_timeout", c.ShutdownTimeout)
+	v.atLeast("max_inflight", int64(c.MaxInflight), 1)
 
 	v.upstream("upstreams.oapi", c.Upstreams.OAPI)
 	v.upstream("upstreams.api", c.Upstreams.API)
@@ -86,8 +87,8 @@ func (c *Config) validate() []*FieldError {
 	switch {
 	case c.App.Key == "" && c.App.Secret != "":
 		v.add("app.key", "must be set when app.secret is set")
-	case c.App.Key != "" && c.App.Secret == "":
-		v.add("app.secret", "must be set when app.key is set")
+	case c.App.Key != "" && c.App.Secret == "" && c.App.SecretFile == "":
+		v.add("app.secret", "must be set (or app.secret_file) when app.key is set")
 	}
 
 	v.positive("token.refresh_before", c.Token.RefreshBefore)

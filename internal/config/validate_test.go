@@ -46,7 +46,7 @@ func TestValidate(t *testing.T) {
 			c.Upstreams.API, c.Upstreams.OAPI = "http://127.0.0.1:8002/", "http://localhost:8001"
 		}, ""},
 
-		{"key without secret", func(c *Config) { c.App.Key = "k" }, "app.secret: must be set when app.key is set"},
+		{"key without secret", func(c *Config) { c.App.Key = "k" }, "app.secret: must be set (or app.secret_file) when app.key is set"},
 		{"secret without key", func(c *Config) { c.App.Secret = "s" }, "app.key: must be set when app.secret is set"},
 		{"key and secret", func(c *Config) { c.App = App{Key: "k", Secret: "s"} }, ""},
 
@@ -66,6 +66,7 @@ func TestValidate(t *testing.T) {
 		{"backoff max below base", func(c *Config) { c.Retry.Backoff.Max = 50 * time.Millisecond }, "retry.backoff.max: must be >= retry.backoff.base (100ms), got 50ms"},
 		{"max_body_bytes negative", func(c *Config) { c.Retry.MaxBodyBytes = -1 }, "retry.max_body_bytes: must be >= 0, got -1"},
 		{"max_body_bytes zero", func(c *Config) { c.Retry.MaxBodyBytes = 0 }, ""},
+		{"max_inflight zero", func(c *Config) { c.MaxInflight = 0 }, "max_inflight: must be >= 1, got 0"},
 		{"max_buffered_bytes below max_body_bytes", func(c *Config) { c.Retry.MaxBufferedBytes = 1000 }, "retry.max_buffered_bytes: must be >= retry.max_body_bytes (1048576), got 1000"},
 		{"ratio above 1", func(c *Config) { c.Retry.Budget.Ratio = 1.5 }, "retry.budget.ratio: must be between 0 and 1, got 1.5"},
 		{"ratio negative", func(c *Config) { c.Retry.Budget.Ratio = -0.1 }, "retry.budget.ratio: must be between 0 and 1, got -0.1"},

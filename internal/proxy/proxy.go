@@ -135,18 +135,41 @@ func (px *Proxy) reserve(n, limit int64) bool {
 }
 
 func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if px.opts.Served == nil {
-		px.serve(w, r)
-		return
-	}
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
-	route, c := px.serve(sw, r)
-	status := sw.status
-	if status == 0 {
-		status = http.StatusOK
-	}
-	px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+	route := RouteRejected
+	var c *retry.Call
+	defer func() {
+		// A panic anywhere below becomes a 502 for this request alone, with
+		// a log line; the process keeps serving. http.ErrAbortHandler is
+		// ReverseProxy's way of cutting a broken answer short: pass it on.
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			px.log.Error("panic serving a request: answered 502", zap.String("route", route),
+				zap.String("method", r.Method), zap.Any("panic", v), zap.StackSkip("stack", 1))
+			if sw.status == 0 {
+				writeError(sw, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadGateway, 0, "dingproxy: internal error")
+			}
+		}
+		if px.opts.Served != nil {
+			status := sw.status
+			if status == 0 {
+				status = http.StatusOK
+			}
+			px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+		}
+	}()
+	route, c = px.serve(sw, r)
+}
+
+// Overloaded answers a request refused for max_inflight: 503 at once, in
+// the shape of the upstream it was meant for, with Retry-After.
+func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
+	w.Header().Set("Retry-After", "1")
+	writeError(w, dingtalk.UpstreamFor(r.URL.Path), http.StatusServiceUnavailable, 0,
+		"dingproxy: too many requests in flight (max_inflight "+strconv.FormatInt(limit, 10)+"); retry after 1s")
 }
 
 // serve answers r and returns its route and Call (nil when none was made).
