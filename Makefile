@@ -45,6 +45,12 @@ bench: ## benchmarks (10 runs each, into bench/new.txt; compare with benchstat),
 loadtest: ## added latency at 500 and 1,000 calls/s, open loop, loopback (about 25 s)
 	$(GO) run ./cmd/loadtest
 
+FUZZTIME ?= 10s
+fuzz: ## each fuzzer for FUZZTIME (default 10s); seed corpora in testdata/fuzz
+	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZTIME) ./internal/dingtalk
+	$(GO) test -run='^$$' -fuzz='^FuzzHasIdempotencyKey$$' -fuzztime=$(FUZZTIME) ./internal/dingtalk
+	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZTIME) ./internal/config
+
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -52,4 +58,4 @@ lint: ## gofmt and go vet
 tidy: ## fail if go.mod/go.sum are not tidy
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
-.PHONY: loadtest help demo resilience test test-short build docker run fake check-config bench lint tidy
+.PHONY: fuzz loadtest help demo resilience test test-short build docker run fake check-config bench lint tidy
