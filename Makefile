@@ -45,11 +45,14 @@ bench: ## benchmarks (10 runs each, into bench/new.txt; compare with benchstat),
 loadtest: ## added latency at 500 and 1,000 calls/s, open loop, loopback (about 25 s)
 	$(GO) run ./cmd/loadtest
 
-FUZZTIME ?= 10s
-fuzz: ## each fuzzer for FUZZTIME (default 10s); seed corpora in testdata/fuzz
-	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZTIME) ./internal/dingtalk
-	$(GO) test -run='^$$' -fuzz='^FuzzHasIdempotencyKey$$' -fuzztime=$(FUZZTIME) ./internal/dingtalk
-	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZTIME) ./internal/config
+# Counts, not durations: with -fuzztime=10s a slow machine can cut a worker
+# off mid-run and the fuzzer reports "context deadline exceeded".
+FUZZ_N ?= 20000x
+FUZZ_N_CONFIG ?= 2000x
+fuzz: ## each fuzzer for FUZZ_N runs (FUZZ_N_CONFIG for the slower config loader); seed corpora in testdata/fuzz
+	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
+	$(GO) test -run='^$$' -fuzz='^FuzzHasIdempotencyKey$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
+	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZ_N_CONFIG) ./internal/config
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
