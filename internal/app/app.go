@@ -83,6 +83,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a := &App{log: log, base: NewUpstreamTransport(), metrics: metrics.New(o.version)}
 	a.cfg.Store(cfg)
 	a.maxInflight.Store(int64(cfg.MaxInflight))
+	a.metrics.InflightFrom(a.inflight.Load)
 	a.oapiAttempts = a.metrics.AttemptDuration.WithLabelValues(dingtalk.OAPI.String())
 	a.apiAttempts = a.metrics.AttemptDuration.WithLabelValues(dingtalk.API.String())
 	if o.level != nil {
@@ -383,7 +384,6 @@ func (a *App) Close() {
 // Handler is the proxy, behind max_inflight: a request beyond it is
 // answered 503 at once rather than queued.
 func (a *App) Handler() http.Handler {
-	gauge := a.metrics.Inflight
 	rejected := a.metrics.Requests.WithLabelValues(proxy.RouteRejected, "503")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := a.inflight.Add(1)
@@ -393,8 +393,6 @@ func (a *App) Handler() http.Handler {
 			rejected.Inc()
 			return
 		}
-		gauge.Inc()
-		defer gauge.Dec()
 		a.proxy.ServeHTTP(w, r)
 	})
 }

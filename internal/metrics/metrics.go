@@ -61,7 +61,8 @@ type Metrics struct {
 	Fallbacks         *prometheus.CounterVec   // route, kind
 	PacingRate        *prometheus.GaugeVec     // route
 	Unreplayable      *prometheus.CounterVec   // route, reason
-	Inflight          prometheus.Gauge
+	Inflight          prometheus.GaugeFunc     // reads the counter InflightFrom sets
+	inflight          atomic.Pointer[func() int64]
 	TokenRefreshes    *prometheus.CounterVec // result
 	tokenExpiry       atomic.Pointer[func() time.Time]
 	Reloads           *prometheus.CounterVec // result
@@ -123,9 +124,14 @@ func New(version string) *Metrics {
 		Namespace: namespace, Name: "unreplayable_requests_total",
 		Help: "Requests whose body was streamed once and could not be retried, by route and reason: too_large (over retry.max_body_bytes), buffer_cap (retry.max_buffered_bytes reached).",
 	}, []string{"route", "reason"})
-	m.Inflight = prometheus.NewGauge(prometheus.GaugeOpts{
+	m.Inflight = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "inflight_requests",
 		Help: "Client requests being served now.",
+	}, func() float64 {
+		if f := m.inflight.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
 	})
 	m.TokenRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "token_refreshes_total",
@@ -201,6 +207,9 @@ func (m *Metrics) InitRoute(route string, qps float64) {
 	m.Unreplayable.WithLabelValues(route, UnreplayableTooLarge)
 	m.Unreplayable.WithLabelValues(route, UnreplayableBufferCap)
 }
+
+// InflightFrom sets the counter the in-flight gauge reads at scrape time.
+func (m *Metrics) InflightFrom(f func() int64) { m.inflight.Store(&f) }
 
 // TokenExpiresAt sets where the token expiry gauge reads from at scrape
 // time: f returns the held token's expiry, zero when none is held.

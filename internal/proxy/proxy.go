@@ -338,13 +338,11 @@ func (px *Proxy) readBody(r *http.Request, pol *Policy) (body []byte, held int64
 		return nil, 0, "", nil
 	}
 	if r.ContentLength > pol.MaxBodyBytes {
-		px.streamRest(r, nil)
 		return nil, 0, NotBufferedTooLarge, nil
 	}
 	if r.ContentLength > 0 {
 		// Known length: reserve it all at once, read it in one buffer.
 		if !px.reserve(r.ContentLength, pol.MaxBufferedBytes) {
-			px.streamRest(r, nil)
 			return nil, 0, NotBufferedBufferCap, nil
 		}
 		b := make([]byte, r.ContentLength)
@@ -395,35 +393,16 @@ func (px *Proxy) readBody(r *http.Request, pol *Policy) (body []byte, held int64
 }
 
 // streamRest puts the part of r's body already read back in front of the
-// rest, as a streamBody.
+// rest, to be streamed once.
 func (px *Proxy) streamRest(r *http.Request, read []byte) {
-	var rd io.Reader = r.Body
-	if len(read) > 0 {
-		rd = io.MultiReader(bytes.NewReader(read), r.Body)
+	if len(read) == 0 {
+		return
 	}
-	r.Body = streamBody{Reader: rd, Closer: r.Body}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(read), r.Body), r.Body}
 }
-
-// streamBody is a body streamed once. Its WriteTo copies through a small
-// pooled buffer and hides the writer's ReadFrom: otherwise http.Transport
-// hands the body to net.TCPConn.ReadFrom, which allocates 32 KiB per
-// request, and a crowd of slow uploads past the buffer cap would cost
-// that much each.
-type streamBody struct {
-	io.Reader
-	io.Closer
-}
-
-var streamBuffers = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
-
-func (b streamBody) WriteTo(w io.Writer) (int64, error) {
-	buf := streamBuffers.Get().(*[]byte)
-	defer streamBuffers.Put(buf)
-	return io.CopyBuffer(writerOnly{w}, b.Reader, *buf)
-}
-
-// writerOnly hides everything of a Writer but Write.
-type writerOnly struct{ io.Writer }
 
 // writeError writes an answer of dingproxy's own in the shape of the
 // upstream the request was meant for: errcode/errmsg for oapi, code/message
