@@ -85,15 +85,19 @@ func (c Chaos) pick(x float64) (Fault, bool) {
 
 // chaosNames lists the fault names ParseChaos accepts, for error messages.
 const chaosNames = "system-busy, throttle, too-many, token-invalid, reset-before, reset-after, hang, " +
-	"latency:<duration>, status:<code>, ip-ban-html, ip-ban-json[:<wait>]"
+	"latency:<duration>, status:<code>, ip-ban-html, ip-ban-json[:<wait>], non-json, truncated-json, " +
+	"errcode-string, huge:<bytes>, bad-gzip, close-mid-body, endless-chunked, informational:<n>"
 
 // ParseChaos parses a comma-separated list of name=probability, for example
 // "system-busy=0.1,throttle=0.05,reset-after=0.05,latency:50ms=0.05,status:503=0.02".
 // Names are system-busy, throttle, too-many, token-invalid, reset-before,
-// reset-after, hang, latency:<duration>, status:<code> (200-599), ip-ban-html
-// and ip-ban-json (or ip-ban-json:<wait>). Each probability is in [0, 1] and
-// they sum to at most 1. An empty spec is no chaos. The result has no Paths,
-// so it applies to every path except the token endpoints.
+// reset-after, hang, latency:<duration>, status:<code> (200-599), ip-ban-html,
+// ip-ban-json (or ip-ban-json:<wait>), and the bad answers non-json,
+// truncated-json, errcode-string (see [Body]), huge:<bytes> (at least 39),
+// bad-gzip, close-mid-body, endless-chunked and informational:<n>, as
+// [Fault.String] prints them. Each probability is in [0, 1] and they sum to
+// at most 1. An empty spec is no chaos. The result has no Paths, so it applies
+// to every path except the token endpoints.
 func ParseChaos(spec string) (Chaos, error) {
 	var c Chaos
 	if strings.TrimSpace(spec) == "" {
@@ -159,6 +163,32 @@ func parseFaultName(name string) (Fault, error) {
 			return Fault{}, fmt.Errorf("ip-ban-json wait %q is not a non-negative integer", arg)
 		}
 		return IPBanJSON(n), nil
+	case "non-json", "truncated-json", "errcode-string":
+		return noArg(namedBodies[base])
+	case "bad-gzip":
+		return noArg(BadGzip())
+	case "close-mid-body":
+		return noArg(CloseMidBody())
+	case "endless-chunked":
+		return noArg(EndlessChunked())
+	case "huge":
+		if !hasArg {
+			return Fault{}, errors.New("huge needs a body length in bytes, as in huge:1048576")
+		}
+		n, err := strconv.ParseInt(arg, 10, 64)
+		if err != nil || n < hugeMin {
+			return Fault{}, fmt.Errorf("huge %q is not a byte count of at least %d", arg, hugeMin)
+		}
+		return Huge(n), nil
+	case "informational":
+		if !hasArg {
+			return Fault{}, errors.New("informational needs a count, as in informational:2")
+		}
+		n, err := strconv.Atoi(arg)
+		if err != nil || n < 0 {
+			return Fault{}, fmt.Errorf("informational %q is not a non-negative integer", arg)
+		}
+		return Informational(n), nil
 	case "latency":
 		if !hasArg {
 			return Fault{}, errors.New("latency needs a duration, as in latency:50ms")

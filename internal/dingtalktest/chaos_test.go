@@ -1,9 +1,11 @@
 package dingtalktest
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -27,6 +29,10 @@ func TestParseChaos(t *testing.T) {
 		{"every name", "too-many=0.1, token-invalid=0.1 ,reset-before=0.1,hang=0.01,ip-ban-html=0.1,ip-ban-json=0.1,ip-ban-json:9=0.1",
 			[]item{{"too-many", 0.1}, {"token-invalid", 0.1}, {"reset-before", 0.1}, {"hang", 0.01},
 				{"ip-ban-html", 0.1}, {"ip-ban-json", 0.1}, {"ip-ban-json:9", 0.1}}},
+		{"bad answers", "non-json=0.1,truncated-json=0.1,errcode-string=0.1,huge:1048576=0.1,bad-gzip=0.1," +
+			"close-mid-body=0.1,endless-chunked=0.01,informational:2=0.1",
+			[]item{{"non-json", 0.1}, {"truncated-json", 0.1}, {"errcode-string", 0.1}, {"huge:1048576", 0.1},
+				{"bad-gzip", 0.1}, {"close-mid-body", 0.1}, {"endless-chunked", 0.01}, {"informational:2", 0.1}}},
 		{"sum exactly 1", "system-busy=0.7,throttle=0.3", []item{{"system-busy", 0.7}, {"throttle", 0.3}}},
 		{"zero", "throttle=0", []item{{"throttle", 0}}},
 	}
@@ -69,6 +75,14 @@ func TestParseChaos_Errors(t *testing.T) {
 		{"status=0.1", "status needs an HTTP status"},
 		{"hang:5s=0.1", "takes no argument"},
 		{"ip-ban-json:x=0.1", "ip-ban-json wait"},
+		{"huge=0.1", "huge needs a body length"},
+		{"huge:38=0.1", `huge "38"`},
+		{"huge:1MiB=0.1", `huge "1MiB"`},
+		{"informational=0.1", "informational needs a count"},
+		{"informational:-1=0.1", `informational "-1"`},
+		{"bad-gzip:1=0.1", "takes no argument"},
+		{"non-json:html=0.1", "takes no argument"},
+		{"body:200=0.1", `unknown fault "body"`},
 		{"system-busy=0.6,throttle=0.6", "sum to"},
 		{"system-busy=0.1,,throttle=0.1", "empty item"},
 		{"=0.1", "missing fault name"},
@@ -84,6 +98,43 @@ func TestParseChaos_Errors(t *testing.T) {
 				t.Errorf("ParseChaos(%q) = %q, want it to contain %q", tt.spec, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestFaultString_RoundTrips checks that ParseChaos reads back what String
+// prints, for every fault it can name.
+func TestFaultString_RoundTrips(t *testing.T) {
+	faults := []Fault{
+		OK(), SystemBusy(), Throttle(), TooMany(), TokenInvalid(), ResetBeforeExec(), ResetAfterExec(), Hang(),
+		Latency(50 * time.Millisecond), Status(503), IPBanHTML(), IPBanJSON(defaultIPBanWait), IPBanJSON(9),
+		Body(200, "text/html", nonJSONBody), Body(200, contentTypeJSON, truncatedJSONBody),
+		Body(200, contentTypeJSON, errcodeStringBody), Huge(39), Huge(1 << 20), BadGzip(), CloseMidBody(),
+		EndlessChunked(), Informational(0), Informational(3),
+	}
+	for _, f := range faults {
+		name := f.String()
+		if name == "ok" {
+			continue // not a chaos fault
+		}
+		c, err := ParseChaos(name + "=1")
+		if err != nil {
+			t.Errorf("ParseChaos(%q): %v", name, err)
+			continue
+		}
+		if got := c.Faults[0].Fault; got != f {
+			t.Errorf("ParseChaos(%q) = %#v, want %#v", name, got, f)
+		}
+	}
+
+	// Bodies ParseChaos does not name print their arguments.
+	if got, want := Body(502, "text/plain", "a\"b").String(), `body:502:text/plain:"a\"b"`; got != want {
+		t.Errorf("String() = %s, want %s", got, want)
+	}
+	if got, want := Body(200, "application/json", truncatedJSONBody).String(), `body:200:application/json:"{\"errcode\":0,\"errm"`; got != want {
+		t.Errorf("String() = %s, want %s", got, want)
+	}
+	if got := Informational(-1).String(); got != "informational:0" {
+		t.Errorf("Informational(-1).String() = %s, want informational:0", got)
 	}
 }
 
@@ -132,6 +183,31 @@ func TestChaos_DeterministicWithSeed(t *testing.T) {
 	}
 	if other := chaosRun(t, 7, spec, 60); cmp.Equal(a, other) {
 		t.Error("seeds 42 and 7 gave the same 60 answers")
+	}
+}
+
+func TestChaos_BadAnswers(t *testing.T) {
+	s := NewServer(t, Options{Seed: 3})
+	c := newClient(t)
+	tok := fetchToken(t, c, s)
+	chaos, err := ParseChaos("non-json=0.25,truncated-json=0.25,errcode-string=0.25")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetChaos(chaos)
+	seen := map[string]int{}
+	const n = 60
+	for i := range n {
+		seen[errKey(call(t, c, s, http.MethodPost, PathAsyncSend, tok, fmt.Appendf(nil, `{"i":%d}`, i)))]++
+	}
+	// truncated-json and non-json both summarise as non-json.
+	for _, k := range []string{"OK errcode=0", "OK non-json", `OK errcode="-1"`} {
+		if seen[k] == 0 {
+			t.Errorf("%d chaos answers never included %s: %v", n, k, seen)
+		}
+	}
+	if got := s.Executions(PathAsyncSend); got != n {
+		t.Errorf("Executions = %d, want %d: every bad 200 executes", got, n)
 	}
 }
 

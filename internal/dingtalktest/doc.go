@@ -24,6 +24,13 @@
 // ([Server.SetQPSLimit]). Each request is evaluated in this order: secret-leak
 // check, token endpoints, script, QPS limit, chaos, auth, handler.
 //
+// Besides DingTalk's own errors, faults model an upstream that answers badly,
+// for hardening clients and proxies: an exact status and body ([Body]), a huge
+// body ([Huge]), corrupt gzip ([BadGzip]), a body cut short ([CloseMidBody]),
+// a body that never ends ([EndlessChunked]) and 1xx responses before the
+// answer ([Informational]). Those that look like a success execute the
+// request, as [ResetAfterExec] does.
+//
 // Counters let tests assert what DingTalk would have seen: hits and recorded
 // requests per path, executions, duplicate executions of non-idempotent sends
 // (DingTalk has no idempotency key for them, except the custom robot's

@@ -25,6 +25,12 @@ const (
 	kindLatency
 	kindIPBanHTML
 	kindIPBanJSON
+	kindBody
+	kindHuge
+	kindBadGzip
+	kindCloseMidBody
+	kindEndlessChunked
+	kindInformational
 )
 
 // A Fault is one way the fake answers a request instead of, or before,
@@ -32,9 +38,10 @@ const (
 // constructors; they are values and safe to reuse.
 type Fault struct {
 	kind       faultKind
-	code       int    // errcode, gateway sub code, HTTP status or IP-ban wait
-	apiCode    string // api "code"
-	msg        string
+	code       int           // errcode, gateway sub code, HTTP status, IP-ban wait or 1xx count
+	apiCode    string        // api "code", or Body's Content-Type
+	msg        string        // message, or Body's body
+	size       int64         // Huge's body length
 	d          time.Duration // latency
 	end        time.Time     // QPSLimitAPI90002 penalty end
 	retryAfter time.Duration
@@ -109,6 +116,51 @@ func IPBanJSON(wait int) Fault { return Fault{kind: kindIPBanJSON, code: wait} }
 // OK answers normally.
 func OK() Fault { return Fault{} }
 
+// Body answers with exactly that HTTP status, Content-Type (none if
+// contentType is "") and body, with a Content-Length. With a 2xx status it
+// first executes the request, as [ResetAfterExec] does: the work was done and
+// only the answer is bad, so a client that retries a send on it makes a
+// duplicate. With any other status it does not, as with [Status]. [ParseChaos]
+// names three 200s: "non-json" (a text/html page), "truncated-json"
+// ({"errcode":0,"errm) and "errcode-string" ({"errcode":"-1","errmsg":"系统繁忙"}).
+func Body(status int, contentType, body string) Fault {
+	return Fault{kind: kindBody, code: status, apiCode: contentType, msg: body}
+}
+
+// Huge executes the request, as [ResetAfterExec] does, then answers 200
+// application/json with the valid success body
+// {"errcode":0,"errmsg":"ok","result":"xxx…"} of exactly n bytes and a
+// Content-Length, streamed without holding it in memory. It panics if n is
+// less than 39, the length with an empty result.
+func Huge(n int64) Fault {
+	if n < hugeMin {
+		panic(fmt.Sprintf("dingtalktest: Huge(%d): want at least %d bytes", n, hugeMin))
+	}
+	return Fault{kind: kindHuge, size: n}
+}
+
+// BadGzip executes the request, as [ResetAfterExec] does, then answers 200
+// application/json with Content-Encoding: gzip, whatever the request accepts,
+// and a body that is a valid gzip header followed by corrupt deflate data.
+func BadGzip() Fault { return Fault{kind: kindBadGzip} }
+
+// CloseMidBody executes the request, as [ResetAfterExec] does, then sends 200
+// application/json with a Content-Length of 2000 but only the first 100 bytes
+// of a JSON body, and closes the connection: the client reads the 100 bytes,
+// then gets io.ErrUnexpectedEOF. Over HTTP/2 it resets the stream instead.
+func CloseMidBody() Fault { return Fault{kind: kindCloseMidBody} }
+
+// EndlessChunked executes the request, as [ResetAfterExec] does, then answers
+// 200 application/json with a chunked body that starts
+// {"errcode":0,"errmsg":"ok","result":[ and goes on with "x", elements, each
+// chunk flushed, as fast as the client reads. The body never ends: when the
+// client goes away or the server is closed, the connection is aborted.
+func EndlessChunked() Fault { return Fault{kind: kindEndlessChunked} }
+
+// Informational sends n 103 Early Hints, each with a Link header, then answers
+// normally, executing the request as [OK] does. A negative n counts as 0.
+func Informational(n int) Fault { return Fault{kind: kindInformational, code: max(n, 0)} }
+
 // WithRetryAfter returns f with a Retry-After header of d, in whole seconds
 // rounded up, on its answer. DingTalk is not known to send one.
 func (f Fault) WithRetryAfter(d time.Duration) Fault {
@@ -117,7 +169,8 @@ func (f Fault) WithRetryAfter(d time.Duration) Fault {
 }
 
 // String names f as [ParseChaos] spells it where it can ("system-busy",
-// "latency:50ms", "status:503"), and as "name:args" otherwise, with
+// "latency:50ms", "status:503", "non-json"), and as "name:args" otherwise
+// ("body:<status>:<type>:<quoted body>" for other Bodies), with
 // "+retry-after:<d>" appended when set.
 func (f Fault) String() string {
 	var s string
@@ -157,6 +210,18 @@ func (f Fault) String() string {
 		if f.code != defaultIPBanWait {
 			s += ":" + strconv.Itoa(f.code)
 		}
+	case kindBody:
+		s = bodyName(f)
+	case kindHuge:
+		s = "huge:" + strconv.FormatInt(f.size, 10)
+	case kindBadGzip:
+		s = "bad-gzip"
+	case kindCloseMidBody:
+		s = "close-mid-body"
+	case kindEndlessChunked:
+		s = "endless-chunked"
+	case kindInformational:
+		s = "informational:" + strconv.Itoa(f.code)
 	default:
 		s = fmt.Sprintf("fault(%d)", int(f.kind))
 	}
@@ -171,3 +236,28 @@ const defaultIPBanWait = 5
 
 // chinaTime is DingTalk's local time, in which 90002 errmsgs give the penalty end.
 var chinaTime = time.FixedZone("CST", 8*60*60)
+
+// Bodies of the [Body] faults ParseChaos names.
+const (
+	nonJSONBody       = "<html><head><title>DingTalk</title></head><body>oops</body></html>\n"
+	truncatedJSONBody = `{"errcode":0,"errm`
+	errcodeStringBody = `{"errcode":"-1","errmsg":"系统繁忙"}`
+)
+
+// namedBodies are the [Body] faults ParseChaos names, by name.
+var namedBodies = map[string]Fault{
+	"non-json":       Body(200, "text/html", nonJSONBody),
+	"truncated-json": Body(200, contentTypeJSON, truncatedJSONBody),
+	"errcode-string": Body(200, contentTypeJSON, errcodeStringBody),
+}
+
+// bodyName is the ParseChaos name of the Body f, or
+// "body:<status>:<type>:<quoted body>" if it has none.
+func bodyName(f Fault) string {
+	for name, g := range namedBodies {
+		if f.code == g.code && f.apiCode == g.apiCode && f.msg == g.msg {
+			return name
+		}
+	}
+	return fmt.Sprintf("body:%d:%s:%q", f.code, f.apiCode, f.msg)
+}

@@ -226,7 +226,7 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request, body []byte, f Fa
 	case kindResetBefore:
 		abort(w)
 	case kindResetAfter:
-		s.normal(&discardWriter{h: make(http.Header)}, r, body)
+		s.executeDiscarded(r, body)
 		abort(w)
 	case kindSystemBusy:
 		if shapeOf(path) == shapeAPI {
@@ -267,6 +267,26 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request, body []byte, f Fa
 			"punish": "deny",
 			"uuid":   s.apiRequestID(),
 		})
+	case kindBody:
+		if f.code >= 200 && f.code < 300 {
+			s.executeDiscarded(r, body)
+		}
+		writeBody(w, f.code, f.apiCode, f.msg)
+	case kindHuge:
+		s.executeDiscarded(r, body)
+		writeHuge(w, f.size)
+	case kindBadGzip:
+		s.executeDiscarded(r, body)
+		w.Header().Set("Content-Encoding", "gzip")
+		writeBody(w, http.StatusOK, contentTypeJSON, badGzipBody)
+	case kindCloseMidBody:
+		s.executeDiscarded(r, body)
+		closeMidBody(w)
+	case kindEndlessChunked:
+		s.executeDiscarded(r, body)
+		s.endless(w, r)
+	case kindInformational:
+		s.informational(w, r, body, f.code)
 	default:
 		panic(fmt.Sprintf("dingtalktest: unknown fault %v", f))
 	}
@@ -475,8 +495,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		panic(fmt.Sprintf("dingtalktest: marshal %T: %v", v, err))
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/json;charset=utf-8")
-	h.Set("Server", "DingTalk/1.0.0")
+	h.Set("Content-Type", contentTypeJSON)
+	h.Set("Server", serverName)
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 }
@@ -484,7 +504,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func writeHTML(w http.ResponseWriter, status int, page string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html")
-	h.Set("Server", "DingTalk/1.0.0")
+	h.Set("Server", serverName)
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, page)
 }

@@ -3,6 +3,7 @@ package dingtalktest
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -139,7 +140,8 @@ func checkFields(t *testing.T, res result, want map[string]any) {
 	}
 }
 
-// errKey summarises an answer for sequence comparisons: "200 errcode=88/90018".
+// errKey summarises an answer for sequence comparisons: "OK errcode=88/90018",
+// "OK non-json", `OK errcode="-1"`.
 func errKey(res result) string {
 	var b strings.Builder
 	b.WriteString(http.StatusText(res.status))
@@ -148,7 +150,11 @@ func errKey(res result) string {
 	}
 	if v, ok := res.json["errcode"]; ok {
 		b.WriteString(" errcode=")
-		b.WriteString(string(v.(json.Number)))
+		if n, isNum := v.(json.Number); isNum {
+			b.WriteString(string(n))
+		} else {
+			fmt.Fprintf(&b, "%#v", v) // errcode-string: "-1" with quotes
+		}
 	}
 	if v, ok := res.json["sub_code"]; ok {
 		b.WriteString("/" + v.(string))

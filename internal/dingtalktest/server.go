@@ -81,6 +81,9 @@ type Server struct {
 
 	// testHookHang, if set, is called when a handler starts to hang.
 	testHookHang func()
+	// testHookEndlessDone, if set, is called when an EndlessChunked handler
+	// stops writing.
+	testHookEndlessDone func()
 }
 
 type counters struct {
@@ -292,7 +295,9 @@ func (s *Server) TotalHits() int {
 // Executions is the number of times a request to path was executed: it passed
 // faults, limits and auth and its handler did its work (a send was sent, a
 // read was answered). Token fetches, rejected requests and robot msgUuid
-// replays are not executions; [ResetAfterExec] is.
+// replays are not executions; [ResetAfterExec] is, and so are the bad answers
+// [Body] with a 2xx status, [Huge], [BadGzip], [CloseMidBody],
+// [EndlessChunked] and [Informational].
 func (s *Server) Executions(path string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
