@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, log *zap.Logger
 	}
 	a.Start()
 	errLog := zap.NewStdLog(log.Named("http"))
-	srv := &http.Server{Handler: a.Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	srv := a.Server(errLog)
 	admin := &http.Server{Handler: a.AdminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()

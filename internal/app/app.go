@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/url"
@@ -198,15 +199,18 @@ func RetryPolicy(cfg *config.Config) retry.Policy {
 		BackoffBase:     cfg.Retry.Backoff.Base,
 		BackoffMax:      cfg.Retry.Backoff.Max,
 		ThrottlePenalty: dingtalk.ThrottlePenalty * time.Second,
+		InspectBytes:    cfg.Retry.MaxInspectBytes,
 	}
 }
 
 // ProxyPolicy turns cfg's routes into the proxy's policy.
 func ProxyPolicy(cfg *config.Config) proxy.Policy {
 	p := proxy.Policy{
-		Routes:           make(map[string]proxy.Route, len(cfg.Routes)),
-		MaxBodyBytes:     cfg.Retry.MaxBodyBytes,
-		MaxBufferedBytes: cfg.Retry.MaxBufferedBytes,
+		Routes:              make(map[string]proxy.Route, len(cfg.Routes)),
+		MaxBodyBytes:        cfg.Retry.MaxBodyBytes,
+		MaxBufferedBytes:    cfg.Retry.MaxBufferedBytes,
+		MaxRequestBodyBytes: cfg.Server.MaxRequestBodyBytes,
+		BodyReadTimeout:     cfg.Server.BodyReadTimeout,
 	}
 	for _, r := range cfg.Routes {
 		route := proxy.Route{Idempotent: r.Idempotent}
@@ -395,6 +399,21 @@ func (a *App) Handler() http.Handler {
 		}
 		a.proxy.ServeHTTP(w, r)
 	})
+}
+
+// Server is an http.Server for Handler under the server section's limits on
+// clients (as configured at New: they change only with a restart).
+// errLog, if not nil, gets net/http's own errors.
+func (a *App) Server(errLog *log.Logger) *http.Server {
+	c := a.Config().Server // its restart-only keys keep their values at New
+	return &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: c.ReadHeaderTimeout,
+		IdleTimeout:       c.IdleTimeout,
+		// net/http allows 4096 bytes more than this for the request line.
+		MaxHeaderBytes: c.MaxHeaderBytes,
+		ErrorLog:       errLog,
+	}
 }
 
 // Metrics are the App's metrics.

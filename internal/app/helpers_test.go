@@ -80,7 +80,10 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 	a.RetryTransport().SetPolicy(p)
 	a.Start()
 	a.SetReady(true)
-	px := httptest.NewServer(a.Handler())
+	// The server the binary runs: the same limits on clients.
+	px := httptest.NewUnstartedServer(nil)
+	px.Config = a.Server(nil)
+	px.Start()
 	s := &stack{t: t, fake: fake, app: a, proxy: px, client: px.Client()}
 	t.Cleanup(func() {
 		px.Close()

@@ -260,7 +260,9 @@ func TestReloadInvalidRefusedOldPolicyServes(t *testing.T) {
 func TestReloadRestartOnlySettingsKept(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	s := newStack(t, zap.New(core))
-	yaml := strings.Replace(reloadYAML(s, 3, ""), "secret: "+dingtalktest.DefaultAppSecret, "secret: other-secret", 1)
+	// server's connection limits are restart-only; its body limits are live.
+	server := "server: {max_header_bytes: 8192, idle_timeout: 1s, body_read_timeout: 7s, max_request_body_bytes: 2000000}\n"
+	yaml := strings.Replace(reloadYAML(s, 3, server), "secret: "+dingtalktest.DefaultAppSecret, "secret: other-secret", 1)
 	yaml = strings.Replace(yaml, "oapi: "+s.fake.URL(), "oapi: http://127.0.0.1:1", 1)
 	if err := s.app.Reload(writeFile(t, yaml)); err != nil {
 		t.Fatal(err)
@@ -269,15 +271,18 @@ func TestReloadRestartOnlySettingsKept(t *testing.T) {
 	if cfg.Upstreams.OAPI != s.fake.URL() || cfg.App.Secret.Reveal() != dingtalktest.DefaultAppSecret {
 		t.Errorf("restart-only settings changed live: %s", cfg.Upstreams.OAPI)
 	}
-	if cfg.Retry.MaxAttempts != 3 {
-		t.Errorf("the live setting in the same file was not applied: max_attempts %d", cfg.Retry.MaxAttempts)
+	if def := config.Default().Server; cfg.Server.MaxHeaderBytes != def.MaxHeaderBytes || cfg.Server.IdleTimeout != def.IdleTimeout {
+		t.Errorf("restart-only server settings changed live: %+v", cfg.Server)
+	}
+	if cfg.Retry.MaxAttempts != 3 || cfg.Server.BodyReadTimeout != 7*time.Second || cfg.Server.MaxRequestBodyBytes != 2000000 {
+		t.Errorf("the live settings in the same file were not applied: max_attempts %d, server %+v", cfg.Retry.MaxAttempts, cfg.Server)
 	}
 	warn := logs.FilterMessageSnippet("change only with a restart").All()
 	if len(warn) != 1 {
 		t.Fatalf("restart-only warning lines = %d, want 1", len(warn))
 	}
 	got := warn[0].ContextMap()["restart_required"]
-	if fmt.Sprint(got) != "[upstreams.oapi app.secret]" {
+	if fmt.Sprint(got) != "[upstreams.oapi app.secret server.idle_timeout server.max_header_bytes]" {
 		t.Errorf("restart_required = %v", got)
 	}
 	if resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != 200 || errcodeOf(t, body) != 0 {

@@ -79,6 +79,9 @@ func restartOnly(old, cfg *config.Config) []string {
 	check("token.endpoint", old.Token.Endpoint != cfg.Token.Endpoint)
 	check("token.refresh_before", old.Token.RefreshBefore != cfg.Token.RefreshBefore)
 	check("log.format", old.Log.Format != cfg.Log.Format)
+	check("server.read_header_timeout", old.Server.ReadHeaderTimeout != cfg.Server.ReadHeaderTimeout)
+	check("server.idle_timeout", old.Server.IdleTimeout != cfg.Server.IdleTimeout)
+	check("server.max_header_bytes", old.Server.MaxHeaderBytes != cfg.Server.MaxHeaderBytes)
 	return out
 }
 
@@ -90,4 +93,7 @@ func keepRestartOnly(cfg, old *config.Config) {
 	cfg.App = old.App
 	cfg.Token = old.Token
 	cfg.Log.Format = old.Log.Format
+	cfg.Server.ReadHeaderTimeout = old.Server.ReadHeaderTimeout
+	cfg.Server.IdleTimeout = old.Server.IdleTimeout
+	cfg.Server.MaxHeaderBytes = old.Server.MaxHeaderBytes
 }

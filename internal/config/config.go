@@ -21,6 +21,8 @@ type Config struct {
 	// Retry-After, instead of piling up. Default 1024; must be >= 1.
 	// Applied live on reload.
 	MaxInflight int `mapstructure:"max_inflight"`
+	// Server sets the limits on what a client may send, and how slowly.
+	Server Server `mapstructure:"server"`
 	// Upstreams are DingTalk's hosts.
 	Upstreams Upstreams `mapstructure:"upstreams"`
 	// App holds the app's credentials.
@@ -39,6 +41,30 @@ type Config struct {
 	Routes []Route `mapstructure:"routes"`
 	// Log configures logging.
 	Log Log `mapstructure:"log"`
+}
+
+// Server is the proxy listener's limits on its clients. Every answer to a
+// request over a limit is a clear status at once; none reaches DingTalk.
+type Server struct {
+	// ReadHeaderTimeout is how long a client may take to send a request's
+	// line and headers (slowloris); past it the connection is closed.
+	// Default 10s; must be > 0. Restart only.
+	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"`
+	// IdleTimeout is how long a kept-alive connection may wait for its next
+	// request. Default 2m; must be > 0. Restart only.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// MaxHeaderBytes caps a request's line and headers; beyond it the client
+	// gets 431. Default 65536; 4096 to 16777216. Restart only.
+	MaxHeaderBytes int `mapstructure:"max_header_bytes"`
+	// BodyReadTimeout is the longest a client may pause while sending a
+	// request body; past it the request is answered 408 and nothing more is
+	// sent upstream. Default 30s; must be > 0.
+	BodyReadTimeout time.Duration `mapstructure:"body_read_timeout"`
+	// MaxRequestBodyBytes caps a request body: a larger Content-Length is
+	// answered 413 at once, and a body of unknown length is cut off with 413
+	// when it passes it. Default 67108864 (64 MiB); must be >=
+	// retry.max_body_bytes.
+	MaxRequestBodyBytes int64 `mapstructure:"max_request_body_bytes"`
 }
 
 // Upstreams are DingTalk's two hosts, as absolute URLs without a path.
@@ -99,6 +125,10 @@ type Retry struct {
 	// (counted in dingproxy_unreplayable_requests_total{reason="buffer_cap"})
 	// rather than queued. Default 67108864 (64 MiB); must be >= MaxBodyBytes.
 	MaxBufferedBytes int64 `mapstructure:"max_buffered_bytes"`
+	// MaxInspectBytes is how much of an answer's (decoded) body is read to
+	// find DingTalk's errcode before the answer is passed on; the rest is
+	// streamed as it comes. Default 65536; 1024 to 16777216.
+	MaxInspectBytes int `mapstructure:"max_inspect_bytes"`
 	// Budget caps how many retries are made.
 	Budget Budget `mapstructure:"budget"`
 }
@@ -214,6 +244,13 @@ func Default() Config {
 		AdminListen:     "127.0.0.1:9090",
 		ShutdownTimeout: 20 * time.Second,
 		MaxInflight:     1024,
+		Server: Server{
+			ReadHeaderTimeout:   10 * time.Second,
+			IdleTimeout:         2 * time.Minute,
+			MaxHeaderBytes:      64 << 10,
+			BodyReadTimeout:     30 * time.Second,
+			MaxRequestBodyBytes: 64 << 20,
+		},
 		Upstreams: Upstreams{
 			OAPI: "https://oapi.dingtalk.com",
 			API:  "https://api.dingtalk.com",
@@ -226,6 +263,7 @@ func Default() Config {
 			Backoff:          Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
 			MaxBodyBytes:     1 << 20,
 			MaxBufferedBytes: 64 << 20,
+			MaxInspectBytes:  64 << 10,
 			Budget:           Budget{Ratio: 0.2, MinPerSecond: 5},
 		},
 		Pacing: Pacing{PerAPIQPS: 20, GlobalQPS: 450},

@@ -61,6 +61,12 @@ func (v *validator) atLeast(key string, n, minimum int64) {
 	}
 }
 
+func (v *validator) between(key string, n, lo, hi int64) {
+	if n < lo || n > hi {
+		v.add(key, "must be between %d and %d, got %d", lo, hi, n)
+	}
+}
+
 func (v *validator) positiveFloat(key string, f float64) {
 	if !(f > 0) { // also NaN
 		v.add(key, "must be > 0, got %s", fmtFloat(f))
@@ -79,6 +85,14 @@ func (c *Config) validate() []*FieldError {
 	}
 	v.positive("shutdown_timeout", c.ShutdownTimeout)
 	v.atLeast("max_inflight", int64(c.MaxInflight), 1)
+
+	v.positive("server.read_header_timeout", c.Server.ReadHeaderTimeout)
+	v.positive("server.idle_timeout", c.Server.IdleTimeout)
+	v.between("server.max_header_bytes", int64(c.Server.MaxHeaderBytes), 4<<10, 16<<20)
+	v.positive("server.body_read_timeout", c.Server.BodyReadTimeout)
+	if c.Server.MaxRequestBodyBytes < c.Retry.MaxBodyBytes {
+		v.add("server.max_request_body_bytes", "must be >= retry.max_body_bytes (%d), got %d", c.Retry.MaxBodyBytes, c.Server.MaxRequestBodyBytes)
+	}
 
 	v.upstream("upstreams.oapi", c.Upstreams.OAPI)
 	v.upstream("upstreams.api", c.Upstreams.API)
@@ -112,6 +126,7 @@ func (c *Config) validate() []*FieldError {
 	if r.MaxBufferedBytes < r.MaxBodyBytes {
 		v.add("retry.max_buffered_bytes", "must be >= retry.max_body_bytes (%d), got %d", r.MaxBodyBytes, r.MaxBufferedBytes)
 	}
+	v.between("retry.max_inspect_bytes", int64(r.MaxInspectBytes), 1<<10, 16<<20)
 	if f := r.Budget.Ratio; !(f >= 0 && f <= 1) {
 		v.add("retry.budget.ratio", "must be between 0 and 1, got %s", fmtFloat(f))
 	}

@@ -230,7 +230,7 @@ func StartProxy(fakeURL string, tweaks ...func(*config.Config)) (stop func(), ur
 		return nil, "", err
 	}
 	a.Start()
-	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := a.Server(nil)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

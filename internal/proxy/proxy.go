@@ -60,6 +60,13 @@ type Policy struct {
 	// MaxBufferedBytes caps the bytes all requests together hold in body
 	// buffers; past it bodies are streamed once. Zero means MaxBodyBytes.
 	MaxBufferedBytes int64
+	// MaxRequestBodyBytes caps a request body: a larger Content-Length is
+	// answered 413 at once, a longer body of unknown length is cut off with
+	// 413. Zero means no cap.
+	MaxRequestBodyBytes int64
+	// BodyReadTimeout is the longest pause allowed while a client sends a
+	// request body; past it the request is answered 408. Zero means none.
+	BodyReadTimeout time.Duration
 }
 
 // Why a body was not buffered, as Call.NotBuffered says.
@@ -180,8 +187,8 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: absolute-form request lines and CONNECT are not proxied")
 		return RouteRejected, nil
 	}
-	if !strings.HasPrefix(r.URL.Path, "/") {
-		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: request path must start with /")
+	if msg := badPath(r.URL); msg != "" {
+		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: "+msg)
 		return RouteRejected, nil
 	}
 	pol := px.policy.Load()
@@ -189,12 +196,30 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 	up := dingtalk.UpstreamFor(path)
 	route, configured := pol.Routes[path]
 
+	if len(r.TransferEncoding) > 0 {
+		// Chunked: net/http has dropped any Content-Length sent with it
+		// (RFC 9112 section 6.3). Such a request may be a smuggling attempt,
+		// and RFC 9112 section 6.1 says to close the connection after
+		// answering it; which chunked requests had one is no longer known,
+		// so none keeps its connection.
+		w.Header().Set("Connection", "close")
+	}
+	var cb *clientBody
+	if r.Body != nil && r.Body != http.NoBody {
+		if limit := pol.MaxRequestBodyBytes; limit > 0 && r.ContentLength > limit {
+			writeError(w, up, http.StatusRequestEntityTooLarge, 0, tooLargeMsg(limit))
+			return RouteRejected, nil
+		}
+		cb = newClientBody(w, r.Body, pol.BodyReadTimeout, pol.MaxRequestBodyBytes)
+		r.Body = cb
+	}
 	body, held, notBuffered, err := px.readBody(r, pol)
 	if held > 0 {
 		defer px.buffered.Add(-held)
 	}
 	if err != nil {
-		writeError(w, up, http.StatusBadRequest, 0, "dingproxy: reading request body: "+err.Error())
+		status, msg := clientBodyStatus(w, err)
+		writeError(w, up, status, 0, msg)
 		return RouteRejected, nil
 	}
 	if px.opts.Tokens != nil && px.answerTokenCall(w, r, body) {
@@ -212,6 +237,9 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 		Replayable:  notBuffered == "",
 		NotBuffered: notBuffered,
 		Inject:      px.placement(r, up),
+	}
+	if cb != nil && notBuffered != "" {
+		call.ClientBody = cb
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -277,6 +305,16 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 	w.Header().Set(HeaderAttempts, strconv.Itoa(c.Attempts))
 	var tokErr *TokenError
 	status, msg := http.StatusBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(c.Attempts)+" attempt(s)"
+	if c.ClientBody != nil && c.ClientBody.Failed() != nil {
+		berr := c.ClientBody.Failed()
+		// The client's own body failed while it streamed upstream: say so,
+		// whatever the attempt made of it. DingTalk got a cut-off body,
+		// which it cannot have executed.
+		status, msg = clientBodyStatus(w, berr)
+		px.log.Debug("client body failed", zap.String("route", c.Route), zap.Int("status", status), zap.Error(berr))
+		writeError(w, c.Upstream, status, 0, msg)
+		return
+	}
 	switch {
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads this answer.

@@ -31,6 +31,10 @@ type Call struct {
 	NotBuffered string
 	// Inject says where the loop's Prepare hook puts the shared token.
 	Inject dingtalk.Placement
+	// ClientBody, when set, is the client's body as it streams upstream.
+	// Its Failed error (the client stalled, or sent too much) makes a failed
+	// attempt the client's doing, whatever the connection to DingTalk says.
+	ClientBody interface{ Failed() error }
 
 	// Attempts counts the attempts made so far.
 	Attempts int

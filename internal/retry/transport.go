@@ -393,9 +393,8 @@ func inspect(resp *http.Response, method string, limit int) (dingtalk.Result, er
 	} else {
 		buf = make([]byte, size)
 	}
-	n, err := io.ReadFull(resp.Body, buf)
-	complete := err == io.EOF || err == io.ErrUnexpectedEOF
-	if err != nil && !complete {
+	n, complete, err := readPrefix(resp.Body, buf)
+	if err != nil {
 		if pooled != nil {
 			inspectBuffers.Put(pooled)
 		}
@@ -422,6 +421,25 @@ func inspect(resp *http.Response, method string, limit int) (dingtalk.Result, er
 		decoded = nil // classified by status alone
 	}
 	return dingtalk.Classify(resp.StatusCode, ct, decoded), nil
+}
+
+// readPrefix fills buf from body, and reports whether the body ended within
+// it. Only a clean end (io.EOF) counts: a body cut short (a connection closed
+// before Content-Length or the last chunk, io.ErrUnexpectedEOF) is an error,
+// so the attempt fails as a reset after sending rather than passing on half
+// an answer as if it were whole.
+func readPrefix(body io.Reader, buf []byte) (n int, complete bool, err error) {
+	for n < len(buf) {
+		m, err := body.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
 }
 
 // inspectable reports whether a body of this type can hold a DingTalk error.

@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// badPath says what is wrong with a request path that could mean another
+// path to DingTalk than to dingproxy's own routing and idempotency rules:
+// dot segments, encoded or back slashes, control characters. "" means none.
+// DingTalk's APIs use none of them.
+func badPath(u *url.URL) string {
+	if !strings.HasPrefix(u.Path, "/") {
+		return "request path must start with /"
+	}
+	if raw := u.RawPath; raw != "" {
+		for i := 0; i+2 < len(raw); i++ {
+			if raw[i] == '%' && (raw[i+1] == '2' && (raw[i+2] == 'f' || raw[i+2] == 'F') ||
+				raw[i+1] == '5' && (raw[i+2] == 'c' || raw[i+2] == 'C')) {
+				return "request path has an encoded slash or backslash"
+			}
+		}
+	}
+	p := u.Path
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c < 0x20 || c == 0x7f:
+			return "request path has a control character"
+		case c == '\\':
+			return "request path has a backslash"
+		case c == '.' && p[i-1] == '/': // p starts with "/"
+			// "." or ".." as a whole segment.
+			rest := p[i+1:]
+			if rest == "" || rest[0] == '/' || rest == "." || strings.HasPrefix(rest, "./") {
+				return "request path has a dot segment (. or ..)"
+			}
+		}
+	}
+	return ""
+}
+
+// Errors of a client's request body.
+var (
+	// errBodyStalled: the client paused longer than server.body_read_timeout.
+	errBodyStalled = errors.New("request body stalled")
+	// errBodyTooLarge: the body passed server.max_request_body_bytes.
+	errBodyTooLarge = errors.New("request body too large")
+)
+
+// clientBody is a client's request body under server.body_read_timeout
+// and server.max_request_body_bytes. It keeps the first error of the
+// client's side, so that an attempt that failed because the client's body
+// did can be answered as the client's fault.
+type clientBody struct {
+	body  io.ReadCloser
+	rc    *http.ResponseController
+	idle  time.Duration
+	limit int64 // 0: none
+	read  int64
+	err   atomic.Pointer[error]
+	// armed is whether a read deadline is set on the connection; deadline
+	// is when it passes (Unix ns), 0 when none is set.
+	armed    bool
+	deadline atomic.Int64
+}
+
+func newClientBody(w http.ResponseWriter, body io.ReadCloser, idle time.Duration, limit int64) *clientBody {
+	b := &clientBody{body: body, idle: idle, limit: limit}
+	if idle > 0 {
+		b.rc = http.NewResponseController(w)
+	}
+	return b
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	if errp := b.err.Load(); errp != nil {
+		return 0, *errp
+	}
+	if b.limit > 0 && int64(len(p)) > b.limit-b.read+1 {
+		p = p[:b.limit-b.read+1] // one byte past the limit tells
+	}
+	if b.rc != nil {
+		// Each read may wait at most idle for the client; a failure to set
+		// it (a ResponseWriter that cannot) leaves the read unbounded.
+		d := time.Now().Add(b.idle)
+		b.armed = b.rc.SetReadDeadline(d) == nil
+		if b.armed {
+			b.deadline.Store(d.UnixNano())
+		}
+	}
+	n, err := b.body.Read(p)
+	b.read += int64(n)
+	switch {
+	case b.limit > 0 && b.read > b.limit:
+		n -= int(b.read - b.limit)
+		b.read = b.limit
+		err = errBodyTooLarge
+	case err == io.EOF:
+		b.disarm()
+		return n, err
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		err = errBodyStalled
+	}
+	if err != nil {
+		// The deadline stays: net/http may read on to drain the body
+		// before it answers, which must fail at once, not wait.
+		b.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// disarm clears the read deadline once the body is done: net/http reads on
+// in the background after a body's end, and a deadline passing then would
+// cancel the request.
+func (b *clientBody) disarm() {
+	if b.armed {
+		b.rc.SetReadDeadline(time.Time{})
+		b.armed = false
+		b.deadline.Store(0)
+	}
+}
+
+func (b *clientBody) Close() error { return b.body.Close() }
+
+// Failed is the first error of the client's side, nil if none. A read
+// deadline that has passed while a read waits counts as a stall before the
+// read returns: net/http cancels the request as the read fails, so whoever
+// sees the cancellation may look before the read has said why.
+func (b *clientBody) Failed() error {
+	if errp := b.err.Load(); errp != nil {
+		return *errp
+	}
+	if d := b.deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
+		return errBodyStalled
+	}
+	return nil
+}
+
+// clientBodyStatus is the answer to a request whose body failed. The
+// connection is closed after it: the rest of the body is not worth waiting
+// for, and the stream is no longer in step with the client.
+func clientBodyStatus(w http.ResponseWriter, err error) (int, string) {
+	w.Header().Set("Connection", "close")
+	switch {
+	case errors.Is(err, errBodyStalled):
+		return http.StatusRequestTimeout, "dingproxy: the request body stalled for longer than server.body_read_timeout"
+	case errors.Is(err, errBodyTooLarge):
+		return http.StatusRequestEntityTooLarge, "dingproxy: the request body is larger than server.max_request_body_bytes"
+	default:
+		return http.StatusBadRequest, "dingproxy: the request body ended early: " + err.Error()
+	}
+}
+
+func tooLargeMsg(limit int64) string {
+	return "dingproxy: the request body is larger than server.max_request_body_bytes (" + strconv.FormatInt(limit, 10) + ")"
+}
