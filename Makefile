@@ -53,6 +53,7 @@ fuzz: ## each fuzzer for FUZZ_N runs (FUZZ_N_CONFIG for the slower config loader
 	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
 	$(GO) test -run='^$$' -fuzz='^FuzzHasIdempotencyKey$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
 	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZ_N_CONFIG) ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzTokenCall$$' -fuzztime=$(FUZZ_N_CONFIG) ./internal/proxy
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

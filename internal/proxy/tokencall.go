@@ -69,7 +69,9 @@ func (px *Proxy) answerTokenCall(w http.ResponseWriter, r *http.Request, body []
 }
 
 func (px *Proxy) credentialsMatch(key, secret string) bool {
-	if px.opts.AppKey == "" || key != px.opts.AppKey {
+	// With no secret configured nothing matches: two empty strings compare
+	// equal, and the token must never go to a caller who showed none.
+	if px.opts.AppKey == "" || px.opts.AppSecret == "" || key != px.opts.AppKey {
 		return false
 	}
 	return subtle.ConstantTimeCompare([]byte(secret), []byte(px.opts.AppSecret)) == 1
