@@ -2,10 +2,14 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,7 +17,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dingproxy/dingproxy/internal/app"
 	"github.com/dingproxy/dingproxy/internal/config"
@@ -60,15 +63,17 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	// Every stack logs at debug into a recorder as well, and is checked at
-	// its end: no secret or token in any log line or metric, over the
-	// whole end-to-end suite.
+	// Every stack logs at debug into a leak checker as well, which looks
+	// at each line as it is written (a token cannot be logged before it is
+	// issued) and keeps only leaks: no secret or token in any log line or
+	// metric, over the whole end-to-end suite, in constant memory.
 	// Benchmarks measure the default path: no debug logging.
-	var recorded *observer.ObservedLogs
+	var leaks *leakCore
 	if _, bench := t.(*testing.B); !bench {
-		var rec zapcore.Core
-		rec, recorded = observer.New(zapcore.DebugLevel)
-		log = zap.New(zapcore.NewTee(log.Core(), rec))
+		leaks = newLeakCore(func() []string {
+			return append(fake.IssuedTokens(), dingtalktest.DefaultAppSecret, dingtalktest.DefaultRobotToken)
+		})
+		log = zap.New(zapcore.NewTee(log.Core(), leaks))
 	}
 	a, err := app.New(&cfg, log)
 	if err != nil {
@@ -89,32 +94,24 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 		px.Close()
 		a.Close()
 		s.client.CloseIdleConnections()
-		if recorded != nil {
-			checkNoSecrets(t, fake, a, recorded)
+		if leaks != nil {
+			checkNoSecrets(t, fake, a, leaks)
 		}
 	})
 	return s
 }
 
 // checkNoSecrets fails t if the app secret, the robot token or any token
-// the fake issued appears in a log line (message or field) or in /metrics.
-func checkNoSecrets(t testing.TB, fake *dingtalktest.Server, a *app.App, logs *observer.ObservedLogs) {
+// the fake issued reached a log line (message or field) or /metrics.
+func checkNoSecrets(t testing.TB, fake *dingtalktest.Server, a *app.App, leaks *leakCore) {
 	t.Helper()
-	secrets := append(fake.IssuedTokens(), dingtalktest.DefaultAppSecret, dingtalktest.DefaultRobotToken)
-	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	for _, e := range logs.All() {
-		buf, err := enc.EncodeEntry(e.Entry, e.Context)
-		if err != nil {
-			t.Fatalf("encoding a log entry: %v", err)
-		}
-		line := buf.String()
-		buf.Free()
-		for _, sec := range secrets {
-			if sec != "" && strings.Contains(line, sec) {
-				t.Errorf("a secret or token reached a log line: %s", strings.ReplaceAll(line, sec, "<LEAKED>"))
-			}
-		}
+	for _, line := range leaks.found() {
+		t.Errorf("a secret or token reached a log line: %s", line)
 	}
+	if n := leaks.lines.Load(); n == 0 {
+		t.Errorf("the leak checker saw no log line at debug")
+	}
+	secrets := append(fake.IssuedTokens(), dingtalktest.DefaultAppSecret, dingtalktest.DefaultRobotToken)
 	rec := httptest.NewRecorder()
 	a.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	if rec.Code != http.StatusOK {
@@ -125,6 +122,77 @@ func checkNoSecrets(t testing.TB, fake *dingtalktest.Server, a *app.App, logs *o
 			t.Errorf("a secret or token reached /metrics")
 		}
 	}
+}
+
+// leakCore is a zap core at debug that encodes every entry as the JSON the
+// binary writes and looks in it for the secrets secrets returns at that
+// moment. It keeps the first few lines that leak, with the secret masked.
+type leakCore struct {
+	enc     zapcore.Encoder
+	secrets func() []string
+	lines   *atomic.Int64
+	mu      *sync.Mutex
+	leaks   *[]string
+	leakN   *int
+}
+
+func newLeakCore(secrets func() []string) *leakCore {
+	return &leakCore{
+		enc:     zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
+		secrets: secrets,
+		lines:   new(atomic.Int64),
+		mu:      new(sync.Mutex),
+		leaks:   new([]string),
+		leakN:   new(int),
+	}
+}
+
+func (c *leakCore) Enabled(zapcore.Level) bool { return true }
+
+func (c *leakCore) With(fields []zapcore.Field) zapcore.Core {
+	cc := *c
+	cc.enc = c.enc.Clone()
+	for _, f := range fields {
+		f.AddTo(cc.enc)
+	}
+	return &cc
+}
+
+func (c *leakCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	return ce.AddCore(e, c)
+}
+
+func (c *leakCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	c.lines.Add(1)
+	buf, err := c.enc.EncodeEntry(e, fields)
+	if err != nil {
+		return err
+	}
+	line := buf.String()
+	buf.Free()
+	for _, sec := range c.secrets() {
+		if sec != "" && strings.Contains(line, sec) {
+			c.mu.Lock()
+			if *c.leakN++; len(*c.leaks) < 10 {
+				*c.leaks = append(*c.leaks, strings.ReplaceAll(line, sec, "<LEAKED>"))
+			}
+			c.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+func (c *leakCore) Sync() error { return nil }
+
+// found is the leaking lines kept, and a count of the rest.
+func (c *leakCore) found() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := slices.Clone(*c.leaks)
+	if n := *c.leakN - len(out); n > 0 {
+		out = append(out, fmt.Sprintf("... and %d more", n))
+	}
+	return out
 }
 
 // do sends a request through the proxy and returns the answer with its body read.
