@@ -373,6 +373,9 @@ func (a *App) Start() {
 // SetReady says whether the proxy accepts requests, for /readyz.
 func (a *App) SetReady(ok bool) { a.ready.Store(ok) }
 
+// CloseIdleConnections drops the idle connections to DingTalk.
+func (a *App) CloseIdleConnections() { a.base.CloseIdleConnections() }
+
 // Close stops the background work and drops idle upstream connections.
 func (a *App) Close() {
 	if a.stop != nil {

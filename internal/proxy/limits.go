@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
 // badPath says what is wrong with a request path that could mean another
@@ -160,4 +163,52 @@ func clientBodyStatus(w http.ResponseWriter, err error) (int, string) {
 
 func tooLargeMsg(limit int64) string {
 	return "dingproxy: the request body is larger than server.max_request_body_bytes (" + strconv.FormatInt(limit, 10) + ")"
+}
+
+// redactPanic prints a panic's value for the log without the secret, the
+// shared token or any access_token query value it may hold. (The stack
+// trace holds function names and lines, no values.)
+func (px *Proxy) redactPanic(v any) string {
+	var msg string
+	if err, ok := v.(error); ok {
+		msg = dingtalk.RedactError(err).Error()
+	} else {
+		msg = fmt.Sprint(v)
+	}
+	secrets := []string{px.opts.AppSecret}
+	if px.opts.Tokens != nil {
+		tok, _ := px.opts.Tokens.Peek()
+		secrets = append(secrets, tok)
+	}
+	for _, sec := range secrets {
+		if sec != "" {
+			msg = strings.ReplaceAll(msg, sec, redacted)
+		}
+	}
+	return redactQueryValue(msg, dingtalk.QueryAccessToken+"=")
+}
+
+// redacted stands in for a secret in a log line.
+const redacted = "REDACTED"
+
+// redactQueryValue replaces what follows each key in s, up to a delimiter.
+func redactQueryValue(s, key string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, key)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i+len(key)])
+		s = s[i+len(key):]
+		end := strings.IndexAny(s, "& \t\r\n\"'<>")
+		if end < 0 {
+			end = len(s)
+		}
+		if end > 0 {
+			b.WriteString(redacted)
+		}
+		s = s[end:]
+	}
 }

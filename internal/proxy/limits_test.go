@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
@@ -48,6 +49,25 @@ func BenchmarkBadPath(b *testing.B) {
 	for b.Loop() {
 		if badPath(u) != "" {
 			b.Fatal("rejected")
+		}
+	}
+}
+
+func TestRedactPanic(t *testing.T) {
+	px := &Proxy{opts: Options{AppSecret: "s3cret-value"}}
+	for _, tc := range []struct {
+		v    any
+		want string
+	}{
+		{"boom", "boom"},
+		{"bad s3cret-value here", "bad REDACTED here"},
+		{"GET /x?access_token=abc123&y=1 failed", "GET /x?access_token=REDACTED&y=1 failed"},
+		{"access_token=abc\naccess_token=def", "access_token=REDACTED\naccess_token=REDACTED"},
+		{"access_token=", "access_token="},
+		{&url.Error{Op: "Get", URL: "https://oapi.dingtalk.com/x?access_token=t0k", Err: errors.New("eof")}, `Get "https://oapi.dingtalk.com/x?REDACTED": eof`},
+	} {
+		if got := px.redactPanic(tc.v); got != tc.want {
+			t.Errorf("redactPanic(%v) = %q, want %q", tc.v, got, tc.want)
 		}
 	}
 }

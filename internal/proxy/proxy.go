@@ -155,7 +155,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				panic(v)
 			}
 			px.log.Error("panic serving a request: answered 502", zap.String("route", route),
-				zap.String("method", r.Method), zap.Any("panic", v), zap.StackSkip("stack", 1))
+				zap.String("method", r.Method), zap.String("panic", px.redactPanic(v)), zap.StackSkip("stack", 1))
 			if sw.status == 0 {
 				writeError(sw, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadGateway, 0, "dingproxy: internal error")
 			}

@@ -1,0 +1,250 @@
+package app_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+)
+
+var soakFor = flag.Duration("soak", 0, "how long TestFaultSoak runs (default 60s, 5s with -short)")
+
+// soakChaos is every fault the fake can inject but the IP ban, each with
+// its own probability; about 60% of calls go through untouched. The ban
+// (ip-ban-html, ip-ban-json, and non-json, an HTML page on a 200, which
+// DingTalk sends only as its ban page) would close every route for five
+// minutes: TestBadAnswers covers it.
+const soakChaos = "system-busy=0.03,throttle=0.03,too-many=0.02,token-invalid=0.03," +
+	"reset-before=0.03,reset-after=0.03,hang=0.01,latency:30ms=0.03," +
+	"truncated-json=0.03,errcode-string=0.02,bad-gzip=0.02," +
+	"close-mid-body=0.03,endless-chunked=0.01,huge:1048576=0.01,informational:5=0.02"
+
+// TestFaultSoak runs concurrent clients through dingproxy for a while
+// against a fake DingTalk injecting random faults, while its tokens are
+// revoked and its configuration reloaded at random. Afterwards: no send
+// executed twice, every request answered, no secret in any answer or log
+// line, goroutines and heap back to where they were.
+func TestFaultSoak(t *testing.T) {
+	d := *soakFor
+	if d == 0 {
+		d = 60 * time.Second
+		if testing.Short() {
+			d = 5 * time.Second
+		}
+	}
+	const workers = 12
+	s := newStack(t, zap.NewNop(), func(c *config.Config) {
+		c.Retry.PerTryTimeout, c.Retry.Timeout = 500*time.Millisecond, 3*time.Second
+		c.Breaker.OpenTimeout, c.Breaker.Window = time.Second, 5*time.Second
+		c.Server.BodyReadTimeout = 5 * time.Second
+	})
+	chaos, err := dingtalktest.ParseChaos(soakChaos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: workers}
+	client := &http.Client{Transport: tr}
+	defer tr.CloseIdleConnections()
+
+	var secrets atomic.Pointer[[]string]
+	refreshSecrets := func() {
+		sec := append(s.fake.IssuedTokens(), dingtalktest.DefaultAppSecret, dingtalktest.DefaultRobotToken)
+		secrets.Store(&sec)
+	}
+	refreshSecrets()
+
+	var (
+		sent, answered, noAnswer, bodyErrs, leaked atomic.Int64
+		statusMu                                   sync.Mutex
+		statuses                                   = map[int]int{}
+		firstErrs, bodyErrMsgs                     []string
+	)
+	var seq atomic.Int64
+	call := func(rng *rand.Rand) {
+		n := seq.Add(1)
+		var method, path string
+		var body io.Reader
+		var hdr = http.Header{}
+		switch x := rng.IntN(100); {
+		case x < 30: // a read that uses POST
+			method, path, body = http.MethodPost, dingtalktest.PathUserGet, strings.NewReader(fmt.Sprintf(`{"userid":"u%d"}`, n%50))
+		case x < 45:
+			method, path = http.MethodGet, dingtalktest.PathDeptList
+		case x < 70: // a send: never twice
+			method, path, body = http.MethodPost, dingtalktest.PathAsyncSend, strings.NewReader(fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"soak %d"}}}`, n))
+		case x < 80: // the api host, token in a header
+			method, path = http.MethodGet, dingtalktest.PathContactUsers+fmt.Sprint(n%50)
+		case x < 90: // a robot webhook with its own token, not idempotent
+			method, path, body = http.MethodPost, dingtalk.PathRobotSend+"?access_token="+dingtalktest.DefaultRobotToken,
+				strings.NewReader(fmt.Sprintf(`{"msgtype":"text","text":{"content":"robot %d"}}`, n))
+		case x < 95: // a send of unknown length: chunked
+			method, path = http.MethodPost, dingtalktest.PathAsyncSend
+			body = io.MultiReader(strings.NewReader(fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"chunked %d"}}}`, n)))
+		default: // a send too large to buffer: streamed once
+			method, path = http.MethodPost, dingtalktest.PathAsyncSend
+			body = strings.NewReader(fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"large %d %s"}}}`, n, strings.Repeat("x", 1200<<10)))
+		}
+		if body != nil {
+			hdr.Set("Content-Type", "application/json")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, method, s.proxy.URL+path, body)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		req.Header = hdr
+		sent.Add(1)
+		resp, err := client.Do(req)
+		if err != nil {
+			noAnswer.Add(1)
+			statusMu.Lock()
+			if len(firstErrs) < 5 {
+				firstErrs = append(firstErrs, fmt.Sprintf("%s %s: %v", method, path, err))
+			}
+			statusMu.Unlock()
+			return
+		}
+		answered.Add(1)
+		// At most 2 MiB: an endless answer is read that far, then dropped.
+		var got strings.Builder
+		_, err = io.Copy(&got, io.LimitReader(resp.Body, 2<<20))
+		resp.Body.Close()
+		if err != nil {
+			bodyErrs.Add(1)
+			statusMu.Lock()
+			if len(bodyErrMsgs) < 3 {
+				bodyErrMsgs = append(bodyErrMsgs, fmt.Sprintf("%s %s: %d: %v", method, path, resp.StatusCode, err))
+			}
+			statusMu.Unlock()
+		}
+		for _, sec := range *secrets.Load() {
+			if strings.Contains(got.String(), sec) {
+				leaked.Add(1)
+			}
+		}
+		statusMu.Lock()
+		statuses[resp.StatusCode]++
+		statusMu.Unlock()
+	}
+
+	// Warm up without faults, then take the baselines.
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 50 {
+		call(rng)
+	}
+	goroutines, heap := settle(t, s, tr)
+	s.fake.SetChaos(chaos)
+
+	ctx, stop := context.WithTimeout(context.Background(), d)
+	defer stop()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for ctx.Err() == nil {
+				call(rng)
+			}
+		}()
+	}
+	// Revocations and reloads at random, every 100 to 500 ms.
+	var revocations, reloads int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rng := rand.New(rand.NewPCG(99, 7))
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(100+rng.IntN(400)) * time.Millisecond):
+			}
+			if rng.IntN(2) == 0 {
+				s.fake.ExpireTokens()
+				revocations++
+			} else {
+				next := *s.app.Config()
+				next.Retry.MaxAttempts = 2 + rng.IntN(3)
+				next.Retry.MaxInspectBytes = []int{4 << 10, 64 << 10}[rng.IntN(2)]
+				next.Retry.MaxBodyBytes = []int64{512 << 10, 1 << 20}[rng.IntN(2)]
+				next.Log.Level = []string{"debug", "info"}[rng.IntN(2)]
+				if err := next.Validate(); err != nil {
+					t.Errorf("reload config: %v", err)
+					return
+				}
+				if err := s.app.Apply(&next); err != nil {
+					t.Errorf("reload: %v", err)
+				}
+				p := s.app.RetryTransport().Policy()
+				p.ThrottlePenalty = 5 * time.Millisecond
+				s.app.RetryTransport().SetPolicy(p)
+				reloads++
+			}
+			refreshSecrets()
+		}
+	}()
+	wg.Wait()
+	s.fake.SetChaos(dingtalktest.Chaos{})
+	refreshSecrets()
+
+	dups := s.fake.Duplicates()
+	t.Logf("soak %v: %d requests by %d clients, %d revocations, %d reloads; statuses %v; answers cut off while read: %d %v",
+		d, sent.Load(), workers, revocations, reloads, statuses, bodyErrs.Load(), bodyErrMsgs)
+	if dups != 0 {
+		t.Errorf("%d sends executed twice", dups)
+	}
+	if n := noAnswer.Load(); n != 0 || answered.Load() != sent.Load() {
+		t.Errorf("%d of %d requests got no answer: %v", n, sent.Load(), firstErrs)
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Errorf("%d answers carried a secret or token", n)
+	}
+	if sent.Load() < int64(workers) {
+		t.Errorf("only %d requests were sent", sent.Load())
+	}
+	// The proxy works as before.
+	if resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
+		t.Errorf("after the soak: %d %s", resp.StatusCode, body)
+	}
+	s.fake.ResetCounters() // the fake's own history of requests is not the proxy's heap
+	g, h := settle(t, s, tr)
+	t.Logf("goroutines %d -> %d, heap %.1f -> %.1f MiB", goroutines, g, float64(heap)/(1<<20), float64(h)/(1<<20))
+	waitFor(t, "goroutines back to their baseline", func() bool {
+		g, _ = settle(t, s, tr)
+		return g <= goroutines+2
+	})
+	if h > heap+16<<20 {
+		t.Errorf("heap %.1f MiB after the soak, baseline %.1f MiB", float64(h)/(1<<20), float64(heap)/(1<<20))
+	}
+}
+
+// settle drops idle connections on every side and collects garbage, and
+// returns the goroutine count and live heap.
+func settle(t *testing.T, s *stack, tr *http.Transport) (int, uint64) {
+	t.Helper()
+	tr.CloseIdleConnections()
+	s.client.CloseIdleConnections()
+	s.app.CloseIdleConnections()
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return runtime.NumGoroutine(), ms.HeapAlloc
+}
