@@ -26,8 +26,8 @@ var soakFor = flag.Duration("soak", 0, "how long TestFaultSoak runs (default 60s
 // soakChaos is every fault the fake can inject but the IP ban, each with
 // its own probability; about 60% of calls go through untouched. The ban
 // (ip-ban-html, ip-ban-json, and non-json, an HTML page on a 200, which
-// DingTalk sends only as its ban page) would close every route for five
-// minutes: TestBadAnswers covers it.
+// DingTalk sends only as its ban page) closes every route for five
+// minutes, so the soak ends with it instead.
 const soakChaos = "system-busy=0.03,throttle=0.03,too-many=0.02,token-invalid=0.03," +
 	"reset-before=0.03,reset-after=0.03,hang=0.01,latency:30ms=0.03," +
 	"truncated-json=0.03,errcode-string=0.02,bad-gzip=0.02," +
@@ -35,8 +35,8 @@ const soakChaos = "system-busy=0.03,throttle=0.03,too-many=0.02,token-invalid=0.
 
 // TestFaultSoak runs concurrent clients through dingproxy for a while
 // against a fake DingTalk injecting random faults, while its tokens are
-// revoked and its configuration reloaded at random. Afterwards: no send
-// executed twice, every request answered, no secret in any answer or log
+// revoked and its configuration reloaded at random, then under an IP ban.
+// Afterwards: no send executed twice, every request answered, no secret in any answer or log
 // line, goroutines and heap back to where they were.
 func TestFaultSoak(t *testing.T) {
 	d := *soakFor
@@ -223,6 +223,34 @@ func TestFaultSoak(t *testing.T) {
 	if resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
 		t.Errorf("after the soak: %d %s", resp.StatusCode, body)
 	}
+	// Last, the one fault left out of the mix: an IP ban. Every route
+	// closes for its length; a burst of every kind of call is answered 503
+	// at once, and nothing reaches DingTalk.
+	s.fake.Script(dingtalktest.PathDeptList, dingtalktest.IPBanHTML())
+	if resp, _ := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("IP ban: %d, want 503", resp.StatusCode)
+	}
+	hits := s.fake.TotalHits()
+	before := statuses[http.StatusServiceUnavailable]
+	var banned sync.WaitGroup
+	for w := range workers {
+		banned.Add(1)
+		go func() {
+			defer banned.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 11))
+			for range 20 {
+				call(rng)
+			}
+		}()
+	}
+	banned.Wait()
+	if got := statuses[http.StatusServiceUnavailable] - before; got != 20*workers {
+		t.Errorf("during the ban %d of %d calls were answered 503", got, 20*workers)
+	}
+	if n := s.fake.TotalHits() - hits; n != 0 {
+		t.Errorf("%d calls reached DingTalk during the ban", n)
+	}
+
 	s.fake.ResetCounters() // the fake's own history of requests is not the proxy's heap
 	g, h := settle(t, s, tr)
 	t.Logf("goroutines %d -> %d, heap %.1f -> %.1f MiB", goroutines, g, float64(heap)/(1<<20), float64(h)/(1<<20))
