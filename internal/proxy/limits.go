@@ -63,7 +63,7 @@ var (
 // did can be answered as the client's fault.
 type clientBody struct {
 	body  io.ReadCloser
-	rc    *http.ResponseController
+	rc    http.ResponseController // valid when idle > 0
 	idle  time.Duration
 	limit int64 // 0: none
 	read  int64
@@ -77,7 +77,7 @@ type clientBody struct {
 func newClientBody(w http.ResponseWriter, body io.ReadCloser, idle time.Duration, limit int64) *clientBody {
 	b := &clientBody{body: body, idle: idle, limit: limit}
 	if idle > 0 {
-		b.rc = http.NewResponseController(w)
+		b.rc = *http.NewResponseController(w) // a copy: no allocation of its own
 	}
 	return b
 }
@@ -89,7 +89,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	if b.limit > 0 && int64(len(p)) > b.limit-b.read+1 {
 		p = p[:b.limit-b.read+1] // one byte past the limit tells
 	}
-	if b.rc != nil {
+	if b.idle > 0 {
 		// Each read may wait at most idle for the client; a failure to set
 		// it (a ResponseWriter that cannot) leaves the read unbounded.
 		d := time.Now().Add(b.idle)
