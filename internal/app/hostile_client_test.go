@@ -356,3 +356,26 @@ func TestBodyCutOff(t *testing.T) {
 		t.Errorf("%d cut-off sends executed", n)
 	}
 }
+
+// TestEarlyAnswerDrainsBody: when the answer goes out before a large
+// streamed body is all sent (here: every route is open, so nothing is sent
+// upstream), the proxy takes in the rest of the body. A client that writes
+// its whole request before reading, as most synchronous HTTP clients do,
+// then gets its answer, where net/http alone would close the connection on
+// the unread body and the client's writes would fail.
+func TestEarlyAnswerDrainsBody(t *testing.T) {
+	s := newStack(t, nil)
+	s.app.Breakers().Ban(time.Minute)
+	const size = 16 << 20 // streamed (over retry.max_body_bytes), and more than socket buffers hold
+	req := "POST " + dingtalktest.PathAsyncSend + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+		strconv.Itoa(size) + "\r\n\r\n" + strings.Repeat("x", size)
+	for i := range 3 {
+		status, body := s.raw(t, req) // fails the test if a write fails
+		if status != http.StatusServiceUnavailable {
+			t.Errorf("upload %d: %d %q, want the ban's 503", i, status, body)
+		}
+	}
+	if n := forwarded(s); n != 0 {
+		t.Errorf("%d uploads reached DingTalk during the ban", n)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,10 @@ var (
 // client's side, so that an attempt that failed because the client's body
 // did can be answered as the client's fault.
 type clientBody struct {
+	// mu serialises reads: the upstream transport's writer may still be
+	// reading when the handler drains what is left.
+	mu    sync.Mutex
+	eof   bool
 	body  io.ReadCloser
 	rc    http.ResponseController // valid when idle > 0
 	idle  time.Duration
@@ -83,8 +88,13 @@ func newClientBody(w http.ResponseWriter, body io.ReadCloser, idle time.Duration
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if errp := b.err.Load(); errp != nil {
 		return 0, *errp
+	}
+	if b.eof {
+		return 0, io.EOF
 	}
 	if b.limit > 0 && int64(len(p)) > b.limit-b.read+1 {
 		p = p[:b.limit-b.read+1] // one byte past the limit tells
@@ -106,6 +116,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		b.read = b.limit
 		err = errBodyTooLarge
 	case err == io.EOF:
+		b.eof = true
 		b.disarm()
 		return n, err
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
@@ -131,6 +142,21 @@ func (b *clientBody) disarm() {
 }
 
 func (b *clientBody) Close() error { return b.body.Close() }
+
+// drain reads what the client still sends of a body nobody will use: the
+// answer went out before the body was all sent (an attempt failed midway,
+// a fallback answered). Without it net/http would close the connection
+// with the body unread, and a client still writing would see a broken pipe
+// instead of its answer. The body's limits bound the reading.
+func (b *clientBody) drain() {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	for {
+		if _, err := b.Read(*bp); err != nil {
+			return
+		}
+	}
+}
 
 // Failed is the first error of the client's side, nil if none. A read
 // deadline that has passed while a read waits counts as a stall before the

@@ -160,6 +160,13 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeError(sw, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadGateway, 0, "dingproxy: internal error")
 			}
 		}
+		if c != nil {
+			if cb, ok := c.ClientBody.(*clientBody); ok {
+				// Answer first, then take in the rest of the body.
+				http.NewResponseController(sw).Flush()
+				cb.drain()
+			}
+		}
 		if px.opts.Served != nil {
 			status := sw.status
 			if status == 0 {
