@@ -379,3 +379,45 @@ func TestEarlyAnswerDrainsBody(t *testing.T) {
 		t.Errorf("%d uploads reached DingTalk during the ban", n)
 	}
 }
+
+// TestSlowStreamedUploadNotCutByPerTry: a body too large to buffer streams
+// at the client's pace; per_try_timeout counts DingTalk's time to answer,
+// not the client's time to upload, so a steady upload slower than it is
+// delivered once and answered.
+func TestSlowStreamedUploadNotCutByPerTry(t *testing.T) {
+	s := newStack(t, nil, func(c *config.Config) {
+		// Long enough that a VM pause (up to ~0.4 s here) does not pass
+		// for DingTalk's slowness; the upload takes twice as long.
+		c.Retry.PerTryTimeout = time.Second
+		c.Retry.MaxBodyBytes = 1024
+	})
+	const send = dingtalktest.PathAsyncSend
+	pr, pw := io.Pipe()
+	uploaded := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		defer func() { uploaded <- time.Since(start) }()
+		pw.Write([]byte(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"`))
+		for range 8 {
+			time.Sleep(250 * time.Millisecond) // the upload's pace, not synchronisation
+			pw.Write([]byte(strings.Repeat("x", 4096)))
+		}
+		pw.Write([]byte(`"}}}`))
+		pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, s.proxy.URL+send, pr)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	pr.Close() // ends the writer if the proxy stopped reading
+	if d := <-uploaded; d < 1500*time.Millisecond {
+		t.Fatalf("the upload took %v, not longer than per_try_timeout: the test proves nothing", d)
+	}
+	if resp.StatusCode != 200 || errcodeOf(t, body) != 0 || s.fake.Executions(send) != 1 {
+		t.Errorf("slow upload: %d %s, %d executions; want 200, errcode 0, 1", resp.StatusCode, body, s.fake.Executions(send))
+	}
+}

@@ -108,7 +108,8 @@ const (
 type Retry struct {
 	// MaxAttempts counts the first try: 1 means no retries. Default 4; 1 to 10.
 	MaxAttempts int `mapstructure:"max_attempts"`
-	// PerTryTimeout bounds one attempt up to its response headers. Default
+	// PerTryTimeout bounds one attempt up to its response headers; for a
+	// body streamed from the client, from the moment it is all sent. Default
 	// 10s; must be > 0 and <= Timeout.
 	PerTryTimeout time.Duration `mapstructure:"per_try_timeout"`
 	// Timeout bounds the whole request: all attempts and waits. Default 30s;

@@ -82,7 +82,9 @@ type Policy struct {
 	// MaxAttempts counts the first attempt. Values below 1 mean 1.
 	MaxAttempts int
 	// PerTryTimeout bounds one attempt up to its answer's headers and the
-	// inspected part of its body. Zero means no per-attempt limit.
+	// inspected part of its body. For a streamed (unreplayable) body it
+	// starts once the body is sent: the client sets that pace. Zero means no
+	// per-attempt limit.
 	PerTryTimeout time.Duration
 	// Timeout bounds the whole loop: all attempts and waits. Zero means none.
 	// It does not bound reading the final answer's body.

@@ -290,12 +290,19 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 	start := time.Now()
 	actx, cancel := context.WithCancelCause(ctx)
 	a := attempt{cancel: cancel}
-	var timer *time.Timer
-	if p.PerTryTimeout > 0 {
-		timer = time.AfterFunc(p.PerTryTimeout, func() { cancel(ErrAttemptTimeout) })
+	// The per-try clock is how long DingTalk takes to answer. A body that
+	// streams from the client is sent at the client's pace (bounded by the
+	// proxy's body limits), so for it the clock starts once it is all sent.
+	timer := &tryTimer{d: p.PerTryTimeout, f: func() { cancel(ErrAttemptTimeout) }}
+	streamed := call.Body == nil && !call.Replayable
+	if !streamed {
+		timer.start()
 	}
 	var wrote atomic.Bool
 	trace := &httptrace.ClientTrace{WroteHeaders: func() { wrote.Store(true) }}
+	if streamed {
+		trace.WroteRequest = func(httptrace.WroteRequestInfo) { timer.start() }
+	}
 	areq := req.Clone(httptrace.WithClientTrace(actx, trace))
 	switch {
 	case call.Body != nil:
@@ -313,9 +320,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 	if t.Prepare != nil {
 		tok, err := t.Prepare(areq, call)
 		if err != nil {
-			if timer != nil {
-				timer.Stop()
-			}
+			timer.stop()
 			a.err, a.outcome, a.reason, a.unprepared = err, NotSent, ReasonTokenUnavailable, true
 			return a
 		}
@@ -330,9 +335,7 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 			a.resp = nil
 		}
 	}
-	if timer != nil {
-		timer.Stop()
-	}
+	timer.stop()
 	if err != nil {
 		a.err = err
 		switch {
@@ -520,6 +523,34 @@ var errBodyClosed = errors.New("retry: read on a closed answer body")
 const minPooled = 4 << 10
 
 var inspectBuffers = sync.Pool{New: func() any { b := make([]byte, 0, DefaultInspectBytes); return &b }}
+
+// tryTimer is an attempt's per-try clock. It may be started from the
+// transport's writer goroutine after the attempt is over: once stopped it
+// never starts.
+type tryTimer struct {
+	d       time.Duration // zero: no limit
+	f       func()
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+func (t *tryTimer) start() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.d > 0 && !t.stopped && t.t == nil {
+		t.t = time.AfterFunc(t.d, t.f)
+	}
+}
+
+func (t *tryTimer) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stopped = true
+	if t.t != nil {
+		t.t.Stop()
+	}
+}
 
 // finalBody releases the attempt's context and timers when the client's copy
 // of the answer is done, so no timer of the loop cuts a body still being read.
