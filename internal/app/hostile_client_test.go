@@ -173,7 +173,12 @@ func TestSmuggling(t *testing.T) {
 		{"CL.TE", "POST " + user + " HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
 		{"TE.CL", "POST " + user + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
 		{"chunked, pipelined", "POST " + user + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
+		// ReverseProxy clears the answer's headers after passing on a 1xx.
+		{"CL.TE, with a 103 first", "POST " + user + " HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
 	} {
+		if strings.HasPrefix(tc.name, "CL.TE, with a 103") {
+			s.fake.Script(user, dingtalktest.Informational(1))
+		}
 		c, err := net.Dial("tcp", s.proxy.Listener.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -182,6 +187,9 @@ func TestSmuggling(t *testing.T) {
 		io.WriteString(c, tc.req)
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, nil)
+		for err == nil && resp.StatusCode < 200 { // a 1xx before the answer
+			resp, err = http.ReadResponse(br, nil)
+		}
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -199,8 +207,8 @@ func TestSmuggling(t *testing.T) {
 		t.Errorf("a smuggled request reached DingTalk %d times", n)
 	}
 	reqs := s.fake.Requests(user)
-	if len(reqs) != 3 {
-		t.Fatalf("DingTalk got %d requests, want the 3 outer ones", len(reqs))
+	if len(reqs) != 4 {
+		t.Fatalf("DingTalk got %d requests, want the 4 outer ones", len(reqs))
 	}
 	for i, r := range reqs {
 		if r.Header.Get("Transfer-Encoding") != "" {
@@ -419,5 +427,97 @@ func TestSlowStreamedUploadNotCutByPerTry(t *testing.T) {
 	}
 	if resp.StatusCode != 200 || errcodeOf(t, body) != 0 || s.fake.Executions(send) != 1 {
 		t.Errorf("slow upload: %d %s, %d executions; want 200, errcode 0, 1", resp.StatusCode, body, s.fake.Executions(send))
+	}
+}
+
+// TestClientBodyFailuresDoNotOpenBreaker: uploads refused for the client's
+// own body (too large, here) are the client's failures, not DingTalk's:
+// they open no breaker, and the next good call goes through.
+func TestClientBodyFailuresDoNotOpenBreaker(t *testing.T) {
+	s := newStack(t, nil, breakerSettings(3, time.Minute), func(c *config.Config) {
+		c.Retry.MaxBodyBytes = 1024
+		c.Server.MaxRequestBodyBytes = 4096
+	})
+	const send = dingtalktest.PathAsyncSend
+	chunk := strings.Repeat("y", 2048)
+	req := "POST " + send + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for range 4 {
+		req += strconv.FormatInt(int64(len(chunk)), 16) + "\r\n" + chunk + "\r\n"
+	}
+	req += "0\r\n\r\n"
+	for i := range 5 {
+		if status, body := s.raw(t, req); status != http.StatusRequestEntityTooLarge {
+			t.Fatalf("upload %d: %d %q, want 413", i, status, body)
+		}
+	}
+	resp, body := s.do(http.MethodPost, send, []byte(`{"agent_id":1,"msg":{"msgtype":"text","text":{"content":"ok"}}}`))
+	if resp.StatusCode != 200 || resp.Header.Get(proxy.HeaderFallback) != "" || errcodeOf(t, body) != 0 {
+		t.Errorf("a good send after 5 oversized uploads: %d %s (fallback %q)", resp.StatusCode, body, resp.Header.Get(proxy.HeaderFallback))
+	}
+}
+
+// TestEarlyAnswerToStalledBody: an answer that needs none of the body (an
+// open breaker, here) reaches a client that sent a little and stopped,
+// without waiting for net/http to read the rest first.
+func TestEarlyAnswerToStalledBody(t *testing.T) {
+	s := newStack(t, nil, func(c *config.Config) { c.Server.BodyReadTimeout = 300 * time.Millisecond })
+	s.app.Breakers().Ban(time.Minute)
+	c, err := net.Dial("tcp", s.proxy.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST "+dingtalktest.PathAsyncSend+" HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\nabc")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled upload during a ban: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want the ban's 503", resp.StatusCode)
+	}
+}
+
+// TestUpstreamSlowToTakeBodyIsNotBlamedOnClient: when DingTalk stops
+// taking a body the client sends promptly, the answer says DingTalk did
+// not answer (504), not that the client stalled (408).
+func TestUpstreamSlowToTakeBodyIsNotBlamedOnClient(t *testing.T) {
+	// An upstream that reads the headers, then nothing, then hangs up.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				http.ReadRequest(bufio.NewReader(c)) // headers only: the body is not read
+				select {
+				case <-stop:
+				case <-time.After(5 * time.Second):
+				}
+			}()
+		}
+	}()
+	defer func() { close(stop); ln.Close(); wg.Wait() }()
+	s := newStack(t, nil, func(c *config.Config) {
+		c.Upstreams.OAPI = "http://" + ln.Addr().String() // tokens still come from the fake (api host)
+		c.Server.BodyReadTimeout = 300 * time.Millisecond
+		c.Retry.PerTryTimeout, c.Retry.Timeout = time.Second, 2*time.Second
+	})
+	status, body := s.raw(t, "POST "+dingtalktest.PathAsyncSend+" HTTP/1.1\r\nHost: x\r\nContent-Length: 33554432\r\n\r\n"+strings.Repeat("z", 32<<20))
+	if status != http.StatusGatewayTimeout {
+		t.Errorf("status %d %q, want 504: DingTalk, not the client, was slow", status, body)
 	}
 }

@@ -62,7 +62,7 @@ type Server struct {
 	BodyReadTimeout time.Duration `mapstructure:"body_read_timeout"`
 	// MaxRequestBodyBytes caps a request body: a larger Content-Length is
 	// answered 413 at once, and a body of unknown length is cut off with 413
-	// when it passes it. Default 67108864 (64 MiB); must be >=
+	// when it passes it. Default 67108864 (64 MiB); must be >= 1 and >=
 	// retry.max_body_bytes.
 	MaxRequestBodyBytes int64 `mapstructure:"max_request_body_bytes"`
 }
@@ -128,7 +128,8 @@ type Retry struct {
 	MaxBufferedBytes int64 `mapstructure:"max_buffered_bytes"`
 	// MaxInspectBytes is how much of an answer's (decoded) body is read to
 	// find DingTalk's errcode before the answer is passed on; the rest is
-	// streamed as it comes. Default 65536; 1024 to 16777216.
+	// streamed as it comes. Default 65536; 1024 to 1048576 (each answer of
+	// unknown length in flight holds a buffer this large).
 	MaxInspectBytes int `mapstructure:"max_inspect_bytes"`
 	// Budget caps how many retries are made.
 	Budget Budget `mapstructure:"budget"`

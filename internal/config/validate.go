@@ -90,7 +90,9 @@ func (c *Config) validate() []*FieldError {
 	v.positive("server.idle_timeout", c.Server.IdleTimeout)
 	v.between("server.max_header_bytes", int64(c.Server.MaxHeaderBytes), 4<<10, 16<<20)
 	v.positive("server.body_read_timeout", c.Server.BodyReadTimeout)
-	if c.Server.MaxRequestBodyBytes < c.Retry.MaxBodyBytes {
+	if c.Server.MaxRequestBodyBytes < 1 {
+		v.add("server.max_request_body_bytes", "must be >= 1, got %d", c.Server.MaxRequestBodyBytes)
+	} else if c.Server.MaxRequestBodyBytes < c.Retry.MaxBodyBytes {
 		v.add("server.max_request_body_bytes", "must be >= retry.max_body_bytes (%d), got %d", c.Retry.MaxBodyBytes, c.Server.MaxRequestBodyBytes)
 	}
 
@@ -126,7 +128,7 @@ func (c *Config) validate() []*FieldError {
 	if r.MaxBufferedBytes < r.MaxBodyBytes {
 		v.add("retry.max_buffered_bytes", "must be >= retry.max_body_bytes (%d), got %d", r.MaxBodyBytes, r.MaxBufferedBytes)
 	}
-	v.between("retry.max_inspect_bytes", int64(r.MaxInspectBytes), 1<<10, 16<<20)
+	v.between("retry.max_inspect_bytes", int64(r.MaxInspectBytes), 1<<10, 1<<20)
 	if f := r.Budget.Ratio; !(f >= 0 && f <= 1) {
 		v.add("retry.budget.ratio", "must be between 0 and 1, got %s", fmtFloat(f))
 	}

@@ -66,24 +66,30 @@ type clientBody struct {
 	// mu serialises reads: the upstream transport's writer may still be
 	// reading when the handler drains what is left.
 	mu    sync.Mutex
-	eof   bool
 	body  io.ReadCloser
-	rc    http.ResponseController // valid when idle > 0
+	rc    http.ResponseController
 	idle  time.Duration
 	limit int64 // 0: none
 	read  int64
-	err   atomic.Pointer[error]
-	// armed is whether a read deadline is set on the connection; deadline
-	// is when it passes (Unix ns), 0 when none is set.
-	armed    bool
-	deadline atomic.Int64
+	// armed is whether a read deadline is set on the connection.
+	armed bool
+
+	eof atomic.Bool
+	err atomic.Pointer[error]
+	// waiting is the deadline of the read in progress (Unix ns), 0 when
+	// no read waits on the client.
+	waiting atomic.Int64
+	// until, when set (Unix ns), is a time no read may wait past.
+	until atomic.Int64
 }
 
 func newClientBody(w http.ResponseWriter, body io.ReadCloser, idle time.Duration, limit int64) *clientBody {
 	b := &clientBody{body: body, idle: idle, limit: limit}
-	if idle > 0 {
-		b.rc = *http.NewResponseController(w) // a copy: no allocation of its own
-	}
+	b.rc = *http.NewResponseController(w) // a copy: no allocation of its own
+	// Left to itself, net/http reads up to 256 KiB of an unread body
+	// before it sends an answer, with no deadline. This body is read here,
+	// under its limits, or drained after the answer.
+	b.rc.EnableFullDuplex()
 	return b
 }
 
@@ -93,7 +99,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	if errp := b.err.Load(); errp != nil {
 		return 0, *errp
 	}
-	if b.eof {
+	if b.eof.Load() {
 		return 0, io.EOF
 	}
 	if b.limit > 0 && int64(len(p)) > b.limit-b.read+1 {
@@ -102,13 +108,17 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	if b.idle > 0 {
 		// Each read may wait at most idle for the client; a failure to set
 		// it (a ResponseWriter that cannot) leaves the read unbounded.
-		d := time.Now().Add(b.idle)
-		b.armed = b.rc.SetReadDeadline(d) == nil
+		d := time.Now().Add(b.idle).UnixNano()
+		if u := b.until.Load(); u != 0 && u < d {
+			d = u
+		}
+		b.armed = b.rc.SetReadDeadline(time.Unix(0, d)) == nil
 		if b.armed {
-			b.deadline.Store(d.UnixNano())
+			b.waiting.Store(d)
 		}
 	}
 	n, err := b.body.Read(p)
+	b.waiting.Store(0)
 	b.read += int64(n)
 	switch {
 	case b.limit > 0 && b.read > b.limit:
@@ -116,15 +126,15 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		b.read = b.limit
 		err = errBodyTooLarge
 	case err == io.EOF:
-		b.eof = true
+		b.eof.Store(true)
 		b.disarm()
 		return n, err
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
 		err = errBodyStalled
 	}
 	if err != nil {
-		// The deadline stays: net/http may read on to drain the body
-		// before it answers, which must fail at once, not wait.
+		// The deadline stays: whatever reads the connection next must fail
+		// at once, not wait.
 		b.err.CompareAndSwap(nil, &err)
 	}
 	return n, err
@@ -137,9 +147,11 @@ func (b *clientBody) disarm() {
 	if b.armed {
 		b.rc.SetReadDeadline(time.Time{})
 		b.armed = false
-		b.deadline.Store(0)
 	}
 }
+
+// done reports whether the body has been read to its end or failed.
+func (b *clientBody) done() bool { return b.eof.Load() || b.err.Load() != nil }
 
 func (b *clientBody) Close() error { return b.body.Close() }
 
@@ -147,8 +159,10 @@ func (b *clientBody) Close() error { return b.body.Close() }
 // answer went out before the body was all sent (an attempt failed midway,
 // a fallback answered). Without it net/http would close the connection
 // with the body unread, and a client still writing would see a broken pipe
-// instead of its answer. The body's limits bound the reading.
+// instead of its answer. The body's limits bound the bytes, drainFor the
+// time.
 func (b *clientBody) drain() {
+	b.until.Store(time.Now().Add(drainFor).UnixNano())
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	for {
@@ -158,15 +172,21 @@ func (b *clientBody) drain() {
 	}
 }
 
+// drainFor bounds how long a handler takes in an unused body after its
+// answer; past it, net/http closes the connection.
+const drainFor = 10 * time.Second
+
 // Failed is the first error of the client's side, nil if none. A read
-// deadline that has passed while a read waits counts as a stall before the
-// read returns: net/http cancels the request as the read fails, so whoever
-// sees the cancellation may look before the read has said why.
+// waiting past its deadline counts as a stall before the read returns:
+// net/http cancels the request as the read fails, so whoever sees the
+// cancellation may look before the read has said why. A deadline with no
+// read waiting on it means nothing: then it is DingTalk that is slow to
+// take the body, not the client to send it.
 func (b *clientBody) Failed() error {
 	if errp := b.err.Load(); errp != nil {
 		return *errp
 	}
-	if d := b.deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
+	if w := b.waiting.Load(); w != 0 && time.Now().UnixNano() >= w {
 		return errBodyStalled
 	}
 	return nil
@@ -183,7 +203,8 @@ func clientBodyStatus(w http.ResponseWriter, err error) (int, string) {
 	case errors.Is(err, errBodyTooLarge):
 		return http.StatusRequestEntityTooLarge, "dingproxy: the request body is larger than server.max_request_body_bytes"
 	default:
-		return http.StatusBadRequest, "dingproxy: the request body ended early: " + err.Error()
+		// Not err's text: a network error names the pod's address.
+		return http.StatusBadRequest, "dingproxy: the request body ended early or is malformed"
 	}
 }
 
@@ -209,9 +230,11 @@ func (px *Proxy) redactPanic(v any) string {
 	for _, sec := range secrets {
 		if sec != "" {
 			msg = strings.ReplaceAll(msg, sec, redacted)
+			msg = strings.ReplaceAll(msg, url.QueryEscape(sec), redacted)
 		}
 	}
-	return redactQueryValue(msg, dingtalk.QueryAccessToken+"=")
+	msg = redactQueryValue(msg, dingtalk.QueryAccessToken+"=")
+	return redactQueryValue(msg, "appsecret=")
 }
 
 // redacted stands in for a secret in a log line.

@@ -160,19 +160,19 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeError(sw, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadGateway, 0, "dingproxy: internal error")
 			}
 		}
-		if c != nil {
-			if cb, ok := c.ClientBody.(*clientBody); ok {
-				// Answer first, then take in the rest of the body.
-				http.NewResponseController(sw).Flush()
-				cb.drain()
-			}
-		}
 		if px.opts.Served != nil {
 			status := sw.status
 			if status == 0 {
 				status = http.StatusOK
 			}
 			px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+		}
+		if cb := sw.body; cb != nil && !cb.done() {
+			// The answer went out before the body was all in: send it on
+			// its way, then take in the rest (bounded), so a client still
+			// writing gets its answer rather than a broken pipe.
+			http.NewResponseController(sw).Flush()
+			cb.drain()
 		}
 	}()
 	route, c = px.serve(sw, r)
@@ -187,7 +187,7 @@ func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
 }
 
 // serve answers r and returns its route and Call (nil when none was made).
-func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.Call) {
+func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	// A request line in absolute form names a host of the client's choosing;
 	// CONNECT asks for a tunnel. Neither goes anywhere.
 	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Host != "" {
@@ -208,17 +208,20 @@ func (px *Proxy) serve(w http.ResponseWriter, r *http.Request) (string, *retry.C
 		// (RFC 9112 section 6.3). Such a request may be a smuggling attempt,
 		// and RFC 9112 section 6.1 says to close the connection after
 		// answering it; which chunked requests had one is no longer known,
-		// so none keeps its connection.
-		w.Header().Set("Connection", "close")
+		// so none keeps its connection. (The statusWriter sets it on the
+		// final answer: ReverseProxy clears the headers after a 1xx.)
+		w.closeConn = true
 	}
 	var cb *clientBody
 	if r.Body != nil && r.Body != http.NoBody {
 		if limit := pol.MaxRequestBodyBytes; limit > 0 && r.ContentLength > limit {
+			w.closeConn = true // the body is not read: it must not be taken for the next request
 			writeError(w, up, http.StatusRequestEntityTooLarge, 0, tooLargeMsg(limit))
 			return RouteRejected, nil
 		}
 		cb = newClientBody(w, r.Body, pol.BodyReadTimeout, pol.MaxRequestBodyBytes)
 		r.Body = cb
+		w.body = cb
 	}
 	body, held, notBuffered, err := px.readBody(r, pol)
 	if held > 0 {
@@ -487,18 +490,25 @@ func writeError(w http.ResponseWriter, up dingtalk.Upstream, status, errcode int
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	// closeConn puts Connection: close on the final answer.
+	closeConn bool
+	// body is the client's request body, if it has one.
+	body *clientBody
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 || w.status < 200 { // 1xx answers come before the final one
 		w.status = code
 	}
+	if w.closeConn && code >= 200 {
+		w.Header().Set("Connection", "close")
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.WriteHeader(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(b)
 }

@@ -339,6 +339,11 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 	if err != nil {
 		a.err = err
 		switch {
+		case call.ClientBody != nil && call.ClientBody.Failed() != nil:
+			// The client's body failed (stalled, too large, cut off): the
+			// attempt failed on the client's side, not DingTalk's. Not a
+			// breaker failure, and no retry (a streamed body has none).
+			a.outcome, a.reason = Canceled, ReasonCanceled
 		case req.Context().Err() != nil:
 			a.outcome, a.reason = Canceled, ReasonCanceled
 		case context.Cause(ctx) == ErrTimeout:
