@@ -381,3 +381,53 @@ func TestClientGoesAway(t *testing.T) {
 		})
 	}
 }
+
+// TestTimeoutAsAnswerIsHandedOn: retry.timeout firing just as an answer is
+// handed on must not cut that answer's body off mid-stream. An answer all
+// in memory (within the inspected prefix) is handed on whole; one whose
+// rest is still with DingTalk becomes a timeout error, never a body that
+// breaks off.
+func TestTimeoutAsAnswerIsHandedOn(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		body     string
+		wantBody bool
+	}{
+		{"whole answer", `{"errcode":0,"errmsg":"ok"}`, true},
+		{"answer longer than the inspected prefix", `{"errcode":0,"errmsg":"ok","result":"` + strings.Repeat("x", 200) + `"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var up upstream
+				p := basePolicy()
+				p.Timeout = time.Second
+				p.InspectBytes = 64
+				tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+					wroteHeaders(req)
+					resp, _ := answer(req, 200, "application/json", chunk{data: tc.body})
+					return resp, nil
+				}), p)
+				// The loop's timer fires between the answer and its hand-over.
+				retry.SetTestHookBeforeForward(func() { time.Sleep(2 * time.Second) })
+				defer retry.SetTestHookBeforeForward(nil)
+				call := newCall(false)
+				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+				if tc.wantBody {
+					if err != nil {
+						t.Fatalf("RoundTrip: %v", err)
+					}
+					if got := readAll(t, resp); got != tc.body {
+						t.Errorf("body = %q, want the whole answer", got)
+					}
+					return
+				}
+				if !errors.Is(err, retry.ErrTimeout) || resp != nil {
+					t.Fatalf("RoundTrip = %v, %v; want no answer and ErrTimeout", resp, err)
+				}
+				if call.Outcome != retry.Canceled || call.Reason != retry.ReasonTimeout {
+					t.Errorf("call: %s/%s, want canceled/timeout", call.Outcome, call.Reason)
+				}
+			})
+		})
+	}
+}

@@ -123,9 +123,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(req.Context())
 	var deadline time.Time
 	var timer *time.Timer
+	// state decides, once, between retry.timeout ending the loop and the
+	// loop handing an answer on: a timeout that fires as an answer is
+	// being handed on would otherwise cut its body off mid-stream.
+	var state atomic.Int32 // loopRunning, loopForwarding, loopTimedOut
 	if p.Timeout > 0 {
 		deadline = time.Now().Add(p.Timeout)
-		timer = time.AfterFunc(p.Timeout, func() { cancel(ErrTimeout) })
+		timer = time.AfterFunc(p.Timeout, func() {
+			if state.CompareAndSwap(loopRunning, loopTimedOut) {
+				cancel(ErrTimeout)
+			}
+		})
 	}
 	// release ends the loop's timer and context. For a forwarded answer it
 	// runs in two steps: the timer stops at once, so retry.timeout never cuts
@@ -191,6 +199,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		if !retry {
+			if testHookBeforeForward != nil && a.resp != nil {
+				testHookBeforeForward()
+			}
+			if a.resp != nil && !state.CompareAndSwap(loopRunning, loopForwarding) && !wholeBody(a.resp) {
+				// retry.timeout ended the loop as this answer came: the
+				// rest of its body can no longer be read. Say so, rather
+				// than hand on an answer that breaks off mid-stream.
+				a.resp.Body.Close()
+				a.resp, a.outcome, a.reason, a.err = nil, Canceled, ReasonTimeout, ErrTimeout
+				call.Outcome, call.Reason = a.outcome, a.reason
+			}
 			if a.resp != nil {
 				stopTimer()
 				a.resp.Body = &finalBody{ReadCloser: a.resp.Body, done: func() { a.cancel(nil); release() }}
@@ -227,6 +246,26 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, &Error{Attempts: n, Outcome: Canceled, Err: cause(req, ctx)}
 		}
 	}
+}
+
+// States of the loop, as retry.timeout and a forwarded answer see it.
+const (
+	loopRunning int32 = iota
+	loopForwarding
+	loopTimedOut
+)
+
+// testHookBeforeForward, when set, runs as the loop is about to hand an
+// answer on.
+var testHookBeforeForward func()
+
+// wholeBody reports whether resp's body is already all in memory, so
+// that handing it on needs no more reading from DingTalk.
+func wholeBody(resp *http.Response) bool {
+	if pb, ok := resp.Body.(*prefixBody); ok {
+		return pb.Reader == io.Reader(&pb.prefix)
+	}
+	return resp.ContentLength == 0
 }
 
 // attemptFields are the fixed log fields of an attempt. Errors are logged
