@@ -513,7 +513,10 @@ func TestUpstreamSlowToTakeBodyIsNotBlamedOnClient(t *testing.T) {
 	defer func() { close(stop); ln.Close(); wg.Wait() }()
 	s := newStack(t, nil, func(c *config.Config) {
 		c.Upstreams.OAPI = "http://" + ln.Addr().String() // tokens still come from the fake (api host)
-		c.Server.BodyReadTimeout = 300 * time.Millisecond
+		// Shorter than retry.timeout, so a deadline left over from the last
+		// read passes before the answer; long enough that a VM pause of the
+		// writing client is not taken for a stall while the rest is drained.
+		c.Server.BodyReadTimeout = time.Second
 		c.Retry.PerTryTimeout, c.Retry.Timeout = time.Second, 2*time.Second
 	})
 	status, body := s.raw(t, "POST "+dingtalktest.PathAsyncSend+" HTTP/1.1\r\nHost: x\r\nContent-Length: 33554432\r\n\r\n"+strings.Repeat("z", 32<<20))
