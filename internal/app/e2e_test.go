@@ -341,26 +341,8 @@ func TestClientHangUpStopsTheLoop(t *testing.T) {
 
 func TestAbsoluteFormAndConnectRejected(t *testing.T) {
 	s := newStack(t, nil)
-	other, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	var otherConns sync.WaitGroup
-	contacted := make(chan struct{}, 10)
-	otherConns.Add(1)
-	go func() {
-		defer otherConns.Done()
-		for {
-			c, err := other.Accept()
-			if err != nil {
-				return
-			}
-			contacted <- struct{}{}
-			c.Close()
-		}
-	}()
-	addr := other.Addr().String()
+	other := newOtherHost(t)
+	addr := other.addr()
 	for _, line := range []string{
 		"GET http://" + addr + "/gettoken HTTP/1.1\r\nHost: " + addr + "\r\n\r\n",
 		"POST http://" + addr + "/topapi/v2/user/get HTTP/1.1\r\nHost: " + addr + "\r\nContent-Length: 2\r\n\r\n{}",
@@ -381,11 +363,9 @@ func TestAbsoluteFormAndConnectRejected(t *testing.T) {
 			t.Errorf("%.30q: status %d, want 400", line, resp.StatusCode)
 		}
 	}
-	other.Close()
-	otherConns.Wait()
-	forwarded := s.fake.TotalHits() - s.fake.Hits(dingtalk.PathOAuth2Token) // the proxy's own token fetch
-	if len(contacted) != 0 || forwarded != 0 {
-		t.Errorf("rejected requests reached a host: other %d, fake %d", len(contacted), forwarded)
+	other.close()
+	if n, fwd := other.contacted(), forwarded(s); n != 0 || fwd != 0 {
+		t.Errorf("rejected requests reached a host: other %d, fake %d", n, fwd)
 	}
 }
 

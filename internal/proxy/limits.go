@@ -229,35 +229,9 @@ func (px *Proxy) redactPanic(v any) string {
 	}
 	for _, sec := range secrets {
 		if sec != "" {
-			msg = strings.ReplaceAll(msg, sec, redacted)
-			msg = strings.ReplaceAll(msg, url.QueryEscape(sec), redacted)
+			msg = strings.ReplaceAll(msg, sec, dingtalk.Redacted)
+			msg = strings.ReplaceAll(msg, url.QueryEscape(sec), dingtalk.Redacted)
 		}
 	}
-	msg = redactQueryValue(msg, dingtalk.QueryAccessToken+"=")
-	return redactQueryValue(msg, "appsecret=")
-}
-
-// redacted stands in for a secret in a log line.
-const redacted = "REDACTED"
-
-// redactQueryValue replaces what follows each key in s, up to a delimiter.
-func redactQueryValue(s, key string) string {
-	var b strings.Builder
-	for {
-		i := strings.Index(s, key)
-		if i < 0 {
-			b.WriteString(s)
-			return b.String()
-		}
-		b.WriteString(s[:i+len(key)])
-		s = s[i+len(key):]
-		end := strings.IndexAny(s, "& \t\r\n\"'<>")
-		if end < 0 {
-			end = len(s)
-		}
-		if end > 0 {
-			b.WriteString(redacted)
-		}
-		s = s[end:]
-	}
+	return dingtalk.RedactQueryValues(msg, dingtalk.QueryAccessToken, "appsecret")
 }

@@ -315,8 +315,11 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 	w.Header().Set(HeaderAttempts, strconv.Itoa(c.Attempts))
 	var tokErr *TokenError
 	status, msg := http.StatusBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(c.Attempts)+" attempt(s)"
-	if c.ClientBody != nil && c.ClientBody.Failed() != nil {
-		berr := c.ClientBody.Failed()
+	var berr error
+	if c.ClientBody != nil {
+		berr = c.ClientBody.Failed()
+	}
+	if berr != nil {
 		// The client's own body failed while it streamed upstream: say so,
 		// whatever the attempt made of it. DingTalk got a cut-off body,
 		// which it cannot have executed.
