@@ -31,6 +31,7 @@ type outcome struct {
 	ok       bool
 	fallback bool // answered by dingproxy itself (X-Dingproxy-Fallback)
 	attempts int  // upstream attempts the call cost, as the client can count them
+	start    time.Time
 	latency  time.Duration
 	last     string // the last answer's status and the start of its body, or the error
 }
@@ -52,7 +53,7 @@ func (c *client) do(ctx context.Context, r request) outcome {
 	if c.sdkRetry {
 		tries = sdkAttempts
 	}
-	var out outcome
+	out := outcome{start: start}
 	for n := 1; ; n++ {
 		a := c.once(ctx, r)
 		out.attempts += a.attempts

@@ -377,7 +377,15 @@ func runOne(ctx context.Context, sc scenario, m Mode, o Options) (Row, error) {
 		now := time.Now()
 		if sc.tick != nil && every > 0 && !now.Before(nextTick) {
 			sc.tick(fake)
-			nextTick = nextTick.Add(every)
+			if traceTick != nil {
+				traceTick(sc.name, m, now, time.Now())
+			}
+			// Once per period, even after a stall of this loop: ticks
+			// missed are skipped, not fired in a burst (two revocations
+			// a few ms apart are not "every 2 s").
+			for !now.Before(nextTick) {
+				nextTick = nextTick.Add(every)
+			}
 		}
 		if sc.snapshot1s && !snapped && now.Sub(begin) >= time.Second {
 			snapped = true
@@ -431,6 +439,10 @@ func runOne(ctx context.Context, sc scenario, m Mode, o Options) (Row, error) {
 
 // traceCall, if set, sees every call's outcome (tests only).
 var traceCall func(scenario string, m Mode, r request, o outcome)
+
+// traceTick, if set, is told of every tick on the fake (a token
+// revocation): it took effect between from and to (tests only).
+var traceTick func(scenario string, m Mode, from, to time.Time)
 
 func percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {
