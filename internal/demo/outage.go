@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -37,6 +38,8 @@ type OutageResult struct {
 	Fallbacks int
 	// Recovery is the time from the API's recovery to the first success.
 	Recovery time.Duration
+	// P50 is the median time a call started during the outage took.
+	P50 time.Duration
 }
 
 // AttemptsPerCall is what each client call cost DingTalk during the outage.
@@ -108,6 +111,7 @@ func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, erro
 	upAt := begin.Add(o.Down)
 	var recovered bool
 	var firstOK time.Time
+	var lat []time.Duration // of calls started during the outage
 	interval := time.Duration(float64(time.Second) / o.Rate)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -131,11 +135,13 @@ func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			start := time.Now()
 			ok, fallback, attempts := c.do(ctx, http.MethodPost, OutagePath, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50))
 			mu.Lock()
 			defer mu.Unlock()
 			if during {
 				res.AttemptsDuring += attempts
+				lat = append(lat, time.Since(start))
 			}
 			if fallback {
 				res.Fallbacks++
@@ -146,6 +152,8 @@ func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, erro
 		}()
 	}
 	wg.Wait()
+	slices.Sort(lat)
+	res.P50 = percentile(lat, 0.5)
 	if !firstOK.IsZero() {
 		res.Recovery = firstOK.Sub(upAt)
 	} else {
