@@ -42,7 +42,9 @@ func TestRetryBudgetUnderStress(t *testing.T) {
 	if most := 1 + (0.2*calls+5*(elapsed.Seconds()+1)+5)/calls; perCall > most {
 		t.Errorf("upstream attempts per call = %.2f, want at most %.2f (budget 0.2 + 5/s at 100 calls/s, over %v)", perCall, most, elapsed.Round(time.Millisecond))
 	}
-	if perCall < 1.1 {
+	// On a machine too slow to keep the 5 s schedule, calls run out of
+	// retry.timeout before their retries: too few retries says nothing then.
+	if elapsed < 10*time.Second && perCall < 1.1 {
 		t.Errorf("upstream attempts per call = %.2f: the budget allowed almost no retries", perCall)
 	}
 }

@@ -52,7 +52,10 @@ func idempotentRoute(path string) stackOpt {
 }
 
 func TestConcurrentCallsWithoutTokenFetchOnce(t *testing.T) {
-	s := newStack(t, nil)
+	// 200 calls at once under -race on a loaded machine can take longer
+	// than the test stack's 10 s retry.timeout; this test is about the
+	// token, not timeouts.
+	s := newStack(t, nil, func(c *config.Config) { c.Retry.PerTryTimeout, c.Retry.Timeout = 30*time.Second, time.Minute })
 	const n = 200
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
