@@ -537,7 +537,7 @@ func TestUpstreamSlowToTakeBodyIsNotBlamedOnClient(t *testing.T) {
 				http.ReadRequest(bufio.NewReader(c)) // headers only: the body is not read
 				select {
 				case <-stop:
-				case <-time.After(5 * time.Second):
+				case <-time.After(30 * time.Second): // past retry.timeout: ended by stop
 				}
 			}()
 		}
@@ -546,10 +546,11 @@ func TestUpstreamSlowToTakeBodyIsNotBlamedOnClient(t *testing.T) {
 	s := newStack(t, nil, func(c *config.Config) {
 		c.Upstreams.OAPI = "http://" + ln.Addr().String() // tokens still come from the fake (api host)
 		// Shorter than retry.timeout, so a deadline left over from the last
-		// read passes before the answer; long enough that a VM pause of the
-		// writing client is not taken for a stall while the rest is drained.
-		c.Server.BodyReadTimeout = time.Second
-		c.Retry.PerTryTimeout, c.Retry.Timeout = time.Second, 2*time.Second
+		// read passes before the answer; long enough that a pause of the
+		// writing client (-race on a loaded machine) is not taken for a
+		// stall while the rest is drained.
+		c.Server.BodyReadTimeout = 3 * time.Second
+		c.Retry.PerTryTimeout, c.Retry.Timeout = 4*time.Second, 4*time.Second
 	})
 	status, body := s.raw(t, "POST "+dingtalktest.PathAsyncSend+" HTTP/1.1\r\nHost: x\r\nContent-Length: 33554432\r\n\r\n"+strings.Repeat("z", 32<<20))
 	if status != http.StatusGatewayTimeout {

@@ -103,13 +103,21 @@ func TestWatchSeesConfigMapSwapsAndEdits(t *testing.T) {
 	expect(t, changes, true, "rename over the file")
 
 	// A burst of writes settles into one call.
+	burst := time.Now()
 	for i := range 5 {
 		if err := os.WriteFile(path, []byte("listen: 127.0.0.1:900"+string(rune('2'+i))+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	took := time.Since(burst)
 	expect(t, changes, true, "burst of writes")
-	expect(t, changes, false, "the rest of the burst")
+	// Writes spread over more than the settle period (a pause of a loaded
+	// machine inside the loop) are two bursts, rightly: not checked then.
+	if took < 30*time.Millisecond {
+		expect(t, changes, false, "the rest of the burst")
+	} else {
+		t.Logf("the burst took %v, longer than half the settle period: the rest is not checked", took)
+	}
 }
 
 func TestWatchMissingDirectory(t *testing.T) {
