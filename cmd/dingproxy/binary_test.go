@@ -31,7 +31,7 @@ const testSecret = "S3CRET-binary-test-9c1e"
 // Deadlines. They are generous for slow CI machines: the tests poll and move
 // on as soon as the condition holds.
 const (
-	buildTimeout = 50 * time.Second
+	buildTimeout = 4 * time.Minute // a cold build cache, while other packages test
 	readyTimeout = 10 * time.Second
 	exitTimeout  = 15 * time.Second
 	pollInterval = 20 * time.Millisecond
