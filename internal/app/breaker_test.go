@@ -107,7 +107,12 @@ func TestOutageOpensBreaker(t *testing.T) {
 		lastUp = resp.StatusCode == 200 && resp.Header.Get(proxy.HeaderFallback) == ""
 	}
 	if opened.IsZero() {
-		t.Fatal("the breaker never opened")
+		if callsAtRecovery < 25 {
+			// One call at a time: a saturated machine may not make
+			// min_requests of them in the 5 s outage.
+			t.Skipf("only %d calls on the path during the 5 s outage, too few to open the breaker: the machine is too slow for this test", callsAtRecovery)
+		}
+		t.Fatalf("the breaker never opened (%d calls on the path during the outage)", callsAtRecovery)
 	}
 	if otherFailures > 0 {
 		t.Errorf("%d calls on a healthy path failed during the outage", otherFailures)
