@@ -426,9 +426,9 @@ func TestEarlyAnswerDrainsBody(t *testing.T) {
 // delivered once and answered.
 func TestSlowStreamedUploadNotCutByPerTry(t *testing.T) {
 	s := newStack(t, nil, func(c *config.Config) {
-		// Long enough that a VM pause (up to ~0.4 s here) does not pass
-		// for DingTalk's slowness; the upload takes twice as long.
-		c.Retry.PerTryTimeout = time.Second
+		// Long enough that a VM pause (up to ~0.65 s here) does not pass
+		// for DingTalk's slowness; the upload takes longer still.
+		c.Retry.PerTryTimeout = 2500 * time.Millisecond
 		c.Retry.MaxBodyBytes = 1024
 	})
 	const send = dingtalktest.PathAsyncSend
@@ -439,7 +439,7 @@ func TestSlowStreamedUploadNotCutByPerTry(t *testing.T) {
 		defer func() { uploaded <- time.Since(start) }()
 		pw.Write([]byte(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"`))
 		for range 8 {
-			time.Sleep(250 * time.Millisecond) // the upload's pace, not synchronisation
+			time.Sleep(500 * time.Millisecond) // the upload's pace, not synchronisation
 			pw.Write([]byte(strings.Repeat("x", 4096)))
 		}
 		pw.Write([]byte(`"}}}`))
@@ -454,7 +454,7 @@ func TestSlowStreamedUploadNotCutByPerTry(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	pr.Close() // ends the writer if the proxy stopped reading
-	if d := <-uploaded; d < 1500*time.Millisecond {
+	if d := <-uploaded; d < 3*time.Second {
 		t.Fatalf("the upload took %v, not longer than per_try_timeout: the test proves nothing", d)
 	}
 	if resp.StatusCode != 200 || errcodeOf(t, body) != 0 || s.fake.Executions(send) != 1 {

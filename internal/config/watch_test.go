@@ -89,8 +89,12 @@ func TestWatchSeesConfigMapSwapsAndEdits(t *testing.T) {
 
 	// An editor's save: write beside, rename over.
 	plain := filepath.Join(dir, "plain.yaml")
-	os.Remove(path)
-	if err := os.WriteFile(path, []byte("listen: 127.0.0.1:9000\n"), 0o644); err != nil {
+	// Atomically: a pause between a remove and a write would show the
+	// watcher a missing file, then an empty one, each a change of its own.
+	if err := os.WriteFile(plain, []byte("listen: 127.0.0.1:9000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(plain, path); err != nil {
 		t.Fatal(err)
 	}
 	expect(t, changes, true, "symlink replaced by a file")

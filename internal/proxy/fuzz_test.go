@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -480,7 +481,14 @@ func (n tcNoTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // TestTokenCallLifetimeFloor: a cached token with less than a second left is
 // answered with a lifetime of 1 s, not 0 (which SDKs read as "none given"):
 // the floor FuzzTokenCall cannot reach with its long-lived token.
+//
+// In a synctest bubble: the 900 ms lifetime must not run out between the
+// answers (a VM pause), as it would on the wall clock.
 func TestTokenCallLifetimeFloor(t *testing.T) {
+	synctest.Test(t, testTokenCallLifetimeFloor)
+}
+
+func testTokenCallLifetimeFloor(t *testing.T) {
 	var fetches atomic.Int64
 	src := token.NewSource(func(context.Context) (string, time.Duration, error) {
 		return "tok-" + strconv.FormatInt(fetches.Add(1), 10), 900 * time.Millisecond, nil

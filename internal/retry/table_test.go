@@ -96,7 +96,7 @@ func TestSpecRetryTable(t *testing.T) {
 				tok := fetchToken(t, fake.URL())
 				perTry := 10 * time.Second
 				if r.name == "timeout after sending" {
-					perTry = time.Second // long enough to reach the fake on a loaded machine
+					perTry = 2 * time.Second // long enough to reach the fake through a VM pause under -race
 				}
 				tr := retry.NewTransport(base, retry.Policy{
 					MaxAttempts:     max,
