@@ -8,6 +8,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
 // TestRetryBudgetUnderStress: with every call failing and the breaker kept
@@ -37,9 +38,9 @@ func TestRetryBudgetUnderStress(t *testing.T) {
 	perCall := float64(s.fake.Hits(down)) / calls
 	t.Logf("%d calls in %v, all failing: %d upstream attempts, %.2f per call", calls, elapsed.Round(time.Millisecond), s.fake.Hits(down), perCall)
 	// 0.2 x 500 calls, plus 5 a second for as long as the calls ran (5 s
-	// if the machine keeps up, when that is 1.25 a call), plus the 5 the
-	// budget starts with.
-	if most := 1 + (0.2*calls+5*(elapsed.Seconds()+1)+5)/calls; perCall > most {
+	// if the machine keeps up, when that is about 1.25 a call).
+	b := config.Default().Retry.Budget
+	if most := 1 + retry.MaxRetries(b.Ratio, b.MinPerSecond, calls, elapsed)/calls; perCall > most {
 		t.Errorf("upstream attempts per call = %.2f, want at most %.2f (budget 0.2 + 5/s at 100 calls/s, over %v)", perCall, most, elapsed.Round(time.Millisecond))
 	}
 	// On a machine too slow to keep the 5 s schedule, calls run out of

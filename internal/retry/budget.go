@@ -71,6 +71,15 @@ func (b *Budget) Set(ratio, minPerSecond float64) {
 	b.ratio, b.minRate, b.enabled = ratio, minPerSecond, true
 }
 
+// MaxRetries is the most retries a Budget with these limits allows over a
+// run of length d in which requests first attempts were made and none was
+// refunded (an outage): ratio of the requests, plus minPerSecond for each
+// second (counting the second under way), plus the allowance it starts
+// with.
+func MaxRetries(ratio, minPerSecond float64, requests int, d time.Duration) float64 {
+	return ratio*float64(requests) + minPerSecond*(d.Seconds()+1) + floorCap(minPerSecond)
+}
+
 func floorCap(minRate float64) float64 {
 	if minRate <= 0 {
 		return 0

@@ -280,3 +280,25 @@ func TestBudgetRefund(t *testing.T) {
 		})
 	})
 }
+
+// TestMaxRetries: in an outage (100 requests a second, every one retried
+// as often as allowed, nothing refunded) the retries a Budget allows over
+// a run stay within MaxRetries, and come close to it.
+func TestMaxRetries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ratio, minRate = 0.2, 5.0
+		b := retry.NewBudget(ratio, minRate)
+		start := time.Now()
+		reqs, retries := 0, 0
+		for range 500 {
+			b.Request()
+			reqs++
+			retries += allowed(b, 3)
+			time.Sleep(10 * time.Millisecond)
+		}
+		most := retry.MaxRetries(ratio, minRate, reqs, time.Since(start))
+		if float64(retries) > most || float64(retries) < 0.9*most-float64(minRate) {
+			t.Errorf("%d requests over %v: %d retries allowed, MaxRetries %.1f", reqs, time.Since(start), retries, most)
+		}
+	})
+}
