@@ -211,6 +211,7 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 		MaxBufferedBytes:    cfg.Retry.MaxBufferedBytes,
 		MaxRequestBodyBytes: cfg.Server.MaxRequestBodyBytes,
 		BodyReadTimeout:     cfg.Server.BodyReadTimeout,
+		TokenPlaceholder:    cfg.Token.Placeholder,
 	}
 	for _, r := range cfg.Routes {
 		route := proxy.Route{Idempotent: r.Idempotent}
@@ -320,14 +321,14 @@ func (a *App) initRoutes(cfg *config.Config) {
 type callPacer struct{ p *pacing.Pacer }
 
 func (cp callPacer) Wait(ctx context.Context, c *retry.Call, earliest, deadline time.Time) error {
-	if dingtalk.IsTokenEndpoint(c.Path) {
+	if c.TokenEndpoint {
 		return nil
 	}
 	return cp.p.Wait(ctx, c.Path, earliest, deadline)
 }
 
 func (cp callPacer) Next(c *retry.Call, earliest time.Time) time.Time {
-	if dingtalk.IsTokenEndpoint(c.Path) {
+	if c.TokenEndpoint {
 		return earliest
 	}
 	return cp.p.Next(c.Path, earliest)
@@ -418,6 +419,9 @@ func (a *App) Server(errLog *log.Logger) *http.Server {
 		ErrorLog:       errLog,
 	}
 }
+
+// Inflight is how many requests the handler is serving now.
+func (a *App) Inflight() int64 { return a.inflight.Load() }
 
 // Metrics are the App's metrics.
 func (a *App) Metrics() *metrics.Metrics { return a.metrics }

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -193,9 +194,15 @@ func TestFallbacks(t *testing.T) {
 		if err != nil || ra < 1 || ra > 60 {
 			t.Errorf("Retry-After = %q, want the remaining open time in seconds", resp.Header.Get("Retry-After"))
 		}
-		want := fmt.Sprintf(`{"errcode":-1,"errmsg":"dingproxy: circuit open for %s, retry after %ds"}`, dingtalktest.PathContactUsers+"u9", ra)
-		if string(body) != want {
-			t.Errorf("body = %s, want %s", body, want)
+		// An api path: the new API's shape, and the route is the API's
+		// template, not the user id.
+		var v struct{ Code, Message, RequestID string }
+		if err := json.Unmarshal(body, &v); err != nil {
+			t.Fatal(err)
+		}
+		wantMsg := fmt.Sprintf("dingproxy: circuit open for /v1.0/contact/users/{unionId}, retry after %ds", ra)
+		if v.Code != proxy.CodeCircuitOpen || v.Message != wantMsg || v.RequestID != resp.Header.Get(proxy.HeaderRequestID) || len(v.RequestID) != 36 {
+			t.Errorf("body = %s, want code %s, message %q and the x-acs-request-id header's id", body, proxy.CodeCircuitOpen, wantMsg)
 		}
 		if resp.Header.Get(proxy.HeaderAttempts) != "0" {
 			t.Errorf("attempts = %q, want 0", resp.Header.Get(proxy.HeaderAttempts))

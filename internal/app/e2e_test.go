@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +34,47 @@ func errcodeOf(t *testing.T, body []byte) int {
 	}
 	n, _ := strconv.Atoi(v.Errcode.String())
 	return n
+}
+
+// checkOwnShape checks that body, an answer of dingproxy's own to a request
+// for path, is in the shape of path's host: errcode/errmsg for oapi;
+// code (dingproxy.*)/message/requestid for api, as SDKs of each read them.
+func checkOwnShape(t *testing.T, name, path string, body []byte) {
+	t.Helper()
+	var v map[string]json.RawMessage
+	if err := json.Unmarshal(body, &v); err != nil {
+		t.Errorf("%s: answer is not JSON: %v: %q", name, err, body)
+		return
+	}
+	u, err := url.Parse(path)
+	if err != nil {
+		u = &url.URL{Path: path}
+	}
+	if dingtalk.UpstreamFor(u.Path) == dingtalk.API {
+		var code, msg, id string
+		json.Unmarshal(v["code"], &code)
+		json.Unmarshal(v["message"], &msg)
+		json.Unmarshal(v["requestid"], &id)
+		if !strings.HasPrefix(code, "dingproxy.") || msg == "" || len(id) != 36 || v["errcode"] != nil {
+			t.Errorf("%s: %s: body %q is not in the new-API shape", name, path, body)
+		}
+		return
+	}
+	var errcode int
+	var errmsg string
+	if json.Unmarshal(v["errcode"], &errcode) != nil || json.Unmarshal(v["errmsg"], &errmsg) != nil || errcode == 0 || errmsg == "" || v["code"] != nil {
+		t.Errorf("%s: %s: body %q is not in the old-API shape", name, path, body)
+	}
+}
+
+// requestPath is the target of a raw request's request line.
+func requestPath(raw string) string {
+	line, _, _ := strings.Cut(raw, "\r\n")
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return ""
+	}
+	return f[1]
 }
 
 func attempts(t *testing.T, resp *http.Response) int {

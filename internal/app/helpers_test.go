@@ -49,6 +49,13 @@ func newStack(t *testing.T, log *zap.Logger, opts ...stackOpt) *stack {
 
 func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 	t.Helper()
+	return newStackHooked(t, log, nil, opts...)
+}
+
+// newStackHooked is newStackTB with hook called on the App after New and
+// before it starts or serves anything.
+func newStackHooked(t testing.TB, log *zap.Logger, hook func(*app.App), opts ...stackOpt) *stack {
+	t.Helper()
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	cfg := config.Default()
 	cfg.Upstreams.OAPI, cfg.Upstreams.API = fake.URL(), fake.URL()
@@ -83,6 +90,9 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 	p := a.RetryTransport().Policy()
 	p.ThrottlePenalty = 5 * time.Millisecond
 	a.RetryTransport().SetPolicy(p)
+	if hook != nil {
+		hook(a)
+	}
 	a.Start()
 	a.SetReady(true)
 	// The server the binary runs: the same limits on clients.

@@ -91,7 +91,9 @@ func keepRestartOnly(cfg, old *config.Config) {
 	cfg.Listen, cfg.AdminListen = old.Listen, old.AdminListen
 	cfg.Upstreams = old.Upstreams
 	cfg.App = old.App
+	placeholder := cfg.Token.Placeholder // applied live
 	cfg.Token = old.Token
+	cfg.Token.Placeholder = placeholder
 	cfg.Log.Format = old.Log.Format
 	cfg.Server.ReadHeaderTimeout = old.Server.ReadHeaderTimeout
 	cfg.Server.IdleTimeout = old.Server.IdleTimeout

@@ -96,6 +96,12 @@ type Token struct {
 	// Endpoint is "oauth2" (POST /v1.0/oauth2/accessToken) or "gettoken" (GET /gettoken).
 	// Default "oauth2".
 	Endpoint string `mapstructure:"endpoint"`
+	// Placeholder, when set, is a token value clients may send (header
+	// x-acs-dingtalk-access-token or query access_token) to mean "the
+	// shared token": it is replaced like an empty value. Default "" (only
+	// empty values are replaced). Printable ASCII, no spaces, at most 128
+	// bytes. Applied live.
+	Placeholder string `mapstructure:"placeholder"`
 }
 
 // Token endpoint names.

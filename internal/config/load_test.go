@@ -37,7 +37,7 @@ func TestKeys(t *testing.T) {
 		"server.body_read_timeout", "server.max_request_body_bytes",
 		"upstreams.oapi", "upstreams.api",
 		"app.key", "app.secret", "app.secret_file",
-		"token.refresh_before", "token.endpoint",
+		"token.refresh_before", "token.endpoint", "token.placeholder",
 		"retry.max_attempts", "retry.per_try_timeout", "retry.timeout",
 		"retry.backoff.base", "retry.backoff.max", "retry.max_body_bytes", "retry.max_buffered_bytes",
 		"retry.max_inspect_bytes",
@@ -367,15 +367,16 @@ func collectKeys(t *testing.T, path string, keys map[string]bool) {
 func sampleEnv(t *testing.T) (Config, map[string]string) {
 	t.Helper()
 	strs := map[string]string{
-		"listen":         "127.0.0.1:18080",
-		"admin_listen":   "127.0.0.1:19090",
-		"upstreams.oapi": "http://127.0.0.1:8001",
-		"upstreams.api":  "http://127.0.0.1:8002",
-		"app.key":        "ding-env-key",
-		"app.secret":     "ding-env-secret",
-		"token.endpoint": EndpointGetToken,
-		"log.level":      "debug",
-		"log.format":     "console",
+		"listen":            "127.0.0.1:18080",
+		"admin_listen":      "127.0.0.1:19090",
+		"upstreams.oapi":    "http://127.0.0.1:8001",
+		"upstreams.api":     "http://127.0.0.1:8002",
+		"app.key":           "ding-env-key",
+		"app.secret":        "ding-env-secret",
+		"token.endpoint":    EndpointGetToken,
+		"token.placeholder": "USE-PROXY-TOKEN",
+		"log.level":         "debug",
+		"log.format":        "console",
 	}
 	const routesYAML = `
 - path: /v1.0/robot/oToMessages/batchSend

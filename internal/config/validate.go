@@ -108,6 +108,9 @@ func (c *Config) validate() []*FieldError {
 	}
 
 	v.positive("token.refresh_before", c.Token.RefreshBefore)
+	if p := c.Token.Placeholder; p != "" && !placeholderOK(p) {
+		v.add("token.placeholder", "must be printable ASCII without spaces, at most 128 bytes, got %q", p)
+	}
 	if e := c.Token.Endpoint; e != EndpointOAuth2 && e != EndpointGetToken {
 		v.add("token.endpoint", "must be %q or %q, got %q", EndpointOAuth2, EndpointGetToken, e)
 	}
@@ -253,3 +256,17 @@ func isToken(s string) bool {
 }
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// placeholderOK: 1 to 128 bytes of printable ASCII other than space, so it
+// can stand in a header and a query as it is.
+func placeholderOK(p string) bool {
+	if len(p) > 128 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] <= ' ' || p[i] > '~' {
+			return false
+		}
+	}
+	return true
+}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -64,24 +63,29 @@ func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
 	var paced *pacing.PacedError
 	if err != nil && errors.As(err, &paced) {
 		done(breaker.Ignore)
-		return g.px.pacedAnswer(req, paced), nil
+		return g.px.pacedAnswer(req, c, paced), nil
 	}
 	if c.Outcome == retry.IPBan {
-		done(breaker.Ignore)
 		ban := c.Result.Wait
 		if ban <= 0 {
 			ban = dingtalk.IPBanDuration * time.Second
 		}
-		g.breakers.Ban(ban)
+		retry.Bookkeep(g.px.log, "breaker", func() {
+			done(breaker.Ignore)
+			g.breakers.Ban(ban)
+		})
 		if resp != nil {
 			resp.Body.Close()
 		}
 		return g.px.fallback(req, c, &breaker.OpenError{Route: c.Route, Kind: breaker.KindIPBan, RetryAfter: ban}), nil
 	}
-	done(verdict(c))
-	if err == nil && c.Outcome == retry.Success {
-		g.px.keepForStale(req, c, resp)
-	}
+	// DingTalk may have executed the call: its bookkeeping cannot fail it.
+	retry.Bookkeep(g.px.log, "breaker", func() {
+		done(verdict(c))
+		if err == nil && c.Outcome == retry.Success {
+			g.px.keepForStale(req, c, resp)
+		}
+	})
 	return resp, err
 }
 
@@ -112,8 +116,7 @@ func verdict(c *retry.Call) breaker.Verdict {
 // the route keeps one, else the route's configured answer, else the default
 // DingTalk-shaped 503 with Retry-After.
 func (px *Proxy) fallback(req *http.Request, c *retry.Call, oe *breaker.OpenError) *http.Response {
-	route := px.policy.Load().Routes[req.URL.Path]
-	fb := route.Fallback
+	fb := px.routeFor(req, c).Fallback
 	if oe.Kind == breaker.KindCircuitOpen && fb != nil {
 		if fb.Stale > 0 && c.Idempotent {
 			if e, ok := px.stale.get(staleKey(req, c), fb.Stale); ok {
@@ -133,37 +136,32 @@ func (px *Proxy) fallback(req *http.Request, c *retry.Call, oe *breaker.OpenErro
 		}
 	}
 	secs := int(oe.RetryAfter / time.Second)
-	msg := fmt.Sprintf("dingproxy: circuit open for %s, retry after %ds", oe.Route, secs)
+	o := own{status: http.StatusServiceUnavailable, code: CodeCircuitOpen,
+		msg: fmt.Sprintf("dingproxy: circuit open for %s, retry after %ds", oe.Route, secs)}
 	if oe.Kind == breaker.KindIPBan {
-		msg = fmt.Sprintf("dingproxy: DingTalk banned this egress IP; circuit open for every route, retry after %ds", secs)
+		o.code = CodeIPBan
+		o.msg = fmt.Sprintf("dingproxy: DingTalk banned this egress IP; circuit open for every route, retry after %ds", secs)
 	}
-	body, _ := json.Marshal(struct {
-		Errcode int    `json:"errcode"`
-		Errmsg  string `json:"errmsg"`
-	}{dingtalk.ErrcodeSystemBusy, msg})
 	h := http.Header{}
-	h.Set("Content-Type", "application/json;charset=utf-8")
 	h.Set("Retry-After", strconv.Itoa(secs))
 	h.Set(HeaderFallback, oe.Kind)
-	return synthesize(req, http.StatusServiceUnavailable, h, body)
+	return o.response(req, c.Upstream, h)
 }
 
 // pacedAnswer is the 429-style answer to a call whose turn would come after
-// its deadline: DingTalk's own throttle errcode, so SDKs treat it as one.
-func (px *Proxy) pacedAnswer(req *http.Request, e *pacing.PacedError) *http.Response {
+// its deadline: DingTalk's own throttle errcode on oapi, so SDKs treat it as
+// one; dingproxy.Paced on api.
+func (px *Proxy) pacedAnswer(req *http.Request, c *retry.Call, e *pacing.PacedError) *http.Response {
 	secs := int((e.Wait + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
-	body, _ := json.Marshal(struct {
-		Errcode int    `json:"errcode"`
-		Errmsg  string `json:"errmsg"`
-	}{dingtalk.ErrcodeQPSAppAPI, fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", e.Path, secs)})
+	o := own{status: http.StatusTooManyRequests, code: CodePaced, errcode: dingtalk.ErrcodeQPSAppAPI,
+		msg: fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", e.Path, secs)}
 	h := http.Header{}
-	h.Set("Content-Type", "application/json;charset=utf-8")
 	h.Set("Retry-After", strconv.Itoa(secs))
 	h.Set(HeaderFallback, KindPaced)
-	return synthesize(req, http.StatusTooManyRequests, h, body)
+	return o.response(req, c.Upstream, h)
 }
 
 func synthesize(req *http.Request, status int, h http.Header, body []byte) *http.Response {
@@ -207,7 +205,7 @@ func (px *Proxy) keepForStale(req *http.Request, c *retry.Call, resp *http.Respo
 	if !c.Idempotent || resp.StatusCode != http.StatusOK || !c.Replayable {
 		return
 	}
-	fb := px.policy.Load().Routes[req.URL.Path].Fallback
+	fb := px.routeFor(req, c).Fallback
 	if fb == nil || fb.Stale <= 0 || resp.ContentLength > maxStaleBody {
 		return
 	}
@@ -242,4 +240,14 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		b.over = true // store once
 	}
 	return n, err
+}
+
+// routeFor is the configured policy of c's route: by exact path, else by
+// the API's template.
+func (px *Proxy) routeFor(req *http.Request, c *retry.Call) Route {
+	routes := px.policy.Load().Routes
+	if r, ok := routes[req.URL.Path]; ok {
+		return r
+	}
+	return routes[c.Path]
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -53,8 +52,12 @@ const RouteRejected = "_rejected"
 
 // Policy is the part of a Proxy that a reload can change.
 type Policy struct {
-	// Routes holds per-path settings by exact path.
+	// Routes holds per-route settings, by exact path or by an API's route
+	// template ("/v1.0/contact/users/{unionId}"); an exact path wins.
 	Routes map[string]Route
+	// TokenPlaceholder, when set, is a token value clients send to mean
+	// "the shared token": it is replaced like an empty one.
+	TokenPlaceholder string
 	// MaxBodyBytes is the largest request body buffered for replay.
 	MaxBodyBytes int64
 	// MaxBufferedBytes caps the bytes all requests together hold in body
@@ -157,7 +160,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			px.log.Error("panic serving a request: answered 502", zap.String("route", route),
 				zap.String("method", r.Method), zap.String("panic", px.redactPanic(v)), zap.StackSkip("stack", 1))
 			if sw.status == 0 {
-				writeError(sw, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadGateway, 0, "dingproxy: internal error")
+				own{status: http.StatusBadGateway, code: CodeInternalError, msg: "dingproxy: internal error"}.write(sw, dingtalk.UpstreamFor(r.URL.Path))
 			}
 		}
 		if px.opts.Served != nil {
@@ -165,7 +168,9 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if status == 0 {
 				status = http.StatusOK
 			}
-			px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+			retry.Bookkeep(px.log, "served", func() {
+				px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+			})
 		}
 		if cb := sw.body; cb != nil && !cb.done() {
 			// The answer went out before the body was all in: send it on
@@ -182,8 +187,8 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the shape of the upstream it was meant for, with Retry-After.
 func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
 	w.Header().Set("Retry-After", "1")
-	writeError(w, dingtalk.UpstreamFor(r.URL.Path), http.StatusServiceUnavailable, 0,
-		"dingproxy: too many requests in flight (max_inflight "+strconv.FormatInt(limit, 10)+"); retry after 1s")
+	own{status: http.StatusServiceUnavailable, code: CodeOverloaded,
+		msg: "dingproxy: too many requests in flight (max_inflight " + strconv.FormatInt(limit, 10) + "); retry after 1s"}.write(w, dingtalk.UpstreamFor(r.URL.Path))
 }
 
 // serve answers r and returns its route and Call (nil when none was made).
@@ -191,17 +196,25 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	// A request line in absolute form names a host of the client's choosing;
 	// CONNECT asks for a tunnel. Neither goes anywhere.
 	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Host != "" {
-		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: absolute-form request lines and CONNECT are not proxied")
+		writeError(w, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadRequest, "dingproxy: absolute-form request lines and CONNECT are not proxied")
 		return RouteRejected, nil
 	}
 	if msg := badPath(r.URL); msg != "" {
-		writeError(w, dingtalk.OAPI, http.StatusBadRequest, 0, "dingproxy: "+msg)
+		writeError(w, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadRequest, "dingproxy: "+msg)
 		return RouteRejected, nil
 	}
 	pol := px.policy.Load()
 	path := r.URL.Path
-	up := dingtalk.UpstreamFor(path)
+	// The request's facts, decided once: upstream, API, token placement.
+	ep := dingtalk.Describe(path)
+	up := ep.Upstream
+	name := ep.Route
 	route, configured := pol.Routes[path]
+	if configured {
+		name = path
+	} else if route, configured = pol.Routes[ep.Route]; configured {
+		name = ep.Route
+	}
 
 	if len(r.TransferEncoding) > 0 {
 		// Chunked: net/http has dropped any Content-Length sent with it
@@ -216,7 +229,7 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	if r.Body != nil && r.Body != http.NoBody {
 		if limit := pol.MaxRequestBodyBytes; limit > 0 && r.ContentLength > limit {
 			w.closeConn = true // the body is not read: it must not be taken for the next request
-			writeError(w, up, http.StatusRequestEntityTooLarge, 0, tooLargeMsg(limit))
+			writeError(w, up, http.StatusRequestEntityTooLarge, tooLargeMsg(limit))
 			return RouteRejected, nil
 		}
 		cb = newClientBody(w, r.Body, pol.BodyReadTimeout, pol.MaxRequestBodyBytes)
@@ -229,24 +242,24 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	}
 	if err != nil {
 		status, msg := clientBodyStatus(w, err)
-		writeError(w, up, status, 0, msg)
+		writeError(w, up, status, msg)
 		return RouteRejected, nil
 	}
-	if px.opts.Tokens != nil && px.answerTokenCall(w, r, body) {
-		return path, nil // a token endpoint: one of a fixed few paths
+	if px.opts.Tokens != nil && ep.TokenEndpoint && px.answerTokenCall(w, r, body) {
+		return ep.Route, nil // a token endpoint: one of a fixed few routes
 	}
-	name := path
 	if px.opts.Breakers != nil {
-		name = px.opts.Breakers.Route(path)
+		name = px.opts.Breakers.Route(name)
 	}
 	call := &retry.Call{
-		Path:        path,
-		Route:       name,
-		Upstream:    up,
-		Body:        body,
-		Replayable:  notBuffered == "",
-		NotBuffered: notBuffered,
-		Inject:      px.placement(r, up),
+		Path:          ep.Route,
+		Route:         name,
+		Upstream:      up,
+		TokenEndpoint: ep.TokenEndpoint,
+		Body:          body,
+		Replayable:    notBuffered == "",
+		NotBuffered:   notBuffered,
+		Inject:        px.placement(r, ep),
 	}
 	if cb != nil && notBuffered != "" {
 		call.ClientBody = cb
@@ -255,7 +268,7 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		call.Idempotent = true
 	default:
-		call.Idempotent = dingtalk.IsReadEndpoint(path) || dingtalk.HasIdempotencyKey(path, r.Header, body)
+		call.Idempotent = dingtalk.IsReadEndpoint(ep.Route) || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
 	}
 	if configured && route.Idempotent != nil {
 		call.Idempotent = *route.Idempotent
@@ -264,22 +277,40 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	return name, call
 }
 
-// placement decides where the shared token goes: nowhere for robot webhooks,
-// token calls, requests that bring their own token, and pass-through mode.
-func (px *Proxy) placement(r *http.Request, up dingtalk.Upstream) dingtalk.Placement {
-	if px.opts.Tokens == nil || r.URL.Path == dingtalk.PathRobotSend || dingtalk.IsTokenEndpoint(r.URL.Path) {
+// placement decides where the shared token goes: nowhere for calls that
+// take no app token (robot webhooks, token calls), requests that bring a
+// token of their own, and pass-through mode. An empty token, or the
+// configured placeholder, is not a token of the client's own: it is
+// replaced.
+func (px *Proxy) placement(r *http.Request, ep dingtalk.Endpoint) dingtalk.Placement {
+	if px.opts.Tokens == nil || ep.NoAppToken {
 		return dingtalk.PlaceNone
 	}
-	if up == dingtalk.API {
-		if r.Header.Get(dingtalk.HeaderAccessToken) != "" {
+	if ep.Upstream == dingtalk.API {
+		if vals := r.Header.Values(dingtalk.HeaderAccessToken); len(vals) > 0 && !px.stands(vals) {
 			return dingtalk.PlaceNone
 		}
 		return dingtalk.PlaceHeader
 	}
-	if strings.Contains(r.URL.RawQuery, dingtalk.QueryAccessToken) && r.URL.Query().Get(dingtalk.QueryAccessToken) != "" {
-		return dingtalk.PlaceNone
+	if strings.Contains(r.URL.RawQuery, dingtalk.QueryAccessToken) {
+		if vals := r.URL.Query()[dingtalk.QueryAccessToken]; len(vals) > 0 && !px.stands(vals) {
+			return dingtalk.PlaceNone
+		}
 	}
 	return dingtalk.PlaceQuery
+}
+
+// stands reports whether every value is only a stand-in for the shared
+// token: empty, blank, or the configured placeholder.
+func (px *Proxy) stands(vals []string) bool {
+	ph := px.policy.Load().TokenPlaceholder
+	for _, v := range vals {
+		v = strings.TrimSpace(v)
+		if v != "" && (ph == "" || v != ph) {
+			return false
+		}
+	}
+	return true
 }
 
 func (px *Proxy) rewrite(pr *httputil.ProxyRequest) {
@@ -314,7 +345,7 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 	}
 	w.Header().Set(HeaderAttempts, strconv.Itoa(c.Attempts))
 	var tokErr *TokenError
-	status, msg := http.StatusBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(c.Attempts)+" attempt(s)"
+	status, code, msg := http.StatusBadGateway, CodeBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(c.Attempts)+" attempt(s)"
 	var berr error
 	if c.ClientBody != nil {
 		berr = c.ClientBody.Failed()
@@ -325,7 +356,7 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 		// which it cannot have executed.
 		status, msg = clientBodyStatus(w, berr)
 		px.log.Debug("client body failed", zap.String("route", c.Route), zap.Int("status", status), zap.Error(berr))
-		writeError(w, c.Upstream, status, 0, msg)
+		writeError(w, c.Upstream, status, msg)
 		return
 	}
 	switch {
@@ -335,21 +366,21 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 		w.WriteHeader(499)
 		return
 	case errors.As(err, &tokErr):
-		status, msg = http.StatusServiceUnavailable, "dingproxy: no access token available"
+		status, code, msg = http.StatusServiceUnavailable, CodeTokenUnavailable, "dingproxy: no access token available"
 	case errors.Is(err, retry.ErrTimeout):
-		status, msg = http.StatusGatewayTimeout, "dingproxy: DingTalk did not answer within retry.timeout"
+		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.timeout"
 	case c.Outcome == retry.AfterSend && !c.Idempotent:
 		msg = "dingproxy: the connection to DingTalk failed after the request was sent; it may have been executed, so it was not repeated"
 		if errors.Is(err, retry.ErrAttemptTimeout) {
-			status = http.StatusGatewayTimeout
+			status, code = http.StatusGatewayTimeout, CodeGatewayTimeout
 			msg = "dingproxy: DingTalk did not answer within retry.per_try_timeout; the request may have been executed, so it was not repeated"
 		}
 	case errors.Is(err, retry.ErrAttemptTimeout):
-		status, msg = http.StatusGatewayTimeout, "dingproxy: DingTalk did not answer within retry.per_try_timeout after "+strconv.Itoa(c.Attempts)+" attempt(s)"
+		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.per_try_timeout after "+strconv.Itoa(c.Attempts)+" attempt(s)"
 	}
 	px.log.Warn("request failed", zap.String("route", c.Route), zap.String("method", r.Method),
 		zap.Int("status", status), zap.Int("attempts", c.Attempts), zap.String("reason", c.Reason), zap.Error(token.Redact(err)))
-	writeError(w, c.Upstream, status, 0, msg)
+	own{status: status, code: code, msg: msg}.write(w, c.Upstream)
 }
 
 // Injector returns the attempt loop's Prepare hook: it puts the shared token
@@ -365,16 +396,36 @@ func Injector(src *token.Source) func(*http.Request, *retry.Call) (string, error
 		}
 		switch c.Inject {
 		case dingtalk.PlaceHeader:
-			req.Header.Set(dingtalk.HeaderAccessToken, tok)
+			req.Header.Set(dingtalk.HeaderAccessToken, tok) // replaces a stand-in
 		case dingtalk.PlaceQuery:
 			q := dingtalk.QueryAccessToken + "=" + url.QueryEscape(tok)
-			if req.URL.RawQuery != "" {
-				q = req.URL.RawQuery + "&" + q
+			if rest := withoutAccessToken(req.URL.RawQuery); rest != "" {
+				q = rest + "&" + q
 			}
 			req.URL.RawQuery = q
 		}
 		return tok, nil
 	}
+}
+
+// withoutAccessToken is rawQuery without its access_token parameters (the
+// stand-ins placement found), every other byte as it was.
+func withoutAccessToken(rawQuery string) string {
+	if !strings.Contains(rawQuery, dingtalk.QueryAccessToken) {
+		return rawQuery
+	}
+	var b strings.Builder
+	for part := range strings.SplitSeq(rawQuery, "&") {
+		name, _, _ := strings.Cut(part, "=")
+		if n, err := url.QueryUnescape(name); err == nil && n == dingtalk.QueryAccessToken {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(part)
+	}
+	return b.String()
 }
 
 // readBody buffers r's body for replay when it is at most pol.MaxBodyBytes
@@ -453,38 +504,6 @@ func (px *Proxy) streamRest(r *http.Request, read []byte) {
 		io.Reader
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(read), r.Body), r.Body}
-}
-
-// writeError writes an answer of dingproxy's own in the shape of the
-// upstream the request was meant for: errcode/errmsg for oapi, code/message
-// for api. errcode 0 means -1 for 5xx and the status for 4xx.
-func writeError(w http.ResponseWriter, up dingtalk.Upstream, status, errcode int, msg string) {
-	if errcode == 0 {
-		errcode = status
-		if status >= 500 {
-			errcode = dingtalk.ErrcodeSystemBusy
-		}
-	}
-	var v any
-	if up == dingtalk.API {
-		code := "dingproxy." + strings.ReplaceAll(strings.ToLower(http.StatusText(status)), " ", "")
-		v = struct {
-			Code      string `json:"code"`
-			Message   string `json:"message"`
-			RequestID string `json:"requestid"`
-		}{code, msg, ""}
-	} else {
-		v = struct {
-			Errcode int    `json:"errcode"`
-			Errmsg  string `json:"errmsg"`
-		}{errcode, msg}
-	}
-	b, _ := json.Marshal(v)
-	h := w.Header()
-	h.Set("Content-Type", "application/json;charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(status)
-	w.Write(b)
 }
 
 // statusWriter remembers the status written through it. Unwrap lets

@@ -38,7 +38,7 @@ func (px *Proxy) answerTokenCall(w http.ResponseWriter, r *http.Request, body []
 	w.Header().Set(HeaderAttempts, "0")
 	tok, err := px.opts.Tokens.Token(r.Context())
 	if err != nil {
-		writeError(w, up, http.StatusServiceUnavailable, 0, "dingproxy: no access token available")
+		own{status: http.StatusServiceUnavailable, code: CodeTokenUnavailable, msg: "dingproxy: no access token available"}.write(w, up)
 		return true
 	}
 	_, expires := px.opts.Tokens.Peek()

@@ -10,13 +10,16 @@ import (
 // fills in the first group before the request reaches the Transport; the loop
 // fills in the second. A Call belongs to one request and is not shared.
 type Call struct {
-	// Path is the request path: the API DingTalk rate-limits.
+	// Path is the API's route template (dingtalk.Endpoint.Route): the unit
+	// DingTalk rate-limits, whatever ids the request path carries.
 	Path string
 	// Route names the request's route (a configured path or the request path,
 	// bounded by the caller) for logs and metrics.
 	Route string
 	// Upstream is the DingTalk host the request goes to.
 	Upstream dingtalk.Upstream
+	// TokenEndpoint: the call issues a token; it is not paced.
+	TokenEndpoint bool
 	// Idempotent says a repeat cannot do harm (see SPEC: method, catalogue,
 	// idempotency key, route flag).
 	Idempotent bool

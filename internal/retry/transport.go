@@ -222,14 +222,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, &Error{Attempts: n, Outcome: a.outcome, Err: a.err}
 		}
-		if t.OnRetry != nil {
-			t.OnRetry(call, a.reason, wait)
-		}
-		if t.Logger != nil {
-			if ce := t.Logger.Check(zapcore.InfoLevel, "retrying"); ce != nil {
-				ce.Write(append(attemptFields(call, req.Method, a), zap.Duration("wait", wait))...)
+		Bookkeep(t.Logger, "retry", func() {
+			if t.OnRetry != nil {
+				t.OnRetry(call, a.reason, wait)
 			}
-		}
+			if t.Logger != nil {
+				if ce := t.Logger.Check(zapcore.InfoLevel, "retrying"); ce != nil {
+					ce.Write(append(attemptFields(call, req.Method, a), zap.Duration("wait", wait))...)
+				}
+			}
+		})
 		if a.outcome == TokenInvalid {
 			tokenRetried = true
 			if t.OnTokenInvalid != nil {
@@ -403,14 +405,18 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, call *Call, 
 	}
 	d := time.Since(start)
 	call.Result = a.result
-	if t.Observe != nil {
-		t.Observe(call, a.reason, d)
-	}
-	if t.Logger != nil {
-		if ce := t.Logger.Check(zapcore.DebugLevel, "attempt"); ce != nil {
-			ce.Write(append(attemptFields(call, req.Method, a), zap.Duration("duration", d))...)
+	// After a sent attempt: whatever goes wrong in its bookkeeping, the
+	// answer stands.
+	Bookkeep(t.Logger, "attempt", func() {
+		if t.Observe != nil {
+			t.Observe(call, a.reason, d)
 		}
-	}
+		if t.Logger != nil {
+			if ce := t.Logger.Check(zapcore.DebugLevel, "attempt"); ce != nil {
+				ce.Write(append(attemptFields(call, req.Method, a), zap.Duration("duration", d))...)
+			}
+		}
+	})
 	return a
 }
 
