@@ -127,7 +127,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, log *zap.Logger
 	srv := a.Server(errLog)
 	admin := &http.Server{Handler: a.AdminHandler(), ErrorLog: errLog, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(a.Listener(ln)) }()
 	go func() { errc <- admin.Serve(adminLn) }()
 	a.SetReady(true)
 	log.Info("dingproxy started", zap.String("version", version), zap.String("listen", ln.Addr().String()),

@@ -407,7 +407,7 @@ func (a *App) Handler() http.Handler {
 
 // Server is an http.Server for Handler under the server section's limits on
 // clients (as configured at New: they change only with a restart).
-// errLog, if not nil, gets net/http's own errors.
+// errLog, if not nil, gets net/http's own errors. Serve it on a Listener.
 func (a *App) Server(errLog *log.Logger) *http.Server {
 	c := a.Config().Server // its restart-only keys keep their values at New
 	return &http.Server{
@@ -417,8 +417,15 @@ func (a *App) Server(errLog *log.Logger) *http.Server {
 		// net/http allows 4096 bytes more than this for the request line.
 		MaxHeaderBytes: c.MaxHeaderBytes,
 		ErrorLog:       errLog,
+		ConnContext:    proxy.ConnContext,
 	}
 }
+
+// Listener wraps ln for Server: its connections tell a plain chunked
+// request (kept alive) from one that also carried a Content-Length (its
+// connection is closed after the answer, against request smuggling). On
+// another listener every chunked request closes its connection.
+func (a *App) Listener(ln net.Listener) net.Listener { return proxy.Listener(ln) }
 
 // Inflight is how many requests the handler is serving now.
 func (a *App) Inflight() int64 { return a.inflight.Load() }

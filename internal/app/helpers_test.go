@@ -98,6 +98,7 @@ func newStackHooked(t testing.TB, log *zap.Logger, hook func(*app.App), opts ...
 	// The server the binary runs: the same limits on clients.
 	px := httptest.NewUnstartedServer(nil)
 	px.Config = a.Server(nil)
+	px.Listener = a.Listener(px.Listener)
 	px.Start()
 	s := &stack{t: t, fake: fake, app: a, proxy: px, client: px.Client()}
 	t.Cleanup(func() {

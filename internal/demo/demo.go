@@ -234,7 +234,7 @@ func StartProxy(fakeURL string, tweaks ...func(*config.Config)) (stop func(), ur
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.Serve(ln)
+		srv.Serve(a.Listener(ln))
 	}()
 	return func() {
 		srv.Close()
