@@ -37,6 +37,9 @@ fake: build ## run the fake DingTalk on 127.0.0.1:9999
 check-config: build ## validate the example configuration
 	./bin/dingproxy -check-config -config configs/dingproxy.yaml
 
+examples: build ## the official Node and Go SDKs through dingproxy to the fake DingTalk (examples/; needs Node 20+ and npm)
+	GO=$(GO) ./examples/run.sh
+
 bench: ## benchmarks (10 runs each, into bench/new.txt; compare with benchstat), then the fixed-rate latency tool
 	mkdir -p bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=10 ./... | tee bench/new.txt
@@ -54,6 +57,8 @@ fuzz: ## each fuzzer for FUZZ_N runs (FUZZ_N_CONFIG for the slower config loader
 	$(GO) test -run='^$$' -fuzz='^FuzzHasIdempotencyKey$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
 	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZ_N_CONFIG) ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzTokenCall$$' -fuzztime=$(FUZZ_N_CONFIG) ./internal/proxy
+	$(GO) test -run='^$$' -fuzz='^FuzzDescribe$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
+	$(GO) test -run='^$$' -fuzz='^FuzzRawRequest$$' -fuzztime=$(FUZZ_N) ./internal/app
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -62,4 +67,4 @@ lint: ## gofmt and go vet
 tidy: ## fail if go.mod/go.sum are not tidy
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum
 
-.PHONY: fuzz loadtest help demo resilience test test-short build docker run fake check-config bench lint tidy
+.PHONY: fuzz loadtest help demo resilience test test-short build docker run fake check-config examples bench lint tidy

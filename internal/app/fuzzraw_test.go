@@ -68,8 +68,7 @@ func (u *upstreamTap) take() []tapped {
 // that happens after DingTalk may have executed a call may turn its answer
 // into an error of the proxy's own.
 //
-// Seed corpus: testdata/fuzz/FuzzRawRequest, plus the seeds below; make
-// fuzz runs it.
+// Seeds: below (the two raw requests first); make fuzz runs it.
 func FuzzRawRequest(f *testing.F) {
 	seeds := []string{
 		// The two: paths that are not UTF-8.

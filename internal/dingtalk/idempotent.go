@@ -31,16 +31,6 @@ func UpstreamFor(path string) Upstream {
 	return OAPI
 }
 
-// IsTokenEndpoint reports whether path fetches a token, so that no token is
-// injected into it.
-func IsTokenEndpoint(path string) bool {
-	switch path {
-	case PathGetToken, "/service/get_corp_token", "/sns/gettoken", "/get_jsapi_ticket":
-		return true
-	}
-	return strings.HasPrefix(path, "/v1.0/oauth2/")
-}
-
 // readEndpoints is the catalogue of DingTalk reads that use POST. Repeating
 // them is harmless.
 var readEndpoints = map[string]struct{}{

@@ -97,8 +97,12 @@ func (o own) render(up dingtalk.Upstream, h http.Header) []byte {
 	return b
 }
 
-// write sends o to the client in up's shape.
+// write sends o to the client in up's shape. An answer written before any
+// attempt says so: X-Dingproxy-Attempts: 0.
 func (o own) write(w http.ResponseWriter, up dingtalk.Upstream) {
+	if w.Header().Get(HeaderAttempts) == "" {
+		w.Header().Set(HeaderAttempts, "0")
+	}
 	b := o.render(up, w.Header())
 	w.WriteHeader(o.status)
 	w.Write(b)

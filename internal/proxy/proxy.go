@@ -216,13 +216,13 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 		name = ep.Route
 	}
 
-	if len(r.TransferEncoding) > 0 {
-		// Chunked: net/http has dropped any Content-Length sent with it
-		// (RFC 9112 section 6.3). Such a request may be a smuggling attempt,
-		// and RFC 9112 section 6.1 says to close the connection after
-		// answering it; which chunked requests had one is no longer known,
-		// so none keeps its connection. (The statusWriter sets it on the
-		// final answer: ReverseProxy clears the headers after a 1xx.)
+	if len(r.TransferEncoding) > 0 && chunkedMustClose(r.Context()) {
+		// Chunked, and its connection sent a Content-Length (which net/http
+		// has dropped, RFC 9112 section 6.3) or cannot tell: the request may
+		// be a smuggling attempt, and RFC 9112 section 6.1 says to close the
+		// connection after answering it (see sniff.go). The statusWriter
+		// sets it on the final answer: ReverseProxy clears the headers
+		// after a 1xx.
 		w.closeConn = true
 	}
 	var cb *clientBody
