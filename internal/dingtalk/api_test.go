@@ -23,6 +23,11 @@ func TestDescribe(t *testing.T) {
 		{"/v1.0/oauth2/accessToken", "/v1.0/oauth2/accessToken", API, true, true},
 		{"/v1.0/oauth2/ding123/token", "/v1.0/oauth2/{corpId}/token", API, true, true},
 		{"/v1.0/oauth2/jsapiTickets", "/v1.0/oauth2/jsapiTickets", API, false, false},
+		{"/v1.0/oauth2/apps/authInfo", "/v1.0/oauth2/apps/authInfo", API, false, false},
+		{"/v1.0/oauth2/authRules/user", "/v1.0/oauth2/authRules/user", API, false, false},
+		{"/v1.0/oauth2/ssoUserInfo", "/v1.0/oauth2/ssoUserInfo", API, false, false},
+		{"/v1.0/oauth2/userAccessToken", "/v1.0/oauth2/userAccessToken", API, true, true},
+		{"/v1.0/oauth2/corpAccessToken", "/v1.0/oauth2/corpAccessToken", API, true, true},
 		{"/gettoken", "/gettoken", OAPI, true, true},
 		{"/service/get_corp_token", "/service/get_corp_token", OAPI, true, true},
 		{"/get_jsapi_ticket", "/get_jsapi_ticket", OAPI, false, false},
@@ -128,4 +133,17 @@ func FuzzDescribe(f *testing.F) {
 			t.Fatalf("Describe(%q) is not deterministic", path)
 		}
 	})
+}
+
+// BenchmarkDescribe: the per-request cost of deciding the API, for a known
+// new-API path with an id, an old-API path, and an unknown new-API path.
+func BenchmarkDescribe(b *testing.B) {
+	for _, p := range []string{"/v1.0/contact/users/manager4220", "/topapi/v2/user/get", "/v1.0/contact/nosuch/u1"} {
+		b.Run(strings.ReplaceAll(p[1:], "/", "_"), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				Describe(p)
+			}
+		})
+	}
 }
