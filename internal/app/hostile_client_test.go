@@ -172,6 +172,16 @@ func TestSmuggling(t *testing.T) {
 	for _, tc := range []struct{ name, req string }{
 		{"CL.TE", "POST " + user + " HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
 		{"TE.CL", "POST " + user + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
+		// Early answers close too (found in review): a 400 for a bad path
+		// or the absolute form is given before the body is read.
+		{"CL.TE, bad path", "POST /topapi/%2fx HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"CL.TE, absolute form", "POST http://other.example/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
+		// A Content-Length on an obs-fold line, which a proxy in front may
+		// unfold and frame by.
+		{"TE + obs-folded CL", "POST " + user + " HTTP/1.1\r\nHost: x\r\nX-A: a\r\n Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
+		// HTTP/1.0: net/http frames by Content-Length and ignores the
+		// Transfer-Encoding a proxy in front may have framed by.
+		{"HTTP/1.0 keep-alive, TE + CL", "POST " + user + " HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
 		{"content-length in lower case", "POST " + user + " HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
 		// ReverseProxy clears the answer's headers after passing on a 1xx.
 		{"CL.TE, with a 103 first", "POST " + user + " HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"},
@@ -195,7 +205,7 @@ func TestSmuggling(t *testing.T) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if !resp.Close {
+		if !resp.Close && resp.ProtoAtLeast(1, 1) {
 			t.Errorf("%s: answer without Connection: close", tc.name)
 		}
 		if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
@@ -207,8 +217,8 @@ func TestSmuggling(t *testing.T) {
 		t.Errorf("a smuggled request reached DingTalk %d times", n)
 	}
 	reqs := s.fake.Requests(user)
-	if len(reqs) != 4 {
-		t.Fatalf("DingTalk got %d requests, want the 4 outer ones", len(reqs))
+	if len(reqs) != 6 {
+		t.Fatalf("DingTalk got %d requests, want the 6 outer ones with a good path", len(reqs))
 	}
 	for i, r := range reqs {
 		if r.Header.Get("Transfer-Encoding") != "" {
@@ -604,4 +614,40 @@ func TestChunkedKeepsAlive(t *testing.T) {
 	if resp := exchange(chunked); !resp.Close {
 		t.Errorf("a chunked request after a Content-Length on the same connection kept it open")
 	}
+}
+
+// TestOverloadedSmugglingCloses: a CL.TE request refused for max_inflight
+// (before the proxy proper sees it) closes its connection too.
+func TestOverloadedSmugglingCloses(t *testing.T) {
+	s := newStack(t, nil, func(c *config.Config) { c.MaxInflight = 1 })
+	s.fake.Script(dingtalktest.PathDeptList, dingtalktest.Hang())
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		if resp, err := s.client.Get(s.proxy.URL + dingtalktest.PathDeptList); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, "the one slot to be taken", func() bool { return s.app.Inflight() == 1 })
+	c, err := net.Dial("tcp", s.proxy.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST "+dingtalktest.PathUserGet+" HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 503 || !resp.Close {
+		t.Errorf("overloaded CL.TE request: %d, close %v: want 503 and the connection closed", resp.StatusCode, resp.Close)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Errorf("after the answer: %.60q, want the connection closed", rest)
+	}
+	s.fake.Close() // lets the held call go
+	<-held
 }

@@ -8,9 +8,11 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -255,5 +257,64 @@ func TestBookkeepingCannotFailAnAnswer(t *testing.T) {
 	}
 	if n := logs.FilterMessageSnippet("panic serving a request").Len(); n != 0 {
 		t.Errorf("the bookkeeping panic reached the request's handler")
+	}
+}
+
+// TestEncodedTokenNameIsTheClients: access%5Ftoken is access_token to
+// DingTalk: a client's own token so spelled is left alone (no shared token
+// appended behind it, so DingTalk's 40014 costs no shared-token fetch), and
+// a stand-in so spelled is replaced.
+func TestEncodedTokenNameIsTheClients(t *testing.T) {
+	s := newStack(t, nil)
+	s.do(http.MethodGet, dingtalktest.PathDeptList, nil) // the shared token is fetched
+	fetches := s.fake.TokenFetches()
+	for range 3 {
+		resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList+"?access%5Ftoken=BOGUS&id=5", nil)
+		if resp.StatusCode != 200 || errcodeOf(t, body) != dingtalk.ErrcodeTokenInvalid {
+			t.Errorf("a client's own token: %d %s, want DingTalk's 40014", resp.StatusCode, body)
+		}
+	}
+	if n := s.fake.TokenFetches() - fetches; n != 0 {
+		t.Errorf("a client's own token spelled access%%5Ftoken cost %d shared-token fetches", n)
+	}
+	resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList+"?access%5ftoken=&id=6", nil)
+	if resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
+		t.Errorf("an empty access%%5ftoken: %d %s, want the shared token put in", resp.StatusCode, body)
+	}
+	reqs := s.fake.Requests(dingtalktest.PathDeptList)
+	if q := reqs[len(reqs)-1].RawQuery; strings.Contains(q, "%5f") || !strings.HasPrefix(q, "id=6&access_token=") {
+		t.Errorf("DingTalk got %q, want id=6 then the shared token", redactQuery(q))
+	}
+}
+
+// TestUpstreamCannotSpeakForTheProxy: X-Dingproxy-* headers in DingTalk's
+// answer are dropped: the client never takes them for the proxy's word,
+// and they never become metric labels.
+func TestUpstreamCannotSpeakForTheProxy(t *testing.T) {
+	var next atomic.Pointer[http.Handler]
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == dingtalktest.PathDeptList {
+			w.Header().Set("X-Dingproxy-Fallback", r.URL.Query().Get("kind"))
+			w.Header().Set("x-dingproxy-cache", "hit")
+		}
+		(*next.Load()).ServeHTTP(w, r)
+	}))
+	defer up.Close()
+	core, logs := observer.New(zapcore.ErrorLevel)
+	s := newStack(t, zap.New(core), func(c *config.Config) { c.Upstreams.OAPI, c.Upstreams.API = up.URL, up.URL })
+	h := s.fake.Handler()
+	next.Store(&h)
+	before := testutil.CollectAndCount(s.app.Metrics().Fallbacks)
+	for _, k := range []string{"u1", "u2", "%FF"} {
+		resp, _ := s.do(http.MethodGet, dingtalktest.PathDeptList+"?kind="+k, nil)
+		if resp.StatusCode != 200 || resp.Header.Get("X-Dingproxy-Fallback") != "" || resp.Header.Get("X-Dingproxy-Cache") != "" {
+			t.Errorf("kind %s: %d, client sees %v", k, resp.StatusCode, resp.Header)
+		}
+	}
+	if n := testutil.CollectAndCount(s.app.Metrics().Fallbacks) - before; n != 0 {
+		t.Errorf("DingTalk's X-Dingproxy-Fallback headers made %d fallback series", n)
+	}
+	for _, e := range logs.All() {
+		t.Errorf("logged %q", e.Message)
 	}
 }

@@ -21,10 +21,14 @@ type Endpoint struct {
 	// TokenEndpoint: the call issues a token (the app's or another kind).
 	// It takes no app token and is not paced.
 	TokenEndpoint bool
-	// NoAppToken: the call takes no app token (token endpoints, the robot
-	// webhook, and new-API calls whose SDK declares no token header), so
-	// none is injected.
+	// NoAppToken: the call takes no app token (token endpoints and the
+	// robot webhook), so none is injected. (A few new-API calls the SDK
+	// sends without a token header get it anyway: harmless, and their
+	// callers could not add one themselves.)
 	NoAppToken bool
+	// Read: the path is in the catalogue of DingTalk reads that use POST
+	// (IsReadEndpoint), by its route or as sent.
+	Read bool
 }
 
 // Limits on a route name: a path deeper than maxRouteSegments keeps its
@@ -130,18 +134,14 @@ func (c *apiCatalogue) add(template string, noToken bool) {
 	if cur.api != nil {
 		// Two templates that differ only in a parameter's name are one
 		// API: the first name stays, and it takes a token if either does.
-		cur.api.NoAppToken = cur.api.NoAppToken && noToken
 		cur.api.TokenEndpoint = cur.api.TokenEndpoint && noToken
+		cur.api.NoAppToken = cur.api.TokenEndpoint
 		return
 	}
 	c.size++
-	cur.api = &Endpoint{
-		Upstream:   API,
-		Route:      template,
-		NoAppToken: noToken,
-		// The calls that issue tokens all live under /v1.0/oauth2/.
-		TokenEndpoint: noToken && strings.HasPrefix(template, "/v1.0/oauth2/"),
-	}
+	// The calls that issue tokens all live under /v1.0/oauth2/.
+	issues := noToken && strings.HasPrefix(template, "/v1.0/oauth2/")
+	cur.api = &Endpoint{Upstream: API, Route: template, TokenEndpoint: issues, NoAppToken: issues}
 }
 
 // match finds the template segs call, preferring literals to parameters.
@@ -174,6 +174,12 @@ func CatalogueSize() int { return catalogue.size }
 // its segments when they are plain ASCII names of at most 64 bytes; any
 // other becomes "{}".
 func Describe(path string) Endpoint {
+	e := describe(path)
+	e.Read = IsReadEndpoint(e.Route) || IsReadEndpoint(path)
+	return e
+}
+
+func describe(path string) Endpoint {
 	up := UpstreamFor(path)
 	if up == API {
 		return describeAPI(path)

@@ -147,3 +147,28 @@ func BenchmarkDescribe(b *testing.B) {
 		})
 	}
 }
+
+// TestReadEndpointsSurviveDescribe: every POST read of the catalogue stays a
+// read after Describe, whether or not the SDK catalogue knows its path.
+func TestReadEndpointsSurviveDescribe(t *testing.T) {
+	for k := range readEndpoints {
+		if !Describe(k).Read {
+			t.Errorf("Describe(%q).Read = false (route %q)", k, Describe(k).Route)
+		}
+	}
+	if Describe("/topapi/message/corpconversation/asyncsend_v2").Read {
+		t.Error("a send is a read")
+	}
+	if !Describe("//attendance/list").Read {
+		t.Error("//attendance/list (godingtalk) is not the read /attendance/list")
+	}
+}
+
+// TestAnonymousAPIsGetTheToken: new-API calls the SDK sends without a
+// token header still get the app token (only calls that issue one do not):
+// their callers could not add one themselves, and it does no harm.
+func TestAnonymousAPIsGetTheToken(t *testing.T) {
+	if e := Describe("/v1.0/miniapp/versions/rollback"); e.NoAppToken || e.TokenEndpoint {
+		t.Errorf("Describe(rollback) = %+v, want the token injected", e)
+	}
+}

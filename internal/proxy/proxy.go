@@ -105,7 +105,7 @@ func New(opts Options, p Policy) *Proxy {
 		px.log = zap.NewNop()
 	}
 	px.SetPolicy(p)
-	transport := opts.Transport
+	transport := http.RoundTripper(upstreamAnswers{opts.Transport})
 	if opts.Breakers != nil {
 		transport = &guard{next: transport, breakers: opts.Breakers, px: px}
 	}
@@ -186,6 +186,9 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Overloaded answers a request refused for max_inflight: 503 at once, in
 // the shape of the upstream it was meant for, with Retry-After.
 func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
+	if MustClose(r) {
+		w.Header().Set("Connection", "close")
+	}
 	w.Header().Set("Retry-After", "1")
 	own{status: http.StatusServiceUnavailable, code: CodeOverloaded,
 		msg: "dingproxy: too many requests in flight (max_inflight " + strconv.FormatInt(limit, 10) + "); retry after 1s"}.write(w, dingtalk.UpstreamFor(r.URL.Path))
@@ -193,6 +196,13 @@ func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
 
 // serve answers r and returns its route and Call (nil when none was made).
 func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
+	if MustClose(r) {
+		// Its framing may be a smuggling attempt (see sniff.go): whatever
+		// the answer, early or not, the connection closes after it. The
+		// statusWriter sets it on the final answer (ReverseProxy clears the
+		// headers after a 1xx).
+		w.closeConn = true
+	}
 	// A request line in absolute form names a host of the client's choosing;
 	// CONNECT asks for a tunnel. Neither goes anywhere.
 	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Host != "" {
@@ -216,15 +226,6 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 		name = ep.Route
 	}
 
-	if len(r.TransferEncoding) > 0 && chunkedMustClose(r.Context()) {
-		// Chunked, and its connection sent a Content-Length (which net/http
-		// has dropped, RFC 9112 section 6.3) or cannot tell: the request may
-		// be a smuggling attempt, and RFC 9112 section 6.1 says to close the
-		// connection after answering it (see sniff.go). The statusWriter
-		// sets it on the final answer: ReverseProxy clears the headers
-		// after a 1xx.
-		w.closeConn = true
-	}
 	var cb *clientBody
 	if r.Body != nil && r.Body != http.NoBody {
 		if limit := pol.MaxRequestBodyBytes; limit > 0 && r.ContentLength > limit {
@@ -268,7 +269,7 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		call.Idempotent = true
 	default:
-		call.Idempotent = dingtalk.IsReadEndpoint(ep.Route) || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
+		call.Idempotent = ep.Read || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
 	}
 	if configured && route.Idempotent != nil {
 		call.Idempotent = *route.Idempotent
@@ -292,10 +293,8 @@ func (px *Proxy) placement(r *http.Request, ep dingtalk.Endpoint) dingtalk.Place
 		}
 		return dingtalk.PlaceHeader
 	}
-	if strings.Contains(r.URL.RawQuery, dingtalk.QueryAccessToken) {
-		if vals := r.URL.Query()[dingtalk.QueryAccessToken]; len(vals) > 0 && !px.stands(vals) {
-			return dingtalk.PlaceNone
-		}
+	if vals := queryTokens(r.URL.RawQuery); len(vals) > 0 && !px.stands(vals) {
+		return dingtalk.PlaceNone
 	}
 	return dingtalk.PlaceQuery
 }
@@ -331,6 +330,26 @@ func (px *Proxy) modifyResponse(resp *http.Response) error {
 	}
 	return nil
 }
+
+// upstreamAnswers strips X-Dingproxy-* headers from DingTalk's answers:
+// those names are the proxy's to set (an upstream's would otherwise reach the
+// client as the proxy's word, and the fallback metric as a label).
+type upstreamAnswers struct{ next http.RoundTripper }
+
+func (u upstreamAnswers) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := u.next.RoundTrip(req)
+	if resp != nil {
+		for k := range resp.Header {
+			if len(k) >= len(headerPrefix) && strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
+				delete(resp.Header, k)
+			}
+		}
+	}
+	return resp, err
+}
+
+// headerPrefix starts the names of dingproxy's own headers.
+const headerPrefix = "X-Dingproxy-"
 
 // TokenError is returned by the injector when no token can be had.
 type TokenError struct{ Err error }
@@ -408,16 +427,38 @@ func Injector(src *token.Source) func(*http.Request, *retry.Call) (string, error
 	}
 }
 
+// queryTokens is the access_token values in rawQuery, its names decoded
+// (access%5Ftoken is access_token too). Pairs are split on "&" alone, as
+// DingTalk splits them: a value with ";" is still a value (url.ParseQuery
+// would drop the pair).
+func queryTokens(rawQuery string) []string {
+	if !mayNameToken(rawQuery) {
+		return nil
+	}
+	var vals []string
+	for part := range strings.SplitSeq(rawQuery, "&") {
+		name, val, _ := strings.Cut(part, "=")
+		if !isTokenName(name) {
+			continue
+		}
+		if v, err := url.QueryUnescape(val); err == nil {
+			val = v
+		}
+		vals = append(vals, val)
+	}
+	return vals
+}
+
 // withoutAccessToken is rawQuery without its access_token parameters (the
 // stand-ins placement found), every other byte as it was.
 func withoutAccessToken(rawQuery string) string {
-	if !strings.Contains(rawQuery, dingtalk.QueryAccessToken) {
+	if !mayNameToken(rawQuery) {
 		return rawQuery
 	}
 	var b strings.Builder
 	for part := range strings.SplitSeq(rawQuery, "&") {
 		name, _, _ := strings.Cut(part, "=")
-		if n, err := url.QueryUnescape(name); err == nil && n == dingtalk.QueryAccessToken {
+		if isTokenName(name) {
 			continue
 		}
 		if b.Len() > 0 {
@@ -426,6 +467,20 @@ func withoutAccessToken(rawQuery string) string {
 		b.WriteString(part)
 	}
 	return b.String()
+}
+
+// mayNameToken is false when no parameter of rawQuery can be access_token.
+func mayNameToken(rawQuery string) bool {
+	return strings.Contains(rawQuery, dingtalk.QueryAccessToken) || strings.Contains(rawQuery, "%")
+}
+
+// isTokenName reports whether a raw query name decodes to access_token.
+func isTokenName(name string) bool {
+	if name == dingtalk.QueryAccessToken {
+		return true
+	}
+	n, err := url.QueryUnescape(name)
+	return err == nil && n == dingtalk.QueryAccessToken
 }
 
 // readBody buffers r's body for replay when it is at most pol.MaxBodyBytes

@@ -20,12 +20,14 @@ func TestSniffScan(t *testing.T) {
 		{"POST / HTTP/1.1\r\nContent\rLength: 4\r\n\r\n", false}, // '\r' is not '-'
 		{"Content-Length: 4 on the request line", false},
 		{"POST / HTTP/1.1\r\n\nContent-Length: 1\r\n", true},
+		{"POST / HTTP/1.1\r\nX-A: a\r\n Content-Length: 4\r\n", true}, // obs-fold
+		{"POST / HTTP/1.1\r\nX-A: a\r\n\t\tcontent-length: 4\r\n", true},
 	} {
 		for split := 0; split <= len(tc.in); split++ {
 			c := &sniffConn{}
 			c.scan([]byte(tc.in[:split]))
 			c.scan([]byte(tc.in[split:]))
-			if got := c.sawCL.Load(); got != tc.want {
+			if got := c.cl.saw.Load(); got != tc.want {
 				t.Errorf("%q split at %d: saw Content-Length %v, want %v", tc.in, split, got, tc.want)
 				break
 			}
@@ -35,7 +37,7 @@ func TestSniffScan(t *testing.T) {
 		for i := range len(tc.in) {
 			c.scan([]byte{tc.in[i]})
 		}
-		if got := c.sawCL.Load(); got != tc.want {
+		if got := c.cl.saw.Load(); got != tc.want {
 			t.Errorf("%q byte by byte: %v, want %v", tc.in, got, tc.want)
 		}
 	}
@@ -47,5 +49,16 @@ func BenchmarkSniffScan(b *testing.B) {
 	for b.Loop() {
 		c := &sniffConn{}
 		c.scan(body)
+	}
+}
+
+// TestSniffTransferEncoding: the same for Transfer-Encoding lines, tracked
+// on their own.
+func TestSniffTransferEncoding(t *testing.T) {
+	c := &sniffConn{}
+	c.scan([]byte("POST / HTTP/1.0\r\nHost: x\r\nTransfer-"))
+	c.scan([]byte("ENCODING: chunked\r\n\r\n"))
+	if !c.te.saw.Load() || c.cl.saw.Load() {
+		t.Errorf("TE %v CL %v, want TE only", c.te.saw.Load(), c.cl.saw.Load())
 	}
 }
