@@ -50,6 +50,14 @@ func (s *Server) executeDiscarded(r *http.Request, body []byte) {
 	s.normal(&discardWriter{h: make(http.Header)}, r, body)
 }
 
+// discardWriter swallows the answer of a request executed by a fault that
+// answers in its own way.
+type discardWriter struct{ h http.Header }
+
+func (d *discardWriter) Header() http.Header         { return d.h }
+func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (d *discardWriter) WriteHeader(int)             {}
+
 // setHeader sets the headers of a bad answer: Server, Content-Type (none if
 // ct is ""), and Content-Length unless length is negative.
 func setHeader(w http.ResponseWriter, ct string, length int64) {

@@ -76,7 +76,7 @@ func userGet(s *Server, w http.ResponseWriter, r *http.Request, body []byte, exe
 		return
 	}
 	exec()
-	s.oapiOK(w, r.URL.Path, map[string]any{"result": map[string]any{
+	s.answerOK(w, r.URL.Path, map[string]any{"result": map[string]any{
 		"userid":       req.UserID,
 		"unionid":      "union-" + req.UserID,
 		"name":         "User " + req.UserID,
@@ -105,7 +105,7 @@ func deptListSub(s *Server, w http.ResponseWriter, r *http.Request, body []byte,
 			"parent_id": req.DeptID,
 		})
 	}
-	s.oapiOK(w, r.URL.Path, map[string]any{"result": result})
+	s.answerOK(w, r.URL.Path, map[string]any{"result": result})
 }
 
 func deptList(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
@@ -128,7 +128,7 @@ func deptList(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec 
 			"parentid": parent,
 		})
 	}
-	s.oapiOK(w, r.URL.Path, map[string]any{"department": depts})
+	s.answerOK(w, r.URL.Path, map[string]any{"department": depts})
 }
 
 func attendanceList(s *Server, w http.ResponseWriter, r *http.Request, body []byte, exec func()) {
@@ -150,42 +150,42 @@ func attendanceList(s *Server, w http.ResponseWriter, r *http.Request, body []by
 			"timeResult": "Normal",
 		})
 	}
-	s.oapiOK(w, r.URL.Path, map[string]any{"hasMore": false, "recordresult": records})
+	s.answerOK(w, r.URL.Path, map[string]any{"hasMore": false, "recordresult": records})
 }
 
 func contactUser(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	id := strings.TrimPrefix(r.URL.Path, PathContactUsers)
 	exec()
-	s.apiJSON(w, map[string]any{"userId": id, "unionId": "union-" + id, "name": "User " + id})
+	s.answerOK(w, r.URL.Path, map[string]any{"userId": id, "unionId": "union-" + id, "name": "User " + id})
 }
 
 func asyncSend(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.oapiOK(w, r.URL.Path, map[string]any{"task_id": s.nextID()})
+	s.answerOK(w, r.URL.Path, map[string]any{"task_id": s.nextID()})
 }
 
 func chatSend(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.oapiOK(w, r.URL.Path, map[string]any{"messageId": "msg" + strconv.FormatInt(s.nextID(), 36)})
+	s.answerOK(w, r.URL.Path, map[string]any{"messageId": "msg" + strconv.FormatInt(s.nextID(), 36)})
 }
 
 func processCreate(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.oapiOK(w, r.URL.Path, map[string]any{"process_instance_id": "pi-" + strconv.FormatInt(s.nextID(), 10)})
+	s.answerOK(w, r.URL.Path, map[string]any{"process_instance_id": "pi-" + strconv.FormatInt(s.nextID(), 10)})
 }
 
-func robotBatchSend(s *Server, w http.ResponseWriter, _ *http.Request, _ []byte, exec func()) {
+func robotBatchSend(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.apiJSON(w, map[string]any{
+	s.answerOK(w, r.URL.Path, map[string]any{
 		"processQueryKey":           "pqk-" + strconv.FormatInt(s.nextID(), 10),
 		"invalidStaffIdList":        []string{},
 		"flowControlledStaffIdList": []string{},
 	})
 }
 
-func robotGroupSend(s *Server, w http.ResponseWriter, _ *http.Request, _ []byte, exec func()) {
+func robotGroupSend(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.apiJSON(w, map[string]any{"processQueryKey": "pqk-" + strconv.FormatInt(s.nextID(), 10)})
+	s.answerOK(w, r.URL.Path, map[string]any{"processQueryKey": "pqk-" + strconv.FormatInt(s.nextID(), 10)})
 }
 
 // echo reports the body's SHA-256 and length, so tests can prove a body
@@ -193,10 +193,5 @@ func robotGroupSend(s *Server, w http.ResponseWriter, _ *http.Request, _ []byte,
 func echo(s *Server, w http.ResponseWriter, r *http.Request, body []byte, exec func()) {
 	exec()
 	sum := sha256.Sum256(body)
-	fields := map[string]any{"sha256": hex.EncodeToString(sum[:]), "length": len(body)}
-	if shapeOf(r.URL.Path) == shapeAPI {
-		s.apiJSON(w, fields)
-		return
-	}
-	s.oapiOK(w, r.URL.Path, fields)
+	s.answerOK(w, r.URL.Path, map[string]any{"sha256": hex.EncodeToString(sum[:]), "length": len(body)})
 }

@@ -16,12 +16,12 @@ func init() {
 	routes[PathGetJsapiTicket] = route{h: getJsapiTicket}
 }
 
-func jsapiTickets(s *Server, w http.ResponseWriter, _ *http.Request, _ []byte, exec func()) {
+func jsapiTickets(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.apiJSON(w, map[string]any{"jsapiTicket": "ticket-" + s.randomHex(8), "expireIn": 7200})
+	s.answerOK(w, r.URL.Path, map[string]any{"jsapiTicket": "ticket-" + s.randomHex(8), "expireIn": 7200})
 }
 
 func getJsapiTicket(s *Server, w http.ResponseWriter, r *http.Request, _ []byte, exec func()) {
 	exec()
-	s.oapiOK(w, r.URL.Path, map[string]any{"ticket": "ticket-" + s.randomHex(8), "expires_in": 7200})
+	s.answerOK(w, r.URL.Path, map[string]any{"ticket": "ticket-" + s.randomHex(8), "expires_in": 7200})
 }

@@ -1,0 +1,218 @@
+package dingtalktest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+)
+
+// maxSeenBodies bounds duplicate detection memory per path.
+const maxSeenBodies = 1 << 20
+
+func isTokenPath(path string) bool {
+	return path == dingtalk.PathGetToken || path == dingtalk.PathOAuth2Token
+}
+
+// serveHTTP runs the pipeline: secret check, token endpoints, script, QPS
+// limit, chaos, then auth and the handler (in normal).
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.enter() {
+		abort(w)
+		return
+	}
+	defer s.inflight.Done()
+
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return // the client went away mid-body
+	}
+	if len(body) > maxBody {
+		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	path := r.URL.Path
+	token := isTokenPath(path)
+	leak := !token && s.containsSecret(r, body)
+	now := s.opts.Now()
+
+	s.mu.Lock()
+	s.c.total++
+	s.c.hits[path]++
+	s.recordLocked(r, body)
+	if leak {
+		s.c.leaks++
+	}
+	if token {
+		s.c.tokenFetches++
+	}
+	f, have := s.popScriptLocked(path)
+	if !have && !token && s.qpsLimit > 0 && s.qpsRejectLocked(path, now) {
+		s.c.throttled++
+		f, have = Throttle(), true
+	}
+	if !have && s.chaos.appliesTo(path) {
+		f, _ = s.chaos.pick(s.rng.Float64()) // no pick is the zero Fault, OK
+	}
+	s.mu.Unlock()
+
+	s.apply(w, r, body, f)
+}
+
+func (s *Server) recordLocked(r *http.Request, body []byte) {
+	rs := s.c.requests[r.URL.Path]
+	if len(rs) >= maxRecorded {
+		rs = append(rs[:0:0], rs[len(rs)-maxRecorded+1:]...)
+	}
+	s.c.requests[r.URL.Path] = append(rs, Request{
+		Method:   r.Method,
+		Path:     r.URL.Path,
+		RawQuery: r.URL.RawQuery,
+		Header:   r.Header.Clone(),
+		Body:     body,
+	})
+}
+
+func (s *Server) popScriptLocked(path string) (Fault, bool) {
+	q := s.scripts[path]
+	if len(q) == 0 {
+		return Fault{}, false
+	}
+	f := q[0]
+	if len(q) == 1 {
+		delete(s.scripts, path)
+	} else {
+		s.scripts[path] = q[1:]
+	}
+	return f, true
+}
+
+func (s *Server) qpsRejectLocked(path string, now time.Time) bool {
+	st := s.qps[path]
+	if st == nil {
+		st = &qpsWindow{}
+		s.qps[path] = st
+	}
+	if now.Before(st.penalty) {
+		return true
+	}
+	if sec := now.Unix(); sec != st.second {
+		st.second, st.count = sec, 0
+	}
+	st.count++
+	if st.count > s.qpsLimit {
+		st.penalty = now.Add(dingtalk.ThrottlePenalty * time.Second)
+		return true
+	}
+	return false
+}
+
+func (s *Server) containsSecret(r *http.Request, body []byte) bool {
+	secret := s.opts.AppSecret
+	has := func(v string) bool { return strings.Contains(v, secret) }
+	if has(r.URL.Path) || has(r.URL.RawPath) || has(r.URL.RawQuery) || has(r.RequestURI) {
+		return true
+	}
+	if q, err := url.QueryUnescape(r.URL.RawQuery); err == nil && has(q) {
+		return true
+	}
+	for k, vs := range r.Header {
+		if has(k) {
+			return true
+		}
+		for _, v := range vs {
+			if has(v) {
+				return true
+			}
+		}
+	}
+	if bytes.Contains(body, []byte(secret)) {
+		return true
+	}
+	if b, err := url.QueryUnescape(string(body)); err == nil && has(b) {
+		return true
+	}
+	return false
+}
+
+// normal answers r as DingTalk would with no fault: token endpoints, the
+// robot webhook, then auth and the path's handler.
+func (s *Server) normal(w http.ResponseWriter, r *http.Request, body []byte) {
+	path := r.URL.Path
+	switch path {
+	case dingtalk.PathGetToken:
+		s.getToken(w, r)
+		return
+	case dingtalk.PathOAuth2Token:
+		s.oauth2Token(w, body)
+		return
+	case dingtalk.PathRobotSend:
+		s.robotSend(w, r, body)
+		return
+	}
+	if !s.auth(w, r) {
+		return
+	}
+	h, send := lookupRoute(path)
+	if h == nil {
+		s.answerError(w, path, errNotFound)
+		return
+	}
+	h(s, w, r, body, func() { s.execute(path, body, send) })
+}
+
+// robotSend is the custom robot webhook: its own token, msgUuid idempotency.
+func (s *Server) robotSend(w http.ResponseWriter, r *http.Request, body []byte) {
+	path := r.URL.Path
+	if r.URL.Query().Get(dingtalk.QueryAccessToken) != s.opts.RobotToken {
+		s.oapiError(w, path, dingtalk.ErrcodeRobotNoToken, msgRobotNoToken)
+		return
+	}
+	var msg struct {
+		MsgUUID string `json:"msgUuid"`
+	}
+	_ = json.Unmarshal(body, &msg) // a body that is not JSON has no msgUuid
+	s.mu.Lock()
+	replay := false
+	if msg.MsgUUID != "" {
+		_, replay = s.robotIDs[msg.MsgUUID]
+		s.robotIDs[msg.MsgUUID] = struct{}{}
+	}
+	if !replay {
+		s.executeLocked(path, body, true)
+	}
+	s.mu.Unlock()
+	s.answerOK(w, path, nil)
+}
+
+// execute counts one execution of path; a send whose body was executed before
+// on the same path is also a duplicate.
+func (s *Server) execute(path string, body []byte, send bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.executeLocked(path, body, send)
+}
+
+func (s *Server) executeLocked(path string, body []byte, send bool) {
+	s.c.execs[path]++
+	if !send {
+		return
+	}
+	sum := sha256.Sum256(body)
+	seen := s.seen[path]
+	if seen == nil {
+		seen = make(map[[sha256.Size]byte]struct{})
+		s.seen[path] = seen
+	}
+	if _, dup := seen[sum]; dup {
+		s.c.duplicates++
+	} else if len(seen) < maxSeenBodies {
+		seen[sum] = struct{}{}
+	}
+}
