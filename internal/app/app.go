@@ -126,16 +126,24 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.retry.Budget = retry.NewBudget(cfg.Retry.Budget.Ratio, cfg.Retry.Budget.MinPerSecond)
 	a.retry.Logger = log.Named("retry")
 	a.pacer = pacing.New(PacingSettings(cfg))
-	a.retry.Pacer = callPacer{a.pacer}
+	a.retry.Pacer = a.pacer // takes its feedback from the loop itself
 	a.retry.Observe = a.observe
-	a.retry.OnRetry = func(c *retry.Call, reason string, _ time.Duration) {
-		m.Retries.WithLabelValues(c.Route, reason).Inc()
+	a.retry.OnRetry = func(f *retry.Facts, reason string, _ time.Duration) {
+		m.Retries.WithLabelValues(f.Route, reason).Inc()
+	}
+	a.retry.OnBudgetExhausted = func(f *retry.Facts, rep retry.Report) {
+		m.BudgetExhausted.WithLabelValues(f.Route).Inc()
+		log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", f.Route),
+			zap.String("reason", rep.Reason), zap.Int("attempt", rep.Attempts))
 	}
 	if a.tokens != nil {
 		a.retry.Prepare = proxy.Injector(a.tokens)
 		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
 	}
 	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
+	a.pacer.OnRate = func(api string, rate float64) {
+		m.PacingRate.WithLabelValues(a.breakers.Route(api)).Set(rate)
+	}
 	a.breakers.OnStateChange = func(route string, _, to breaker.State) {
 		m.BreakerState.WithLabelValues(route).Set(float64(to))
 		m.BreakerTransits.WithLabelValues(route, to.String()).Inc()
@@ -143,10 +151,10 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.initRoutes(cfg)
 	a.proxy = proxy.New(proxy.Options{
 		OAPI: oapi, API: api,
-		Transport: a.retry,
-		Breakers:  a.breakers,
-		Tokens:    a.tokens,
-		AppKey:    cfg.App.Key, AppSecret: cfg.App.Secret.Reveal(),
+		Loop:     a.retry,
+		Breakers: a.breakers,
+		Tokens:   a.tokens,
+		AppKey:   cfg.App.Key, AppSecret: cfg.App.Secret.Reveal(),
 		Logger: log.Named("proxy"),
 		Served: a.served,
 	}, ProxyPolicy(cfg))
@@ -235,33 +243,23 @@ func PacingSettings(cfg *config.Config) pacing.Settings {
 	return pacing.Settings{PerAPIQPS: cfg.Pacing.PerAPIQPS, GlobalQPS: cfg.Pacing.GlobalQPS}
 }
 
-// observe counts each attempt and feeds its answer back to the pacer:
-// throttles cut the path's rate and block it for DingTalk's penalty,
-// successes raise it again.
-func (a *App) observe(c *retry.Call, reason string, d time.Duration) {
+// observe counts each attempt and times it by upstream. (Pacing takes its
+// own feedback from the loop.)
+func (a *App) observe(f *retry.Facts, _ int, reason string, _ dingtalk.Result, d time.Duration) {
 	if reason == dingtalk.ReasonSuccess {
-		a.seriesFor(c.Route).success.Inc()
+		a.seriesFor(f.Route).success.Inc()
 	} else {
-		a.metrics.Attempts.WithLabelValues(c.Route, reason).Inc()
+		a.metrics.Attempts.WithLabelValues(f.Route, reason).Inc()
 	}
-	if c.Upstream == dingtalk.API {
+	if f.Upstream == dingtalk.API {
 		a.apiAttempts.Observe(d.Seconds())
 	} else {
 		a.oapiAttempts.Observe(d.Seconds())
 	}
-	switch reason {
-	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
-		a.pacer.Throttled(c.Path, c.Result.PenaltyEnd)
-		a.metrics.PacingRate.WithLabelValues(c.Route).Set(a.pacer.Rate(c.Path))
-	case dingtalk.ReasonSuccess:
-		if rate, raised := a.pacer.Succeeded(c.Path); raised {
-			a.metrics.PacingRate.WithLabelValues(c.Route).Set(rate)
-		}
-	}
 }
 
 // served counts an answered request, and logs the fallbacks.
-func (a *App) served(route string, status int, fallback string, c *retry.Call, d time.Duration) {
+func (a *App) served(route string, status int, fallback string, f *retry.Facts, d time.Duration) {
 	m := a.metrics
 	rs := a.seriesFor(route)
 	rs.duration.Observe(d.Seconds())
@@ -269,15 +267,8 @@ func (a *App) served(route string, status int, fallback string, c *retry.Call, d
 		m.Fallbacks.WithLabelValues(route, fallback).Inc()
 		a.log.Info("fallback served", zap.String("route", route), zap.String("kind", fallback), zap.Int("status", status))
 	}
-	if c != nil {
-		if c.BudgetExhausted {
-			m.BudgetExhausted.WithLabelValues(route).Inc()
-			a.log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", route),
-				zap.String("reason", c.Reason), zap.Int("attempt", c.Attempts))
-		}
-		if c.NotBuffered != "" {
-			m.Unreplayable.WithLabelValues(route, c.NotBuffered).Inc()
-		}
+	if f != nil && f.NotBuffered != "" {
+		m.Unreplayable.WithLabelValues(route, f.NotBuffered).Inc()
 	}
 	// Last: whoever sees the request counted sees all of the above.
 	if status == http.StatusOK {
@@ -315,23 +306,6 @@ func (a *App) initRoutes(cfg *config.Config) {
 	for _, r := range cfg.Routes {
 		a.metrics.InitRoute(a.breakers.Route(r.Path), cfg.Pacing.PerAPIQPS)
 	}
-}
-
-// callPacer paces calls by path; token calls are not paced.
-type callPacer struct{ p *pacing.Pacer }
-
-func (cp callPacer) Wait(ctx context.Context, c *retry.Call, earliest, deadline time.Time) error {
-	if c.TokenEndpoint {
-		return nil
-	}
-	return cp.p.Wait(ctx, c.Path, earliest, deadline)
-}
-
-func (cp callPacer) Next(c *retry.Call, earliest time.Time) time.Time {
-	if c.TokenEndpoint {
-		return earliest
-	}
-	return cp.p.Next(c.Path, earliest)
 }
 
 // Pacer is the rate pacer.

@@ -243,7 +243,7 @@ func TestPathsNotUTF8(t *testing.T) {
 func TestBookkeepingCannotFailAnAnswer(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
 	s := newStackHooked(t, zap.New(core), func(a *app.App) {
-		a.RetryTransport().Observe = func(*retry.Call, string, time.Duration) { panic("bookkeeping bug") }
+		a.RetryTransport().Observe = func(*retry.Facts, int, string, dingtalk.Result, time.Duration) { panic("bookkeeping bug") }
 	})
 	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, []byte(`{"agent_id":1}`))
 	if resp.StatusCode != 200 || errcodeOf(t, body) != 0 || !strings.Contains(string(body), "task_id") {

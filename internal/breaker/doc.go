@@ -4,7 +4,10 @@
 // shares one overflow breaker. It also holds the proxy-wide breaker that
 // DingTalk's egress-IP ban opens for every route at once.
 //
-// It counts what it is told and decides whether a call may go: it does not
-// know HTTP, DingTalk's answers or fallbacks. The proxy maps a request's
-// final outcome to a Verdict and an open breaker to a fallback answer.
+// Set counts what it is told and decides whether a call may go. Transport is
+// the breaker's layer around the attempt loop: it asks the Set, runs the
+// loop, and judges the loop's Report (Judge) as one sample of the route, so
+// one client call is one sample however many attempts it took. It answers
+// nothing itself: an open breaker is an *OpenError, which the proxy turns
+// into a fallback.
 package breaker

@@ -177,6 +177,10 @@ func (w *window) dropAfter(now time.Time) {
 
 // Pacer hands out turns. It is safe for concurrent use.
 type Pacer struct {
+	// OnRate, if set (before the pacer is used), is told of every change of
+	// a path's rate that Answered makes, for the rate gauge.
+	OnRate func(name string, rate float64)
+
 	settings atomic.Pointer[Settings]
 
 	mu        sync.Mutex

@@ -4,10 +4,16 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 
+	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
+	"github.com/dingproxy/dingproxy/internal/retry"
+	"github.com/dingproxy/dingproxy/internal/token"
+	"go.uber.org/zap"
 )
 
 // Codes of dingproxy's own answers on the api host: one stable code per
@@ -27,6 +33,72 @@ const (
 	CodeGatewayTimeout   = "dingproxy.GatewayTimeout"
 	CodeInternalError    = "dingproxy.InternalError"
 )
+
+// errorHandler maps the typed errors of the layers below to answers, in one
+// place: an open breaker to its fallback, a paced call to the paced answer,
+// a client's failed body to 408/413, a client gone to 499, no token to 503,
+// timeouts to 504, and every other failure to 502.
+func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	f := retry.FactsFrom(r.Context())
+	if f == nil {
+		f = &retry.Facts{Upstream: dingtalk.UpstreamFor(r.URL.Path)}
+	}
+	// The typed errors of the layers below, each mapped to its answer here.
+	var rep retry.Report
+	var attempts int
+	var re *retry.Error
+	if errors.As(err, &re) {
+		rep, attempts = re.Report, re.Attempts
+	}
+	w.Header().Set(HeaderAttempts, strconv.Itoa(attempts))
+	var open *breaker.OpenError
+	if errors.As(err, &open) {
+		px.fallback(w, r, f, open) // an open breaker, or an IP-ban answer
+		return
+	}
+	var paced *pacing.PacedError
+	if errors.As(err, &paced) {
+		px.pacedAnswer(w, f, paced)
+		return
+	}
+	var tokErr *TokenError
+	status, code, msg := http.StatusBadGateway, CodeBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(attempts)+" attempt(s)"
+	var berr error
+	if f.ClientBody != nil {
+		berr = f.ClientBody.Failed()
+	}
+	if berr != nil {
+		// The client's own body failed while it streamed upstream: say so,
+		// whatever the attempt made of it. DingTalk got a cut-off body,
+		// which it cannot have executed.
+		status, msg = clientBodyStatus(w, berr)
+		px.log.Debug("client body failed", zap.String("route", f.Route), zap.Int("status", status), zap.Error(berr))
+		writeError(w, f.Upstream, status, msg)
+		return
+	}
+	switch {
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads this answer.
+		px.log.Debug("client went away", zap.String("route", f.Route), zap.Int("attempts", attempts))
+		w.WriteHeader(499)
+		return
+	case errors.As(err, &tokErr):
+		status, code, msg = http.StatusServiceUnavailable, CodeTokenUnavailable, "dingproxy: no access token available"
+	case errors.Is(err, retry.ErrTimeout):
+		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.timeout"
+	case rep.Outcome == retry.AfterSend && !f.Idempotent:
+		msg = "dingproxy: the connection to DingTalk failed after the request was sent; it may have been executed, so it was not repeated"
+		if errors.Is(err, retry.ErrAttemptTimeout) {
+			status, code = http.StatusGatewayTimeout, CodeGatewayTimeout
+			msg = "dingproxy: DingTalk did not answer within retry.per_try_timeout; the request may have been executed, so it was not repeated"
+		}
+	case errors.Is(err, retry.ErrAttemptTimeout):
+		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.per_try_timeout after "+strconv.Itoa(attempts)+" attempt(s)"
+	}
+	px.log.Warn("request failed", zap.String("route", f.Route), zap.String("method", r.Method),
+		zap.Int("status", status), zap.Int("attempts", attempts), zap.String("reason", rep.Reason), zap.Error(token.Redact(err)))
+	own{status: status, code: code, msg: msg}.write(w, f.Upstream)
+}
 
 // HeaderRequestID is the new API's request id header, which dingproxy's own
 // answers on that host carry too (the same id as the body's requestid).
@@ -106,11 +178,6 @@ func (o own) write(w http.ResponseWriter, up dingtalk.Upstream) {
 	b := o.render(up, w.Header())
 	w.WriteHeader(o.status)
 	w.Write(b)
-}
-
-// response is o as the Transport's answer to req, with h's headers.
-func (o own) response(req *http.Request, up dingtalk.Upstream, h http.Header) *http.Response {
-	return synthesize(req, o.status, h, o.render(up, h))
 }
 
 // writeError writes an answer of dingproxy's own in the shape of up, with

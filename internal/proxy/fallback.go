@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -41,98 +40,27 @@ type Fallback struct {
 	Stale time.Duration
 }
 
-// guard is the outermost RoundTripper: the route's breaker, the proxy-wide
-// IP-ban breaker, and the fallbacks they answer with. It counts each call's
-// final outcome after the attempt loop, as SPEC says.
-type guard struct {
-	next     http.RoundTripper
-	breakers *breaker.Set
-	px       *Proxy
-}
-
-func (g *guard) RoundTrip(req *http.Request) (*http.Response, error) {
-	c := retry.CallFrom(req.Context())
-	if c == nil {
-		return g.next.RoundTrip(req)
-	}
-	done, err := g.breakers.Allow(c.Route)
-	if err != nil {
-		return g.px.fallback(req, c, err.(*breaker.OpenError)), nil
-	}
-	resp, err := g.next.RoundTrip(req)
-	var paced *pacing.PacedError
-	if err != nil && errors.As(err, &paced) {
-		done(breaker.Ignore)
-		return g.px.pacedAnswer(req, c, paced), nil
-	}
-	if c.Outcome == retry.IPBan {
-		ban := c.Result.Wait
-		if ban <= 0 {
-			ban = dingtalk.IPBanDuration * time.Second
-		}
-		retry.Bookkeep(g.px.log, "breaker", func() {
-			done(breaker.Ignore)
-			g.breakers.Ban(ban)
-		})
-		if resp != nil {
-			resp.Body.Close()
-		}
-		return g.px.fallback(req, c, &breaker.OpenError{Route: c.Route, Kind: breaker.KindIPBan, RetryAfter: ban}), nil
-	}
-	// DingTalk may have executed the call: its bookkeeping cannot fail it.
-	retry.Bookkeep(g.px.log, "breaker", func() {
-		done(verdict(c))
-		if err == nil && c.Outcome == retry.Success {
-			g.px.keepForStale(req, c, resp)
-		}
-	})
-	return resp, err
-}
-
-// verdict is how a call's final outcome counts for its breaker: network
-// errors, timeouts, 5xx and "system busy" fail it; business errors,
-// throttling (pacing's business), token trouble and clients that went away
-// do not count.
-func verdict(c *retry.Call) breaker.Verdict {
-	switch c.Outcome {
-	case retry.Success:
-		return breaker.Success
-	case retry.ServerError, retry.AfterSend:
-		return breaker.Failure
-	case retry.NotSent:
-		if c.Reason == retry.ReasonTokenUnavailable || c.Reason == retry.ReasonPaced {
-			return breaker.Ignore
-		}
-		return breaker.Failure
-	case retry.Canceled:
-		if c.Reason == retry.ReasonTimeout {
-			return breaker.Failure
-		}
-	}
-	return breaker.Ignore
-}
-
-// fallback answers a call its breaker stopped: the last good answer when
-// the route keeps one, else the route's configured answer, else the default
-// DingTalk-shaped 503 with Retry-After.
-func (px *Proxy) fallback(req *http.Request, c *retry.Call, oe *breaker.OpenError) *http.Response {
-	fb := px.routeFor(req, c).Fallback
+// fallback answers a call its breaker stopped (nothing was sent): the last
+// good answer when the route keeps one, else the route's configured answer,
+// else the default 503 in the host's shape with Retry-After.
+func (px *Proxy) fallback(w http.ResponseWriter, req *http.Request, f *retry.Facts, oe *breaker.OpenError) {
+	h := w.Header()
+	fb := px.routeFor(req, f).Fallback
 	if oe.Kind == breaker.KindCircuitOpen && fb != nil {
-		if fb.Stale > 0 && c.Idempotent {
-			if e, ok := px.stale.get(staleKey(req, c), fb.Stale); ok {
-				h := e.header.Clone()
+		if fb.Stale > 0 && f.Idempotent {
+			if e, ok := px.stale.get(staleKey(req, f), fb.Stale); ok {
+				copyHeader(h, e.header)
 				h.Set(HeaderFallback, KindStale)
 				h.Set("Age", strconv.Itoa(int(time.Since(e.stored)/time.Second)))
-				return synthesize(req, e.status, h, e.body)
+				writeBody(w, e.status, e.body)
+				return
 			}
 		}
 		if fb.Status != 0 {
-			h := fb.Header.Clone()
-			if h == nil {
-				h = http.Header{}
-			}
+			copyHeader(h, fb.Header)
 			h.Set(HeaderFallback, KindRoute)
-			return synthesize(req, fb.Status, h, fb.Body)
+			writeBody(w, fb.Status, fb.Body)
+			return
 		}
 	}
 	secs := int(oe.RetryAfter / time.Second)
@@ -142,48 +70,50 @@ func (px *Proxy) fallback(req *http.Request, c *retry.Call, oe *breaker.OpenErro
 		o.code = CodeIPBan
 		o.msg = fmt.Sprintf("dingproxy: DingTalk banned this egress IP; circuit open for every route, retry after %ds", secs)
 	}
-	h := http.Header{}
 	h.Set("Retry-After", strconv.Itoa(secs))
 	h.Set(HeaderFallback, oe.Kind)
-	return o.response(req, c.Upstream, h)
+	o.write(w, f.Upstream)
 }
 
 // pacedAnswer is the 429-style answer to a call whose turn would come after
 // its deadline: DingTalk's own throttle errcode on oapi, so SDKs treat it as
 // one; dingproxy.Paced on api.
-func (px *Proxy) pacedAnswer(req *http.Request, c *retry.Call, e *pacing.PacedError) *http.Response {
+func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *retry.Facts, e *pacing.PacedError) {
 	secs := int((e.Wait + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
 	o := own{status: http.StatusTooManyRequests, code: CodePaced, errcode: dingtalk.ErrcodeQPSAppAPI,
 		msg: fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", e.Path, secs)}
-	h := http.Header{}
-	h.Set("Retry-After", strconv.Itoa(secs))
-	h.Set(HeaderFallback, KindPaced)
-	return o.response(req, c.Upstream, h)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	w.Header().Set(HeaderFallback, KindPaced)
+	o.write(w, f.Upstream)
 }
 
-func synthesize(req *http.Request, status int, h http.Header, body []byte) *http.Response {
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	return &http.Response{
-		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
-		StatusCode:    status,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        h,
-		Body:          io.NopCloser(bytes.NewReader(body)),
-		ContentLength: int64(len(body)),
-		Request:       req,
+// copyHeader adds src's end-to-end fields to dst (a kept answer's
+// hop-by-hop fields were its connection's, not this one's).
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		switch k {
+		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Content-Length":
+			continue
+		}
+		dst[k] = append([]string(nil), vv...)
 	}
+}
+
+// writeBody writes a whole answer of known length.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body)
 }
 
 // staleKey identifies "the same request": method, path, the client's query
 // (with its own token, if any), the body, and a client's own api token.
 // A POST read's answer depends on its body (which user?), so the body is in
 // the key; a client's own token may belong to another app, so it is too.
-func staleKey(req *http.Request, c *retry.Call) [sha256.Size]byte {
+func staleKey(req *http.Request, f *retry.Facts) [sha256.Size]byte {
 	h := sha256.New()
 	io.WriteString(h, req.Method)
 	h.Write([]byte{0})
@@ -193,7 +123,7 @@ func staleKey(req *http.Request, c *retry.Call) [sha256.Size]byte {
 	h.Write([]byte{0})
 	io.WriteString(h, req.Header.Get(dingtalk.HeaderAccessToken))
 	h.Write([]byte{0})
-	h.Write(c.Body)
+	h.Write(f.Body)
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
 	return k
@@ -201,15 +131,15 @@ func staleKey(req *http.Request, c *retry.Call) [sha256.Size]byte {
 
 // keepForStale records a successful answer on a route that serves stale
 // fallbacks, as the client reads it: whole answers up to maxStaleBody only.
-func (px *Proxy) keepForStale(req *http.Request, c *retry.Call, resp *http.Response) {
-	if !c.Idempotent || resp.StatusCode != http.StatusOK || !c.Replayable {
+func (px *Proxy) keepForStale(req *http.Request, f *retry.Facts, resp *http.Response) {
+	if !f.Idempotent || resp.StatusCode != http.StatusOK || !f.Replayable {
 		return
 	}
-	fb := px.routeFor(req, c).Fallback
+	fb := px.routeFor(req, f).Fallback
 	if fb == nil || fb.Stale <= 0 || resp.ContentLength > maxStaleBody {
 		return
 	}
-	resp.Body = &recordingBody{ReadCloser: resp.Body, px: px, key: staleKey(req, c), status: resp.StatusCode, header: resp.Header}
+	resp.Body = &recordingBody{ReadCloser: resp.Body, px: px, key: staleKey(req, f), status: resp.StatusCode, header: resp.Header}
 }
 
 // recordingBody copies an answer into the stale cache once it was read whole.
@@ -244,10 +174,10 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 
 // routeFor is the configured policy of c's route: by exact path, else by
 // the API's template.
-func (px *Proxy) routeFor(req *http.Request, c *retry.Call) Route {
+func (px *Proxy) routeFor(req *http.Request, f *retry.Facts) Route {
 	routes := px.policy.Load().Routes
 	if r, ok := routes[req.URL.Path]; ok {
 		return r
 	}
-	return routes[c.Path]
+	return routes[f.API]
 }

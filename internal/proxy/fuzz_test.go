@@ -22,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
 )
 
@@ -129,7 +130,7 @@ func FuzzTokenCall(f *testing.F) {
 		hits := srv.TotalHits()
 
 		// answerTokenCall on its own.
-		px := New(Options{OAPI: upstream, API: upstream, Transport: tcNoTransport{t}, Tokens: src,
+		px := New(Options{OAPI: upstream, API: upstream, Loop: oneAttempt(tcNoTransport{t}), Tokens: src,
 			AppKey: tcAppKey, AppSecret: tcAppSecret}, Policy{MaxBodyBytes: tcMaxBody})
 		w := &tcWriter{h: http.Header{}}
 		got := px.answerTokenCall(w, r1, body)
@@ -154,7 +155,7 @@ func FuzzTokenCall(f *testing.F) {
 		// MaxBodyBytes is streamed, so the token-call check sees none. What
 		// is not answered is forwarded or refused, and never gets the token.
 		stub := &tcStub{}
-		px = New(Options{OAPI: upstream, API: upstream, Transport: stub, Tokens: src,
+		px = New(Options{OAPI: upstream, API: upstream, Loop: oneAttempt(stub), Tokens: src,
 			AppKey: tcAppKey, AppSecret: tcAppSecret}, Policy{MaxBodyBytes: tcMaxBody})
 		buffered := body
 		if len(body) > tcMaxBody {
@@ -495,7 +496,7 @@ func testTokenCallLifetimeFloor(t *testing.T) {
 	}, token.Options{})
 	defer src.Close()
 	up, _ := url.Parse("http://127.0.0.1:1")
-	px := New(Options{OAPI: up, API: up, Transport: tcNoTransport{t}, Tokens: src,
+	px := New(Options{OAPI: up, API: up, Loop: oneAttempt(tcNoTransport{t}), Tokens: src,
 		AppKey: tcAppKey, AppSecret: tcAppSecret}, Policy{MaxBodyBytes: tcMaxBody})
 	for _, tc := range []struct {
 		method, target string
@@ -512,4 +513,9 @@ func testTokenCallLifetimeFloor(t *testing.T) {
 		}
 		tcCheckAnswer(t, tc.method, tc.oauth2, w.status, w.h, w.body.Bytes(), src, 1)
 	}
+}
+
+// oneAttempt is the attempt loop over rt, making one attempt.
+func oneAttempt(rt http.RoundTripper) *retry.Transport {
+	return retry.NewTransport(rt, retry.Policy{MaxAttempts: 1})
 }

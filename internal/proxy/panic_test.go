@@ -40,9 +40,9 @@ func TestPanicBecomes502(t *testing.T) {
 	var served []int
 	px := proxy.New(proxy.Options{
 		OAPI: up, API: up,
-		Transport: &panicky{},
-		Logger:    zap.New(core),
-		Served: func(_ string, status int, _ string, _ *retry.Call, _ time.Duration) {
+		Loop:   retry.NewTransport(&panicky{}, retry.Policy{MaxAttempts: 1}),
+		Logger: zap.New(core),
+		Served: func(_ string, status int, _ string, _ *retry.Facts, _ time.Duration) {
 			served = append(served, status)
 		},
 	}, proxy.Policy{MaxBodyBytes: 1 << 20})

@@ -1,14 +1,10 @@
 package proxy
 
 import (
-	"bytes"
-	"errors"
-	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,8 +24,8 @@ const HeaderAttempts = "X-Dingproxy-Attempts"
 type Options struct {
 	// OAPI and API are the upstreams' base URLs.
 	OAPI, API *url.URL
-	// Transport sends requests upstream: the attempt loop.
-	Transport http.RoundTripper
+	// Loop sends requests upstream: the attempt loop (retry.Transport).
+	Loop breaker.Loop
 	// Tokens is the shared token. Nil means pass-through mode: nothing is
 	// injected and token calls are forwarded.
 	Tokens *token.Source
@@ -43,8 +39,9 @@ type Options struct {
 	// Served, if set, is told of every answered request once its handler
 	// returns: its route (RouteRejected when it was refused before one was
 	// known), the status the client got, the fallback kind ("" for none),
-	// its Call (nil when none was made) and how long it took.
-	Served func(route string, status int, fallback string, c *retry.Call, d time.Duration)
+	// its facts (nil when it was answered before they were decided) and how
+	// long it took.
+	Served func(route string, status int, fallback string, f *retry.Facts, d time.Duration)
 }
 
 // RouteRejected names the route of requests refused before routing.
@@ -71,12 +68,6 @@ type Policy struct {
 	// request body; past it the request is answered 408. Zero means none.
 	BodyReadTimeout time.Duration
 }
-
-// Why a body was not buffered, as Call.NotBuffered says.
-const (
-	NotBufferedTooLarge  = "too_large"
-	NotBufferedBufferCap = "buffer_cap"
-)
 
 // Route is per-path policy.
 type Route struct {
@@ -105,17 +96,16 @@ func New(opts Options, p Policy) *Proxy {
 		px.log = zap.NewNop()
 	}
 	px.SetPolicy(p)
-	transport := http.RoundTripper(upstreamAnswers{opts.Transport})
+	var next breaker.Loop = opts.Loop
 	if opts.Breakers != nil {
-		transport = &guard{next: transport, breakers: opts.Breakers, px: px}
+		next = &breaker.Transport{Set: opts.Breakers, Next: next, Bookkeep: func(what string, f func()) { retry.Bookkeep(px.log, what, f) }}
 	}
 	px.rp = &httputil.ReverseProxy{
-		Rewrite:        px.rewrite,
-		Transport:      transport,
-		ModifyResponse: px.modifyResponse,
-		ErrorHandler:   px.errorHandler,
-		BufferPool:     bufferPool{},
-		ErrorLog:       zap.NewStdLog(px.log.Named("http")),
+		Rewrite:      px.rewrite,
+		Transport:    transport{px: px, next: next},
+		ErrorHandler: px.errorHandler,
+		BufferPool:   bufferPool{},
+		ErrorLog:     zap.NewStdLog(px.log.Named("http")),
 	}
 	return px
 }
@@ -128,27 +118,11 @@ func (px *Proxy) SetPolicy(p Policy) {
 	px.policy.Store(&p)
 }
 
-// Buffered is how many bytes request-body buffers hold now.
-func (px *Proxy) Buffered() int64 { return px.buffered.Load() }
-
-// reserve takes n bytes of the buffer cap, or reports that they are not left.
-func (px *Proxy) reserve(n, limit int64) bool {
-	for {
-		used := px.buffered.Load()
-		if used+n > limit {
-			return false
-		}
-		if px.buffered.CompareAndSwap(used, used+n) {
-			return true
-		}
-	}
-}
-
 func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
 	route := RouteRejected
-	var c *retry.Call
+	var f *retry.Facts
 	defer func() {
 		// A panic anywhere below becomes a 502 for this request alone, with
 		// a log line; the process keeps serving. http.ErrAbortHandler is
@@ -169,7 +143,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				status = http.StatusOK
 			}
 			retry.Bookkeep(px.log, "served", func() {
-				px.opts.Served(route, status, sw.Header().Get(HeaderFallback), c, time.Since(start))
+				px.opts.Served(route, status, sw.Header().Get(HeaderFallback), f, time.Since(start))
 			})
 		}
 		if cb := sw.body; cb != nil && !cb.done() {
@@ -180,7 +154,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			cb.drain()
 		}
 	}()
-	route, c = px.serve(sw, r)
+	route, f = px.serve(sw, r)
 }
 
 // Overloaded answers a request refused for max_inflight: 503 at once, in
@@ -194,8 +168,9 @@ func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
 		msg: "dingproxy: too many requests in flight (max_inflight " + strconv.FormatInt(limit, 10) + "); retry after 1s"}.write(w, dingtalk.UpstreamFor(r.URL.Path))
 }
 
-// serve answers r and returns its route and Call (nil when none was made).
-func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
+// serve decides r's facts, answers it, and returns its route and facts (nil
+// when it was answered before they were decided).
+func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) {
 	if MustClose(r) {
 		// Its framing may be a smuggling attempt (see sniff.go): whatever
 		// the answer, early or not, the connection closes after it. The
@@ -252,8 +227,8 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 	if px.opts.Breakers != nil {
 		name = px.opts.Breakers.Route(name)
 	}
-	call := &retry.Call{
-		Path:          ep.Route,
+	f := &retry.Facts{
+		API:           ep.Route,
 		Route:         name,
 		Upstream:      up,
 		TokenEndpoint: ep.TokenEndpoint,
@@ -263,58 +238,25 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Call) {
 		Inject:        px.placement(r, ep),
 	}
 	if cb != nil && notBuffered != "" {
-		call.ClientBody = cb
+		f.ClientBody = cb
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		call.Idempotent = true
+		f.Idempotent = true
 	default:
-		call.Idempotent = ep.Read || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
+		f.Idempotent = ep.Read || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
 	}
 	if configured && route.Idempotent != nil {
-		call.Idempotent = *route.Idempotent
+		f.Idempotent = *route.Idempotent
 	}
-	px.rp.ServeHTTP(w, r.WithContext(retry.WithCall(r.Context(), call)))
-	return name, call
-}
-
-// placement decides where the shared token goes: nowhere for calls that
-// take no app token (robot webhooks, token calls), requests that bring a
-// token of their own, and pass-through mode. An empty token, or the
-// configured placeholder, is not a token of the client's own: it is
-// replaced.
-func (px *Proxy) placement(r *http.Request, ep dingtalk.Endpoint) dingtalk.Placement {
-	if px.opts.Tokens == nil || ep.NoAppToken {
-		return dingtalk.PlaceNone
-	}
-	if ep.Upstream == dingtalk.API {
-		if vals := r.Header.Values(dingtalk.HeaderAccessToken); len(vals) > 0 && !px.stands(vals) {
-			return dingtalk.PlaceNone
-		}
-		return dingtalk.PlaceHeader
-	}
-	if vals := queryTokens(r.URL.RawQuery); len(vals) > 0 && !px.stands(vals) {
-		return dingtalk.PlaceNone
-	}
-	return dingtalk.PlaceQuery
-}
-
-// stands reports whether every value is only a stand-in for the shared
-// token: empty, blank, or the configured placeholder.
-func (px *Proxy) stands(vals []string) bool {
-	ph := px.policy.Load().TokenPlaceholder
-	for _, v := range vals {
-		v = strings.TrimSpace(v)
-		if v != "" && (ph == "" || v != ph) {
-			return false
-		}
-	}
-	return true
+	// From here on f does not change: every layer below reads it.
+	px.rp.ServeHTTP(w, r.WithContext(retry.WithFacts(r.Context(), f)))
+	return name, f
 }
 
 func (px *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	target := px.opts.OAPI
-	if c := retry.CallFrom(pr.In.Context()); c != nil && c.Upstream == dingtalk.API {
+	if f := retry.FactsFrom(pr.In.Context()); f != nil && f.Upstream == dingtalk.API {
 		target = px.opts.API
 	}
 	pr.SetURL(target)
@@ -322,243 +264,6 @@ func (px *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	// header naming the pod's or the client's address goes to DingTalk.
 	pr.Out.Header.Del("X-Real-Ip")
 	pr.Out.Header.Del("Client-Ip")
-}
-
-func (px *Proxy) modifyResponse(resp *http.Response) error {
-	if c := retry.CallFrom(resp.Request.Context()); c != nil {
-		resp.Header.Set(HeaderAttempts, strconv.Itoa(c.Attempts))
-	}
-	return nil
-}
-
-// upstreamAnswers strips X-Dingproxy-* headers from DingTalk's answers:
-// those names are the proxy's to set (an upstream's would otherwise reach the
-// client as the proxy's word, and the fallback metric as a label).
-type upstreamAnswers struct{ next http.RoundTripper }
-
-func (u upstreamAnswers) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := u.next.RoundTrip(req)
-	if resp != nil {
-		for k := range resp.Header {
-			if len(k) >= len(headerPrefix) && strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
-				delete(resp.Header, k)
-			}
-		}
-	}
-	return resp, err
-}
-
-// headerPrefix starts the names of dingproxy's own headers.
-const headerPrefix = "X-Dingproxy-"
-
-// TokenError is returned by the injector when no token can be had.
-type TokenError struct{ Err error }
-
-func (e *TokenError) Error() string { return "proxy: no access token: " + e.Err.Error() }
-func (e *TokenError) Unwrap() error { return e.Err }
-
-func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	c := retry.CallFrom(r.Context())
-	if c == nil {
-		c = &retry.Call{Upstream: dingtalk.UpstreamFor(r.URL.Path)}
-	}
-	w.Header().Set(HeaderAttempts, strconv.Itoa(c.Attempts))
-	var tokErr *TokenError
-	status, code, msg := http.StatusBadGateway, CodeBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(c.Attempts)+" attempt(s)"
-	var berr error
-	if c.ClientBody != nil {
-		berr = c.ClientBody.Failed()
-	}
-	if berr != nil {
-		// The client's own body failed while it streamed upstream: say so,
-		// whatever the attempt made of it. DingTalk got a cut-off body,
-		// which it cannot have executed.
-		status, msg = clientBodyStatus(w, berr)
-		px.log.Debug("client body failed", zap.String("route", c.Route), zap.Int("status", status), zap.Error(berr))
-		writeError(w, c.Upstream, status, msg)
-		return
-	}
-	switch {
-	case r.Context().Err() != nil:
-		// The client went away; nobody reads this answer.
-		px.log.Debug("client went away", zap.String("route", c.Route), zap.Int("attempts", c.Attempts))
-		w.WriteHeader(499)
-		return
-	case errors.As(err, &tokErr):
-		status, code, msg = http.StatusServiceUnavailable, CodeTokenUnavailable, "dingproxy: no access token available"
-	case errors.Is(err, retry.ErrTimeout):
-		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.timeout"
-	case c.Outcome == retry.AfterSend && !c.Idempotent:
-		msg = "dingproxy: the connection to DingTalk failed after the request was sent; it may have been executed, so it was not repeated"
-		if errors.Is(err, retry.ErrAttemptTimeout) {
-			status, code = http.StatusGatewayTimeout, CodeGatewayTimeout
-			msg = "dingproxy: DingTalk did not answer within retry.per_try_timeout; the request may have been executed, so it was not repeated"
-		}
-	case errors.Is(err, retry.ErrAttemptTimeout):
-		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.per_try_timeout after "+strconv.Itoa(c.Attempts)+" attempt(s)"
-	}
-	px.log.Warn("request failed", zap.String("route", c.Route), zap.String("method", r.Method),
-		zap.Int("status", status), zap.Int("attempts", c.Attempts), zap.String("reason", c.Reason), zap.Error(token.Redact(err)))
-	own{status: status, code: code, msg: msg}.write(w, c.Upstream)
-}
-
-// Injector returns the attempt loop's Prepare hook: it puts the shared token
-// where the Call says, fresh from the cache on every attempt.
-func Injector(src *token.Source) func(*http.Request, *retry.Call) (string, error) {
-	return func(req *http.Request, c *retry.Call) (string, error) {
-		if c.Inject == dingtalk.PlaceNone || src == nil {
-			return "", nil
-		}
-		tok, err := src.Token(req.Context())
-		if err != nil {
-			return "", &TokenError{Err: err}
-		}
-		switch c.Inject {
-		case dingtalk.PlaceHeader:
-			req.Header.Set(dingtalk.HeaderAccessToken, tok) // replaces a stand-in
-		case dingtalk.PlaceQuery:
-			q := dingtalk.QueryAccessToken + "=" + url.QueryEscape(tok)
-			if rest := withoutAccessToken(req.URL.RawQuery); rest != "" {
-				q = rest + "&" + q
-			}
-			req.URL.RawQuery = q
-		}
-		return tok, nil
-	}
-}
-
-// queryTokens is the access_token values in rawQuery, its names decoded
-// (access%5Ftoken is access_token too). Pairs are split on "&" alone, as
-// DingTalk splits them: a value with ";" is still a value (url.ParseQuery
-// would drop the pair).
-func queryTokens(rawQuery string) []string {
-	if !mayNameToken(rawQuery) {
-		return nil
-	}
-	var vals []string
-	for part := range strings.SplitSeq(rawQuery, "&") {
-		name, val, _ := strings.Cut(part, "=")
-		if !isTokenName(name) {
-			continue
-		}
-		if v, err := url.QueryUnescape(val); err == nil {
-			val = v
-		}
-		vals = append(vals, val)
-	}
-	return vals
-}
-
-// withoutAccessToken is rawQuery without its access_token parameters (the
-// stand-ins placement found), every other byte as it was.
-func withoutAccessToken(rawQuery string) string {
-	if !mayNameToken(rawQuery) {
-		return rawQuery
-	}
-	var b strings.Builder
-	for part := range strings.SplitSeq(rawQuery, "&") {
-		name, _, _ := strings.Cut(part, "=")
-		if isTokenName(name) {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte('&')
-		}
-		b.WriteString(part)
-	}
-	return b.String()
-}
-
-// mayNameToken is false when no parameter of rawQuery can be access_token.
-func mayNameToken(rawQuery string) bool {
-	return strings.Contains(rawQuery, dingtalk.QueryAccessToken) || strings.Contains(rawQuery, "%")
-}
-
-// isTokenName reports whether a raw query name decodes to access_token.
-func isTokenName(name string) bool {
-	if name == dingtalk.QueryAccessToken {
-		return true
-	}
-	n, err := url.QueryUnescape(name)
-	return err == nil && n == dingtalk.QueryAccessToken
-}
-
-// readBody buffers r's body for replay when it is at most pol.MaxBodyBytes
-// and the global cap pol.MaxBufferedBytes has room for it; held is what it
-// took of the cap, to be given back when the request is done. Otherwise the
-// body is left to stream once (its read part put back in front of the rest)
-// and notBuffered says why. Reading grows the buffer chunk by chunk, each
-// reserved before it is read, so a body of unknown length holds no more of
-// the cap than it has sent.
-func (px *Proxy) readBody(r *http.Request, pol *Policy) (body []byte, held int64, notBuffered string, err error) {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return nil, 0, "", nil
-	}
-	if r.ContentLength > pol.MaxBodyBytes {
-		return nil, 0, NotBufferedTooLarge, nil
-	}
-	if r.ContentLength > 0 {
-		// Known length: reserve it all at once, read it in one buffer.
-		if !px.reserve(r.ContentLength, pol.MaxBufferedBytes) {
-			return nil, 0, NotBufferedBufferCap, nil
-		}
-		b := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, b); err != nil {
-			return nil, r.ContentLength, "", err
-		}
-		r.Body = io.NopCloser(bytes.NewReader(b))
-		return b, r.ContentLength, "", nil
-	}
-	const chunk = 32 << 10
-	var b []byte
-	for {
-		if len(b) == cap(b) {
-			grow := int64(min(max(int64(cap(b)), chunk), pol.MaxBodyBytes+1-int64(cap(b))))
-			if grow <= 0 || !px.reserve(grow, pol.MaxBufferedBytes) {
-				why := NotBufferedBufferCap
-				if int64(len(b)) > pol.MaxBodyBytes || grow <= 0 {
-					why = NotBufferedTooLarge
-				}
-				px.streamRest(r, b)
-				return nil, held, why, nil
-			}
-			held += grow
-			nb := make([]byte, len(b), int64(cap(b))+grow)
-			copy(nb, b)
-			b = nb
-		}
-		n, rerr := r.Body.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return nil, held, "", rerr
-		}
-		if int64(len(b)) > pol.MaxBodyBytes {
-			px.streamRest(r, b)
-			return nil, held, NotBufferedTooLarge, nil
-		}
-	}
-	r.Body = io.NopCloser(bytes.NewReader(b))
-	r.ContentLength = int64(len(b))
-	r.TransferEncoding = nil
-	if len(b) == 0 {
-		return nil, held, "", nil
-	}
-	return b, held, "", nil
-}
-
-// streamRest puts the part of r's body already read back in front of the
-// rest, to be streamed once.
-func (px *Proxy) streamRest(r *http.Request, read []byte) {
-	if len(read) == 0 {
-		return
-	}
-	r.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(read), r.Body), r.Body}
 }
 
 // statusWriter remembers the status written through it. Unwrap lets

@@ -77,9 +77,3 @@ func (c *staleCache) get(k [sha256.Size]byte, ttl time.Duration) (staleEntry, bo
 	c.ll.MoveToFront(el)
 	return it.e, true
 }
-
-func (c *staleCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ll.Len()
-}

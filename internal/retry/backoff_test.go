@@ -136,7 +136,7 @@ func TestThrottleWait(t *testing.T) {
 						return ok(req)
 					}), p)
 					call := newCall(tt.idempotent)
-					resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+					resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)
 					}

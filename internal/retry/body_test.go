@@ -90,7 +90,7 @@ func TestEveryAttemptGetsAFreshBody(t *testing.T) {
 		client := &closeOnCloseReader{r: bytes.NewReader(payload)}
 		req := newRequest(t, t.Context(), http.MethodPost, call, client)
 		req.ContentLength = -1 // the client's upload was chunked; the buffer's length is known
-		resp, err := tr.RoundTrip(req)
+		resp, err := do(tr, req)
 		if err != nil {
 			t.Fatalf("RoundTrip: %v", err)
 		}
@@ -126,7 +126,7 @@ func TestStreamedBodyIsSentOnce(t *testing.T) {
 		call := newCall(true)
 		call.Replayable = false
 		req := newRequest(t, t.Context(), http.MethodPost, call, &closeOnCloseReader{r: bytes.NewReader(payload)})
-		resp, err := tr.RoundTrip(req)
+		resp, err := do(tr, req)
 		if err != nil {
 			t.Fatalf("RoundTrip: %v", err)
 		}

@@ -212,14 +212,14 @@ func TestBudgetInTheLoop(t *testing.T) {
 				}))
 				tr.Budget = tt.budget
 				for range tt.warm {
-					resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
+					resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
 					if err != nil {
 						t.Fatal(err)
 					}
 					readAll(t, resp)
 				}
 				call := newCall(true)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -268,7 +268,7 @@ func TestBudgetRefund(t *testing.T) {
 			tr.Budget = retry.NewBudget(0, 1) // one retry a second, unless refunded
 			for i := range 20 {
 				call := newCall(true)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
 				if err != nil {
 					t.Fatal(err)
 				}

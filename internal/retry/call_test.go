@@ -41,7 +41,7 @@ func TestCallRecord(t *testing.T) {
 		budget        *retry.Budget
 		script        []func(*http.Request) (*http.Response, error)
 		wantErr       error // nil: an answer
-		want          retry.Call
+		want          retry.Report
 		wantObserved  []observed
 		wantUpstream  int
 		wantBodyStart string
@@ -49,7 +49,7 @@ func TestCallRecord(t *testing.T) {
 		{
 			name: "idempotent: refused, busy, success", idempotent: true,
 			script: []func(*http.Request) (*http.Response, error){refused, busy, ok},
-			want:   retry.Call{Attempts: 3, Outcome: retry.Success, Reason: "success"},
+			want:   retry.Report{Attempts: 3, Outcome: retry.Success, Reason: "success"},
 			wantObserved: []observed{
 				{1, "dial_error", 0}, {2, "http_5xx", 200 * time.Millisecond}, {3, "success", 0},
 			},
@@ -58,7 +58,7 @@ func TestCallRecord(t *testing.T) {
 		{
 			name: "non-idempotent: refused, busy", idempotent: false,
 			script: []func(*http.Request) (*http.Response, error){refused, busy, ok},
-			want:   retry.Call{Attempts: 2, Outcome: retry.ServerError, Reason: "http_5xx"},
+			want:   retry.Report{Attempts: 2, Outcome: retry.ServerError, Reason: "http_5xx"},
 			wantObserved: []observed{
 				{1, "dial_error", 0}, {2, "http_5xx", 200 * time.Millisecond},
 			},
@@ -67,7 +67,7 @@ func TestCallRecord(t *testing.T) {
 		{
 			name: "business error", idempotent: true,
 			script:       []func(*http.Request) (*http.Response, error){business, ok},
-			want:         retry.Call{Attempts: 1, Outcome: retry.Business, Reason: "business_error"},
+			want:         retry.Report{Attempts: 1, Outcome: retry.Business, Reason: "business_error"},
 			wantObserved: []observed{{1, "business_error", 0}},
 			wantUpstream: 1,
 		},
@@ -75,14 +75,14 @@ func TestCallRecord(t *testing.T) {
 			name: "refused every time", idempotent: false,
 			script:       []func(*http.Request) (*http.Response, error){refused, refused, refused},
 			wantErr:      errRefused,
-			want:         retry.Call{Attempts: 3, Outcome: retry.NotSent, Reason: "dial_error"},
+			want:         retry.Report{Attempts: 3, Outcome: retry.NotSent, Reason: "dial_error"},
 			wantObserved: []observed{{1, "dial_error", 0}, {2, "dial_error", 0}, {3, "dial_error", 0}},
 			wantUpstream: 3,
 		},
 		{
 			name: "budget refuses the retry", idempotent: true, budget: retry.NewBudget(0, 0),
 			script:       []func(*http.Request) (*http.Response, error){busy, ok},
-			want:         retry.Call{Attempts: 1, Outcome: retry.ServerError, Reason: "http_5xx", BudgetExhausted: true},
+			want:         retry.Report{Attempts: 1, Outcome: retry.ServerError, Reason: "http_5xx", BudgetExhausted: true},
 			wantObserved: []observed{{1, "http_5xx", 200 * time.Millisecond}},
 			wantUpstream: 1,
 		},
@@ -90,7 +90,7 @@ func TestCallRecord(t *testing.T) {
 			name: "budget refuses a retry of nothing sent", idempotent: true, budget: retry.NewBudget(0, 0),
 			script:       []func(*http.Request) (*http.Response, error){refused, ok},
 			wantErr:      errRefused,
-			want:         retry.Call{Attempts: 1, Outcome: retry.NotSent, Reason: "dial_error", BudgetExhausted: true},
+			want:         retry.Report{Attempts: 1, Outcome: retry.NotSent, Reason: "dial_error", BudgetExhausted: true},
 			wantObserved: []observed{{1, "dial_error", 0}},
 			wantUpstream: 1,
 		},
@@ -106,7 +106,7 @@ func TestCallRecord(t *testing.T) {
 				tr.Budget = tt.budget
 				obs := observe(tr)
 				call := newCall(tt.idempotent)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
 				if tt.wantErr != nil {
 					if !errors.Is(err, tt.wantErr) {
 						t.Errorf("err = %v, want it to wrap %v", err, tt.wantErr)
@@ -120,7 +120,7 @@ func TestCallRecord(t *testing.T) {
 					}
 					readAll(t, resp)
 				}
-				got := retry.Call{Attempts: call.Attempts, Outcome: call.Outcome, Reason: call.Reason, BudgetExhausted: call.BudgetExhausted}
+				got := retry.Report{Attempts: call.Attempts, Outcome: call.Outcome, Reason: call.Reason, BudgetExhausted: call.BudgetExhausted}
 				if diff := cmp.Diff(tt.want, got); diff != "" {
 					t.Errorf("Call (-want +got):\n%s", diff)
 				}
@@ -168,7 +168,7 @@ func TestNoCall(t *testing.T) {
 				if tt.body != nil {
 					body = &closeOnCloseReader{r: bytes.NewReader(tt.body)}
 				}
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), tt.method, nil, body))
+				resp, err := do(tr, newRequest(t, t.Context(), tt.method, nil, body))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}

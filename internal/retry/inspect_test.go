@@ -54,7 +54,7 @@ func TestInspectGzip(t *testing.T) {
 					return resp, nil
 				}))
 				call := newCall(tt.idempotent)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -116,7 +116,7 @@ func TestInspectLargeAnswer(t *testing.T) {
 					return resp, nil
 				}), p)
 				call := newCall(true)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -175,7 +175,7 @@ func TestInspectSkipsEmptyAnswers(t *testing.T) {
 					return resp, nil
 				}))
 				call := newCall(true)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), tt.method, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), tt.method, call, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -224,7 +224,7 @@ func TestInspectBrokenBody(t *testing.T) {
 				}))
 				obs := observe(tr)
 				call := newCall(tt.idempotent)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
 				if tt.idempotent {
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)

@@ -190,12 +190,21 @@ func basePolicy() retry.Policy {
 	}
 }
 
-// newRequest returns a POST carrying c and body (the client's own body,
-// already buffered into c by the caller when replayable).
-func newRequest(t *testing.T, ctx context.Context, method string, c *retry.Call, body io.Reader) *http.Request {
+// testCall is a request's facts and, once do has run it, the loop's
+// report of it.
+type testCall struct {
+	retry.Facts
+	retry.Report
+}
+
+type testCallKey struct{}
+
+// newRequest returns a request carrying c's facts and body (the client's own
+// body, already buffered into c by the caller when replayable).
+func newRequest(t *testing.T, ctx context.Context, method string, c *testCall, body io.Reader) *http.Request {
 	t.Helper()
 	if c != nil {
-		ctx = retry.WithCall(ctx, c)
+		ctx = context.WithValue(retry.WithFacts(ctx, &c.Facts), testCallKey{}, c)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "https://oapi.dingtalk.com/topapi/v2/user/get", body)
 	if err != nil {
@@ -204,8 +213,20 @@ func newRequest(t *testing.T, ctx context.Context, method string, c *retry.Call,
 	return req
 }
 
-func newCall(idempotent bool) *retry.Call {
-	return &retry.Call{Route: "/topapi/v2/user/get", Upstream: dingtalk.OAPI, Idempotent: idempotent, Replayable: true}
+func newCall(idempotent bool) *testCall {
+	return &testCall{Facts: retry.Facts{API: "/topapi/v2/user/get", Route: "/topapi/v2/user/get", Upstream: dingtalk.OAPI, Idempotent: idempotent, Replayable: true}}
+}
+
+// do runs req through tr's loop (as RoundTrip does, with the request's
+// facts) and keeps the loop's report in the request's testCall, if any.
+func do(tr *retry.Transport, req *http.Request) (*http.Response, error) {
+	tc, _ := req.Context().Value(testCallKey{}).(*testCall)
+	if tc == nil {
+		return tr.RoundTrip(req)
+	}
+	resp, rep, err := tr.Do(req, &tc.Facts)
+	tc.Report = rep
+	return resp, err
 }
 
 // readAll reads and closes resp's body, failing the test on a read error.
@@ -232,9 +253,9 @@ type observed struct {
 func observe(tr *retry.Transport) *[]observed {
 	var mu sync.Mutex
 	var got []observed
-	tr.Observe = func(c *retry.Call, reason string, d time.Duration) {
+	tr.Observe = func(_ *retry.Facts, n int, reason string, _ dingtalk.Result, d time.Duration) {
 		mu.Lock()
-		got = append(got, observed{c.Attempts, reason, d})
+		got = append(got, observed{n, reason, d})
 		mu.Unlock()
 	}
 	return &got

@@ -107,8 +107,8 @@ func TestSpecRetryTable(t *testing.T) {
 					ThrottlePenalty: time.Millisecond,
 				})
 				var rejected []string
-				tr.Prepare = func(req *http.Request, c *retry.Call) (string, error) {
-					if c.Upstream == dingtalk.API {
+				tr.Prepare = func(req *http.Request, f *retry.Facts) (string, error) {
+					if f.Upstream == dingtalk.API {
 						req.Header.Set(dingtalk.HeaderAccessToken, tok)
 					} else {
 						req.URL.RawQuery = dingtalk.QueryAccessToken + "=" + url.QueryEscape(tok)
@@ -124,9 +124,9 @@ func TestSpecRetryTable(t *testing.T) {
 					fake.Script(r.path, script...)
 				}
 				body := []byte(`{"userid":"u1","msg":"hello"}`)
-				call := &retry.Call{Route: r.path, Upstream: dingtalk.UpstreamFor(r.path), Idempotent: idem, Body: body, Replayable: true}
-				req, _ := http.NewRequestWithContext(retry.WithCall(context.Background(), call), http.MethodPost, target+r.path, bytes.NewReader(body))
-				resp, err := tr.RoundTrip(req)
+				call := &testCall{Facts: retry.Facts{API: r.path, Route: r.path, Upstream: dingtalk.UpstreamFor(r.path), Idempotent: idem, Body: body, Replayable: true}}
+				req, _ := http.NewRequestWithContext(context.WithValue(retry.WithFacts(context.Background(), &call.Facts), testCallKey{}, call), http.MethodPost, target+r.path, bytes.NewReader(body))
+				resp, err := do(tr, req)
 				if err == nil {
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()

@@ -75,7 +75,7 @@ func TestPerTryTimeout(t *testing.T) {
 				obs := observe(tr)
 				call := newCall(tt.idempotent)
 				start := time.Now()
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
 				elapsed := time.Since(start)
 
 				if tt.wantOutcome == retry.Success {
@@ -193,7 +193,7 @@ func TestFinalBodyOutlivesTimeouts(t *testing.T) {
 					last = req
 					return tt.answer(n, req), nil
 				}), p)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -288,7 +288,7 @@ func TestTimeout(t *testing.T) {
 				tr := retry.NewTransport(up.rt(tt.h), p)
 				call := newCall(tt.idempotent)
 				start := time.Now()
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
 				if elapsed := time.Since(start); elapsed != tt.wantElapsed {
 					t.Errorf("RoundTrip returned after %v, want %v", elapsed, tt.wantElapsed)
 				}
@@ -359,7 +359,7 @@ func TestClientGoesAway(t *testing.T) {
 				time.AfterFunc(2*time.Second, cancel)
 				call := newCall(true)
 				start := time.Now()
-				_, err := tr.RoundTrip(newRequest(t, ctx, http.MethodGet, call, nil))
+				_, err := do(tr, newRequest(t, ctx, http.MethodGet, call, nil))
 				if elapsed := time.Since(start); elapsed != 2*time.Second {
 					t.Errorf("RoundTrip returned %v after start, want at once when the client left (2s)", elapsed)
 				}
@@ -411,7 +411,7 @@ func TestTimeoutAsAnswerIsHandedOn(t *testing.T) {
 				retry.SetTestHookBeforeForward(func() { time.Sleep(2 * time.Second) })
 				defer retry.SetTestHookBeforeForward(nil)
 				call := newCall(false)
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
 				if tc.wantBody {
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)

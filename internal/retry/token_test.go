@@ -58,7 +58,7 @@ func TestTokenInvalid(t *testing.T) {
 				tr.SetPolicy(p)
 				issued := 0
 				if tt.prepare {
-					tr.Prepare = func(req *http.Request, c *retry.Call) (string, error) {
+					tr.Prepare = func(req *http.Request, f *retry.Facts) (string, error) {
 						if tt.clientToken {
 							return "", nil
 						}
@@ -75,7 +75,7 @@ func TestTokenInvalid(t *testing.T) {
 				if tt.clientToken {
 					req.URL.RawQuery = dingtalk.QueryAccessToken + "=client"
 				}
-				resp, err := tr.RoundTrip(req)
+				resp, err := do(tr, req)
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -109,7 +109,7 @@ func TestPrepareError(t *testing.T) {
 				var up upstream
 				tr := newTestTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) { return ok(req) }))
 				prepared := 0
-				tr.Prepare = func(req *http.Request, c *retry.Call) (string, error) {
+				tr.Prepare = func(req *http.Request, f *retry.Facts) (string, error) {
 					prepared++
 					return "", fmt.Errorf("proxy: no access token: %w", errNoToken)
 				}
@@ -117,7 +117,7 @@ func TestPrepareError(t *testing.T) {
 				tr.Budget = budget
 				call := newCall(idempotent)
 				start := time.Now()
-				resp, err := tr.RoundTrip(newRequest(t, t.Context(), http.MethodGet, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
 				if err == nil {
 					resp.Body.Close()
 					t.Fatal("RoundTrip succeeded, want Prepare's error")
@@ -131,7 +131,7 @@ func TestPrepareError(t *testing.T) {
 				if prepared != 1 || call.Attempts != 1 {
 					t.Errorf("Prepare called %d times, Attempts = %d, want 1, 1", prepared, call.Attempts)
 				}
-				if d := time.Now().Sub(start); d != 0 {
+				if d := time.Since(start); d != 0 {
 					t.Errorf("RoundTrip took %v, want no wait", d)
 				}
 				if got := allowed(budget, 20); got != 1 {

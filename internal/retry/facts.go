@@ -6,15 +6,18 @@ import (
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
-// Call is what the attempt loop knows about one client request. The proxy
-// fills in the first group before the request reaches the Transport; the loop
-// fills in the second. A Call belongs to one request and is not shared.
-type Call struct {
-	// Path is the API's route template (dingtalk.Endpoint.Route): the unit
-	// DingTalk rate-limits, whatever ids the request path carries.
-	Path string
-	// Route names the request's route (a configured path or the request path,
-	// bounded by the caller) for logs and metrics.
+// Facts are what a request is, decided once when it arrives (by the proxy,
+// from dingtalk.Describe and the route's configuration) and never changed
+// after: every layer reads them, none writes them. They travel on the
+// request's context, the one channel httputil.ReverseProxy keeps between
+// the handler and its transport.
+type Facts struct {
+	// API is the API's route template (dingtalk.Endpoint.Route): the unit
+	// DingTalk rate-limits, whatever ids the request path carries. Pacing
+	// is keyed by it.
+	API string
+	// Route names the request's route for breakers, logs and metrics: a
+	// configured path or the API, bounded by the breaker set.
 	Route string
 	// Upstream is the DingTalk host the request goes to.
 	Upstream dingtalk.Upstream
@@ -38,8 +41,12 @@ type Call struct {
 	// Its Failed error (the client stalled, or sent too much) makes a failed
 	// attempt the client's doing, whatever the connection to DingTalk says.
 	ClientBody interface{ Failed() error }
+}
 
-	// Attempts counts the attempts made so far.
+// Report is what the attempt loop learned of one request: it returns it
+// with the answer (Do), and an *Error carries it when there is none.
+type Report struct {
+	// Attempts counts the attempts made.
 	Attempts int
 	// Outcome is the last attempt's outcome.
 	Outcome Outcome
@@ -51,15 +58,15 @@ type Call struct {
 	BudgetExhausted bool
 }
 
-type callKey struct{}
+type factsKey struct{}
 
-// WithCall returns ctx carrying c.
-func WithCall(ctx context.Context, c *Call) context.Context {
-	return context.WithValue(ctx, callKey{}, c)
+// WithFacts returns ctx carrying f, which must not change afterwards.
+func WithFacts(ctx context.Context, f *Facts) context.Context {
+	return context.WithValue(ctx, factsKey{}, f)
 }
 
-// CallFrom returns the Call in ctx, or nil.
-func CallFrom(ctx context.Context) *Call {
-	c, _ := ctx.Value(callKey{}).(*Call)
-	return c
+// FactsFrom returns the Facts in ctx, or nil.
+func FactsFrom(ctx context.Context) *Facts {
+	f, _ := ctx.Value(factsKey{}).(*Facts)
+	return f
 }
