@@ -3,8 +3,6 @@ package pacing
 import (
 	"context"
 	"fmt"
-	"math"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,125 +52,6 @@ type PacedError struct {
 
 func (e *PacedError) Error() string {
 	return fmt.Sprintf("pacing: %s: next turn in %s, past the call's deadline", e.Path, e.Wait.Round(time.Millisecond))
-}
-
-// window is an exact sliding-window limit: at most n calls in any span of
-// span. It keeps the turns it handed out, sorted, from one span ago on. A
-// path's window hands turns out in order (FIFO); the global window is booked
-// out of order (a path's queue or penalty books turns ahead of other paths'),
-// so it finds the earliest turn that keeps every span within the limit.
-type window struct {
-	times []time.Time // turns handed out, sorted
-	n     int         // calls allowed per span, <= maxRing
-	span  time.Duration
-	fifo  bool      // turns never decrease
-	last  time.Time // the latest turn handed out
-}
-
-func newWindow(rate float64, fifo bool) *window {
-	w := &window{fifo: fifo}
-	w.setRate(rate)
-	return w
-}
-
-// setRate makes the window allow rate·margin calls per second.
-func (w *window) setRate(rate float64) {
-	per := rate * margin
-	n := int(math.Floor(per))
-	span := time.Second
-	switch {
-	case n < 1: // under one call a second: one call per 1/per seconds
-		n, span = 1, time.Duration(float64(time.Second)/per)
-	case n > maxRing: // k spans a second, so any second holds at most k·n <= per
-		k := int(math.Ceil(per / maxRing))
-		n = int(math.Floor(per / float64(k)))
-		span = (time.Second + time.Duration(k) - 1) / time.Duration(k)
-	}
-	w.n, w.span = n, span
-}
-
-// next is the earliest turn at or after t this window allows: one that no
-// span holds together with n turns already handed out.
-func (w *window) next(t time.Time) time.Time {
-	if w.fifo && w.last.After(t) {
-		t = w.last
-	}
-	for {
-		// Every n consecutive turns that fit in one span with t push t to a
-		// span after the first of them.
-		from := t.Add(-w.span)
-		lo, _ := slices.BinarySearchFunc(w.times, from, func(x, f time.Time) int {
-			if x.After(f) {
-				return 1
-			}
-			return -1
-		})
-		free := t
-		for i := lo; i+w.n-1 < len(w.times); i++ {
-			first, last := w.times[i], w.times[i+w.n-1]
-			if last.Sub(t) >= w.span {
-				break
-			}
-			if last.Before(t) {
-				last = t
-			}
-			if first.After(t) {
-				first = t
-			}
-			if last.Sub(first) < w.span {
-				free = w.times[i].Add(w.span)
-			}
-		}
-		if !free.After(t) {
-			return t
-		}
-		t = free
-	}
-}
-
-// take books turn t; turns before now-span no longer matter and are dropped.
-func (w *window) take(t, now time.Time) {
-	old := 0
-	for old < len(w.times) && !w.times[old].After(now.Add(-w.span)) {
-		old++
-	}
-	w.times = w.times[old:]
-	if len(w.times) == 0 || !t.Before(w.times[len(w.times)-1]) {
-		w.times = append(w.times, t) // in order: always so on a path
-	} else {
-		i, _ := slices.BinarySearchFunc(w.times, t, func(x, t time.Time) int {
-			if x.After(t) {
-				return 1
-			}
-			return -1
-		})
-		w.times = slices.Insert(w.times, i, t)
-	}
-	if t.After(w.last) {
-		w.last = t
-	}
-}
-
-// release gives back turn t, booked but not used.
-func (w *window) release(t time.Time) {
-	i, ok := slices.BinarySearchFunc(w.times, t, time.Time.Compare)
-	if ok {
-		w.times = slices.Delete(w.times, i, i+1)
-	}
-}
-
-// dropAfter forgets the turns booked after now (their callers book again).
-func (w *window) dropAfter(now time.Time) {
-	i, _ := slices.BinarySearchFunc(w.times, now, func(x, t time.Time) int {
-		if x.After(t) {
-			return 1
-		}
-		return -1
-	})
-	w.times = w.times[:i]
-	if w.last.After(now) {
-		w.last = now
-	}
 }
 
 // Pacer hands out turns. It is safe for concurrent use.
@@ -365,71 +244,6 @@ func (p *Pacer) settleLocked(e *path, at time.Time) time.Time {
 		}
 		at = g
 	}
-}
-
-// Throttled tells the pacer DingTalk throttled a call on name: the path's
-// rate is cut to 70 % at once and no call goes before the penalty ends (at
-// least 1 s from now, or until, when DingTalk named a later end). Throttles
-// within one penalty (calls that were in flight together) cut the rate once.
-// Calls waiting on the path book their turns again, after the penalty and at
-// the lowered rate.
-func (p *Pacer) Throttled(name string, until time.Time) {
-	now := time.Now()
-	if earliest := now.Add(penalty); until.Before(earliest) {
-		until = earliest
-	}
-	full := p.settings.Load().PerAPIQPS
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e := p.getLocked(name, now)
-	if !until.After(e.blockedUntil) {
-		return // within a penalty that ends later anyway
-	}
-	if !now.Before(e.blockedUntil) { // a new penalty, not one extended
-		e.rate = max(e.rate*decrease, full*minShare)
-		e.win.setRate(e.rate)
-	}
-	e.blockedUntil = until
-	e.lastRaise = until // success counts from the penalty's end
-	// The turns booked ahead were booked at the old rate, some inside the
-	// penalty: void them, and wake their callers to book again.
-	e.win.dropAfter(now)
-	close(e.rebook)
-	e.rebook = make(chan struct{})
-}
-
-// Succeeded tells the pacer a call on name got through: a path cut by
-// throttling regains increasePerSecond of its configured rate per second of
-// success, up to the configured rate. It returns the path's rate and
-// whether this call raised it.
-func (p *Pacer) Succeeded(name string) (rate float64, raised bool) {
-	full := p.settings.Load().PerAPIQPS
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e := p.peekLocked(name)
-	if e == nil || e.rate >= full {
-		return full, false
-	}
-	now := time.Now()
-	elapsed := now.Sub(e.lastRaise)
-	if elapsed < 100*time.Millisecond {
-		return e.rate, false
-	}
-	e.rate = min(full, e.rate+full*increasePerSecond*elapsed.Seconds())
-	e.lastRaise = now
-	e.win.setRate(e.rate)
-	return e.rate, true
-}
-
-// Rate is name's current rate in calls per second (the configured one for a
-// path not seen; the shared one for paths past the cap).
-func (p *Pacer) Rate(name string) float64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if e := p.peekLocked(name); e != nil {
-		return e.rate
-	}
-	return p.settings.Load().PerAPIQPS
 }
 
 // Len is how many paths are paced on their own.
