@@ -282,7 +282,7 @@ func TestReloadRestartOnlySettingsKept(t *testing.T) {
 		t.Fatalf("restart-only warning lines = %d, want 1", len(warn))
 	}
 	got := warn[0].ContextMap()["restart_required"]
-	if fmt.Sprint(got) != "[upstreams.oapi app.secret server.idle_timeout server.max_header_bytes]" {
+	if fmt.Sprint(got) != "[server.idle_timeout server.max_header_bytes upstreams.oapi app.secret]" {
 		t.Errorf("restart_required = %v", got)
 	}
 	if resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != 200 || errcodeOf(t, body) != 0 {

@@ -62,40 +62,13 @@ func (a *App) Apply(cfg *config.Config) error {
 }
 
 // restartOnly names the settings that differ between old and cfg but cannot
-// change while running.
+// change while running: the fields tagged reload:"restart" in config.Config.
 func restartOnly(old, cfg *config.Config) []string {
-	var out []string
-	check := func(name string, changed bool) {
-		if changed {
-			out = append(out, name)
-		}
-	}
-	check("listen", old.Listen != cfg.Listen)
-	check("admin_listen", old.AdminListen != cfg.AdminListen)
-	check("upstreams.oapi", old.Upstreams.OAPI != cfg.Upstreams.OAPI)
-	check("upstreams.api", old.Upstreams.API != cfg.Upstreams.API)
-	check("app.key", old.App.Key != cfg.App.Key)
-	check("app.secret", old.App.Secret.Reveal() != cfg.App.Secret.Reveal())
-	check("token.endpoint", old.Token.Endpoint != cfg.Token.Endpoint)
-	check("token.refresh_before", old.Token.RefreshBefore != cfg.Token.RefreshBefore)
-	check("log.format", old.Log.Format != cfg.Log.Format)
-	check("server.read_header_timeout", old.Server.ReadHeaderTimeout != cfg.Server.ReadHeaderTimeout)
-	check("server.idle_timeout", old.Server.IdleTimeout != cfg.Server.IdleTimeout)
-	check("server.max_header_bytes", old.Server.MaxHeaderBytes != cfg.Server.MaxHeaderBytes)
-	return out
+	return config.RestartOnly(old, cfg)
 }
 
 // keepRestartOnly copies the settings restartOnly names from old into cfg,
 // so Config reports what is really in force.
 func keepRestartOnly(cfg, old *config.Config) {
-	cfg.Listen, cfg.AdminListen = old.Listen, old.AdminListen
-	cfg.Upstreams = old.Upstreams
-	cfg.App = old.App
-	placeholder := cfg.Token.Placeholder // applied live
-	cfg.Token = old.Token
-	cfg.Token.Placeholder = placeholder
-	cfg.Log.Format = old.Log.Format
-	cfg.Server.ReadHeaderTimeout = old.Server.ReadHeaderTimeout
-	cfg.Server.IdleTimeout = old.Server.IdleTimeout
-	cfg.Server.MaxHeaderBytes = old.Server.MaxHeaderBytes
+	config.KeepRestartOnly(cfg, old)
 }

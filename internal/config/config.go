@@ -7,12 +7,17 @@ import (
 // Config is dingproxy's whole configuration: SPEC's YAML schema. Every key can
 // also come from the environment as DINGPROXY_ + the key upper-cased with dots
 // as underscores. Zero values are never defaults: Default returns those.
+//
+// A field tagged reload:"restart" changes only with a restart: a reload keeps
+// its running value and says so (RestartOnly, KeepRestartOnly). Every other
+// field applies live. The tag is per field: token.placeholder is live while
+// the rest of token is not.
 type Config struct {
 	// Listen is the proxy's address, host:port. Default 127.0.0.1:8080.
-	Listen string `mapstructure:"listen"`
+	Listen string `mapstructure:"listen" reload:"restart"`
 	// AdminListen serves /metrics, /healthz and /readyz, host:port. Default
 	// 127.0.0.1:9090. It must differ from Listen, unless both are port 0.
-	AdminListen string `mapstructure:"admin_listen"`
+	AdminListen string `mapstructure:"admin_listen" reload:"restart"`
 	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
 	// Default 20s; must be > 0.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
@@ -49,13 +54,13 @@ type Server struct {
 	// ReadHeaderTimeout is how long a client may take to send a request's
 	// line and headers (slowloris); past it the connection is closed.
 	// Default 10s; must be > 0. Restart only.
-	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"`
+	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout" reload:"restart"`
 	// IdleTimeout is how long a kept-alive connection may wait for its next
 	// request. Default 2m; must be > 0. Restart only.
-	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	IdleTimeout time.Duration `mapstructure:"idle_timeout" reload:"restart"`
 	// MaxHeaderBytes caps a request's line and headers; beyond it the client
 	// gets 431. Default 65536; 4096 to 16777216. Restart only.
-	MaxHeaderBytes int `mapstructure:"max_header_bytes"`
+	MaxHeaderBytes int `mapstructure:"max_header_bytes" reload:"restart"`
 	// BodyReadTimeout is the longest a client may pause while sending a
 	// request body; past it the request is answered 408 and nothing more is
 	// sent upstream. Default 30s; must be > 0.
@@ -71,31 +76,31 @@ type Server struct {
 type Upstreams struct {
 	// OAPI serves every path except /v1.0/ and /v2.0/. Default
 	// https://oapi.dingtalk.com. http is allowed, for local fakes.
-	OAPI string `mapstructure:"oapi"`
+	OAPI string `mapstructure:"oapi" reload:"restart"`
 	// API serves /v1.0/ and /v2.0/ paths. Default https://api.dingtalk.com.
-	API string `mapstructure:"api"`
+	API string `mapstructure:"api" reload:"restart"`
 }
 
 // App holds the credentials. With both empty the proxy runs in pass-through mode.
 type App struct {
 	// Key is the app key (DINGPROXY_APP_KEY). Set with Secret or not at all.
-	Key string `mapstructure:"key"`
+	Key string `mapstructure:"key" reload:"restart"`
 	// Secret is the app secret (DINGPROXY_APP_SECRET). It never prints.
-	Secret Secret `mapstructure:"secret"`
+	Secret Secret `mapstructure:"secret" reload:"restart"`
 	// SecretFile names a file holding the secret, as Kubernetes mounts a
 	// Secret (DINGPROXY_APP_SECRET_FILE); one trailing newline is dropped.
 	// Load reads it into Secret. Set Secret or SecretFile, not both.
-	SecretFile string `mapstructure:"secret_file"`
+	SecretFile string `mapstructure:"secret_file" reload:"restart"`
 }
 
 // Token configures the shared access token.
 type Token struct {
 	// RefreshBefore is how long before expiry the background refresh runs.
 	// Default 10m; must be > 0.
-	RefreshBefore time.Duration `mapstructure:"refresh_before"`
+	RefreshBefore time.Duration `mapstructure:"refresh_before" reload:"restart"`
 	// Endpoint is "oauth2" (POST /v1.0/oauth2/accessToken) or "gettoken" (GET /gettoken).
 	// Default "oauth2".
-	Endpoint string `mapstructure:"endpoint"`
+	Endpoint string `mapstructure:"endpoint" reload:"restart"`
 	// Placeholder, when set, is a token value clients may send (header
 	// x-acs-dingtalk-access-token or query access_token) to mean "the
 	// shared token": it is replaced like an empty value. Default "" (only
@@ -224,7 +229,7 @@ type Log struct {
 	// Level is debug, info, warn or error. Default info.
 	Level string `mapstructure:"level"`
 	// Format is json or console. Default json.
-	Format string `mapstructure:"format"`
+	Format string `mapstructure:"format" reload:"restart"`
 }
 
 // Secret is a string that never prints: fmt, JSON, text and zap see REDACTED.

@@ -1,12 +1,22 @@
 // Package config is dingproxy's configuration: the Config types that mirror
-// SPEC's YAML schema, the built-in defaults (Default), Load, which reads a
-// YAML file and DINGPROXY_* environment variables over those defaults with
-// its own viper instance, and Validate, which reports every problem at once,
-// each as a *FieldError naming the YAML key (exit status 2 at start). Only
-// cmd/dingproxy imports it and turns a Config into each package's options.
+// SPEC's YAML schema, the built-in defaults (Default), Load, Validate and
+// Watch.
 //
-// It does not watch the file, apply a configuration, or hold the running one:
-// Load returns a new value each call and keeps no state. Live reload (validate,
-// then swap atomically, keep the old policy on failure) comes later, built on
-// Load. It imports no other dingproxy package.
+// Load reads in one pass, with a viper instance of its own: the defaults are
+// set on it, it reads the YAML file and the DINGPROXY_* environment over them,
+// and UnmarshalExact decodes the merged settings into a Config, rejecting
+// unknown keys. Its decode hook converts each value to its field's type
+// (durations, the Secret, the routes list given as YAML or JSON text) and
+// refuses, in FieldError's words, what the field cannot hold. Then Validate
+// checks each value and the rules between values. Every problem is reported
+// at once, each a *FieldError naming the key; cmd/dingproxy exits with status
+// 2 on them at start.
+//
+// The reload:"restart" tag on a Config field marks a key that changes only
+// with a restart; RestartOnly and KeepRestartOnly read it for a reload. Watch
+// calls back when the file's content changes.
+//
+// It does not apply a configuration or hold the running one: internal/app
+// does, and Load returns a new value each call and keeps no state. It imports
+// no other dingproxy package.
 package config

@@ -1,17 +1,16 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/viper"
-	"go.yaml.in/yaml/v3"
 )
 
 // envPrefix starts every environment variable's name: retry.max_attempts is
@@ -33,34 +32,18 @@ const envPrefix = "DINGPROXY"
 // When the file cannot be read or is not YAML, Load returns that error alone.
 // Otherwise it reports every problem at once: unknown keys, values of the
 // wrong type, and what Validate finds, each a *FieldError naming the key,
-// joined with errors.Join. The error never contains app.secret's value.
+// joined with errors.Join. The file's problems come first, then the
+// environment's (their messages end "(from DINGPROXY_...)"), then Validate's
+// for the keys whose own value was usable. The error never contains
+// app.secret's value.
+//
+// One viper instance does the reading, in one pass: the defaults are set on
+// it, it reads the file through yamlFile and the environment by AutomaticEnv,
+// and UnmarshalExact decodes the merged settings with decodeHook, which
+// rejects every value the field cannot hold, in the words FieldError uses.
 func Load(path string) (*Config, error) {
-	var data []byte
-	file := map[string]any{}
-	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("config: %w", err) // *fs.PathError names path
-		}
-		if err := yaml.Unmarshal(b, &file); err != nil {
-			return nil, fmt.Errorf("config: %s: %w", path, err)
-		}
-		if file == nil { // an empty document
-			file = map[string]any{}
-		}
-		data = b
-	}
-
-	// First our own walk, which names keys and types in its messages where
-	// viper's decoder would not, and refuses values it would get wrong.
-	var fc checker
-	cleanFile, _ := fc.section("", fc.normalize("", file), configType)
-	ec, cleanEnv := checkEnv()
-	if len(fc.errs) > 0 || len(ec.errs) > 0 {
-		return nil, loadErrors(&fc, ec, cleanFile.(map[string]any), cleanEnv)
-	}
-
-	v := viper.New()
+	var r report
+	v := viper.NewWithOptions(viper.WithDecoderRegistry(yamlFile{&r}))
 	setDefaults(v)
 	v.SetEnvPrefix(envPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
@@ -68,22 +51,175 @@ func Load(path string) (*Config, error) {
 	if path != "" {
 		v.SetConfigFile(path)
 		v.SetConfigType("yaml")
-		// The bytes already read: the file may change in between.
-		if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
-			return nil, fmt.Errorf("config: %s: %w", path, err)
+		if err := v.ReadInConfig(); err != nil {
+			var pe viper.ConfigParseError
+			if errors.As(err, &pe) {
+				return nil, fmt.Errorf("config: %s: %w", path, pe.Unwrap())
+			}
+			return nil, fmt.Errorf("config: %w", err) // *fs.PathError names path
 		}
 	}
-	var cfg Config
+	fileProblems := len(r.errs) // the file's duplicate keys
+
+	// Decoding over the defaults leaves a field whose value is unusable at
+	// its default, so Validate judges the rest as it would be.
+	cfg := Default()
 	if err := v.UnmarshalExact(&cfg, viper.DecodeHook(decodeHook)); err != nil {
-		return nil, fmt.Errorf("config: decode: %w", err)
+		r.decodeErrors(err)
 	}
-	if err := cfg.readSecretFile(); err != nil {
-		return nil, errors.Join(err, cfg.Validate())
+
+	// The file's problems first, then the environment's.
+	var errs, fromEnv []error
+	for i, err := range r.errs {
+		if fe, ok := err.(*FieldError); ok && i >= fileProblems {
+			if name := envFor(fe.Key); name != "" {
+				fe.Msg += " (from " + name + ")"
+				fromEnv = append(fromEnv, fe)
+				continue
+			}
+		}
+		errs = append(errs, err)
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	errs = append(errs, fromEnv...)
+	if len(errs) == 0 {
+		if err := cfg.readSecretFile(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, fe := range cfg.validate() {
+		if !r.covers(fe.Key) {
+			errs = append(errs, fe)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return &cfg, nil
+}
+
+// report collects Load's problems in the order found.
+type report struct {
+	errs []error // *FieldError, but for a decoder failure it cannot name
+	// bad are keys whose value was unusable: Validate's findings at or under
+	// them are not reported again. Unknown keys are not among them: ignoring
+	// one changes no field.
+	bad []string
+}
+
+func (r *report) add(key, msg string, unusable bool) {
+	r.errs = append(r.errs, &FieldError{Key: key, Msg: msg})
+	if unusable {
+		r.bad = append(r.bad, key)
+	}
+}
+
+// covers reports whether key is, or is inside, a key whose value was unusable.
+func (r *report) covers(key string) bool {
+	for _, b := range r.bad {
+		if key == b || strings.HasPrefix(key, b+".") || strings.HasPrefix(key, b+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// decodeErrors adds what UnmarshalExact returned: a tree of errors.Join in
+// decoding order (a section's fields in struct order, then its unknown keys,
+// sorted), whose leaves are mapstructure's *DecodeError, each naming a value
+// and holding decodeHook's verdict on it or mapstructure's own complaint.
+func (r *report) decodeErrors(err error) {
+	switch e := err.(type) {
+	case interface{ Unwrap() []error }:
+		errs := e.Unwrap()
+		if keys, ok := entryKeys(errs); ok {
+			// A map's entries, which the decoder visits in random order.
+			errs = slices.Clone(errs)
+			slices.SortStableFunc(errs, func(a, b error) int { return strings.Compare(keys[a], keys[b]) })
+		}
+		for _, err := range errs {
+			r.decodeErrors(err)
+		}
+		return
+	case named:
+		key, _ := keyOf(e.Name())
+		r.decodeError(key, e.Unwrap())
+		return
+	case interface{ Unwrap() error }:
+		if inner := e.Unwrap(); inner != nil {
+			r.decodeErrors(inner)
+			return
+		}
+	}
+	r.errs = append(r.errs, fmt.Errorf("config: decode: %w", err))
+}
+
+// named is mapstructure's *DecodeError.
+type named interface {
+	Name() string
+	Unwrap() error
+}
+
+// entryKeys returns the keys of errs when every one is a map entry's.
+func entryKeys(errs []error) (map[error]string, bool) {
+	keys := make(map[error]string, len(errs))
+	for _, err := range errs {
+		e, ok := err.(named)
+		if !ok {
+			return nil, false
+		}
+		key, entry := keyOf(e.Name())
+		if !entry {
+			return nil, false
+		}
+		keys[err] = key
+	}
+	return keys, true
+}
+
+// decodeError adds the problems with the value at key.
+func (r *report) decodeError(key string, err error) {
+	var u unusable
+	if errors.As(err, &u) {
+		for _, fe := range u {
+			k := key
+			switch {
+			case strings.HasPrefix(fe.Key, "["):
+				k += fe.Key
+			case fe.Key != "":
+				k = joinKey(key, fe.Key)
+			}
+			msg := fe.Msg
+			if msg == nullMap && !strings.HasSuffix(k, "]") {
+				msg += " (delete the key to use the defaults)"
+			}
+			r.add(k, msg, true)
+		}
+		return
+	}
+	// ErrorUnused's report on a section: its unknown keys, which decodeHook
+	// quoted so that they read back however they are spelt.
+	if list, ok := strings.CutPrefix(err.Error(), "has invalid keys: "); ok {
+		var keys []string
+		for list != "" {
+			q, err := strconv.QuotedPrefix(list)
+			if err != nil {
+				keys = append(keys, list)
+				break
+			}
+			k, _ := strconv.Unquote(q)
+			if !strings.Contains(key, "[") { // a section's key, escaped
+				k = unescaper.Replace(k)
+			}
+			keys = append(keys, k)
+			list = strings.TrimPrefix(list[len(q):], ", ")
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			r.add(joinKey(key, k), "unknown key", false)
+		}
+		return
+	}
+	r.add(key, err.Error(), true)
 }
 
 // readSecretFile reads app.secret_file into app.secret. Its errors name the
@@ -110,59 +246,6 @@ func (c *Config) readSecretFile() error {
 	}
 	c.App.Secret = Secret(s)
 	return nil
-}
-
-// checkEnv checks every leaf's environment variable, and returns the usable
-// values by key.
-func checkEnv() (*checker, map[string]any) {
-	all := &checker{}
-	clean := map[string]any{}
-	for _, l := range leaves() {
-		name := envName(l.key)
-		s := os.Getenv(name)
-		if s == "" {
-			continue // viper ignores empty variables too
-		}
-		c := checker{from: " (from " + name + ")"}
-		v, ok := c.value(l.key, s, l.typ)
-		if ok && v != nil {
-			clean[l.key] = v
-		}
-		all.errs = append(all.errs, c.errs...)
-		all.bad = append(all.bad, c.bad...)
-	}
-	return all, clean
-}
-
-// loadErrors reports the file's and the environment's problems, then what
-// Validate finds in a configuration made of the usable values only. A key
-// whose own value was unusable is not reported twice.
-func loadErrors(fc, ec *checker, file, env map[string]any) error {
-	var errs []error
-	for _, e := range fc.errs {
-		errs = append(errs, e)
-	}
-	for _, e := range ec.errs {
-		errs = append(errs, e)
-	}
-	w := viper.New()
-	setDefaults(w)
-	if err := w.MergeConfigMap(file); err != nil {
-		return errors.Join(append(errs, fmt.Errorf("config: %w", err))...)
-	}
-	for k, val := range env {
-		w.Set(k, val) // the environment overrides the file
-	}
-	var cfg Config
-	if err := w.UnmarshalExact(&cfg, viper.DecodeHook(decodeHook)); err != nil {
-		return errors.Join(append(errs, fmt.Errorf("config: decode: %w", err))...)
-	}
-	for _, e := range cfg.validate() {
-		if !fc.covers(e.Key) && !ec.covers(e.Key) {
-			errs = append(errs, e)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // setDefaults seeds v with every leaf of Default. AutomaticEnv only reads
@@ -218,27 +301,4 @@ func toRaw(v reflect.Value) any {
 		return v.String() // a Secret becomes a plain string
 	}
 	return v.Interface()
-}
-
-// decodeHook converts strings for viper's decoder: durations ("100ms") and the
-// routes list (DINGPROXY_ROUTES holds YAML or JSON). It replaces viper's
-// default hooks, whose comma-splitting of strings into slices would break the
-// routes list.
-func decodeHook(from, to reflect.Type, data any) (any, error) {
-	if from.Kind() != reflect.String {
-		return data, nil
-	}
-	s := reflect.ValueOf(data).String()
-	switch to {
-	case durationType:
-		return time.ParseDuration(s)
-	case routesType:
-		l, err := parseList(s)
-		if err != nil {
-			return nil, err
-		}
-		var c checker
-		return c.normalize("", l), nil
-	}
-	return data, nil
 }
