@@ -12,11 +12,23 @@ demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table
 resilience: ## the resilience benchmark: five scenarios, three clients, one table (under 3 minutes, loopback only)
 	$(GO) run ./cmd/resilience
 
-test: ## go vet, then every test with the race detector, shuffled
+test: ## go vet, then every test that a slow machine cannot break, with the race detector, shuffled (see soak)
 	$(GO) vet ./...
 	$(GO) test -race -shuffle=on -count=1 ./...
 	# The heap test measures memory, which the race detector distorts: it runs without.
 	$(GO) test -count=1 -run 'TestSlowUploadsStayUnderBufferCap' -v ./internal/app
+
+# Tests whose verdict depends on the machine's speed live in *soak_test.go
+# files behind the build tag soak, so make test leaves them out. make soak
+# runs exactly the test functions of those files, one package at a time
+# (-p 1) so that they do not compete for the CPU. SOAK_FLAGS= drops -race.
+SOAK_FLAGS ?= -race
+SOAK_FILES = $(shell find internal cmd -name '*soak_test.go')
+SOAK_TESTS = $(shell sed -n 's/^func \(Test[A-Za-z0-9_]*\)(t \*testing\.T).*/\1/p' $(SOAK_FILES) | paste -sd'|' -)
+SOAK_PKGS = $(sort $(patsubst %/,./%,$(dir $(SOAK_FILES))))
+soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises, load runs, timeouts (about 3 min)
+	$(GO) vet -tags soak $(SOAK_PKGS)
+	$(GO) test -tags soak $(SOAK_FLAGS) -count=1 -p 1 -timeout 30m -run '^($(SOAK_TESTS))$$' $(SOAK_PKGS)
 
 test-short: ## quick loop: no race detector, long tests skipped
 	$(GO) test -short ./...
@@ -73,4 +85,4 @@ staticcheck: ## staticcheck, pinned, installed into bin/tools from the module pr
 	GOBIN=$(CURDIR)/bin/tools GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	./bin/tools/staticcheck ./...
 
-.PHONY: fuzz loadtest help demo resilience test test-short build docker run fake check-config examples bench lint tidy staticcheck
+.PHONY: fuzz loadtest help demo resilience test soak test-short build docker run fake check-config examples bench lint tidy staticcheck

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/demo"
 )
 
@@ -33,7 +34,7 @@ func main() {
 	defer cancel()
 
 	fmt.Printf("dingproxy demo: a fake DingTalk on 127.0.0.1 injects faults into %s of calls:\n  %s\n", share(o.Faults), o.Faults)
-	fmt.Printf("and enforces DingTalk's limit of %d calls per second per API, with its 1 s penalty.\n", demo.QPSLimit)
+	fmt.Printf("and enforces DingTalk's limit of %d calls per second per API, with its 1 s penalty.\n", bench.QPSLimit)
 	fmt.Printf("each client makes the same %d calls (about 70%% reads, 30%% sends) at %.0f/s.\n\n", o.Calls, o.Rate)
 	start := time.Now()
 	rs, err := demo.Run(ctx, o)

@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
-	"strings"
-	"sync"
-	"text/tabwriter"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
@@ -23,12 +20,12 @@ type OutageOptions struct {
 	// OpenTimeout is the demo proxy's breaker.open_timeout, short so the
 	// recovery shows within the run; default 2 s.
 	OpenTimeout time.Duration
-	Modes       []Mode
+	Modes       []bench.Mode
 }
 
 // OutageResult is one client's figures for the outage phase.
 type OutageResult struct {
-	Mode Mode
+	Mode bench.Mode
 	// CallsDuring and AttemptsDuring count client calls started while the
 	// API was down and the upstream attempts those calls cost (counted per
 	// call: by the client itself, or from X-Dingproxy-Attempts through the
@@ -43,7 +40,7 @@ type OutageResult struct {
 }
 
 // AttemptsPerCall is what each client call cost DingTalk during the outage.
-func (r OutageResult) AttemptsPerCall() float64 { return ratio(r.AttemptsDuring, r.CallsDuring) }
+func (r OutageResult) AttemptsPerCall() float64 { return bench.Ratio(r.AttemptsDuring, r.CallsDuring) }
 
 func (o *OutageOptions) defaults() {
 	if o.Down <= 0 {
@@ -59,7 +56,7 @@ func (o *OutageOptions) defaults() {
 		o.OpenTimeout = 2 * time.Second
 	}
 	if len(o.Modes) == 0 {
-		o.Modes = []Mode{Direct, SDKRetry, Proxy}
+		o.Modes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy}
 	}
 }
 
@@ -80,98 +77,58 @@ func RunOutage(ctx context.Context, o OutageOptions) ([]OutageResult, error) {
 	return out, nil
 }
 
-func runOutage(ctx context.Context, m Mode, o OutageOptions) (OutageResult, error) {
-	fake := dingtalktest.New(dingtalktest.Options{})
-	if err := fake.Start("127.0.0.1:0"); err != nil {
+func runOutage(ctx context.Context, m bench.Mode, o OutageOptions) (OutageResult, error) {
+	c, err := bench.Standard(m, func(cfg *config.Config) { cfg.Breaker.OpenTimeout = o.OpenTimeout })
+	if err != nil {
 		return OutageResult{}, err
 	}
-	defer fake.Close()
-	tr := &http.Transport{MaxIdleConnsPerHost: 100}
-	defer tr.CloseIdleConnections()
-	c := &client{hc: &http.Client{Transport: tr, Timeout: 40 * time.Second}, base: fake.URL()}
-	if m == Proxy {
-		stop, url, err := StartProxy(fake.URL(), func(cfg *config.Config) { cfg.Breaker.OpenTimeout = o.OpenTimeout })
-		if err != nil {
-			return OutageResult{}, err
-		}
-		defer stop()
-		c.base = url
-	} else {
-		tok, err := FetchToken(ctx, c.hc, fake.URL())
-		if err != nil {
-			return OutageResult{}, err
-		}
-		c.token, c.sdkRetry = tok, m == SDKRetry
-	}
-	fake.SetChaos(dingtalktest.Chaos{Paths: []string{OutagePath}, Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(503), P: 1}}})
-	res := OutageResult{Mode: m}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	begin := time.Now()
-	upAt := begin.Add(o.Down)
-	var recovered bool
-	var firstOK time.Time
-	var lat []time.Duration // of calls started during the outage
 	interval := time.Duration(float64(time.Second) / o.Rate)
-	timer := time.NewTimer(0)
-	defer timer.Stop()
 	total := int((o.Down + o.After) / interval)
-	for i := 0; i < total; i++ {
-		timer.Reset(time.Until(begin.Add(time.Duration(i) * interval)))
-		select {
-		case <-ctx.Done():
-			wg.Wait()
-			return res, ctx.Err()
-		case <-timer.C:
-		}
-		if !recovered && !time.Now().Before(upAt) {
-			fake.SetChaos(dingtalktest.Chaos{})
-			recovered = true
-		}
-		during := !recovered
-		if during {
-			res.CallsDuring++
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			start := time.Now()
-			ok, fallback, attempts := c.do(ctx, http.MethodPost, OutagePath, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50))
-			mu.Lock()
-			defer mu.Unlock()
-			if during {
-				res.AttemptsDuring += attempts
-				lat = append(lat, time.Since(start))
+	firstAfter := total // the first call made after the API recovered
+	r, err := bench.Run(ctx, c, bench.Load{
+		Rate: o.Rate, Calls: total,
+		Call: func(i int) bench.Request {
+			return bench.Request{Method: http.MethodPost, Path: OutagePath, Body: fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
+		},
+		Setup: func(f *dingtalktest.Server) {
+			f.SetChaos(dingtalktest.Chaos{Paths: []string{OutagePath}, Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(503), P: 1}}})
+		},
+		Before: func(f *dingtalktest.Server, i int, since time.Duration) {
+			if firstAfter == total && since >= o.Down {
+				f.SetChaos(dingtalktest.Chaos{})
+				firstAfter = i
 			}
-			if fallback {
-				res.Fallbacks++
-			}
-			if ok && !during && (firstOK.IsZero() || time.Now().Before(firstOK)) {
-				firstOK = time.Now()
-			}
-		}()
+		},
+	})
+	if err != nil {
+		return OutageResult{}, err
 	}
-	wg.Wait()
-	slices.Sort(lat)
-	res.P50 = percentile(lat, 0.5)
+	res := OutageResult{Mode: m, Recovery: -1}
+	upAt := r.Begin.Add(o.Down)
+	var firstOK time.Time
+	during := func(o bench.Outcome) bool { return o.I < firstAfter }
+	for _, o := range r.Outcomes {
+		if during(o) {
+			res.CallsDuring++
+			res.AttemptsDuring += o.Attempts
+		} else if o.OK && (firstOK.IsZero() || o.End().Before(firstOK)) {
+			firstOK = o.End()
+		}
+		if o.Fallback {
+			res.Fallbacks++
+		}
+	}
+	res.P50 = bench.Percentiles(r.Latencies(during), 0.5)[0]
 	if !firstOK.IsZero() {
 		res.Recovery = firstOK.Sub(upAt)
-	} else {
-		res.Recovery = -1
 	}
 	return res, nil
 }
 
 // PrintOutageTable writes the outage results side by side.
-func PrintOutageTable(w io.Writer, rs []OutageResult) {
-	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', tabwriter.AlignRight)
-	row := func(name string, f func(OutageResult) string) {
-		cells := []string{fmt.Sprintf("%-34s", name)}
-		for _, r := range rs {
-			cells = append(cells, f(r))
-		}
-		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
-	}
+func PrintOutageTable(w io.Writer, rs []OutageResult) error {
+	t := bench.Table{Pad: 3, Widths: []int{34}}
+	row := func(name string, f func(OutageResult) string) { bench.Across(&t, rs, name, f) }
 	row("", func(r OutageResult) string { return string(r.Mode) })
 	row("client calls during the outage", func(r OutageResult) string { return fmt.Sprint(r.CallsDuring) })
 	row("upstream attempts per call", func(r OutageResult) string { return fmt.Sprintf("%.2f", r.AttemptsPerCall()) })
@@ -182,5 +139,5 @@ func PrintOutageTable(w io.Writer, rs []OutageResult) {
 		}
 		return fmt.Sprintf("+%.1f s", r.Recovery.Seconds())
 	})
-	tw.Flush()
+	return t.Print(w)
 }

@@ -7,19 +7,15 @@
 package loadtest
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"slices"
 	"sync"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/config"
-	"github.com/dingproxy/dingproxy/internal/demo"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
@@ -67,33 +63,31 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		return nil, err
 	}
 	defer fake.Close()
+	hc := bench.HTTPClient(10*time.Second, 512, 512)
+	defer hc.CloseIdleConnections()
+	direct, err := bench.Open(ctx, bench.Client{Mode: bench.Direct, Via: bench.Straight{}}, fake, hc)
+	if err != nil {
+		return nil, err
+	}
+	defer direct.Close()
 	// Pacing is raised above the load: DingTalk's 20 calls/s per API would
 	// make the schedule, not dingproxy, the thing measured.
-	stop, proxyURL, err := demo.StartProxy(fake.URL(), func(c *config.Config) {
+	via, err := bench.Open(ctx, bench.Client{Mode: bench.Proxy, Via: bench.ThroughProxy{Tune: []func(*config.Config){func(c *config.Config) {
 		c.Pacing.PerAPIQPS, c.Pacing.GlobalQPS = 1e6, 1e6
-	})
+	}}}}, fake, hc)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}, Timeout: 10 * time.Second}
-	defer hc.CloseIdleConnections()
-	tok, err := demo.FetchToken(ctx, hc, proxyURL)
-	if err != nil {
-		return nil, err
-	}
-	body := []byte(`{"userid":"manager4220","language":"zh_CN"}`)
-	direct := fake.URL() + dingtalktest.PathUserGet + "?access_token=" + url.QueryEscape(tok)
-	via := proxyURL + dingtalktest.PathUserGet
-
+	defer via.Close()
+	req := bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: []byte(`{"userid":"manager4220","language":"zh_CN"}`)}
 	var rows []Row
 	for _, rate := range o.Rates {
 		if o.Warmup > 0 {
-			if _, err := phase(ctx, hc, direct, via, body, rate, o.Warmup); err != nil {
+			if _, err := phase(ctx, direct, via, req, rate, o.Warmup); err != nil {
 				return rows, err
 			}
 		}
-		row, err := phase(ctx, hc, direct, via, body, rate, o.Duration)
+		row, err := phase(ctx, direct, via, req, rate, o.Duration)
 		if err != nil {
 			return rows, err
 		}
@@ -103,60 +97,27 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 }
 
 // phase sends rate pairs per second for d. Latency runs from each turn's
-// scheduled time, so a stalled sender shows in the percentiles instead of
-// hiding (coordinated omission); the pair's difference cancels it.
-func phase(ctx context.Context, hc *http.Client, direct, via string, body []byte, rate int, d time.Duration) (Row, error) {
-	n := int(float64(rate) * d.Seconds())
-	interval := time.Second / time.Duration(rate)
+// due time, so a stalled sender shows in the percentiles instead of hiding
+// (coordinated omission); the pair's difference cancels it.
+func phase(ctx context.Context, direct, via *bench.Caller, req bench.Request, rate int, d time.Duration) (Row, error) {
 	type pair struct {
 		direct, via time.Duration
 		failed      bool
 	}
-	pairs := make([]pair, n)
-	var wg sync.WaitGroup
-	row := Row{Rate: rate}
-	send := func(target string, at time.Time, out *time.Duration, failed *bool, mu *sync.Mutex) {
-		defer wg.Done()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = errors.New(resp.Status)
-			}
-		}
-		*out = time.Since(at)
-		if err != nil {
-			mu.Lock()
-			*failed = true
-			mu.Unlock()
-		}
+	pairs := make([]pair, int(float64(rate)*d.Seconds()))
+	t, err := bench.Schedule{Rate: float64(rate), Calls: len(pairs)}.Run(ctx, func(i int, due time.Time) {
+		var wg sync.WaitGroup
+		var dc bench.Outcome
+		wg.Go(func() { dc = direct.Do(ctx, i, req) })
+		vc := via.Do(ctx, i, req)
+		wg.Wait()
+		pairs[i] = pair{dc.End().Sub(due), vc.End().Sub(due), !dc.OK || !vc.OK}
+	})
+	row := Row{Rate: rate, Late: t.Late}
+	if err != nil {
+		return row, err
 	}
-	mus := make([]sync.Mutex, n)
-	begin := time.Now()
-	for i := range n {
-		at := begin.Add(time.Duration(i) * interval)
-		if w := time.Until(at); w > 0 {
-			t := time.NewTimer(w)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				wg.Wait()
-				return row, ctx.Err()
-			case <-t.C:
-			}
-		} else if -w > time.Millisecond {
-			row.Late++
-		}
-		p := &pairs[i]
-		wg.Add(2)
-		go send(direct, at, &p.direct, &p.failed, &mus[i])
-		go send(via, at, &p.via, &p.failed, &mus[i])
-	}
-	wg.Wait()
-	row.AchievedRate = float64(n) / time.Since(begin).Seconds()
+	row.AchievedRate = float64(t.Started) / t.Elapsed.Seconds()
 	var dl, vl, added []time.Duration
 	for _, p := range pairs {
 		if p.failed {
@@ -166,35 +127,30 @@ func phase(ctx context.Context, hc *http.Client, direct, via string, body []byte
 		dl, vl, added = append(dl, p.direct), append(vl, p.via), append(added, p.via-p.direct)
 	}
 	row.Calls = len(added)
-	if n > 0 && row.Calls == 0 {
+	if len(pairs) > 0 && row.Calls == 0 {
 		return row, fmt.Errorf("loadtest: every call failed")
 	}
 	if row.Calls > 0 {
-		row.Direct, row.Via, row.Added = percentiles(dl), percentiles(vl), percentiles(added)
+		row.Direct, row.Via, row.Added = quantiles(dl), quantiles(vl), quantiles(added)
 	}
 	return row, nil
 }
 
-func percentiles(lat []time.Duration) [3]time.Duration {
-	s := slices.Clone(lat)
-	slices.Sort(s)
-	var out [3]time.Duration
-	for i, q := range Quantiles {
-		k := int(q*float64(len(s))+0.5) - 1
-		out[i] = s[min(max(k, 0), len(s)-1)]
-	}
-	return out
+func quantiles(lat []time.Duration) [3]time.Duration {
+	return [3]time.Duration(bench.Percentiles(lat, Quantiles[:]...))
 }
 
 // PrintTable writes rows as a table.
-func PrintTable(w io.Writer, rows []Row) {
-	fmt.Fprintf(w, "%6s %6s %6s %5s  %-28s  %-28s  %-28s\n", "rate/s", "pairs", "errors", "late", "direct p50/p99/p99.9 ms", "dingproxy p50/p99/p99.9 ms", "added p50/p99/p99.9 ms")
+func PrintTable(w io.Writer, rows []Row) error {
+	t := bench.Table{Pad: 2, Widths: []int{0, 0, 0, 0, 28, 28, 28}}
+	t.Row("rate/s", "pairs", "errors", "late", "direct p50/p99/p99.9 ms", "dingproxy p50/p99/p99.9 ms", "added p50/p99/p99.9 ms")
 	ms := func(q [3]time.Duration) string {
 		return fmt.Sprintf("%.3f / %.3f / %.3f", q[0].Seconds()*1e3, q[1].Seconds()*1e3, q[2].Seconds()*1e3)
 	}
 	for _, r := range rows {
-		fmt.Fprintf(w, "%6d %6d %6d %5d  %-28s  %-28s  %-28s\n", r.Rate, r.Calls, r.Errors, r.Late, ms(r.Direct), ms(r.Via), ms(r.Added))
+		t.Row(fmt.Sprint(r.Rate), fmt.Sprint(r.Calls), fmt.Sprint(r.Errors), fmt.Sprint(r.Late), ms(r.Direct), ms(r.Via), ms(r.Added))
 	}
+	return t.Print(w)
 }
 
 // TimerLateness sleeps 1 ms n times and returns the p50, p99 and p99.9 of
@@ -207,5 +163,5 @@ func TimerLateness(n int) [3]time.Duration {
 		time.Sleep(time.Millisecond)
 		late[i] = time.Since(st) - time.Millisecond
 	}
-	return percentiles(late)
+	return quantiles(late)
 }

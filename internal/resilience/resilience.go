@@ -8,34 +8,24 @@ package resilience
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/config"
-	"github.com/dingproxy/dingproxy/internal/demo"
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
-// Mode is one way of calling DingTalk.
-type Mode string
+// ProxyTuned is dingproxy with retry.max_attempts: 6, the attempts 99.9 %
+// needs at 30 % independent faults (0.3^6 = 0.07 %). Run in the transient
+// scenario only.
+const ProxyTuned bench.Mode = "dingproxy, max_attempts 6"
 
-// The three clients.
-const (
-	Direct   Mode = "direct"
-	SDKRetry Mode = "direct + SDK retry"
-	Proxy    Mode = "dingproxy"
-	// ProxyTuned is dingproxy with retry.max_attempts: 6, the attempts 99.9 %
-	// needs at 30 % independent faults (0.3^6 = 0.07 %). Run in the
-	// transient scenario only.
-	ProxyTuned Mode = "dingproxy, max_attempts 6"
-)
-
-// AllModes are the three clients, in table order.
-var AllModes = []Mode{Direct, SDKRetry, Proxy, ProxyTuned}
+// AllModes are the clients, in table order.
+var AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned}
 
 // Scenario names, for Options.Only.
 const (
@@ -48,10 +38,6 @@ const (
 
 // Scenarios lists every scenario in run order.
 var Scenarios = []string{Transient, Resets, Throttle, Outage, Tokens}
-
-// QPSLimit is the fake's per-path limit in the throttle scenario: DingTalk's
-// standard 20 calls per second per API, with its 1 s penalty.
-const QPSLimit = 20
 
 // maxInFlight bounds concurrent client calls; it is above any scenario's
 // calls in flight (dingproxy queues up to ~300 in the throttle scenario),
@@ -69,7 +55,7 @@ type Options struct {
 	// Only lists the scenarios to run; default all of Scenarios.
 	Only []string
 	// Modes lists the clients; default AllModes.
-	Modes []Mode
+	Modes []bench.Mode
 	// Seed seeds the fake's fault draws; default 1.
 	Seed int64
 	// Progress, if set, is called after each scenario and client.
@@ -79,7 +65,7 @@ type Options struct {
 // Row is one client's figures in one scenario.
 type Row struct {
 	Scenario string
-	Mode     Mode
+	Mode     bench.Mode
 	// Calls is how many client calls were made, OK how many succeeded
 	// (a fallback answered by dingproxy is not a success).
 	Calls, OK int
@@ -105,29 +91,22 @@ type Row struct {
 }
 
 // Success is the share of calls that succeeded.
-func (r Row) Success() float64 { return ratio(r.OK, r.Calls) }
+func (r Row) Success() float64 { return bench.Ratio(r.OK, r.Calls) }
 
 // AttemptsPerCall is how many upstream attempts each client call cost.
 func (r Row) AttemptsPerCall() float64 {
 	if r.PerCall {
-		return ratio(r.CallAttempts, r.Calls)
+		return bench.Ratio(r.CallAttempts, r.Calls)
 	}
-	return ratio(r.UpstreamAttempts, r.Calls)
+	return bench.Ratio(r.UpstreamAttempts, r.Calls)
 }
 
 // ThrottledPer100 is throttle rejections per 100 upstream attempts.
-func (r Row) ThrottledPer100() float64 { return 100 * ratio(r.Throttled, r.UpstreamAttempts) }
+func (r Row) ThrottledPer100() float64 { return 100 * bench.Ratio(r.Throttled, r.UpstreamAttempts) }
 
 // ThrottledPer100After1s is the same after the first second of load.
 func (r Row) ThrottledPer100After1s() float64 {
-	return 100 * ratio(r.After1sThrottled, r.After1sAttempts)
-}
-
-func ratio(a, b int) float64 {
-	if b == 0 {
-		return 0
-	}
-	return float64(a) / float64(b)
+	return 100 * bench.Ratio(r.After1sThrottled, r.After1sAttempts)
 }
 
 // scenario is one workload against one kind of trouble.
@@ -141,7 +120,7 @@ type scenario struct {
 	every time.Duration
 	tick  func(*dingtalktest.Server)
 	// call is client call number i.
-	call func(i int) request
+	call func(i int) bench.Request
 	// perCall: attempts per call counted per call (the outage).
 	perCall bool
 	// snapshot1s: take the fake's counters one second into the load.
@@ -161,26 +140,26 @@ var (
 
 // read is a read on one of three APIs: two POST reads of the topapi kind
 // and one GET on the api host.
-func read(i int) request {
+func read(i int) bench.Request {
 	switch i % 3 {
 	case 0:
-		return request{http.MethodPost, dingtalktest.PathUserGet, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
+		return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
 	case 1:
-		return request{http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`)}
+		return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathDeptListSub, Body: []byte(`{"dept_id":1}`)}
 	default:
-		return request{http.MethodGet, dingtalktest.PathContactUsers + fmt.Sprintf("u%d", i%50), nil}
+		return bench.Request{Method: http.MethodGet, Path: dingtalktest.PathContactUsers + fmt.Sprintf("u%d", i%50)}
 	}
 }
 
 // send is a send with a body unique to i, on one of paths.
-func send(i int, paths []string) request {
+func send(i int, paths []string) bench.Request {
 	switch p := paths[i%len(paths)]; p {
 	case dingtalktest.PathRobotBatchSend:
-		return request{http.MethodPost, p, fmt.Appendf(nil, `{"robotCode":"r1","userIds":["u%d"],"msgKey":"sampleText","msgParam":"{\"content\":\"notice %d\"}"}`, i%50, i)}
+		return bench.Request{Method: http.MethodPost, Path: p, Send: true, Body: fmt.Appendf(nil, `{"robotCode":"r1","userIds":["u%d"],"msgKey":"sampleText","msgParam":"{\"content\":\"notice %d\"}"}`, i%50, i)}
 	case dingtalktest.PathChatSend:
-		return request{http.MethodPost, p, fmt.Appendf(nil, `{"chatid":"chat%d","msg":{"msgtype":"text","text":{"content":"notice %d"}}}`, i%5, i)}
+		return bench.Request{Method: http.MethodPost, Path: p, Send: true, Body: fmt.Appendf(nil, `{"chatid":"chat%d","msg":{"msgtype":"text","text":{"content":"notice %d"}}}`, i%5, i)}
 	default:
-		return request{http.MethodPost, p, fmt.Appendf(nil, `{"agent_id":1,"userid_list":"u%d","msg":{"msgtype":"text","text":{"content":"notice %d"}}}`, i%50, i)}
+		return bench.Request{Method: http.MethodPost, Path: p, Send: true, Body: fmt.Appendf(nil, `{"agent_id":1,"userid_list":"u%d","msg":{"msgtype":"text","text":{"content":"notice %d"}}}`, i%50, i)}
 	}
 }
 
@@ -196,13 +175,13 @@ func scenarios() map[string]scenario {
 			setup: func(f *dingtalktest.Server) {
 				f.SetChaos(dingtalktest.Chaos{Faults: resetAfterFaults, Paths: sendPaths})
 			},
-			call: func(i int) request { return send(i, sendPaths) },
+			call: func(i int) bench.Request { return send(i, sendPaths) },
 		},
 		Throttle: {
 			name: Throttle, duration: 5 * time.Second, rate: 60,
-			setup: func(f *dingtalktest.Server) { f.SetQPSLimit(QPSLimit) },
-			call: func(i int) request {
-				return request{http.MethodPost, dingtalktest.PathUserGet, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
+			setup: func(f *dingtalktest.Server) { f.SetQPSLimit(bench.QPSLimit) },
+			call: func(i int) bench.Request {
+				return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
 			},
 			snapshot1s: true,
 		},
@@ -213,14 +192,14 @@ func scenarios() map[string]scenario {
 			},
 			// Reads and sends on fixed paths, 10/s each: a breaker per path
 			// sees enough calls to decide.
-			call: func(i int) request {
+			call: func(i int) bench.Request {
 				switch i % 4 {
 				case 0:
-					return request{http.MethodPost, dingtalktest.PathUserGet, fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
+					return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
 				case 1:
 					return send(i, []string{dingtalktest.PathAsyncSend})
 				case 2:
-					return request{http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`)}
+					return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathDeptListSub, Body: []byte(`{"dept_id":1}`)}
 				default:
 					return send(i, []string{dingtalktest.PathRobotBatchSend})
 				}
@@ -248,7 +227,7 @@ func Describe(name string, scale float64) string {
 	case Resets:
 		return fmt.Sprintf("sends (unique bodies) on 3 APIs at 40/s for %s; 20%% are executed, then the connection is reset", d(5*time.Second))
 	case Throttle:
-		return fmt.Sprintf("reads on ONE API at 60/s for %s against DingTalk's limit of %d/s per API (1 s penalty); client timeout %s", d(5*time.Second), QPSLimit, ClientTimeout)
+		return fmt.Sprintf("reads on ONE API at 60/s for %s against DingTalk's limit of %d/s per API (1 s penalty); client timeout %s", d(5*time.Second), bench.QPSLimit, bench.ClientTimeout)
 	case Outage:
 		return fmt.Sprintf("every API answers 503 for %s while reads and sends arrive at 40/s (4 APIs); attempts counted per call", d(10*time.Second))
 	case Tokens:
@@ -312,141 +291,98 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	return out, nil
 }
 
-func runOne(ctx context.Context, sc scenario, m Mode, o Options) (Row, error) {
-	fake := dingtalktest.New(dingtalktest.Options{Seed: o.Seed})
-	if err := fake.Start("127.0.0.1:0"); err != nil {
+func runOne(ctx context.Context, sc scenario, m bench.Mode, o Options) (Row, error) {
+	var c bench.Client
+	var err error
+	if m == ProxyTuned {
+		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: []func(*config.Config){func(c *config.Config) { c.Retry.MaxAttempts = 6 }}}}
+	} else if c, err = bench.Standard(m); err != nil {
 		return Row{}, err
 	}
-	defer fake.Close()
-
-	tr := &http.Transport{MaxIdleConns: maxInFlight, MaxIdleConnsPerHost: maxInFlight, DisableCompression: true}
-	defer tr.CloseIdleConnections()
-	c := &client{hc: &http.Client{Transport: tr, Timeout: ClientTimeout}, base: fake.URL()}
-	if m == Proxy || m == ProxyTuned {
-		tune := func(*config.Config) {}
-		if m == ProxyTuned {
-			tune = func(c *config.Config) { c.Retry.MaxAttempts = 6 }
-		}
-		stop, url, err := demo.StartProxy(fake.URL(), tune)
-		if err != nil {
-			return Row{}, err
-		}
-		defer stop()
-		c.base = url
-	} else {
-		tok, err := demo.FetchToken(ctx, c.hc, fake.URL())
-		if err != nil {
-			return Row{}, err
-		}
-		c.token, c.sdkRetry = tok, m == SDKRetry
-	}
-	if sc.setup != nil {
-		sc.setup(fake)
-	}
-	upstream := func() int {
-		return fake.TotalHits() - fake.Hits(dingtalk.PathGetToken) - fake.Hits(dingtalk.PathOAuth2Token)
-	}
-	base := upstream() // the direct clients' token fetch is excluded already; nothing else ran
-
-	row := Row{Scenario: sc.name, Mode: m, PerCall: sc.perCall}
-	duration := scaled(sc.duration, o.Scale)
-	total := min(int(duration.Seconds()*sc.rate), maxCalls)
-	interval := time.Duration(float64(time.Second) / sc.rate)
 	every := scaled(sc.every, o.Scale)
-
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		lat = make([]time.Duration, 0, total)
-	)
-	sem := make(chan struct{}, maxInFlight)
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	begin := time.Now()
-	nextTick := begin.Add(every)
-	snapped := false
+	nextTick := every
+	var snapped bool
 	var snapAttempts, snapThrottled int
-	for i := 0; i < total; i++ {
-		timer.Reset(time.Until(begin.Add(time.Duration(i) * interval)))
-		select {
-		case <-ctx.Done():
-			wg.Wait()
-			return row, ctx.Err()
-		case <-timer.C:
-		}
-		now := time.Now()
-		if sc.tick != nil && every > 0 && !now.Before(nextTick) {
-			sc.tick(fake)
-			if traceTick != nil {
-				traceTick(sc.name, m, now, time.Now())
+	r, err := bench.Run(ctx, c, bench.Load{
+		Seed:        o.Seed,
+		Rate:        sc.rate,
+		Calls:       min(int(scaled(sc.duration, o.Scale).Seconds()*sc.rate), maxCalls),
+		MaxInFlight: maxInFlight,
+		Call:        sc.call,
+		Setup:       sc.setup,
+		Before: func(f *dingtalktest.Server, _ int, since time.Duration) {
+			if sc.tick != nil && every > 0 && since >= nextTick {
+				from := time.Now()
+				sc.tick(f)
+				if traceTick != nil {
+					traceTick(sc.name, m, from, time.Now())
+				}
+				// Once per period, even after a stall of the arrival
+				// loop: ticks missed are skipped, not fired in a burst
+				// (two revocations a few ms apart are not "every 2 s").
+				for since >= nextTick {
+					nextTick += every
+				}
 			}
-			// Once per period, even after a stall of this loop: ticks
-			// missed are skipped, not fired in a burst (two revocations
-			// a few ms apart are not "every 2 s").
-			for !now.Before(nextTick) {
-				nextTick = nextTick.Add(every)
+			if sc.snapshot1s && !snapped && since >= time.Second {
+				snapped = true
+				snapAttempts, snapThrottled = bench.Upstream(f), f.Throttled()
 			}
-		}
-		if sc.snapshot1s && !snapped && now.Sub(begin) >= time.Second {
-			snapped = true
-			snapAttempts, snapThrottled = upstream(), fake.Throttled()
-		}
-		r := sc.call(i)
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return row, ctx.Err()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			res := c.do(ctx, r)
-			if traceCall != nil {
-				traceCall(sc.name, m, r, res)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			lat = append(lat, res.latency)
-			row.Calls++
-			row.CallAttempts += res.attempts
-			if res.ok {
-				row.OK++
-			}
-			if res.fallback {
-				row.Fallbacks++
-			}
-		}()
-	}
-	wg.Wait()
-	row.Elapsed = time.Since(begin)
-	if err := ctx.Err(); err != nil {
+		},
+	})
+	row := Row{Scenario: sc.name, Mode: m, PerCall: sc.perCall, Elapsed: r.Elapsed}
+	if err != nil {
 		return row, err
 	}
-	row.Duplicates = fake.Duplicates()
-	row.Throttled = fake.Throttled()
-	row.UpstreamAttempts = upstream() - base
+	for _, oc := range r.Outcomes {
+		if traceCall != nil {
+			traceCall(sc.name, m, oc)
+		}
+		row.Calls++
+		row.CallAttempts += oc.Attempts
+		if oc.OK {
+			row.OK++
+		}
+		if oc.Fallback {
+			row.Fallbacks++
+		}
+	}
+	row.Duplicates, row.Throttled, row.UpstreamAttempts = r.Duplicates, r.Throttled, r.Upstream
 	if snapped {
 		row.HasAfter1s = true
-		row.After1sAttempts = upstream() - snapAttempts
-		row.After1sThrottled = row.Throttled - snapThrottled
+		row.After1sAttempts = r.Upstream - snapAttempts
+		row.After1sThrottled = r.Throttled - snapThrottled
 	}
-	slices.Sort(lat)
-	row.P50, row.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	p := bench.Percentiles(r.Latencies(nil), 0.50, 0.99)
+	row.P50, row.P99 = p[0], p[1]
 	return row, nil
 }
 
 // traceCall, if set, sees every call's outcome (tests only).
-var traceCall func(scenario string, m Mode, r request, o outcome)
+var traceCall func(scenario string, m bench.Mode, o bench.Outcome)
 
 // traceTick, if set, is told of every tick on the fake (a token
 // revocation): it took effect between from and to (tests only).
-var traceTick func(scenario string, m Mode, from, to time.Time)
+var traceTick func(scenario string, m bench.Mode, from, to time.Time)
 
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
+// PrintTable writes rows as one table, a line per scenario and client.
+func PrintTable(w io.Writer, rows []Row) error {
+	t := bench.Table{Pad: 2, Widths: []int{10, 18}}
+	t.Row("scenario", "client", "calls", "success", "dup sends", "attempts/call", "throttled/100", "after 1 s", "fallbacks", "p50", "p99")
+	prev := ""
+	for _, r := range rows {
+		name := r.Scenario
+		if name == prev {
+			name = ""
+		}
+		prev = r.Scenario
+		after := "-"
+		if r.HasAfter1s {
+			after = fmt.Sprintf("%.1f", r.ThrottledPer100After1s())
+		}
+		t.Row(name, string(r.Mode), fmt.Sprint(r.Calls), bench.Pct(r.OK, r.Calls), fmt.Sprint(r.Duplicates),
+			fmt.Sprintf("%.2f", r.AttemptsPerCall()), fmt.Sprintf("%.1f", r.ThrottledPer100()), after,
+			fmt.Sprint(r.Fallbacks), bench.Dur(r.P50), bench.Dur(r.P99))
 	}
-	return sorted[int(float64(len(sorted)-1)*p)]
+	return t.Print(w)
 }

@@ -1,0 +1,24 @@
+// Package bench is dingproxy's one benchmark engine, of which the demo
+// (internal/demo), the resilience benchmark (internal/resilience) and the
+// load tool (internal/loadtest) are views. It has three parts:
+//
+//   - one client model: a [Client] is a [Mode] (its name in the tables), a
+//     [Via] (how its calls reach the fake DingTalk: [Straight] with a token
+//     of its own, or [ThroughProxy], one dingproxy on its built-in defaults)
+//     and whether it retries as the popular DingTalk SDKs do. [Open] readies
+//     it against a fake and returns the [Caller] that makes its calls.
+//   - one open-loop scheduler: [Schedule] starts call i at begin + i/rate
+//     whatever became of the calls before it, so a slow answer never delays
+//     the next arrival; [Run] puts a [Load] through it for one client
+//     against a fresh fake and returns every call's [Outcome] with the
+//     fake's counts.
+//   - one table printer: [Table], with [Ratio], [Percentile] and the
+//     cell formats ([Ms], [Dur]).
+//
+// The extension point for a fleet of dingproxies is [Via]: a fleet starts
+// several proxies (each with [StartProxy]) and returns all their URLs in
+// [Endpoint].Bases; the [Caller] spreads calls over them by call number.
+//
+// Everything runs on loopback with no credentials. It is a tool for people
+// and for tests of the README's promises; the proxy never imports it.
+package bench
