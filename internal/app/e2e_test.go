@@ -183,7 +183,10 @@ func TestRobotSendKeepsItsOwnToken(t *testing.T) {
 	if q.Get("sign") != "abc" || q.Get("timestamp") != "1" {
 		t.Errorf("robot query changed: %q", reqs[0].RawQuery)
 	}
-	// A robot token error never touches the app token.
+	// A robot token error never touches the app token. (The background
+	// refresher's first fetch, which a robot send does not wait for, is
+	// over first: on a busy machine it can come this late.)
+	waitFor(t, "the shared token", func() bool { tok, _ := s.app.Tokens().Peek(); return tok != "" })
 	before := s.fake.TokenFetches()
 	resp, body = s.do(http.MethodPost, dingtalk.PathRobotSend+"?access_token=wrong", []byte(`{"msgtype":"text"}`))
 	if errcodeOf(t, body) != dingtalk.ErrcodeRobotNoToken || attempts(t, resp) != 1 {
