@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
@@ -76,12 +78,21 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, f.Upstream, status, msg)
 		return
 	}
-	switch {
-	case r.Context().Err() != nil:
-		// The client went away; nobody reads this answer.
+	if r.Context().Err() != nil || errors.Is(err, context.Canceled) && !errors.Is(err, retry.ErrTimeout) {
+		// The client went away; nobody reads this answer. Counted as 499,
+		// never as DingTalk unreachable.
 		px.log.Debug("client went away", zap.String("route", f.Route), zap.Int("attempts", attempts))
 		w.WriteHeader(499)
 		return
+	}
+	switch rep.Reason {
+	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429, retry.ReasonPaced:
+		// DingTalk throttled the last attempt, and no turn for another came
+		// in time: that is pacing's answer, not a network failure.
+		px.pacedAnswer(w, f, &pacing.PacedError{Path: f.API, Wait: time.Second})
+		return
+	}
+	switch {
 	case errors.As(err, &tokErr):
 		status, code, msg = http.StatusServiceUnavailable, CodeTokenUnavailable, "dingproxy: no access token available"
 	case errors.Is(err, retry.ErrTimeout):

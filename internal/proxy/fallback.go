@@ -84,7 +84,7 @@ func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *retry.Facts, e *pacing.Pa
 		secs = 1
 	}
 	o := own{status: http.StatusTooManyRequests, code: CodePaced, errcode: dingtalk.ErrcodeQPSAppAPI,
-		msg: fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", e.Path, secs)}
+		msg: fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", f.Route, secs)}
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	w.Header().Set(HeaderFallback, KindPaced)
 	o.write(w, f.Upstream)

@@ -159,8 +159,12 @@ func (t *Transport) Do(req *http.Request, f *Facts) (*http.Response, Report, err
 	for n := 1; ; n++ {
 		if t.Pacer != nil && !f.TokenEndpoint {
 			if err := t.Pacer.Wait(ctx, f.API, earliest, deadline); err != nil {
+				// Whether the loop's context ended is asked before release
+				// ends it: asked after, every refusal looked like a client
+				// gone (and was answered 502 after 0 attempts).
+				ended := ctx.Err() != nil
 				release()
-				if ctx.Err() != nil {
+				if ended {
 					return nil, rep, &Error{Attempts: n - 1, Outcome: Canceled, Err: cause(req, ctx), Report: rep}
 				}
 				rep.Outcome, rep.Reason = NotSent, ReasonPaced
