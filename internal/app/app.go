@@ -141,8 +141,13 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
 	}
 	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
-	a.pacer.OnRate = func(api string, rate float64) {
-		m.PacingRate.WithLabelValues(a.breakers.Route(api)).Set(rate)
+	a.pacer.OnRate = func(api string, from, to float64) {
+		route := a.breakers.Route(api)
+		m.PacingRate.WithLabelValues(route).Set(to)
+		if to > 2*from || to < from/2 {
+			log.Info("pacing: learned rate changed", zap.String("route", route),
+				zap.Float64("from", from), zap.Float64("to", to))
+		}
 	}
 	a.breakers.OnStateChange = func(route string, _, to breaker.State) {
 		m.BreakerState.WithLabelValues(route).Set(float64(to))
@@ -240,7 +245,7 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 
 // PacingSettings turns cfg's pacing section into the pacer's settings.
 func PacingSettings(cfg *config.Config) pacing.Settings {
-	return pacing.Settings{PerAPIQPS: cfg.Pacing.PerAPIQPS, GlobalQPS: cfg.Pacing.GlobalQPS}
+	return pacing.Settings{PerAPIQPS: cfg.Pacing.PerAPIQPS, GlobalQPS: cfg.Pacing.GlobalQPS, RobotPerMinute: cfg.Pacing.RobotPerMinute}
 }
 
 // observe counts each attempt and times it by upstream. (Pacing takes its

@@ -3,9 +3,12 @@ package pacing
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
 // Settings are the configured rates.
@@ -14,21 +17,26 @@ type Settings struct {
 	PerAPIQPS float64
 	// GlobalQPS is the most calls per second in all.
 	GlobalQPS float64
+	// RobotPerMinute is the most messages a minute one custom robot sends
+	// (DingTalk's 20); 0 means that.
+	RobotPerMinute int
 }
+
+// RobotPrefix starts the pacing names of custom robots: RobotPrefix and a
+// digest of the robot's access_token, never the token itself. Each robot is
+// paced on its own, RobotPerMinute in any minute.
+const RobotPrefix = "robot:"
+
+// maxRobots caps the robots paced on their own; past it (after idle ones
+// are forgotten) a new robot is not paced, rather than share a window with
+// others.
+const maxRobots = 100000
 
 const (
 	// margin keeps each window's count a little under the limit: DingTalk
 	// counts calls in one-second windows as they arrive, and arrival jitter
 	// can move a call or two across a window's edge.
 	margin = 0.9
-	// decrease is the multiplicative decrease on a throttle answer (CUBIC's
-	// and AWS's adaptive mode's β).
-	decrease = 0.7
-	// increasePerSecond is how much of the configured rate a path regains per
-	// second of successful calls.
-	increasePerSecond = 0.3
-	// minShare is the least share of the configured rate a path is cut to.
-	minShare = 0.05
 	// idleAfter is how long a path at its full rate may go unused before it
 	// is forgotten.
 	idleAfter = time.Minute
@@ -57,14 +65,16 @@ func (e *PacedError) Error() string {
 // Pacer hands out turns. It is safe for concurrent use.
 type Pacer struct {
 	// OnRate, if set (before the pacer is used), is told of every change of
-	// a path's rate that Answered makes, for the rate gauge.
-	OnRate func(name string, rate float64)
+	// a path's rate that Answered makes, from and to, for the rate gauge and
+	// the log.
+	OnRate func(name string, from, to float64)
 
 	settings atomic.Pointer[Settings]
 
 	mu        sync.Mutex
 	global    *window
 	paths     map[string]*path
+	robots    map[string]*path
 	overflow  *path
 	lastSweep time.Time
 }
@@ -75,18 +85,31 @@ type path struct {
 	blockedUntil time.Time // DingTalk's penalty ends then
 	lastUse      time.Time
 	lastRaise    time.Time
+	// learned is set while the rate is one a throttle taught, under the
+	// configured one; ceiling is what the path delivered then (the limit's
+	// estimate), and climbFrom when the climb back started.
+	learned   bool
+	ceiling   float64
+	climbFrom time.Time
+	// got counts the calls that got through (not throttled), over 2 s;
+	// gotMinute over a minute, for per-minute limits.
+	got, gotMinute meter
+	// minute, once a per-minute limit was met, holds the path to the
+	// per-minute budget it learned; nil before.
+	minute *window
 	// rebook is closed when a throttle voids the turns booked ahead on
 	// the path: their callers book again.
 	rebook chan struct{}
 }
 
 func newPath(rate float64) *path {
-	return &path{win: newWindow(rate, true), rate: rate, rebook: make(chan struct{})}
+	return &path{win: newWindow(rate, true), rate: rate, rebook: make(chan struct{}),
+		got: newMeter(20, 100*time.Millisecond), gotMinute: newMeter(60, time.Second)}
 }
 
 // New returns a Pacer under s.
 func New(s Settings) *Pacer {
-	p := &Pacer{paths: make(map[string]*path), global: newWindow(s.GlobalQPS, false)}
+	p := &Pacer{paths: make(map[string]*path), robots: make(map[string]*path), global: newWindow(s.GlobalQPS, false)}
 	p.settings.Store(&s)
 	p.overflow = newPath(s.PerAPIQPS)
 	return p
@@ -100,7 +123,7 @@ func (p *Pacer) Update(s Settings) {
 	defer p.mu.Unlock()
 	p.global.setRate(s.GlobalQPS)
 	for _, e := range append(p.pathsLocked(), p.overflow) {
-		if e.lastRaise.IsZero() || e.rate > s.PerAPIQPS {
+		if !e.learned || e.rate > s.PerAPIQPS {
 			e.rate = s.PerAPIQPS
 		}
 		e.win.setRate(e.rate)
@@ -115,10 +138,32 @@ func (p *Pacer) pathsLocked() []*path {
 	return out
 }
 
-// getLocked returns name's pacing state, creating it; p.mu must be held.
+// robotPerMinute is the configured robot limit.
+func (p *Pacer) robotPerMinute() int {
+	if n := p.settings.Load().RobotPerMinute; n > 0 {
+		return n
+	}
+	return dingtalk.RobotPerMinute
+}
+
+// getLocked returns name's pacing state, creating it; p.mu must be held. A
+// robot past maxRobots gets nil: not paced.
 func (p *Pacer) getLocked(name string, now time.Time) *path {
 	if now.Sub(p.lastSweep) > idleAfter/4 {
 		p.sweepLocked(now)
+	}
+	if strings.HasPrefix(name, RobotPrefix) {
+		e, ok := p.robots[name]
+		if !ok {
+			if len(p.robots) >= maxRobots {
+				return nil
+			}
+			n := p.robotPerMinute()
+			e = &path{win: newWindowN(n, time.Minute), rate: float64(n) / 60, rebook: make(chan struct{})}
+			p.robots[name] = e
+		}
+		e.lastUse = now
+		return e
 	}
 	e, ok := p.paths[name]
 	if !ok {
@@ -136,6 +181,9 @@ func (p *Pacer) getLocked(name string, now time.Time) *path {
 // peekLocked returns name's pacing state if it has any: its own, or the
 // shared overflow's once the cap is reached; p.mu must be held.
 func (p *Pacer) peekLocked(name string) *path {
+	if strings.HasPrefix(name, RobotPrefix) {
+		return p.robots[name]
+	}
 	if e, ok := p.paths[name]; ok {
 		return e
 	}
@@ -151,9 +199,15 @@ func (p *Pacer) sweepLocked(now time.Time) {
 	p.lastSweep = now
 	full := p.settings.Load().PerAPIQPS
 	for name, e := range p.paths {
-		if now.Sub(e.lastUse) > idleAfter && e.rate >= full && now.After(e.blockedUntil) &&
+		if now.Sub(e.lastUse) > idleAfter && !e.learned && e.rate >= full && now.After(e.blockedUntil) &&
 			now.Sub(e.win.last) > idleAfter {
 			delete(p.paths, name)
+		}
+	}
+	// A robot idle for its window's span, and not blocked, holds nothing.
+	for name, e := range p.robots {
+		if now.Sub(e.lastUse) > time.Minute && now.After(e.blockedUntil) && now.Sub(e.win.last) > time.Minute {
+			delete(p.robots, name)
 		}
 	}
 }
@@ -173,8 +227,14 @@ func (p *Pacer) reserve(name string, earliest, deadline time.Time) (time.Time, <
 	if !deadline.IsZero() && at.After(deadline) {
 		return time.Time{}, nil, &PacedError{Path: name, Wait: at.Sub(now)}
 	}
-	e.win.take(at, now)
 	p.global.take(at, now)
+	if e == nil { // a robot past maxRobots
+		return at, nil, nil
+	}
+	e.win.take(at, now)
+	if e.minute != nil {
+		e.minute.take(at, now)
+	}
 	return at, e.rebook, nil
 }
 
@@ -231,18 +291,21 @@ func (p *Pacer) settleLocked(e *path, at time.Time) time.Time {
 	if e != nil && e.blockedUntil.After(at) {
 		at = e.blockedUntil
 	}
-	// The global window's turn may be later than the path's. A path's turns
-	// are FIFO, so its window allows every time from its turn on: a second
-	// round settles.
+	// The global window's turn may be later than the path's, and a learned
+	// per-minute budget's later than both. A path's windows are FIFO, so
+	// each allows every time from its turn on: rounds until none moves it.
 	for {
+		from := at
 		if e != nil {
 			at = e.win.next(at)
+			if e.minute != nil {
+				at = e.minute.next(at)
+			}
 		}
-		g := p.global.next(at)
-		if !g.After(at) {
+		at = p.global.next(at)
+		if !at.After(from) {
 			return at
 		}
-		at = g
 	}
 }
 

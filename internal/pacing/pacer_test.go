@@ -13,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"go.uber.org/goleak"
 )
 
@@ -448,7 +449,7 @@ func TestWaitContext(t *testing.T) {
 func TestThrottledCutsRateOncePerPenalty(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := New(Settings{PerAPIQPS: 20, GlobalQPS: 450})
-		p.Throttled("/a", time.Time{})
+		p.Throttled("/a", time.Time{}) // nothing measured yet: 0.7 of the rate
 		checkRate(t, p, "/a", 14)
 		for range 10 {
 			p.Throttled("/a", time.Time{})
@@ -463,20 +464,83 @@ func TestThrottledCutsRateOncePerPenalty(t *testing.T) {
 		checkRate(t, p, "/a", 14*0.7)
 
 		prev := p.Rate("/a")
-		for range 20 {
+		for range 30 {
 			time.Sleep(1100 * time.Millisecond)
 			p.Throttled("/a", time.Time{})
 			r := p.Rate("/a")
-			if r < 1-1e-9 || r > prev+1e-9 {
-				t.Fatalf("rate went %v -> %v, want a cut, never under 1 (5%% of 20)", prev, r)
+			if r < floorRate-1e-9 || r > prev+1e-9 {
+				t.Fatalf("rate went %v -> %v, want a cut, never under %v", prev, r, floorRate)
 			}
 			prev = r
 		}
-		checkRate(t, p, "/a", 1)
+		checkRate(t, p, "/a", floorRate) // the floor is absolute, not a share of 20
 		checkRate(t, p, "/b", 20)
 	})
 }
 
+// TestThrottleLearnsWhatGotThrough: the rate after a throttle is β times
+// what the path delivered in the last second or two, however high the
+// configured rate: one throttle takes 5,000/s down to DingTalk's real 50.
+func TestThrottleLearnsWhatGotThrough(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 5000, GlobalQPS: 10000})
+		reserveN(t, p, "/a", 1) // the path is seen
+		// 100 calls a second for 2 s, 50 of each second's get through.
+		for i := range 20 {
+			if i > 0 {
+				time.Sleep(100 * time.Millisecond)
+			}
+			for range 5 {
+				p.Succeeded("/a")
+			}
+		}
+		p.Throttled("/a", time.Time{})
+		checkRate(t, p, "/a", 0.7*50)
+		// A young path measures over the time it has been seen, at least 1 s.
+		p2 := New(Settings{PerAPIQPS: 5000, GlobalQPS: 10000})
+		reserveN(t, p2, "/b", 1)
+		for range 30 {
+			p2.Succeeded("/b")
+		}
+		time.Sleep(500 * time.Millisecond)
+		p2.Throttled("/b", time.Time{})
+		checkRate(t, p2, "/b", 0.7*30)
+	})
+}
+
+// TestClimbIsCubic: after the penalty, a learned rate climbs back to its
+// ceiling (what got through) in cubicK seconds, lingers around it, then
+// probes past it faster, never above the configured rate.
+func TestClimbIsCubic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 60, GlobalQPS: 450})
+		reserveN(t, p, "/a", 1)
+		for i := range 40 {
+			if i > 0 {
+				time.Sleep(50 * time.Millisecond)
+			}
+			p.Succeeded("/a")
+		}
+		p.Throttled("/a", time.Time{}) // delivered 20/s: ceiling 20, rate 14
+		checkRate(t, p, "/a", 14)
+		penaltyEnd := time.Now().Add(penalty)
+		at := func(d float64) float64 {
+			time.Sleep(time.Until(penaltyEnd.Add(time.Duration(d * float64(time.Second)))))
+			p.Succeeded("/a")
+			return p.Rate("/a")
+		}
+		r1 := at(cubicK / 2)
+		r2 := at(cubicK)
+		r3 := at(cubicK + 1)
+		r4 := at(cubicK + math.Cbrt(0.1/cubicC))
+		if !(14 < r1 && r1 < 20) || math.Abs(r2-20) > 1e-6 || !(20 < r3 && r3 < 20.2) || math.Abs(r4-22) > 1e-6 {
+			t.Errorf("climb: %.3f at K/2, %.3f at K, %.3f at K+1 s, %.3f at K+∛(0.1/C): want (14, 20), 20, just over 20, 22", r1, r2, r3, r4)
+		}
+		time.Sleep(time.Minute)
+		p.Succeeded("/a")
+		checkRate(t, p, "/a", 60) // never above the configured rate
+	})
+}
 func TestThrottledBlocksPath(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -616,27 +680,18 @@ func TestSucceededRaisesRate(t *testing.T) {
 		}
 
 		p.Throttled("/a", time.Time{})
-		time.Sleep(1100 * time.Millisecond)
-		p.Throttled("/a", time.Time{}) // second penalty: 9.8, blocked until 2.1 s
-		checkRate(t, p, "/a", 9.8)
+		checkRate(t, p, "/a", 14)
 		p.Succeeded("/a") // a call in flight during the penalty
-		checkRate(t, p, "/a", 9.8)
+		checkRate(t, p, "/a", 14)
 
-		time.Sleep(time.Second) // the penalty ends: no success yet
-		p.Succeeded("/a")
-		checkRate(t, p, "/a", 9.8)
-
-		time.Sleep(500 * time.Millisecond)
-		for range 100 { // many successes at once count as the time they took
+		time.Sleep(time.Second) // the penalty ends
+		for range 100 {         // many successes at once raise it once
 			p.Succeeded("/a")
 		}
-		checkRate(t, p, "/a", 9.8+0.3*20*0.5) // 12.8
-
-		for range 10 {
-			time.Sleep(100 * time.Millisecond)
-			p.Succeeded("/a")
+		first := p.Rate("/a")
+		if first < 14 {
+			t.Errorf("rate %v after the penalty, want at least 14", first)
 		}
-		checkRate(t, p, "/a", 18.8)
 		time.Sleep(time.Minute)
 		p.Succeeded("/a")
 		checkRate(t, p, "/a", 20)
@@ -901,8 +956,8 @@ func TestConcurrent(t *testing.T) {
 							t.Errorf("Wait = %v", err)
 						}
 					}
-					if r := p.Rate(name); r < 1-1e-9 || r > 40+1e-9 {
-						t.Errorf("Rate = %v, want within [1, 40]", r)
+					if r := p.Rate(name); r < floorRate-1e-9 || r > 40+1e-9 {
+						t.Errorf("Rate = %v, want within [%v, 40]", r, floorRate)
 					}
 					time.Sleep(time.Duration(rand.IntN(50)) * time.Millisecond)
 				}
@@ -916,5 +971,111 @@ func TestConcurrent(t *testing.T) {
 		for name, ts := range byPath {
 			checkMaxIn(t, name, ts, time.Second, 36)
 		}
+	})
+}
+
+// TestRobotsPacedEachOnTheirOwn: a robot gets its 20 a minute at once, and a
+// send whose turn would come after its deadline is refused at once instead
+// of sent into DingTalk's 10-minute block; other robots are not slowed.
+func TestRobotsPacedEachOnTheirOwn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 20, GlobalQPS: 450})
+		a := RobotPrefix + "aaaa"
+		start := time.Now()
+		got := burst(p, a, 25, start.Add(30*time.Second))()
+		ok, paced := 0, 0
+		for _, tu := range got {
+			var pe *PacedError
+			switch {
+			case tu.err == nil && tu.at.Equal(start):
+				ok++
+			case errors.As(tu.err, &pe) && tu.at.Equal(start):
+				paced++
+			default:
+				t.Errorf("send at %v: %v", tu.at.Sub(start), tu.err)
+			}
+		}
+		if ok != 20 || paced != 5 {
+			t.Errorf("%d sent at once and %d refused at once, want 20 and 5", ok, paced)
+		}
+		for i := range 5 {
+			ts := times(t, burst(p, fmt.Sprintf("%s%d", RobotPrefix, i), 10, start.Add(30*time.Second))())
+			if n := countIn(ts, start, start.Add(time.Nanosecond)); n != 10 {
+				t.Errorf("robot %d: %d of 10 sent at once", i, n)
+			}
+		}
+		// A minute on, the first robot's window has room again.
+		time.Sleep(time.Minute)
+		if at := p.Next(a, time.Now()); !at.Equal(time.Now()) {
+			t.Errorf("robot's next turn a minute on: +%v, want now", at.Sub(time.Now()))
+		}
+	})
+}
+
+// TestRobotThrottleBlocksTenMinutes: DingTalk's robot throttle answer
+// blocks that robot (only) for 10 minutes.
+func TestRobotThrottleBlocksTenMinutes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 20, GlobalQPS: 450})
+		a, b := RobotPrefix+"a", RobotPrefix+"b"
+		reserveN(t, p, a, 1)
+		p.Answered(a, dingtalk.Result{Reason: dingtalk.ReasonRobotThrottled, Errcode: dingtalk.ErrcodeRobotTooFast})
+		if d := p.Next(a, time.Now()).Sub(time.Now()); d != 10*time.Minute {
+			t.Errorf("throttled robot's next turn in %v, want 10m", d)
+		}
+		if d := p.Next(b, time.Now()).Sub(time.Now()); d != 0 {
+			t.Errorf("another robot's next turn in %v, want now", d)
+		}
+	})
+}
+
+// TestRobotsBounded: 100,000 distinct robots are each paced, the next one
+// is let through unpaced rather than share a window, and idle robots are
+// forgotten.
+func TestRobotsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 20, GlobalQPS: 1e9})
+		for i := range maxRobots + 10 {
+			if _, _, err := p.reserve(fmt.Sprintf("%s%x", RobotPrefix, i), time.Time{}, time.Time{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.mu.Lock()
+		n := len(p.robots)
+		p.mu.Unlock()
+		if n != maxRobots {
+			t.Errorf("%d robots held, want the cap %d", n, maxRobots)
+		}
+		time.Sleep(2 * time.Minute)
+		reserveN(t, p, "/a", 1) // sweeps
+		p.mu.Lock()
+		n = len(p.robots)
+		p.mu.Unlock()
+		if n != 0 {
+			t.Errorf("%d idle robots still held, want 0", n)
+		}
+	})
+}
+
+// TestMinuteLimit: a per-minute limit answer pauses the path until the
+// minute turns, and the path then keeps to β times what got through in the
+// last minute.
+func TestMinuteLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 100, GlobalQPS: 450})
+		// Bubble time starts at a whole minute: 30 s in.
+		time.Sleep(30 * time.Second)
+		reserveN(t, p, "/a", 1)
+		for range 100 {
+			p.Succeeded("/a")
+		}
+		p.Answered("/a", dingtalk.Result{Reason: dingtalk.ReasonMinuteLimit, Errcode: dingtalk.ErrcodeQPMAppAPI})
+		turn := time.Now().Truncate(time.Minute).Add(time.Minute)
+		if at := p.Next("/a", time.Now()); !at.Equal(turn) {
+			t.Errorf("next turn at +%v, want when the minute turns (+%v)", at.Sub(time.Now()), turn.Sub(time.Now()))
+		}
+		time.Sleep(time.Until(turn))
+		got := times(t, burst(p, "/a", 80, time.Time{})())
+		checkMaxIn(t, "per minute", got, time.Minute, 70)
 	})
 }

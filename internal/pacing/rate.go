@@ -1,13 +1,31 @@
 package pacing
 
 import (
+	"math"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
-// The rate side of pacing: how DingTalk's throttles cut a path's rate and
-// successes raise it again. (Wait, Next and the windows are the turn side.)
+// The rate side of pacing: how a path learns the limit DingTalk really
+// allows from its throttles, and probes upward again while calls succeed.
+// (Wait, Next and the windows are the turn side.) The shape is AWS's
+// adaptive retry mode: on a throttle the rate becomes β·min(measured,
+// current), and it climbs back along a CUBIC curve around the measure.
+
+const (
+	// beta is the multiplicative decrease on a throttle.
+	beta = 0.7
+	// floorRate is the least rate a path is cut to, in calls per second.
+	floorRate = 0.2
+	// cubicC sets how fast the climb goes, relative to the ceiling: the
+	// rate is back at the ceiling after cubicK seconds, and 10 % above it
+	// cubicK + ∛(0.1/cubicC) seconds after the penalty (3.9 s and 6.6 s).
+	cubicC = 0.005
+)
+
+// cubicK is the time the climb takes back to the ceiling: ∛((1−β)/cubicC).
+var cubicK = math.Cbrt((1 - beta) / cubicC)
 
 // Answered takes the attempt loop's feedback on an attempt on name: a
 // throttle answer (90018 and its kin, HTTP 429) cuts the path's rate and
@@ -17,68 +35,112 @@ import (
 func (p *Pacer) Answered(name string, r dingtalk.Result) {
 	switch r.Reason {
 	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
-		p.Throttled(name, r.PenaltyEnd)
-		if p.OnRate != nil {
-			p.OnRate(name, p.Rate(name))
+		if from, to, changed := p.throttled(name, r.PenaltyEnd); changed && p.OnRate != nil {
+			p.OnRate(name, from, to)
 		}
 	case dingtalk.ReasonSuccess:
+		from := p.Rate(name)
 		if rate, raised := p.Succeeded(name); raised && p.OnRate != nil {
-			p.OnRate(name, rate)
+			p.OnRate(name, from, rate)
 		}
+	case dingtalk.ReasonMinuteLimit:
+		p.MinuteLimited(name)
+	case dingtalk.ReasonRobotThrottled:
+		p.block(name, time.Now().Add(dingtalk.RobotBlock*time.Second))
 	}
 }
 
-// Throttled tells the pacer DingTalk throttled a call on name: the path's
-// rate is cut to 70 % at once and no call goes before the penalty ends (at
-// least 1 s from now, or until, when DingTalk named a later end). Throttles
-// within one penalty (calls that were in flight together) cut the rate once.
-// Calls waiting on the path book their turns again, after the penalty and at
-// the lowered rate.
+// Throttled tells the pacer DingTalk throttled a call on name. The path
+// learns its limit from what got through: its rate becomes β times what it
+// delivered in the last second or two (never more than β times its rate),
+// at least floorRate; that measure is remembered as the path's ceiling
+// estimate, which successes climb back to along a CUBIC curve (Succeeded).
+// No call goes before the penalty ends (at least 1 s from now, or until,
+// when DingTalk named a later end). Throttles within one penalty (calls that
+// were in flight together) cut the rate once. Calls waiting on the path book
+// their turns again, after the penalty and at the new rate.
 func (p *Pacer) Throttled(name string, until time.Time) {
+	p.throttled(name, until)
+}
+
+// throttled is Throttled; it returns the rate before and after, and whether
+// it changed.
+func (p *Pacer) throttled(name string, until time.Time) (from, to float64, changed bool) {
 	now := time.Now()
 	if earliest := now.Add(penalty); until.Before(earliest) {
 		until = earliest
 	}
-	full := p.settings.Load().PerAPIQPS
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.getLocked(name, now)
+	if e == nil {
+		return 0, 0, false
+	}
+	from = e.rate
 	if !until.After(e.blockedUntil) {
-		return // within a penalty that ends later anyway
+		return from, from, false // within a penalty that ends later anyway
 	}
 	if !now.Before(e.blockedUntil) { // a new penalty, not one extended
-		e.rate = max(e.rate*decrease, full*minShare)
+		delivered := e.got.perSecond(now)
+		ceiling := e.rate
+		if delivered > 0 {
+			ceiling = min(ceiling, delivered)
+		}
+		e.ceiling = max(floorRate, ceiling)
+		e.rate = max(floorRate, ceiling*beta)
+		e.learned = true
 		e.win.setRate(e.rate)
 	}
 	e.blockedUntil = until
-	e.lastRaise = until // success counts from the penalty's end
+	e.climbFrom = until // the climb counts from the penalty's end
+	e.lastRaise = until
 	// The turns booked ahead were booked at the old rate, some inside the
 	// penalty: void them, and wake their callers to book again.
 	e.win.dropAfter(now)
 	close(e.rebook)
 	e.rebook = make(chan struct{})
+	return from, e.rate, e.rate != from
 }
 
-// Succeeded tells the pacer a call on name got through: a path cut by
-// throttling regains increasePerSecond of its configured rate per second of
-// success, up to the configured rate. It returns the path's rate and
-// whether this call raised it.
+// Succeeded tells the pacer a call on name got through. It counts toward
+// what the path delivers, and a path that learned a lower rate climbs back:
+// fast while well under its ceiling estimate, slowly around it (where the
+// limit was found), then faster again once past it without a throttle, the
+// CUBIC curve rate(t) = ceiling·(1 + cubicC·(t−K)³), K = ∛((1−β)/cubicC),
+// t from the penalty's end. Never above the configured rate. It returns the
+// path's rate and whether this call raised it.
 func (p *Pacer) Succeeded(name string) (rate float64, raised bool) {
 	full := p.settings.Load().PerAPIQPS
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.peekLocked(name)
-	if e == nil || e.rate >= full {
+	if e == nil {
 		return full, false
 	}
-	now := time.Now()
-	elapsed := now.Sub(e.lastRaise)
-	if elapsed < 100*time.Millisecond {
+	if e.got.counts == nil { // a robot: a fixed window, nothing to learn
 		return e.rate, false
 	}
-	e.rate = min(full, e.rate+full*increasePerSecond*elapsed.Seconds())
+	e.got.add(now)
+	e.gotMinute.add(now)
+	if !e.learned || e.rate >= full || now.Sub(e.lastRaise) < 100*time.Millisecond {
+		return e.rate, false
+	}
+	t := now.Sub(e.climbFrom).Seconds()
+	if t < 0 {
+		return e.rate, false
+	}
+	d := t - cubicK
+	w := min(full, e.ceiling*(1+cubicC*d*d*d))
+	if w <= e.rate {
+		return e.rate, false
+	}
+	e.rate = w
 	e.lastRaise = now
 	e.win.setRate(e.rate)
+	if e.rate >= full {
+		e.learned = false // back at the configured rate: nothing learned holds
+	}
 	return e.rate, true
 }
 
@@ -91,4 +153,47 @@ func (p *Pacer) Rate(name string) float64 {
 		return e.rate
 	}
 	return p.settings.Load().PerAPIQPS
+}
+
+// MinuteLimited tells the pacer DingTalk answered a per-minute limit
+// (90006, 90005, api QpmLimit*) on name: the path pauses until the minute
+// turns, and from then on keeps to a per-minute budget of β times what got
+// through in the last minute (lowered the same way at each such answer).
+func (p *Pacer) MinuteLimited(name string) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.getLocked(name, now)
+	if e == nil || now.Before(e.blockedUntil) && e.minute != nil {
+		return // within a pause already
+	}
+	got, _ := e.gotMinute.count(now, time.Minute)
+	budget := int(float64(got) * beta)
+	if e.minute != nil {
+		budget = min(budget, e.minute.n)
+	}
+	e.minute = newWindowN(max(1, budget), time.Minute)
+	e.learned = true
+	p.blockLocked(e, now.Truncate(time.Minute).Add(time.Minute), now)
+}
+
+// block stops every call on name until until (a robot's 10 minutes).
+func (p *Pacer) block(name string, until time.Time) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.getLocked(name, now); e != nil && until.After(e.blockedUntil) {
+		p.blockLocked(e, until, now)
+	}
+}
+
+// blockLocked blocks e until until and has its waiting calls book again.
+func (p *Pacer) blockLocked(e *path, until, now time.Time) {
+	e.blockedUntil = until
+	e.win.dropAfter(now)
+	if e.minute != nil {
+		e.minute.dropAfter(now)
+	}
+	close(e.rebook)
+	e.rebook = make(chan struct{})
 }

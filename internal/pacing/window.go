@@ -25,6 +25,12 @@ func newWindow(rate float64, fifo bool) *window {
 	return w
 }
 
+// newWindowN returns a window of exactly n calls per span (robots' 20 a
+// minute, a learned per-minute budget): no margin.
+func newWindowN(n int, span time.Duration) *window {
+	return &window{n: max(1, min(n, maxRing)), span: span, fifo: true}
+}
+
 // setRate makes the window allow rate·margin calls per second.
 func (w *window) setRate(rate float64) {
 	per := rate * margin
