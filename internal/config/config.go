@@ -172,6 +172,10 @@ type Pacing struct {
 	// GlobalQPS is the most calls per second sent in all. Default 450; must
 	// be > 0.
 	GlobalQPS float64 `mapstructure:"global_qps"`
+	// RobotPerMinute is the most messages one custom robot (/robot/send,
+	// one access_token) sends in any minute: DingTalk's 20, past which it
+	// blocks the robot for 10 minutes. Default 20; 1 to 1000.
+	RobotPerMinute int `mapstructure:"robot_per_minute"`
 }
 
 // Breaker configures the per-route circuit breakers.
@@ -279,7 +283,7 @@ func Default() Config {
 			MaxInspectBytes:  64 << 10,
 			Budget:           Budget{Ratio: 0.2, MinPerSecond: 5},
 		},
-		Pacing: Pacing{PerAPIQPS: 20, GlobalQPS: 450},
+		Pacing: Pacing{PerAPIQPS: 20, GlobalQPS: 450, RobotPerMinute: 20},
 		Breaker: Breaker{
 			FailureRatio:     0.5,
 			MinRequests:      20,

@@ -42,7 +42,7 @@ func TestKeys(t *testing.T) {
 		"retry.backoff.base", "retry.backoff.max", "retry.max_body_bytes", "retry.max_buffered_bytes",
 		"retry.max_inspect_bytes",
 		"retry.budget.ratio", "retry.budget.min_per_second",
-		"pacing.per_api_qps", "pacing.global_qps",
+		"pacing.per_api_qps", "pacing.global_qps", "pacing.robot_per_minute",
 		"breaker.failure_ratio", "breaker.min_requests", "breaker.window",
 		"breaker.open_timeout", "breaker.half_open_requests", "breaker.max_routes",
 		"routes",
@@ -84,7 +84,7 @@ func TestLoadValid(t *testing.T) {
 			MaxInspectBytes:  4096,
 			Budget:           Budget{Ratio: 0, MinPerSecond: 1.5},
 		},
-		Pacing: Pacing{PerAPIQPS: 60, GlobalQPS: 200},
+		Pacing: Pacing{PerAPIQPS: 60, GlobalQPS: 200, RobotPerMinute: 20},
 		Breaker: Breaker{
 			FailureRatio:     1,
 			MinRequests:      1,

@@ -141,6 +141,7 @@ func (c *Config) validate() []*FieldError {
 
 	v.positiveFloat("pacing.per_api_qps", c.Pacing.PerAPIQPS)
 	v.positiveFloat("pacing.global_qps", c.Pacing.GlobalQPS)
+	v.between("pacing.robot_per_minute", int64(c.Pacing.RobotPerMinute), 1, 1000)
 
 	b := c.Breaker
 	if f := b.FailureRatio; !(f > 0 && f <= 1) {

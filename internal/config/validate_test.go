@@ -84,6 +84,7 @@ func TestValidate(t *testing.T) {
 
 		{"per_api_qps zero", func(c *Config) { c.Pacing.PerAPIQPS = 0 }, "pacing.per_api_qps: must be > 0, got 0"},
 		{"global_qps negative", func(c *Config) { c.Pacing.GlobalQPS = -2.5 }, "pacing.global_qps: must be > 0, got -2.5"},
+		{"robot_per_minute zero", func(c *Config) { c.Pacing.RobotPerMinute = 0 }, "pacing.robot_per_minute: must be between 1 and 1000, got 0"},
 
 		{"failure_ratio zero", func(c *Config) { c.Breaker.FailureRatio = 0 }, "breaker.failure_ratio: must be > 0 and <= 1, got 0"},
 		{"failure_ratio above 1", func(c *Config) { c.Breaker.FailureRatio = 1.01 }, "breaker.failure_ratio: must be > 0 and <= 1, got 1.01"},

@@ -70,6 +70,13 @@ const (
 	ReasonSystemBusy   = "system_busy"
 	ReasonHTTP5xx      = "http_5xx"
 	ReasonIPBan        = "ip_ban"
+	// ReasonMinuteLimit: a per-minute limit (90006, 90005, api QpmLimit*).
+	// Not retried (a 1 s wait is pointless); pacing pauses the path until
+	// the minute turns.
+	ReasonMinuteLimit = "rate_limited_minute"
+	// ReasonRobotThrottled: a custom robot past its 20 messages a minute,
+	// blocked for 10 minutes (130101, 410100, 660026). Not retried.
+	ReasonRobotThrottled = "robot_throttled"
 )
 
 // Classify reads an answer: its HTTP status, Content-Type and (a prefix of)
@@ -161,6 +168,10 @@ func classifyErrcode(n int, f fields) Result {
 		return Result{Class: TokenInvalid, Reason: ReasonTokenInvalid, Errcode: n}
 	case n == ErrcodeMonthlyQuota:
 		return Result{Class: Business, Reason: ReasonQuota, Errcode: n}
+	case n == ErrcodeQPMAppAPI || n == ErrcodeQPMCorpAPI:
+		return Result{Class: Business, Reason: ReasonMinuteLimit, Errcode: n}
+	case n == ErrcodeRobotTooFast || n == ErrcodeRobotTooFastDoc || n == ErrcodeRobotTooMany:
+		return Result{Class: Business, Reason: ReasonRobotThrottled, Errcode: n}
 	}
 	return Result{Class: Business, Reason: ReasonBusiness, Errcode: n}
 }
@@ -183,6 +194,8 @@ func classifyCode(status int, code string) Result {
 		return Result{Class: TokenInvalid, Reason: ReasonTokenInvalid, Code: code}
 	case code == CodeMonthlyQuota:
 		return Result{Class: Business, Reason: ReasonQuota, Code: code}
+	case strings.HasPrefix(code, CodeQPMLimitPrefix):
+		return Result{Class: Business, Reason: ReasonMinuteLimit, Code: code}
 	}
 	r := byStatus(status)
 	r.Code = code

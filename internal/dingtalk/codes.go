@@ -44,6 +44,13 @@ const (
 	ErrcodeQPSSuiteAPI   = 90019 // ISV per app per corp per API QPS limit
 	ErrcodeMonthlyQuota  = 90020 // monthly API quota exhausted: not transient
 	ErrcodeRobotNoToken  = 300005
+	ErrcodeQPMAppAPI     = 90006 // per app per API per minute (1,500/min in an older doc)
+	ErrcodeQPMCorpAPI    = 90005 // per corp per API per minute
+	// A custom robot past 20 messages a minute is blocked for 10 minutes:
+	// 130101 as seen, 410100 as documented, 660026 as probed.
+	ErrcodeRobotTooFast    = 130101
+	ErrcodeRobotTooFastDoc = 410100
+	ErrcodeRobotTooMany    = 660026
 )
 
 // api error codes (JSON "code" with an HTTP status).
@@ -71,3 +78,9 @@ const IPBanDuration = 5 * 60 // seconds
 
 // ThrottlePenalty is DingTalk's documented block after a QPS throttle answer.
 const ThrottlePenalty = 1 // second
+
+// RobotBlock is how long DingTalk blocks a custom robot past its limit.
+const RobotBlock = 10 * 60 // seconds
+
+// RobotPerMinute is a custom robot's documented limit.
+const RobotPerMinute = 20

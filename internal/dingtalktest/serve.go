@@ -170,8 +170,14 @@ func (s *Server) normal(w http.ResponseWriter, r *http.Request, body []byte) {
 // robotSend is the custom robot webhook: its own token, msgUuid idempotency.
 func (s *Server) robotSend(w http.ResponseWriter, r *http.Request, body []byte) {
 	path := r.URL.Path
-	if r.URL.Query().Get(dingtalk.QueryAccessToken) != s.opts.RobotToken {
+	tok := r.URL.Query().Get(dingtalk.QueryAccessToken)
+	if tok != s.opts.RobotToken && !strings.HasPrefix(tok, s.opts.RobotToken+"-") {
 		s.oapiError(w, path, dingtalk.ErrcodeRobotNoToken, msgRobotNoToken)
+		return
+	}
+	if s.robotLimited(tok) {
+		s.c.robotThrottled.Add(1)
+		s.oapiError(w, path, dingtalk.ErrcodeRobotTooFast, "send too fast, exceed 20 times per minute")
 		return
 	}
 	var msg struct {
@@ -215,4 +221,33 @@ func (s *Server) executeLocked(path string, body []byte, send bool) {
 	} else if len(seen) < maxSeenBodies {
 		seen[sum] = struct{}{}
 	}
+}
+
+// robotLimited applies Options.RobotPerMinute to robot tok: past the limit
+// in any minute, the robot is blocked for 10 minutes.
+func (s *Server) robotLimited(tok string) bool {
+	if s.opts.RobotPerMinute <= 0 {
+		return false
+	}
+	now := s.opts.Now()
+	s.robotMu.Lock()
+	defer s.robotMu.Unlock()
+	if s.robotSends == nil {
+		s.robotSends = map[string][]time.Time{}
+		s.robotBlocked = map[string]time.Time{}
+	}
+	if now.Before(s.robotBlocked[tok]) {
+		return true
+	}
+	sends := s.robotSends[tok]
+	for len(sends) > 0 && now.Sub(sends[0]) >= time.Minute {
+		sends = sends[1:]
+	}
+	if len(sends) >= s.opts.RobotPerMinute {
+		s.robotBlocked[tok] = now.Add(dingtalk.RobotBlock * time.Second)
+		s.robotSends[tok] = sends
+		return true
+	}
+	s.robotSends[tok] = append(sends, now)
+	return false
 }

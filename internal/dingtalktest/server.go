@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -15,7 +16,11 @@ import (
 // Options configures a [Server]. The zero value is usable.
 type Options struct {
 	AppKey, AppSecret string // defaults "demo-app-key", "demo-app-secret"
-	RobotToken        string // default "demo-robot-token"
+	RobotToken        string // default "demo-robot-token"; RobotToken + "-" + anything is another robot
+	// RobotPerMinute, when positive, is DingTalk's per-robot limit: past
+	// that many sends in any minute, a robot is answered 130101 and blocked
+	// for 10 minutes (DingTalk's 20 and 10 minutes).
+	RobotPerMinute int
 	// TokenTTL is the lifetime of issued tokens; default 2h, DingTalk's 7200 s.
 	TokenTTL time.Duration
 	// Seed seeds the chaos RNG; 0 means 1.
@@ -65,9 +70,13 @@ type Server struct {
 	qpsLimit int
 	qps      map[string]*qpsWindow
 	robotIDs map[string]struct{} // executed robot msgUuids
-	seen     map[string]map[[sha256.Size]byte]struct{}
-	nextTask int64
-	c        counters
+
+	robotMu      sync.Mutex
+	robotSends   map[string][]time.Time // robot token -> its sends of the last minute
+	robotBlocked map[string]time.Time   // robot token -> end of its 10-minute block
+	seen         map[string]map[[sha256.Size]byte]struct{}
+	nextTask     int64
+	c            counters
 
 	idMu  sync.Mutex
 	idRNG *rand.Rand // tokens and request ids, under idMu
@@ -87,14 +96,16 @@ type Server struct {
 }
 
 type counters struct {
-	hits         map[string]int
-	execs        map[string]int
-	requests     map[string][]Request
-	total        int
-	duplicates   int
-	throttled    int
-	tokenFetches int
-	leaks        int
+	hits       map[string]int
+	execs      map[string]int
+	requests   map[string][]Request
+	total      int
+	duplicates int
+	throttled  int
+	// robotThrottled counts robot sends answered 130101.
+	robotThrottled atomic.Int64
+	tokenFetches   int
+	leaks          int
 }
 
 func newCounters() counters {
@@ -360,3 +371,7 @@ func (s *Server) ResetCounters() {
 	s.c = newCounters()
 	clear(s.seen)
 }
+
+// RobotThrottled is how many robot sends were answered 130101 (past
+// Options.RobotPerMinute, or within a robot's 10-minute block).
+func (s *Server) RobotThrottled() int { return int(s.c.robotThrottled.Load()) }

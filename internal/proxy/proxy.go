@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
 )
@@ -240,6 +243,11 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) 
 	if cb != nil && notBuffered != "" {
 		f.ClientBody = cb
 	}
+	if ep.Route == dingtalk.PathRobotSend {
+		// Each custom robot has its own limit: paced by a digest of its
+		// webhook token, which itself never leaves the request.
+		f.API = robotKey(r.URL.RawQuery)
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		f.Idempotent = true
@@ -304,3 +312,15 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 
 func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
+
+// robotKey is a robot's pacing name: pacing.RobotPrefix and a digest of its
+// access_token (every robot without one shares the name of the empty one).
+func robotKey(rawQuery string) string {
+	var tok string
+	for _, v := range queryTokens(rawQuery) {
+		tok = v
+		break
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return pacing.RobotPrefix + hex.EncodeToString(sum[:12])
+}
