@@ -7,11 +7,17 @@
 // a turn that would come after the call's deadline is refused at once, so the
 // caller can answer "paced" instead of sending into a sure rejection.
 //
-// It also adapts: a throttle answer cuts that path's rate to 70 % at once and
-// blocks the path for DingTalk's penalty (1 s, or until the end a 90002
-// answer names); successes raise the rate again step by step, never above
-// the configured one. Paths idle for a minute are forgotten, so memory does
-// not grow with distinct paths.
+// It also learns: the configured rate is a ceiling, and a throttle answer
+// teaches an API the limit DingTalk really allows it (another replica or
+// service of the same app, an undocumented limit): its rate becomes 0.7 of
+// what it delivered in the last second or two, at least 0.2 calls/s, and
+// climbs back along a CUBIC curve while calls succeed (rate.go). The API is
+// blocked for DingTalk's penalty (1 s, or until the end a 90002 answer
+// names); a per-minute limit pauses it until the minute turns and sets a
+// per-minute budget. Custom robots are paced one by one (RobotPrefix), 20 a
+// minute, and blocked for DingTalk's 10 minutes when it throttles one. Idle
+// paths and robots are forgotten, so memory does not grow with distinct
+// ones.
 //
 // It does not classify answers or retry: the attempt loop tells it what
 // DingTalk answered and asks it for turns.
