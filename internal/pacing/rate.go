@@ -39,9 +39,8 @@ func (p *Pacer) Answered(name string, r dingtalk.Result) {
 			p.OnRate(name, from, to)
 		}
 	case dingtalk.ReasonSuccess:
-		from := p.Rate(name)
-		if rate, raised := p.Succeeded(name); raised && p.OnRate != nil {
-			p.OnRate(name, from, rate)
+		if from, to, raised := p.succeeded(name); raised && p.OnRate != nil {
+			p.OnRate(name, from, to)
 		}
 	case dingtalk.ReasonMinuteLimit:
 		p.MinuteLimited(name)
@@ -110,38 +109,45 @@ func (p *Pacer) throttled(name string, until time.Time) (from, to float64, chang
 // t from the penalty's end. Never above the configured rate. It returns the
 // path's rate and whether this call raised it.
 func (p *Pacer) Succeeded(name string) (rate float64, raised bool) {
+	_, rate, raised = p.succeeded(name)
+	return rate, raised
+}
+
+// succeeded is Succeeded, with the rate before.
+func (p *Pacer) succeeded(name string) (from, rate float64, raised bool) {
 	full := p.settings.Load().PerAPIQPS
 	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.peekLocked(name)
 	if e == nil {
-		return full, false
+		return full, full, false
 	}
 	if e.got.counts == nil { // a robot: a fixed window, nothing to learn
-		return e.rate, false
+		return e.rate, e.rate, false
 	}
 	e.got.add(now)
 	e.gotMinute.add(now)
 	if !e.learned || e.rate >= full || now.Sub(e.lastRaise) < 100*time.Millisecond {
-		return e.rate, false
+		return e.rate, e.rate, false
 	}
 	t := now.Sub(e.climbFrom).Seconds()
 	if t < 0 {
-		return e.rate, false
+		return e.rate, e.rate, false
 	}
 	d := t - cubicK
 	w := min(full, e.ceiling*(1+cubicC*d*d*d))
 	if w <= e.rate {
-		return e.rate, false
+		return e.rate, e.rate, false
 	}
+	from = e.rate
 	e.rate = w
 	e.lastRaise = now
 	e.win.setRate(e.rate)
 	if e.rate >= full {
 		e.learned = false // back at the configured rate: nothing learned holds
 	}
-	return e.rate, true
+	return from, e.rate, true
 }
 
 // Rate is name's current rate in calls per second (the configured one for a
