@@ -96,15 +96,17 @@ func FuzzRawRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
+	// The tap's fake is in place before the proxy's first token fetch.
+	fake := dingtalktest.NewServer(f, dingtalktest.Options{})
 	tap := &upstreamTap{}
+	h := fake.Handler()
+	tap.next.Store(&h)
 	upstream := httptest.NewServer(tap)
 	f.Cleanup(upstream.Close)
-	s := newStackTB(f, zap.New(core), func(c *config.Config) {
+	s := newStackOn(f, fake, zap.New(core), nil, func(c *config.Config) {
 		c.Upstreams.OAPI, c.Upstreams.API = upstream.URL, upstream.URL
 		c.Retry.Timeout, c.Retry.PerTryTimeout = 5*time.Second, 4*time.Second
 	})
-	h := s.fake.Handler()
-	tap.next.Store(&h)
 	// The shared token, fetched before the first input.
 	s.do(http.MethodGet, dingtalktest.PathDeptList, nil)
 	tap.take()

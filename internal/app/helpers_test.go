@@ -56,7 +56,17 @@ func newStackTB(t testing.TB, log *zap.Logger, opts ...stackOpt) *stack {
 // before it starts or serves anything.
 func newStackHooked(t testing.TB, log *zap.Logger, hook func(*app.App), opts ...stackOpt) *stack {
 	t.Helper()
-	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	return newStackOn(t, nil, log, hook, opts...)
+}
+
+// newStackOn is newStackHooked on fake (a new one when nil): the fake whose
+// issued tokens the leak checks look for, and which opts may put behind a
+// tap of the test's own by pointing the upstreams elsewhere.
+func newStackOn(t testing.TB, fake *dingtalktest.Server, log *zap.Logger, hook func(*app.App), opts ...stackOpt) *stack {
+	t.Helper()
+	if fake == nil {
+		fake = dingtalktest.NewServer(t, dingtalktest.Options{})
+	}
 	cfg := config.Default()
 	cfg.Upstreams.OAPI, cfg.Upstreams.API = fake.URL(), fake.URL()
 	cfg.App.Key, cfg.App.Secret = dingtalktest.DefaultAppKey, config.Secret(dingtalktest.DefaultAppSecret)

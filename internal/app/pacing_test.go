@@ -12,14 +12,15 @@ import (
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/proxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 )
 
 // robotStack is a stack whose fake DingTalk enforces the per-robot limit
 // (perMinute sends a minute, then a 10-minute block).
 func robotStack(t *testing.T, perMinute int, opts ...stackOpt) (*stack, *dingtalktest.Server) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotPerMinute: perMinute})
-	opts = append(opts, func(c *config.Config) { c.Upstreams.OAPI, c.Upstreams.API = fake.URL(), fake.URL() })
-	return newStack(t, nil, opts...), fake
+	return newStackOn(t, fake, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), nil, opts...), fake
 }
 
 func robotPath(robot string) string {

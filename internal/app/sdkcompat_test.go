@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -291,19 +290,18 @@ func TestEncodedTokenNameIsTheClients(t *testing.T) {
 // answer are dropped: the client never takes them for the proxy's word,
 // and they never become metric labels.
 func TestUpstreamCannotSpeakForTheProxy(t *testing.T) {
-	var next atomic.Pointer[http.Handler]
+	// A fake of its own, in place before the proxy's first token fetch.
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == dingtalktest.PathDeptList {
 			w.Header().Set("X-Dingproxy-Fallback", r.URL.Query().Get("kind"))
 			w.Header().Set("x-dingproxy-cache", "hit")
 		}
-		(*next.Load()).ServeHTTP(w, r)
+		fake.Handler().ServeHTTP(w, r)
 	}))
 	defer up.Close()
 	core, logs := observer.New(zapcore.ErrorLevel)
-	s := newStack(t, zap.New(core), func(c *config.Config) { c.Upstreams.OAPI, c.Upstreams.API = up.URL, up.URL })
-	h := s.fake.Handler()
-	next.Store(&h)
+	s := newStackOn(t, fake, zap.New(core), nil, func(c *config.Config) { c.Upstreams.OAPI, c.Upstreams.API = up.URL, up.URL })
 	before := testutil.CollectAndCount(s.app.Metrics().Fallbacks)
 	for _, k := range []string{"u1", "u2", "%FF"} {
 		resp, _ := s.do(http.MethodGet, dingtalktest.PathDeptList+"?kind="+k, nil)
