@@ -51,7 +51,8 @@ func (p *Pacer) Answered(name string, r dingtalk.Result) {
 
 // Throttled tells the pacer DingTalk throttled a call on name. The path
 // learns its limit from what got through: its rate becomes β times what it
-// delivered in the last second or two (never more than β times its rate),
+// delivered in the last second or two, over the window's margin (never more
+// than β times its rate),
 // at least floorRate; that measure is remembered as the path's ceiling
 // estimate, which successes climb back to along a CUBIC curve (Succeeded).
 // No call goes before the penalty ends (at least 1 s from now, or until,
@@ -80,7 +81,11 @@ func (p *Pacer) throttled(name string, until time.Time) (from, to float64, chang
 		return from, from, false // within a penalty that ends later anyway
 	}
 	if !now.Before(e.blockedUntil) { // a new penalty, not one extended
-		delivered := e.got.perSecond(now)
+		// What got through, in the units of the rate: a window sends at
+		// most margin·rate, so a path that delivered all its window allowed
+		// has a ceiling of its rate, not 90 % of it (else every throttle
+		// would compound the margin: a spiral down to the floor).
+		delivered := e.got.perSecond(now) / margin
 		ceiling := e.rate
 		if delivered > 0 {
 			ceiling = min(ceiling, delivered)
