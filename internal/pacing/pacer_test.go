@@ -1008,7 +1008,7 @@ func TestRobotsPacedEachOnTheirOwn(t *testing.T) {
 		// A minute on, the first robot's window has room again.
 		time.Sleep(time.Minute)
 		if at := p.Next(a, time.Now()); !at.Equal(time.Now()) {
-			t.Errorf("robot's next turn a minute on: +%v, want now", at.Sub(time.Now()))
+			t.Errorf("robot's next turn a minute on: +%v, want now", time.Until(at))
 		}
 	})
 }
@@ -1021,10 +1021,10 @@ func TestRobotThrottleBlocksTenMinutes(t *testing.T) {
 		a, b := RobotPrefix+"a", RobotPrefix+"b"
 		reserveN(t, p, a, 1)
 		p.Answered(a, dingtalk.Result{Reason: dingtalk.ReasonRobotThrottled, Errcode: dingtalk.ErrcodeRobotTooFast})
-		if d := p.Next(a, time.Now()).Sub(time.Now()); d != 10*time.Minute {
+		if d := time.Until(p.Next(a, time.Now())); d != 10*time.Minute {
 			t.Errorf("throttled robot's next turn in %v, want 10m", d)
 		}
-		if d := p.Next(b, time.Now()).Sub(time.Now()); d != 0 {
+		if d := time.Until(p.Next(b, time.Now())); d != 0 {
 			t.Errorf("another robot's next turn in %v, want now", d)
 		}
 	})
@@ -1073,7 +1073,7 @@ func TestMinuteLimit(t *testing.T) {
 		p.Answered("/a", dingtalk.Result{Reason: dingtalk.ReasonMinuteLimit, Errcode: dingtalk.ErrcodeQPMAppAPI})
 		turn := time.Now().Truncate(time.Minute).Add(time.Minute)
 		if at := p.Next("/a", time.Now()); !at.Equal(turn) {
-			t.Errorf("next turn at +%v, want when the minute turns (+%v)", at.Sub(time.Now()), turn.Sub(time.Now()))
+			t.Errorf("next turn at +%v, want when the minute turns (+%v)", time.Until(at), time.Until(turn))
 		}
 		time.Sleep(time.Until(turn))
 		got := times(t, burst(p, "/a", 80, time.Time{})())
