@@ -58,3 +58,21 @@ func (m *meter) perSecond(now time.Time) float64 {
 	n, over := m.count(now, time.Second)
 	return float64(n) / over.Seconds()
 }
+
+// since is the events per second over the meter's span, counting only the
+// buckets from t on (but at least a second's), and how many events that is.
+func (m *meter) since(now, t time.Time) (perSecond float64, n uint32) {
+	if m.first == 0 {
+		return 0, 0
+	}
+	idx := m.advance(now)
+	from := max(m.first, idx-int64(len(m.counts))+1)
+	if !t.IsZero() {
+		from = max(from, t.UnixNano()/int64(m.bucket))
+	}
+	for i := from; i <= idx; i++ {
+		n += m.counts[i%int64(len(m.counts))]
+	}
+	over := max(time.Duration(idx-from+1)*m.bucket, time.Second)
+	return float64(n) / over.Seconds(), n
+}

@@ -22,6 +22,9 @@ const (
 	// rate is back at the ceiling after cubicK seconds, and 10 % above it
 	// cubicK + ∛(0.1/cubicC) seconds after the penalty (3.9 s and 6.6 s).
 	cubicC = 0.005
+	// minMeasured is the fewest calls that got through since the last
+	// penalty for what got through to count as a measure of the limit.
+	minMeasured = 5
 )
 
 // cubicK is the time the climb takes back to the ceiling: ∛((1−β)/cubicC).
@@ -85,10 +88,15 @@ func (p *Pacer) throttled(name string, until time.Time) (from, to float64, chang
 		// most margin·rate, so a path that delivered all its window allowed
 		// has a ceiling of its rate, not 90 % of it (else every throttle
 		// would compound the margin: a spiral down to the floor).
-		delivered := e.got.perSecond(now) / margin
+		// The measure counts only since the last penalty ended (calls
+		// blocked by it did not fail to get through), and only once it
+		// holds enough to go on: a path that sent too little since then
+		// keeps its rate as the ceiling, so scattered throttles cannot
+		// spiral a quiet path down to the floor.
+		delivered, n := e.got.since(now, e.climbFrom)
 		ceiling := e.rate
-		if delivered > 0 {
-			ceiling = min(ceiling, delivered)
+		if n >= minMeasured {
+			ceiling = min(ceiling, delivered/margin)
 		}
 		e.ceiling = max(floorRate, ceiling)
 		e.rate = max(floorRate, ceiling*beta)
