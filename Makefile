@@ -9,7 +9,7 @@ help: ## list targets
 demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table (about 20 s)
 	$(GO) run ./cmd/dingdemo
 
-resilience: ## the resilience benchmark: five scenarios, three clients, one table (under 3 minutes, loopback only)
+resilience: ## the resilience benchmark: nine scenarios, three clients side by side, one table and issue 14's targets (under 3 minutes, loopback only)
 	$(GO) run ./cmd/resilience
 
 test: ## go vet, then every test that a slow machine cannot break, with the race detector, shuffled (see soak)

@@ -152,3 +152,74 @@ func TestClients(t *testing.T) {
 		t.Error("an unknown mode made a client")
 	}
 }
+
+// A fleet opens its Via N times and spreads calls over the replicas by call
+// number; a path with an access_token of its own (a custom robot) keeps it,
+// and each outcome carries its status and fallback kind.
+func TestFleetAndRobot(t *testing.T) {
+	ctx := context.Background()
+	fake := dingtalktest.New(dingtalktest.Options{RobotPerMinute: 1})
+	if err := fake.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	hc := HTTPClient(5*time.Second, 8, 0)
+	defer hc.CloseIdleConnections()
+	for _, via := range []Via{Straight{}, ThroughProxy{}} {
+		c, err := Open(ctx, Client{Mode: "fleet", Via: Fleet{N: 3, Of: via}}, fake, hc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(c.ep.Bases); n != 3 {
+			t.Errorf("%T: a fleet of 3 has %d bases", via, n)
+		}
+		if _, proxied := via.(ThroughProxy); proxied && (c.ep.Bases[0] == c.ep.Bases[1] || c.ep.Bases[1] == c.ep.Bases[2]) {
+			t.Errorf("a fleet of dingproxies shares one: %v", c.ep.Bases)
+		}
+		for i := range 3 {
+			read := Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: []byte(`{"userid":"u1"}`)}
+			if o := c.Do(ctx, i, read); !o.OK || o.Status != http.StatusOK || o.FallbackKind != "" {
+				t.Errorf("%T: replica %d: ok %v, status %d, fallback %q: %s", via, i, o.OK, o.Status, o.FallbackKind, o.Last)
+			}
+		}
+		c.Close()
+	}
+	if _, err := (Fleet{N: 0, Of: Straight{}}).Open(ctx, fake, hc); err == nil {
+		t.Error("a fleet of 0 opened")
+	}
+
+	// A robot: its own token, not the app's (the fake answers a wrong
+	// token 300001); past its 1 a minute the fake throttles it, and
+	// dingproxy answers paced instead of sending.
+	robot := Request{Method: http.MethodPost, Path: "/robot/send?access_token=" + dingtalktest.DefaultRobotToken + "-b", Send: true,
+		Body: []byte(`{"msgtype":"text","text":{"content":"alert"}}`)}
+	direct, err := Open(ctx, Client{Mode: Direct, Via: Straight{}}, fake, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if o := direct.Do(ctx, 0, robot); !o.OK {
+		t.Errorf("a robot's alert straight: %s", o.Last)
+	}
+	if rq := fake.Requests("/robot/send"); len(rq) != 1 || strings.Count(rq[0].RawQuery, "access_token") != 1 {
+		t.Errorf("the robot's query carried the app's token too: %v", rq)
+	}
+	if o := direct.Do(ctx, 1, robot); o.OK || fake.RobotThrottled() != 1 {
+		t.Errorf("second alert straight: ok %v, robot throttled %d; want throttled", o.OK, fake.RobotThrottled())
+	}
+	robot.Path = "/robot/send?access_token=" + dingtalktest.DefaultRobotToken + "-c"
+	px, err := Open(ctx, Client{Mode: Proxy, Via: ThroughProxy{}}, fake, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	if o := px.Do(ctx, 0, robot); !o.OK {
+		t.Errorf("a robot's alert through dingproxy: %s", o.Last)
+	}
+	// dingproxy paces robots at its own robot_per_minute (20): the fake's
+	// 1 throttles the second, and dingproxy blocks the robot from then on.
+	px.Do(ctx, 1, robot)
+	if o := px.Do(ctx, 2, robot); o.OK || o.Status != http.StatusTooManyRequests || o.FallbackKind != "paced" || !o.Fallback {
+		t.Errorf("a blocked robot through dingproxy: ok %v, status %d, fallback %q: %s", o.OK, o.Status, o.FallbackKind, o.Last)
+	}
+}

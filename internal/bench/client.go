@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -74,7 +75,8 @@ type Via interface {
 
 // Endpoint is where a client sends its calls.
 type Endpoint struct {
-	// Bases are the URLs calls go to; call i goes to Bases[i%len(Bases)].
+	// Bases are the URLs calls go to; call i goes to Bases[i%len(Bases)]
+	// (a Fleet's replicas).
 	Bases []string
 	// Token is the token calls carry, or "" when what is in between
 	// injects its own.
@@ -107,6 +109,45 @@ func (p ThroughProxy) Open(_ context.Context, fake *dingtalktest.Server, _ *http
 		return Endpoint{}, err
 	}
 	return Endpoint{Bases: []string{url}, Close: stop}, nil
+}
+
+// Fleet is N replicas of one app side by side, each opened with Of (N
+// dingproxies alone, with no shared state, for ThroughProxy; N clients of
+// the app's one token for Straight). The Caller spreads calls over them by
+// call number: call i goes to replica i%N.
+type Fleet struct {
+	N  int
+	Of Via
+}
+
+// Open implements Via.
+func (f Fleet) Open(ctx context.Context, fake *dingtalktest.Server, hc *http.Client) (Endpoint, error) {
+	if f.N < 1 || f.Of == nil {
+		return Endpoint{}, fmt.Errorf("bench: a fleet of %d replicas of %T", f.N, f.Of)
+	}
+	var out Endpoint
+	var closes []func()
+	out.Close = func() {
+		for _, c := range closes {
+			c()
+		}
+	}
+	for i := range f.N {
+		ep, err := f.Of.Open(ctx, fake, hc)
+		if ep.Close != nil {
+			closes = append(closes, ep.Close)
+		}
+		if err == nil && i > 0 && ep.Token != out.Token {
+			err = errors.New("bench: the replicas of a fleet got different tokens")
+		}
+		if err != nil {
+			out.Close()
+			return Endpoint{}, err
+		}
+		out.Bases = append(out.Bases, ep.Bases...)
+		out.Token = ep.Token
+	}
+	return out, nil
 }
 
 // StartProxy runs dingproxy on built-in defaults, pointed at the fake with
@@ -184,6 +225,10 @@ type Outcome struct {
 	Req      Request
 	OK       bool // a successful answer; a fallback answered by dingproxy is not one
 	Fallback bool // answered by dingproxy itself (X-Dingproxy-Fallback)
+	// Status is the last answer's HTTP status (0: none), FallbackKind its
+	// X-Dingproxy-Fallback ("paced", "circuit-open", ...).
+	Status       int
+	FallbackKind string
 	// Attempts is what the call cost DingTalk as the client can count it:
 	// one per try straight, X-Dingproxy-Attempts through dingproxy.
 	Attempts int
@@ -231,6 +276,7 @@ func (c *Caller) Do(ctx context.Context, i int, r Request) Outcome {
 		a := c.once(ctx, base, r)
 		out.Attempts += a.attempts
 		out.OK, out.Fallback, out.Last = a.ok, a.fallback, a.last
+		out.Status, out.FallbackKind = a.status, a.kind
 		if a.ok || !a.retryable || n >= tries {
 			break
 		}
@@ -254,6 +300,8 @@ type answer struct {
 	// "system busy" and throttle codes, POST included.
 	retryable bool
 	attempts  int
+	status    int
+	kind      string // X-Dingproxy-Fallback
 	last      string
 }
 
@@ -264,7 +312,7 @@ func (c *Caller) once(ctx context.Context, base string, r Request) answer {
 	}
 	url := base + r.Path
 	apiHost := strings.HasPrefix(r.Path, "/v1.0/") || strings.HasPrefix(r.Path, "/v2.0/")
-	if c.ep.Token != "" && !apiHost {
+	if c.ep.Token != "" && !apiHost && !ownToken(r.Path) {
 		sep := "?"
 		if strings.Contains(url, "?") {
 			sep = "&"
@@ -286,7 +334,8 @@ func (c *Caller) once(ctx context.Context, base string, r Request) answer {
 		return answer{retryable: ctx.Err() == nil, attempts: 1, last: err.Error()}
 	}
 	defer resp.Body.Close()
-	a := answer{attempts: 1, fallback: resp.Header.Get(proxy.HeaderFallback) != ""}
+	a := answer{attempts: 1, status: resp.StatusCode, kind: resp.Header.Get(proxy.HeaderFallback)}
+	a.fallback = a.kind != ""
 	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
 		a.attempts, _ = strconv.Atoi(v)
 	}
@@ -303,4 +352,15 @@ func (c *Caller) once(ctx context.Context, base string, r Request) answer {
 		a.retryable = true
 	}
 	return a
+}
+
+// ownToken says whether path carries an access_token of its own (a custom
+// robot's webhook), which the app's token must not displace.
+func ownToken(path string) bool {
+	_, q, ok := strings.Cut(path, "?")
+	if !ok {
+		return false
+	}
+	v, err := url.ParseQuery(q)
+	return err == nil && v.Has(dingtalk.QueryAccessToken)
 }

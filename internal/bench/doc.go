@@ -4,9 +4,10 @@
 //
 //   - one client model: a [Client] is a [Mode] (its name in the tables), a
 //     [Via] (how its calls reach the fake DingTalk: [Straight] with a token
-//     of its own, or [ThroughProxy], one dingproxy on its built-in defaults)
-//     and whether it retries as the popular DingTalk SDKs do. [Open] readies
-//     it against a fake and returns the [Caller] that makes its calls.
+//     of its own, [ThroughProxy], one dingproxy on its built-in defaults, or
+//     a [Fleet] of either) and whether it retries as the popular DingTalk
+//     SDKs do. [Open] readies it against a fake and returns the [Caller]
+//     that makes its calls.
 //   - one open-loop scheduler: [Schedule] starts call i at begin + i/rate
 //     whatever became of the calls before it, so a slow answer never delays
 //     the next arrival; [Run] puts a [Load] through it for one client
@@ -15,9 +16,12 @@
 //   - one table printer: [Table], with [Ratio], [Percentile] and the
 //     cell formats ([Ms], [Dur]).
 //
-// The extension point for a fleet of dingproxies is [Via]: a fleet starts
-// several proxies (each with [StartProxy]) and returns all their URLs in
-// [Endpoint].Bases; the [Caller] spreads calls over them by call number.
+// A fleet is a [Via] too: [Fleet] opens another Via N times (N dingproxies
+// alone, each with [StartProxy], or N plain clients of one app) and returns
+// all their URLs in [Endpoint].Bases; the [Caller] spreads calls over them
+// by call number. A path that carries an access_token of its own (a custom
+// robot's webhook) keeps it, and the fake can be given a per-robot limit
+// ([Load].Fake).
 //
 // Everything runs on loopback with no credentials. It is a tool for people
 // and for tests of the README's promises; the proxy never imports it.

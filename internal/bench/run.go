@@ -13,6 +13,9 @@ type Load struct {
 	Seed  int64   // the fake's fault RNG seed; 0 means 1
 	Rate  float64 // calls per second
 	Calls int
+	// Fake configures the fake (a per-robot limit); its Seed, if 0, is
+	// Seed.
+	Fake dingtalktest.Options
 	// MaxInFlight bounds the calls running at once (Schedule.MaxInFlight).
 	MaxInFlight int
 	// Call is call number i. It is asked for every call, in order, before
@@ -34,6 +37,9 @@ type Result struct {
 	// What the fake counted: upstream attempts (token fetches excluded),
 	// of those rejected by its QPS limit, and sends executed twice.
 	Upstream, Throttled, Duplicates int
+	// RobotThrottled is the robot sends the fake answered with its robot
+	// throttle (past Fake.RobotPerMinute, or within a robot's block).
+	RobotThrottled int
 }
 
 // Latencies are the latencies of the outcomes f holds for (every one if f
@@ -59,7 +65,11 @@ func Upstream(f *dingtalktest.Server) int {
 // l's open-loop schedule. It stops early when ctx ends, returning what it
 // has with ctx's error.
 func Run(ctx context.Context, c Client, l Load) (Result, error) {
-	fake := dingtalktest.New(dingtalktest.Options{Seed: l.Seed})
+	fo := l.Fake
+	if fo.Seed == 0 {
+		fo.Seed = l.Seed
+	}
+	fake := dingtalktest.New(fo)
 	if err := fake.Start("127.0.0.1:0"); err != nil {
 		return Result{}, err
 	}
@@ -94,5 +104,7 @@ func Run(ctx context.Context, c Client, l Load) (Result, error) {
 		Upstream:   Upstream(fake),
 		Throttled:  fake.Throttled(),
 		Duplicates: fake.Duplicates(),
+
+		RobotThrottled: fake.RobotThrottled(),
 	}, err
 }

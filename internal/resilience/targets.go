@@ -1,0 +1,136 @@
+package resilience
+
+import (
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/dingproxy/dingproxy/internal/bench"
+)
+
+// Target is one of issue 14's targets: a figure of a scenario's row, and
+// the bound dingproxy must keep.
+type Target struct {
+	Scenario string
+	Figure   string // what is measured, in words
+	Want     string // the bound, in words
+	Value    func(Row) string
+	Met      func(Row) bool
+}
+
+// Targets are issue 14's targets on pacing, in table order.
+var Targets = []Target{
+	{Unknown, "throttled per 100 upstream attempts", "<= 5",
+		func(r Row) string { return fmt.Sprintf("%.1f", r.ThrottledPer100()) },
+		func(r Row) bool { return r.ThrottledPer100() <= 5 }},
+	{Unknown, "the same after the first 3 s", "<= 1",
+		func(r Row) string { return after(r) },
+		func(r Row) bool { return r.HasAfter && r.ThrottledPer100After() <= 1 }},
+	{Unknown, "upstream attempts per call", "<= 1.3",
+		func(r Row) string { return fmt.Sprintf("%.2f", r.AttemptsPerCall()) },
+		func(r Row) bool { return r.AttemptsPerCall() <= 1.3 }},
+	{Fleet, "throttled per 100 upstream attempts", "<= 10",
+		func(r Row) string { return fmt.Sprintf("%.1f", r.ThrottledPer100()) },
+		func(r Row) bool { return r.ThrottledPer100() <= 10 }},
+	{Fleet, "accepted per second after 3 s / the limit", "0.85 - 1.15",
+		func(r Row) string {
+			if !r.HasAccepted {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f (%.1f/s)", r.AcceptedOfLimit(), r.Accepted)
+		},
+		func(r Row) bool { a := r.AcceptedOfLimit(); return r.HasAccepted && a >= 0.85 && a <= 1.15 }},
+	{Fleet, "least replica's share of the successes", ">= 15%",
+		func(r Row) string { return fmt.Sprintf("%.1f%%", 100*r.LeastShare()) },
+		func(r Row) bool { return r.LeastShare() >= 0.15 }},
+	{Robot, "sends into DingTalk's robot throttle", "0",
+		func(r Row) string { return fmt.Sprint(r.RobotThrottled) },
+		func(r Row) bool { return r.RobotThrottled == 0 }},
+	{Robot, "first 20 delivered at once (< 1 s)", "20 of 20",
+		func(r Row) string { return fmt.Sprintf("%d of %d", r.DeliveredAtOnce, min(r.Deliver, r.Calls)) },
+		func(r Row) bool { return r.DeliveredAtOnce == min(r.Deliver, r.Calls) }},
+	{Robot, "the rest answered 429 paced at once", "20 of 20",
+		func(r Row) string { return fmt.Sprintf("%d of %d", r.PacedAtOnce, max(r.Calls-r.Deliver, 0)) },
+		func(r Row) bool { return r.PacedAtOnce == max(r.Calls-r.Deliver, 0) }},
+	{Robots, "5 robots x 10: delivered at once", "50 of 50",
+		func(r Row) string { return fmt.Sprintf("%d of %d", r.DeliveredAtOnce, r.Calls) },
+		func(r Row) bool { return r.DeliveredAtOnce == r.Calls }},
+}
+
+func after(r Row) string {
+	if !r.HasAfter {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", r.ThrottledPer100After())
+}
+
+// Verdict is a target checked on dingproxy's row.
+type Verdict struct {
+	Target
+	Row Row
+	OK  bool
+}
+
+// Check checks the targets of the scenarios rows hold on dingproxy's rows.
+func Check(rows []Row) []Verdict {
+	var out []Verdict
+	for _, t := range Targets {
+		for _, r := range rows {
+			if r.Scenario == t.Scenario && r.Mode == bench.Proxy {
+				out = append(out, Verdict{Target: t, Row: r, OK: t.Met(r)})
+			}
+		}
+	}
+	return out
+}
+
+// PrintTargets writes the targets of the scenarios in rows as one table: a
+// line per figure, a column per client, the bound and whether dingproxy
+// kept it. It writes nothing when rows hold no such scenario.
+func PrintTargets(w io.Writer, rows []Row) error {
+	var modes []bench.Mode
+	for _, r := range rows {
+		if !slices.Contains(modes, r.Mode) && r.Mode != ProxyTuned {
+			modes = append(modes, r.Mode)
+		}
+	}
+	t := bench.Table{Pad: 2, Widths: []int{10, 42}}
+	head := []string{"targets", "figure"}
+	for _, m := range modes {
+		head = append(head, string(m))
+	}
+	t.Row(append(head, "target", "verdict")...)
+	lines, prev := 0, ""
+	for _, tg := range Targets {
+		cells := []string{tg.Scenario, tg.Figure}
+		if tg.Scenario == prev {
+			cells[0] = ""
+		}
+		verdict, seen := "-", false
+		for _, m := range modes {
+			cell := "-"
+			for _, r := range rows {
+				if r.Scenario == tg.Scenario && r.Mode == m {
+					cell, seen = tg.Value(r), true
+					if m == bench.Proxy {
+						verdict = "MISSED"
+						if tg.Met(r) {
+							verdict = "met"
+						}
+					}
+				}
+			}
+			cells = append(cells, cell)
+		}
+		if !seen {
+			continue
+		}
+		prev = tg.Scenario
+		lines++
+		t.Row(append(cells, tg.Want, verdict)...)
+	}
+	if lines == 0 {
+		return nil
+	}
+	return t.Print(w)
+}
