@@ -52,12 +52,6 @@ func (m *meter) count(now time.Time, least time.Duration) (uint32, time.Duration
 	return n, over
 }
 
-// perSecond is the events of the meter's span (or of the time since the
-// first event, but at least a second's) per second.
-func (m *meter) perSecond(now time.Time) float64 {
-	n, over := m.count(now, time.Second)
-	return float64(n) / over.Seconds()
-}
 
 // since is the events per second over the meter's span, counting only the
 // buckets from t on (but at least a second's), and how many events that is.
