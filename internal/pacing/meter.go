@@ -52,7 +52,6 @@ func (m *meter) count(now time.Time, least time.Duration) (uint32, time.Duration
 	return n, over
 }
 
-
 // since is the events per second over the meter's span, counting only the
 // buckets from t on (but at least a second's), and how many events that is.
 func (m *meter) since(now, t time.Time) (perSecond float64, n uint32) {
