@@ -9,9 +9,10 @@
 //
 // It also learns: the configured rate is a ceiling, and a throttle answer
 // teaches an API the limit DingTalk really allows it (another replica or
-// service of the same app, an undocumented limit): its rate becomes 0.7 of
-// what it delivered in the last second or two, at least 0.2 calls/s, and
-// climbs back along a CUBIC curve while calls succeed (rate.go). The API is
+// service of the same app, an undocumented limit): its rate becomes 0.9 of
+// what it delivered, at least 0.2 calls/s, its calls evenly spaced, and it
+// climbs back to just under that measure and then probes past it slowly
+// along a CUBIC curve while calls succeed (rate.go). The API is
 // blocked for DingTalk's penalty (1 s, or until the end a 90002 answer
 // names); a per-minute limit pauses it until the minute turns and sets a
 // per-minute budget. Custom robots are paced one by one (RobotPrefix), 20 a

@@ -69,3 +69,18 @@ func (m *meter) since(now, t time.Time) (perSecond float64, n uint32) {
 	over := max(time.Duration(idx-from+1)*m.bucket, time.Second)
 	return float64(n) / over.Seconds(), n
 }
+
+// countFrom is the events counted in the buckets from t's on (t within the
+// meter's span).
+func (m *meter) countFrom(now, t time.Time) uint32 {
+	if m.first == 0 {
+		return 0
+	}
+	idx := m.advance(now)
+	from := max(m.first, idx-int64(len(m.counts))+1, t.UnixNano()/int64(m.bucket))
+	var n uint32
+	for i := from; i <= idx; i++ {
+		n += m.counts[i%int64(len(m.counts))]
+	}
+	return n
+}

@@ -82,6 +82,7 @@ type Pacer struct {
 type path struct {
 	win          *window
 	rate         float64   // current rate, <= configured
+	booked       float64   // the rate the turns booked ahead were booked at
 	blockedUntil time.Time // DingTalk's penalty ends then
 	lastUse      time.Time
 	lastRaise    time.Time
@@ -126,7 +127,11 @@ func (p *Pacer) Update(s Settings) {
 		if !e.learned || e.rate > s.PerAPIQPS {
 			e.rate = s.PerAPIQPS
 		}
-		e.win.setRate(e.rate)
+		if e.learned {
+			e.win.setEven(e.rate)
+		} else {
+			e.win.setRate(e.rate)
+		}
 	}
 }
 

@@ -449,22 +449,22 @@ func TestWaitContext(t *testing.T) {
 func TestThrottledCutsRateOncePerPenalty(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := New(Settings{PerAPIQPS: 20, GlobalQPS: 450})
-		p.Throttled("/a", time.Time{}) // nothing measured yet: 0.7 of the rate
-		checkRate(t, p, "/a", 14)
+		p.Throttled("/a", time.Time{}) // nothing measured yet: β of the rate
+		checkRate(t, p, "/a", 20*beta)
 		for range 10 {
 			p.Throttled("/a", time.Time{})
 		}
 		time.Sleep(900 * time.Millisecond)
 		p.Throttled("/a", time.Time{}) // still within the first penalty
-		checkRate(t, p, "/a", 14)
+		checkRate(t, p, "/a", 20*beta)
 		checkRate(t, p, "/b", 20)
 
 		time.Sleep(2 * time.Second) // past the (extended) penalty
 		p.Throttled("/a", time.Time{})
-		checkRate(t, p, "/a", 14*0.7)
+		checkRate(t, p, "/a", 20*beta*beta)
 
 		prev := p.Rate("/a")
-		for range 30 {
+		for range 60 {
 			time.Sleep(1100 * time.Millisecond)
 			p.Throttled("/a", time.Time{})
 			r := p.Rate("/a")
@@ -495,7 +495,7 @@ func TestThrottleLearnsWhatGotThrough(t *testing.T) {
 			}
 		}
 		p.Throttled("/a", time.Time{})
-		checkRate(t, p, "/a", 0.7*50/margin)
+		checkRate(t, p, "/a", beta*50/margin)
 		// A young path measures over the time it has been seen, at least 1 s.
 		p2 := New(Settings{PerAPIQPS: 5000, GlobalQPS: 10000})
 		reserveN(t, p2, "/b", 1)
@@ -504,13 +504,13 @@ func TestThrottleLearnsWhatGotThrough(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 		p2.Throttled("/b", time.Time{})
-		checkRate(t, p2, "/b", 0.7*30/margin)
+		checkRate(t, p2, "/b", beta*30/margin)
 	})
 }
 
-// TestClimbIsCubic: after the penalty, a learned rate climbs back to its
-// ceiling (what got through) in cubicK seconds, lingers around it, then
-// probes past it faster, never above the configured rate.
+// TestClimbIsCubic: after the penalty, a learned rate climbs back to just
+// under its ceiling (what got through) in cubicK seconds, lingers there,
+// then probes past it slowly, never above the configured rate.
 func TestClimbIsCubic(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := New(Settings{PerAPIQPS: 60, GlobalQPS: 450})
@@ -521,27 +521,62 @@ func TestClimbIsCubic(t *testing.T) {
 			}
 			p.Succeeded("/a")
 		}
-		p.Throttled("/a", time.Time{}) // delivered 20/s: ceiling 20/0.9, rate 0.7 of that
+		p.Throttled("/a", time.Time{}) // delivered 20/s: ceiling 20/0.9, rate β of that
 		c := 20 / margin
-		checkRate(t, p, "/a", 0.7*c)
+		checkRate(t, p, "/a", beta*c)
 		penaltyEnd := time.Now().Add(penalty)
 		at := func(d float64) float64 {
 			time.Sleep(time.Until(penaltyEnd.Add(time.Duration(d * float64(time.Second)))))
 			p.Succeeded("/a")
 			return p.Rate("/a")
 		}
+		top := hold * c
 		r1 := at(cubicK / 2)
 		r2 := at(cubicK)
 		r3 := at(cubicK + 1)
 		r4 := at(cubicK + math.Cbrt(0.1/cubicC))
-		if !(0.7*c < r1 && r1 < c) || math.Abs(r2-c) > 1e-6 || !(c < r3 && r3 < 1.01*c) || math.Abs(r4-1.1*c) > 1e-6 {
-			t.Errorf("climb: %.3f at K/2, %.3f at K, %.3f at K+1 s, %.3f at K+∛(0.1/C): want (%.2f, %.2f), %.2f, just over, %.2f", r1, r2, r3, r4, 0.7*c, c, c, 1.1*c)
+		if !(beta*c < r1 && r1 < top) || math.Abs(r2-top) > 1e-6 || !(top < r3 && r3 < 1.001*top) || math.Abs(r4-1.1*top) > 1e-6 {
+			t.Errorf("climb: %.3f at K/2, %.3f at K, %.3f at K+1 s, %.3f at K+∛(0.1/C): want (%.2f, %.2f), %.2f, just over, %.2f", r1, r2, r3, r4, beta*c, top, top, 1.1*top)
 		}
 		time.Sleep(time.Minute)
 		p.Succeeded("/a")
 		checkRate(t, p, "/a", 60) // never above the configured rate
 	})
 }
+
+// TestRaiseRebooksWaiters: calls queued at a cut rate book again once the
+// rate climbs a step, so a queued path drains at the raised rate.
+func TestRaiseRebooksWaiters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := New(Settings{PerAPIQPS: 20, GlobalQPS: 450})
+		reserveN(t, p, "/a", 1)
+		for range 10 {
+			p.Succeeded("/a")
+		}
+		time.Sleep(900 * time.Millisecond)
+		p.Throttled("/a", time.Time{}) // 10 got through: ceiling 11.1, rate 10, 9 a second
+		start := time.Now()
+		const n = 300.0 // 33 s at the cut rate
+		wait := burst(p, "/a", int(n), time.Time{})
+		synctest.Wait()
+		// Successes through the climb and the probe raise the rate, and the
+		// queue's turns come sooner than the cut rate's spacing would have
+		// them (all 300 were booked at it).
+		for range 400 {
+			time.Sleep(100 * time.Millisecond)
+			p.Succeeded("/a")
+		}
+		got := times(t, wait())
+		last := slices.MaxFunc(got, func(a, b time.Time) int { return a.Compare(b) })
+		secs := (n - 1) / (10 * margin)
+		cut := penalty + time.Duration(secs*float64(time.Second))
+		if d := last.Sub(start); d > cut*85/100 {
+			t.Errorf("the queue drained in %v, want under %v (0.85 of the cut rate's %v)", d, cut*85/100, cut)
+		}
+		checkMaxIn(t, "never above the configured rate", got, time.Second, int(20*margin)+1)
+	})
+}
+
 func TestThrottledBlocksPath(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -592,7 +627,7 @@ func TestThrottleRebooksWaiters(t *testing.T) {
 		start := time.Now()
 		wait := burst(p, "/a", 200, time.Time{})
 		time.Sleep(500 * time.Millisecond)
-		p.Throttled("/a", time.Time{}) // blocked until 1.5 s, 14 QPS: 12 per second
+		p.Throttled("/a", time.Time{}) // blocked until 1.5 s, 18 QPS: 16.2 a second, evenly spaced
 
 		// Another path is not held up, neither by /a's queue nor its penalty.
 		if err := p.Wait(context.Background(), "/b", time.Time{}, time.Time{}); err != nil {
@@ -616,13 +651,15 @@ func TestThrottleRebooksWaiters(t *testing.T) {
 				after = append(after, at)
 			}
 		}
-		checkMaxIn(t, "waiters after the throttle", after, time.Second, 12)
-		if n := countIn(after, blockEnd, blockEnd.Add(time.Nanosecond)); n > 12 {
+		per := 20 * beta * margin // evenly spaced
+		checkMaxIn(t, "waiters after the throttle", after, time.Second, int(per)+1)
+		if n := countIn(after, blockEnd, blockEnd.Add(time.Nanosecond)); n > 1 {
 			t.Errorf("%d waiters released at once at the penalty's end", n)
 		}
-		// 182 calls at 12/s after 1.5 s: done by about 16.7 s.
-		if last := slices.MaxFunc(got, func(a, b time.Time) int { return a.Compare(b) }); last.Sub(start) > 17*time.Second {
-			t.Errorf("last call went at %v, want by about 16.7s", last.Sub(start))
+		// 182 calls at 16.2/s after 1.5 s: done by about 12.7 s.
+		want := 1500*time.Millisecond + time.Duration(182/per*float64(time.Second)) + 100*time.Millisecond
+		if last := slices.MaxFunc(got, func(a, b time.Time) int { return a.Compare(b) }); last.Sub(start) > want {
+			t.Errorf("last call went at %v, want by about %v", last.Sub(start), want)
 		}
 	})
 }
@@ -659,14 +696,17 @@ func TestThrottleGivesBackGlobalTurns(t *testing.T) {
 		start := time.Now()
 		waitA := burst(p, "/a", 72, time.Time{}) // 36 now, 36 at 1 s
 		time.Sleep(500 * time.Millisecond)
-		p.Throttled("/a", time.Time{}) // 28 QPS: 25 at 1.5 s, 11 at 2.5 s
+		p.Throttled("/a", time.Time{}) // 36 QPS: 32.4 a second, evenly spaced from 1.5 s
 		synctest.Wait()                // /a's waiters have booked again
 		got := times(t, burst(p, "/b", 36, time.Time{})())
-		// The global second from 1 s holds /a's 25 at 1.5 s: 11 left for /b.
-		if n := countIn(got, start.Add(time.Second), start.Add(time.Second+1)); n != 11 {
-			t.Errorf("%d /b calls at 1 s, want 11 (the turns /a gave back)", n)
+		a := times(t, waitA())
+		// The global second from 1 s holds /a's turns from 1.5 s on; the rest
+		// of it is /b's (the turns /a gave back).
+		held := countIn(a, start.Add(time.Second), start.Add(2*time.Second))
+		if n := countIn(got, start.Add(time.Second), start.Add(time.Second+1)); n != 36-held || n == 0 {
+			t.Errorf("%d /b calls at 1 s, want %d (the turns /a gave back)", n, 36-held)
 		}
-		all := append(times(t, waitA()), got...)
+		all := append(a, got...)
 		checkMaxIn(t, "all", all, time.Second, 36)
 	})
 }
@@ -681,17 +721,17 @@ func TestSucceededRaisesRate(t *testing.T) {
 		}
 
 		p.Throttled("/a", time.Time{})
-		checkRate(t, p, "/a", 14)
+		checkRate(t, p, "/a", 20*beta)
 		p.Succeeded("/a") // a call in flight during the penalty
-		checkRate(t, p, "/a", 14)
+		checkRate(t, p, "/a", 20*beta)
 
 		time.Sleep(time.Second) // the penalty ends
 		for range 100 {         // many successes at once raise it once
 			p.Succeeded("/a")
 		}
 		first := p.Rate("/a")
-		if first < 14 {
-			t.Errorf("rate %v after the penalty, want at least 14", first)
+		if first < 20*beta {
+			t.Errorf("rate %v after the penalty, want at least %v", first, 20*beta)
 		}
 		time.Sleep(time.Minute)
 		p.Succeeded("/a")
@@ -713,9 +753,16 @@ func TestThrottledRateInForce(t *testing.T) {
 		time.Sleep(time.Second)
 		start := time.Now()
 		got := times(t, burst(p, "/a", 40, time.Time{})())
-		checkMaxIn(t, "at 14 QPS", got, time.Second, 12)
-		if n := countIn(got, start, start.Add(time.Nanosecond)); n != 12 {
-			t.Errorf("%d calls at once, want 12", n)
+		per := 20 * beta * margin
+		checkMaxIn(t, "at 18 QPS", got, time.Second, int(per)+1)
+		gap := time.Duration(float64(time.Second) / per)
+		for i := 1; i < len(got); i++ {
+			if d := got[i].Sub(got[i-1]); d < gap-time.Microsecond {
+				t.Fatalf("turns %d and %d %v apart, want evenly spaced by %v", i-1, i, d, gap)
+			}
+		}
+		if !got[0].Equal(start) {
+			t.Errorf("first call at +%v, want at once", got[0].Sub(start))
 		}
 	})
 }
@@ -807,7 +854,7 @@ func TestManyPathsBoundedAndForgotten(t *testing.T) {
 		if got := p.Next("/over/2", now); got.Before(now.Add(2 * time.Second)) {
 			t.Errorf("Next on a path sharing the throttled overflow window = +%v, want +2s", got.Sub(now))
 		}
-		checkRate(t, p, "/over/3", 14)
+		checkRate(t, p, "/over/3", 20*beta)
 		if err := p.Wait(ctx, "/over/3", time.Time{}, time.Time{}); err != nil {
 			t.Fatal(err)
 		}
@@ -860,7 +907,7 @@ func TestThrottledPathKeptWhileCut(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		checkRate(t, p, "/a", 14)
+		checkRate(t, p, "/a", 20*beta)
 		if n := p.Len(); n != 2 {
 			t.Errorf("Len = %d, want 2 (the throttled path kept)", n)
 		}
@@ -892,7 +939,7 @@ func TestUpdate(t *testing.T) {
 		q := New(Settings{PerAPIQPS: 20, GlobalQPS: 450})
 		q.Throttled("/b", time.Time{})
 		q.Update(Settings{PerAPIQPS: 40, GlobalQPS: 450})
-		checkRate(t, q, "/b", 14)
+		checkRate(t, q, "/b", 20*beta)
 		checkRate(t, q, "/c", 40)
 		q.Update(Settings{PerAPIQPS: 10, GlobalQPS: 450})
 		checkRate(t, q, "/b", 10)
@@ -1076,7 +1123,7 @@ func TestMinuteLimit(t *testing.T) {
 			t.Errorf("next turn at +%v, want when the minute turns (+%v)", time.Until(at), time.Until(turn))
 		}
 		time.Sleep(time.Until(turn))
-		got := times(t, burst(p, "/a", 80, time.Time{})())
-		checkMaxIn(t, "per minute", got, time.Minute, 70)
+		got := times(t, burst(p, "/a", 100, time.Time{})())
+		checkMaxIn(t, "per minute", got, time.Minute, int(100*beta))
 	})
 }

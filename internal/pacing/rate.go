@@ -1,7 +1,6 @@
 package pacing
 
 import (
-	"math"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
@@ -15,20 +14,44 @@ import (
 
 const (
 	// beta is the multiplicative decrease on a throttle.
-	beta = 0.7
+	beta = 0.9
 	// floorRate is the least rate a path is cut to, in calls per second.
 	floorRate = 0.2
-	// cubicC sets how fast the climb goes, relative to the ceiling: the
-	// rate is back at the ceiling after cubicK seconds, and 10 % above it
-	// cubicK + ∛(0.1/cubicC) seconds after the penalty (3.9 s and 6.6 s).
-	cubicC = 0.005
+	// cubicK is how long the climb back to the ceiling takes after a
+	// penalty, in seconds: the concave half of the curve.
+	cubicK = 2.0
+	// cubicC sets how slowly a path probes past the ceiling it found: 10 %
+	// above it ∛(0.1/cubicC) = 11.9 s after reaching it, twice it 27 s
+	// after. A probe that finds the limit costs every sender of the app a
+	// second of DingTalk's penalty, so a path that found its limit probes
+	// rarely; one whose limit rose finds that out within half a minute.
+	cubicC = 0.00006
+	// hold is how near the ceiling the climb back goes before it probes.
+	hold = 0.95
 	// minMeasured is the fewest calls that got through since the last
 	// penalty for what got through to count as a measure of the limit.
 	minMeasured = 5
+	// rebookStep is how much a raise must lift the rate the waiting calls'
+	// turns were booked at before they book again at the new rate.
+	rebookStep = 1.05
 )
 
-// cubicK is the time the climb takes back to the ceiling: ∛((1−β)/cubicC).
-var cubicK = math.Cbrt((1 - beta) / cubicC)
+// climb is the rate t seconds after a penalty's end on a path whose
+// ceiling estimate is ceiling: β·ceiling at 0, up a concave curve to
+// hold·ceiling at cubicK, then a slow convex probe past it. At the ceiling
+// a path sends exactly what got through before the throttle; every sender
+// of an app there together sends the limit, and any jitter across one of
+// DingTalk's seconds is a throttle (and a second's penalty for all): the
+// climb stops short of it, and only the probe goes on.
+func climb(ceiling, t float64) float64 {
+	top := ceiling * hold
+	if t < cubicK {
+		d := 1 - t/cubicK
+		return top - (top-ceiling*beta)*d*d*d
+	}
+	d := t - cubicK
+	return top * (1 + cubicC*d*d*d)
+}
 
 // Answered takes the attempt loop's feedback on an attempt on name: a
 // throttle answer (90018 and its kin, HTTP 429) cuts the path's rate and
@@ -94,6 +117,19 @@ func (p *Pacer) throttled(name string, until time.Time) (from, to float64, chang
 		// keeps its rate as the ceiling, so scattered throttles cannot
 		// spiral a quiet path down to the floor.
 		delivered, n := e.got.since(now, e.climbFrom)
+		// Within the current second what got through is at most DingTalk's
+		// limit whichever way it counts its seconds (a sliding measure
+		// straddling two of its counting seconds may hold up to twice the
+		// limit): the better measure, once half a second holds enough.
+		from := now.Truncate(time.Second)
+		if e.climbFrom.After(from) {
+			from = e.climbFrom
+		}
+		if now.Sub(from) >= time.Second/2 {
+			if c := e.got.countFrom(now, from); c >= minMeasured {
+				delivered, n = float64(c), c
+			}
+		}
 		ceiling := e.rate
 		if n >= minMeasured {
 			ceiling = min(ceiling, delivered/margin)
@@ -101,8 +137,9 @@ func (p *Pacer) throttled(name string, until time.Time) (from, to float64, chang
 		e.ceiling = max(floorRate, ceiling)
 		e.rate = max(floorRate, ceiling*beta)
 		e.learned = true
-		e.win.setRate(e.rate)
+		e.win.setEven(e.rate)
 	}
+	e.booked = e.rate
 	e.blockedUntil = until
 	e.climbFrom = until // the climb counts from the penalty's end
 	e.lastRaise = until
@@ -148,17 +185,27 @@ func (p *Pacer) succeeded(name string) (from, rate float64, raised bool) {
 	if t < 0 {
 		return e.rate, e.rate, false
 	}
-	d := t - cubicK
-	w := min(full, e.ceiling*(1+cubicC*d*d*d))
+	w := min(full, climb(e.ceiling, t))
 	if w <= e.rate {
 		return e.rate, e.rate, false
 	}
 	from = e.rate
 	e.rate = w
 	e.lastRaise = now
-	e.win.setRate(e.rate)
 	if e.rate >= full {
 		e.learned = false // back at the configured rate: nothing learned holds
+		e.win.setRate(e.rate)
+	} else {
+		e.win.setEven(e.rate)
+	}
+	// Calls queued on the path booked their turns at the lower rate; once
+	// the rate is a step above it, they book again (else a queued path
+	// would drain at its cut rate long after the rate climbed back).
+	if e.rate >= e.booked*rebookStep || !e.learned {
+		e.booked = e.rate
+		e.win.dropAfter(now)
+		close(e.rebook)
+		e.rebook = make(chan struct{})
 	}
 	return from, e.rate, true
 }

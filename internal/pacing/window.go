@@ -33,11 +33,24 @@ func newWindowN(n int, span time.Duration) *window {
 
 // setRate makes the window allow rate·margin calls per second.
 func (w *window) setRate(rate float64) {
+	w.set(rate, false)
+}
+
+// setEven makes the window allow rate·margin calls per second, one call
+// every 1/(rate·margin) seconds: a path whose rate was learned from a
+// throttle runs at the edge of what DingTalk allows, where a burst is what
+// gets throttled, and a fractional rate (4.5 a second) must not round down
+// to whole calls per second.
+func (w *window) setEven(rate float64) {
+	w.set(rate, true)
+}
+
+func (w *window) set(rate float64, even bool) {
 	per := rate * margin
 	n := int(math.Floor(per))
 	span := time.Second
 	switch {
-	case n < 1: // under one call a second: one call per 1/per seconds
+	case n < 1 || even && n <= maxRing: // one call per 1/per seconds
 		n, span = 1, time.Duration(float64(time.Second)/per)
 	case n > maxRing: // k spans a second, so any second holds at most k·n <= per
 		k := int(math.Ceil(per / maxRing))
