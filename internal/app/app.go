@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/fleet"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -43,6 +45,8 @@ type App struct {
 	retry                     *retry.Transport
 	breakers                  *breaker.Set
 	pacer                     *pacing.Pacer
+	fleet                     *fleet.Fleet // nil alone
+	fleetPacer                *fleet.Pacer // nil alone
 	proxy                     *proxy.Proxy
 	ready                     atomic.Bool
 
@@ -93,12 +97,34 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		a.level = zap.NewAtomicLevelAt(zap.InfoLevel) // changes nothing: the logger is not ours
 	}
 	m := a.metrics
+	if cfg.Fleet.RedisURL != "" {
+		m.EnableFleet(fleet.Ops)
+		a.fleet, err = fleet.New(fleet.Options{
+			URL: cfg.Fleet.RedisURL.Reveal(), KeyPrefix: cfg.Fleet.KeyPrefix, AppKey: cfg.App.Key,
+			AppSecret: cfg.App.Secret.Reveal(), Timeout: cfg.Fleet.Timeout,
+			Logger: log.Named("fleet"),
+			OnUp: func(up bool) {
+				if up {
+					m.FleetRedisUp.Set(1)
+				} else {
+					m.FleetRedisUp.Set(0)
+				}
+			},
+			OnError: func(op string) { m.FleetErrors.WithLabelValues(op).Inc() },
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	if cfg.App.Key != "" {
 		var f token.Fetcher
 		if cfg.Token.Endpoint == config.EndpointGetToken {
 			f = token.NewGetTokenFetcher(a.base, cfg.Upstreams.OAPI, cfg.App.Key, cfg.App.Secret.Reveal())
 		} else {
 			f = token.NewOAuth2Fetcher(a.base, cfg.Upstreams.API, cfg.App.Key, cfg.App.Secret.Reveal())
+		}
+		if a.fleet != nil {
+			f = a.fleet.TokenFetcher(f, cfg.Token.RefreshBefore, cfg.Retry.PerTryTimeout)
 		}
 		a.tokens = token.NewSource(f, token.Options{
 			RefreshBefore: cfg.Token.RefreshBefore,
@@ -127,6 +153,10 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.retry.Logger = log.Named("retry")
 	a.pacer = pacing.New(PacingSettings(cfg))
 	a.retry.Pacer = a.pacer // takes its feedback from the loop itself
+	if a.fleet != nil {
+		a.fleetPacer = a.fleet.NewPacer(a.pacer, PacingSettings(cfg))
+		a.retry.Pacer = a.fleetPacer // Redis while it answers, a.pacer when not
+	}
 	a.retry.Observe = a.observe
 	a.retry.OnRetry = func(f *retry.Facts, reason string, _ time.Duration) {
 		m.Retries.WithLabelValues(f.Route, reason).Inc()
@@ -138,7 +168,11 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	}
 	if a.tokens != nil {
 		a.retry.Prepare = proxy.Injector(a.tokens)
-		a.retry.OnTokenInvalid = func(tok string) { a.tokens.Invalidate(tok) }
+		a.retry.OnTokenInvalid = func(tok string) {
+			if a.tokens.Invalidate(tok) && a.fleet != nil {
+				a.fleet.InvalidateToken(tok)
+			}
+		}
 	}
 	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
 	a.pacer.OnRate = func(api string, from, to float64) {
@@ -152,6 +186,15 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.breakers.OnStateChange = func(route string, _, to breaker.State) {
 		m.BreakerState.WithLabelValues(route).Set(float64(to))
 		m.BreakerTransits.WithLabelValues(route, to.String()).Inc()
+		if a.fleet != nil && to == breaker.StateOpen && route != breaker.Overflow {
+			a.fleet.PublishOpen(route, a.breakers.Settings().OpenTimeout)
+		}
+	}
+	if a.fleet != nil {
+		fl, set := a.fleet, a.breakers
+		set.OnBan = fl.PublishBan
+		fl.OnOpen(set.OpenRemote)
+		fl.OnBan(set.BanUntil)
 	}
 	a.initRoutes(cfg)
 	a.proxy = proxy.New(proxy.Options{
@@ -341,6 +384,9 @@ func routePaths(cfg *config.Config) []string {
 func (a *App) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.stop = cancel
+	if a.fleet != nil {
+		a.fleet.Start() // before the token's first fetch, which reads Redis
+	}
 	if a.tokens != nil {
 		a.wg.Add(1)
 		go func() {
@@ -364,6 +410,9 @@ func (a *App) Close() {
 	a.wg.Wait()
 	if a.tokens != nil {
 		a.tokens.Close()
+	}
+	if a.fleet != nil {
+		a.fleet.Close()
 	}
 	a.base.CloseIdleConnections()
 }
@@ -440,18 +489,34 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		Mode             string  `json:"mode"`
 		Held             bool    `json:"held"`
 		ExpiresInSeconds float64 `json:"expires_in_seconds,omitempty"`
-		LastError        string  `json:"last_error,omitempty"`
+		// From is where the held token came from: "dingtalk" (fetched here)
+		// or "redis" (another proxy of the fleet fetched it).
+		From      string `json:"from,omitempty"`
+		LastError string `json:"last_error,omitempty"`
+	}
+	type fleetState struct {
+		Mode    string `json:"mode"` // "alone" or "shared"
+		RedisUp *bool  `json:"redis_up,omitempty"`
 	}
 	out := struct {
 		Ready bool       `json:"ready"`
 		Token tokenState `json:"token"`
-	}{Ready: a.ready.Load(), Token: tokenState{Mode: "pass-through"}}
+		Fleet fleetState `json:"fleet"`
+	}{Ready: a.ready.Load(), Token: tokenState{Mode: "pass-through"}, Fleet: fleetState{Mode: "alone"}}
 	if a.tokens != nil {
 		st := a.tokens.State()
 		out.Token = tokenState{Mode: "injecting", Held: st.Held, LastError: st.LastError}
 		if st.Held {
 			out.Token.ExpiresInSeconds = time.Until(st.ExpiresAt).Truncate(time.Second).Seconds()
+			out.Token.From = "dingtalk"
+			if a.fleet != nil && a.fleet.TokenFromRedis() {
+				out.Token.From = "redis"
+			}
 		}
+	}
+	if a.fleet != nil {
+		up := a.fleet.Up()
+		out.Fleet = fleetState{Mode: "shared", RedisUp: &up}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if !out.Ready {

@@ -44,7 +44,11 @@ func (a *App) Apply(cfg *config.Config) error {
 
 	a.retry.SetPolicy(RetryPolicy(&next))
 	a.retry.Budget.Set(next.Retry.Budget.Ratio, next.Retry.Budget.MinPerSecond)
-	a.pacer.Update(PacingSettings(&next))
+	if a.fleetPacer != nil {
+		a.fleetPacer.Update(PacingSettings(&next)) // the local pacer's too
+	} else {
+		a.pacer.Update(PacingSettings(&next))
+	}
 	a.breakers.Update(BreakerSettings(&next), routePaths(&next))
 	a.proxy.SetPolicy(ProxyPolicy(&next))
 	a.level.SetLevel(level)

@@ -72,6 +72,12 @@ var errFailure = errors.New("breaker: failed call")
 // State names a breaker state for metrics: 0 closed, 1 half-open, 2 open.
 type State = gobreaker.State
 
+// StateOpen is the open state.
+const StateOpen = gobreaker.StateOpen
+
+// Settings returns the settings in force.
+func (s *Set) Settings() Settings { return *s.settings.Load() }
+
 // Set holds the breakers. It is safe for concurrent use.
 type Set struct {
 	log      *zap.Logger
@@ -79,6 +85,9 @@ type Set struct {
 	// OnStateChange, if set before use, is told of every transition. It runs
 	// under the breaker's lock: it must be quick and not call back into Set.
 	OnStateChange func(route string, from, to State)
+	// OnBan, if set before use, is told of every IP ban met here (not of
+	// the fleet's, applied with BanUntil), to share it.
+	OnBan func(d time.Duration)
 
 	mu         sync.RWMutex
 	routes     map[string]*entry
@@ -96,6 +105,9 @@ type entry struct {
 	opened atomic.Int64
 	// last counts seen when a call failed, for the transition log.
 	lastCounts atomic.Pointer[gobreaker.Counts]
+	// remoteUntil (unix nanoseconds) holds the route open until then: its
+	// breaker opened on another proxy of the fleet.
+	remoteUntil atomic.Int64
 }
 
 // NewSet returns a Set with a breaker for each configured route.
@@ -237,6 +249,11 @@ func (s *Set) Allow(route string) (done func(Verdict), err error) {
 	} else {
 		e = s.entry(route)
 	}
+	if until := e.remoteUntil.Load(); until != 0 {
+		if left := time.Until(time.Unix(0, until)); left > 0 {
+			return nil, &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
+		}
+	}
 	d, err := e.cb.Allow()
 	if err != nil {
 		// Half-open with all probes out: the answer comes within a call.
@@ -266,16 +283,44 @@ func atLeastSecond(d time.Duration) time.Duration {
 }
 
 // Ban opens the proxy-wide breaker for d: DingTalk banned the egress IP.
-// A longer ban already in force is kept.
+// A longer ban already in force is kept. OnBan hears of it.
 func (s *Set) Ban(d time.Duration) {
-	until := time.Now().Add(d).UnixNano()
+	if s.banUntilTime(time.Now().Add(d)) && s.OnBan != nil {
+		s.OnBan(d)
+	}
+}
+
+// BanUntil opens the proxy-wide breaker until until: another proxy of the
+// fleet met DingTalk's IP ban.
+func (s *Set) BanUntil(until time.Time) { s.banUntilTime(until) }
+
+func (s *Set) banUntilTime(t time.Time) bool {
+	until := t.UnixNano()
 	for {
 		cur := s.banUntil.Load()
 		if cur >= until {
-			return
+			return false
 		}
 		if s.banUntil.CompareAndSwap(cur, until) {
-			s.log.Warn("egress IP banned by DingTalk: every route is open", zap.Duration("for", d))
+			s.log.Warn("egress IP banned by DingTalk: every route is open", zap.Duration("for", time.Until(t).Round(time.Second)))
+			return true
+		}
+	}
+}
+
+// OpenRemote holds route open until until: its breaker opened on another
+// proxy of the fleet. A route this proxy has no breaker for, and cannot
+// make one for (past max_routes), is left alone: the overflow breaker is
+// not opened for a route it only may hold.
+func (s *Set) OpenRemote(route string, until time.Time) {
+	e := s.entry(route)
+	if e.route != route {
+		return
+	}
+	n := until.UnixNano()
+	for {
+		cur := e.remoteUntil.Load()
+		if cur >= n || e.remoteUntil.CompareAndSwap(cur, n) {
 			return
 		}
 	}

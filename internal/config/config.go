@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/url"
 	"time"
 )
 
@@ -46,6 +47,8 @@ type Config struct {
 	Routes []Route `mapstructure:"routes"`
 	// Log configures logging.
 	Log Log `mapstructure:"log"`
+	// Fleet shares state with the other proxies of the app through Redis.
+	Fleet Fleet `mapstructure:"fleet"`
 }
 
 // Server is the proxy listener's limits on its clients. Every answer to a
@@ -228,6 +231,45 @@ type Fallback struct {
 	Stale time.Duration `mapstructure:"stale"`
 }
 
+// Fleet configures the shared mode: every proxy of one app (replicas of a
+// Deployment, other services) shares the token, pacing, penalties, breaker
+// openings and an IP ban through Redis. Empty RedisURL: each proxy alone.
+type Fleet struct {
+	// RedisURL is redis://[user:password@]host:port/db, or rediss:// for
+	// TLS (DINGPROXY_FLEET_REDIS_URL). Its password never prints.
+	RedisURL RedisURL `mapstructure:"redis_url" reload:"restart"`
+	// KeyPrefix starts every key: <prefix>:<app key>:... Default dingproxy.
+	KeyPrefix string `mapstructure:"key_prefix" reload:"restart"`
+	// Timeout bounds every Redis operation; past it the proxy carries on
+	// alone. Default 50ms; must be > 0 and at most 5s.
+	Timeout time.Duration `mapstructure:"timeout" reload:"restart"`
+}
+
+// RedisURL is a Redis URL that prints with its password replaced.
+type RedisURL string
+
+// String is the URL with any password replaced by "xxxxx"; a URL that does
+// not parse prints as REDACTED (it might hold a password anywhere).
+func (r RedisURL) String() string {
+	if r == "" {
+		return ""
+	}
+	u, err := url.Parse(string(r))
+	if err != nil {
+		return Redacted
+	}
+	return u.Redacted()
+}
+
+// GoString keeps %#v from printing the password.
+func (r RedisURL) GoString() string { return r.String() }
+
+// MarshalText keeps encoders from printing the password.
+func (r RedisURL) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// Reveal returns the URL itself, for the one place that connects with it.
+func (r RedisURL) Reveal() string { return string(r) }
+
 // Log configures zap.
 type Log struct {
 	// Level is debug, info, warn or error. Default info.
@@ -297,6 +339,7 @@ func Default() Config {
 			Idempotent: &f,
 			Fallback:   &Fallback{Status: 200, Body: `{"errcode":-1,"errmsg":"queued later"}`},
 		}},
-		Log: Log{Level: "info", Format: "json"},
+		Log:   Log{Level: "info", Format: "json"},
+		Fleet: Fleet{KeyPrefix: "dingproxy", Timeout: 50 * time.Millisecond},
 	}
 }

@@ -47,6 +47,7 @@ func TestKeys(t *testing.T) {
 		"breaker.open_timeout", "breaker.half_open_requests", "breaker.max_routes",
 		"routes",
 		"log.level", "log.format",
+		"fleet.redis_url", "fleet.key_prefix", "fleet.timeout",
 	}
 	var got []string
 	for _, l := range leaves() {
@@ -104,7 +105,8 @@ func TestLoadValid(t *testing.T) {
 			}},
 			{Path: "/topapi/v2/department/listsub", Fallback: &Fallback{Stale: 10 * time.Minute}},
 		},
-		Log: Log{Level: "debug", Format: "console"},
+		Log:   Log{Level: "debug", Format: "console"},
+		Fleet: Fleet{RedisURL: "redis://redis.fleet:6379/2", KeyPrefix: "dp", Timeout: 80 * time.Millisecond},
 	}
 	got, err := Load("testdata/valid.yaml")
 	if err != nil {
@@ -377,6 +379,8 @@ func sampleEnv(t *testing.T) (Config, map[string]string) {
 		"token.placeholder": "USE-PROXY-TOKEN",
 		"log.level":         "debug",
 		"log.format":        "console",
+		"fleet.redis_url":   "redis://:pw@127.0.0.1:6379/1",
+		"fleet.key_prefix":  "dp-env",
 	}
 	const routesYAML = `
 - path: /v1.0/robot/oToMessages/batchSend

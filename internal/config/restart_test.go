@@ -19,6 +19,7 @@ var restartKeys = []string{
 	"app.key", "app.secret", "app.secret_file",
 	"token.refresh_before", "token.endpoint",
 	"log.format",
+	"fleet.redis_url", "fleet.key_prefix", "fleet.timeout",
 }
 
 // changed returns a copy of c with the leaf l set to another value.

@@ -165,6 +165,7 @@ func (c *Config) validate() []*FieldError {
 	default:
 		v.add("log.format", `must be "json" or "console", got %q`, c.Log.Format)
 	}
+	v.fleet(c.Fleet)
 	return v.errs
 }
 
@@ -270,4 +271,31 @@ func placeholderOK(p string) bool {
 		}
 	}
 	return true
+}
+
+// fleet checks the fleet keys. Its messages never hold the URL's password.
+func (v *validator) fleet(f Fleet) {
+	if f.RedisURL != "" {
+		u, err := url.Parse(f.RedisURL.Reveal())
+		switch {
+		case err != nil:
+			v.add("fleet.redis_url", "must be a redis:// or rediss:// URL: it does not parse")
+		case u.Scheme != "redis" && u.Scheme != "rediss":
+			v.add("fleet.redis_url", "must be a redis:// or rediss:// URL, got scheme %q", u.Scheme)
+		case u.Host == "":
+			v.add("fleet.redis_url", "must name a host, got %s", f.RedisURL)
+		default:
+			if db := strings.Trim(u.Path, "/"); db != "" {
+				if n, err := strconv.Atoi(db); err != nil || n < 0 {
+					v.add("fleet.redis_url", "must end in a database number (/0), got %s", f.RedisURL)
+				}
+			}
+		}
+	}
+	if p := f.KeyPrefix; p == "" || len(p) > 64 || strings.ContainsAny(p, " \t\r\n:{}") {
+		v.add("fleet.key_prefix", "must be 1 to 64 bytes without spaces, colons or braces, got %q", p)
+	}
+	if v.positive("fleet.timeout", f.Timeout) && f.Timeout > 5*time.Second {
+		v.add("fleet.timeout", "must be at most 5s, got %s", f.Timeout)
+	}
 }

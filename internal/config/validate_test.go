@@ -122,6 +122,15 @@ func TestValidate(t *testing.T) {
 		{"log level", func(c *Config) { c.Log.Level = "verbose" }, `log.level: must be "debug", "info", "warn" or "error", got "verbose"`},
 		{"log format", func(c *Config) { c.Log.Format = "text" }, `log.format: must be "json" or "console", got "text"`},
 
+		{"fleet redis", func(c *Config) { c.Fleet.RedisURL = "rediss://user:s3cret@redis:6380/3" }, ""},
+		{"fleet scheme", func(c *Config) { c.Fleet.RedisURL = "http://:s3cret@redis:6379" }, `fleet.redis_url: must be a redis:// or rediss:// URL, got scheme "http"`},
+		{"fleet unparsable", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:port/0" }, `fleet.redis_url: must be a redis:// or rediss:// URL: it does not parse`},
+		{"fleet no host", func(c *Config) { c.Fleet.RedisURL = "redis:///0" }, `fleet.redis_url: must name a host, got redis:///0`},
+		{"fleet db", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:6379/x" }, `fleet.redis_url: must end in a database number (/0), got redis://:xxxxx@redis:6379/x`},
+		{"fleet prefix", func(c *Config) { c.Fleet.KeyPrefix = "a:b" }, `fleet.key_prefix: must be 1 to 64 bytes without spaces, colons or braces, got "a:b"`},
+		{"fleet timeout", func(c *Config) { c.Fleet.Timeout = 0 }, `fleet.timeout: must be > 0, got 0s`},
+		{"fleet timeout long", func(c *Config) { c.Fleet.Timeout = time.Minute }, `fleet.timeout: must be at most 5s, got 1m0s`},
+
 		{"all at once, in struct order", func(c *Config) {
 			c.Log.Format = "text"
 			c.Retry.Budget.Ratio = 2

@@ -68,6 +68,9 @@ type Metrics struct {
 	Reloads           *prometheus.CounterVec // result
 	ReloadSuccessful  prometheus.Gauge
 	ReloadSuccessTime prometheus.Gauge
+	// FleetRedisUp and FleetErrors exist in shared mode only (EnableFleet).
+	FleetRedisUp prometheus.Gauge
+	FleetErrors  *prometheus.CounterVec // op
 }
 
 // Latency buckets: DingTalk answers in tens of milliseconds, retries and
@@ -249,3 +252,22 @@ var codes = func() (t [500]string) {
 	}
 	return t
 }()
+
+// EnableFleet registers the shared mode's metrics, with a series for each
+// of ops: dingproxy_fleet_redis_up (1 while Redis answers) and
+// dingproxy_fleet_errors_total{op}. Alone, they are not exported at all (a
+// 0 there would read as a Redis outage).
+func (m *Metrics) EnableFleet(ops []string) {
+	m.FleetRedisUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "fleet_redis_up",
+		Help: "1 while the fleet's Redis answers (shared mode), 0 while each proxy carries on alone.",
+	})
+	m.FleetErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "fleet_errors_total",
+		Help: "Failed or timed-out Redis operations of the fleet, by operation.",
+	}, []string{"op"})
+	m.Registry.MustRegister(m.FleetRedisUp, m.FleetErrors)
+	for _, op := range ops {
+		m.FleetErrors.WithLabelValues(op)
+	}
+}

@@ -36,6 +36,18 @@ const (
 	rebookStep = 1.05
 )
 
+// Shape is the learning's constants, for a shared pacer that runs the same
+// curve elsewhere (the fleet's Redis script).
+type Shape struct {
+	Beta, Floor, Margin, K, C, Hold float64
+	MinMeasured                     int
+	Penalty                         time.Duration
+}
+
+// TheShape is the curve this package runs.
+var TheShape = Shape{Beta: beta, Floor: floorRate, Margin: margin, K: cubicK, C: cubicC, Hold: hold,
+	MinMeasured: minMeasured, Penalty: penalty}
+
 // climb is the rate t seconds after a penalty's end on a path whose
 // ceiling estimate is ceiling: β·ceiling at 0, up a concave curve to
 // hold·ceiling at cubicK, then a slow convex probe past it. At the ceiling
@@ -71,7 +83,7 @@ func (p *Pacer) Answered(name string, r dingtalk.Result) {
 	case dingtalk.ReasonMinuteLimit:
 		p.MinuteLimited(name)
 	case dingtalk.ReasonRobotThrottled:
-		p.block(name, time.Now().Add(dingtalk.RobotBlock*time.Second))
+		p.Block(name, time.Now().Add(dingtalk.RobotBlock*time.Second))
 	}
 }
 
@@ -243,14 +255,26 @@ func (p *Pacer) MinuteLimited(name string) {
 	p.blockLocked(e, now.Truncate(time.Minute).Add(time.Minute), now)
 }
 
-// block stops every call on name until until (a robot's 10 minutes).
-func (p *Pacer) block(name string, until time.Time) {
+// Block stops every call on name until until: a robot's 10 minutes, or a
+// penalty another proxy of the fleet met. Calls waiting on name book again
+// after it.
+func (p *Pacer) Block(name string, until time.Time) {
 	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if e := p.getLocked(name, now); e != nil && until.After(e.blockedUntil) {
 		p.blockLocked(e, until, now)
 	}
+}
+
+// BlockedUntil is when name's penalty or block ends (zero or past: none).
+func (p *Pacer) BlockedUntil(name string) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.peekLocked(name); e != nil {
+		return e.blockedUntil
+	}
+	return time.Time{}
 }
 
 // blockLocked blocks e until until and has its waiting calls book again.

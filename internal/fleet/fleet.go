@@ -1,0 +1,301 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Options configure a Fleet.
+type Options struct {
+	// URL is the Redis URL (redis:// or rediss://).
+	URL string
+	// KeyPrefix and AppKey start every key: <prefix>:<app key>:...
+	KeyPrefix, AppKey string
+	// AppSecret keys the token's encryption (HKDF). Empty: pass-through
+	// mode, no token is shared.
+	AppSecret string
+	// Timeout bounds every Redis operation. Default 50ms.
+	Timeout time.Duration
+	// ProbeEvery is how often a proxy whose Redis is down tries it again.
+	// Default 1s.
+	ProbeEvery time.Duration
+	// Logger gets the transitions between shared and alone (once each).
+	Logger *zap.Logger
+	// OnUp, if set, is told whether Redis answers: at start and at each
+	// change (the dingproxy_fleet_redis_up gauge).
+	OnUp func(up bool)
+	// OnError, if set, is told of every failed Redis operation by its name
+	// (dingproxy_fleet_errors_total{op}).
+	OnError func(op string)
+}
+
+// Operation names, the values of dingproxy_fleet_errors_total's op label.
+const (
+	OpPing            = "ping"
+	OpTokenRead       = "token_read"
+	OpTokenLock       = "token_lock"
+	OpTokenStore      = "token_store"
+	OpTokenInvalidate = "token_invalidate"
+	OpPace            = "pace"
+	OpPenalty         = "penalty"
+	OpPublish         = "publish"
+	OpSubscribe       = "subscribe"
+	OpSync            = "sync"
+)
+
+// Ops lists every operation name, for metrics to pre-create their series.
+var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpSync}
+
+// ErrDown says Redis is down (or was, until the next probe): the caller
+// carries on alone.
+var ErrDown = errors.New("fleet: redis down")
+
+// Fleet is one proxy's link to the others through Redis. It is safe for
+// concurrent use. Every method degrades to "alone" (an error the caller
+// treats as such) when Redis is slow or gone; none waits longer than the
+// timeout.
+type Fleet struct {
+	rdb     *redis.Client
+	opts    Options
+	prefix  string // <prefix>:<app key>:
+	log     *zap.Logger
+	timeout time.Duration
+
+	up      atomic.Bool
+	upMu    sync.Mutex // orders the transitions' logs and OnUp calls
+	upKnown bool
+
+	sealer *sealer // nil in pass-through mode
+
+	// token sharing (token.go)
+	tokMu      sync.Mutex
+	tokStored  string // the stored (sealed) value of the token in use, for compare-and-delete
+	tokUsed    string // the token that value holds
+	tokDropped string // the token this proxy last invalidated
+	fromRedis  atomic.Bool
+
+	// breaker and ban sharing (events.go)
+	events *events
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New connects lazily: it returns at once, and the first operations find
+// out whether Redis answers.
+func New(o Options) (*Fleet, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 50 * time.Millisecond
+	}
+	if o.ProbeEvery <= 0 {
+		o.ProbeEvery = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	ro, err := redis.ParseURL(o.URL)
+	if err != nil {
+		// go-redis's errors may quote the URL: say only what is wrong.
+		return nil, errors.New("fleet: fleet.redis_url does not parse as a redis:// or rediss:// URL")
+	}
+	ro.DialTimeout = o.Timeout
+	ro.ReadTimeout = o.Timeout
+	ro.WriteTimeout = o.Timeout
+	ro.PoolTimeout = o.Timeout
+	ro.ContextTimeoutEnabled = true
+	ro.MaxRetries = -1 // no retries inside go-redis: one try, bounded
+	ro.DisableIdentity = true
+	ro.PoolSize = 32
+	ro.MinIdleConns = 2
+	f := &Fleet{
+		rdb:     redis.NewClient(ro),
+		opts:    o,
+		prefix:  o.KeyPrefix + ":" + o.AppKey + ":",
+		log:     o.Logger,
+		timeout: o.Timeout,
+		stop:    make(chan struct{}),
+	}
+	if o.AppSecret != "" {
+		if f.sealer, err = newSealer(o.AppSecret, o.AppKey); err != nil {
+			return nil, err
+		}
+	}
+	f.events = newEvents(f)
+	return f, nil
+}
+
+// Start checks Redis once, then keeps probing it while it is down and
+// listens for the other proxies' breaker openings and bans.
+func (f *Fleet) Start() {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	err := f.rdb.Ping(ctx).Err()
+	cancel()
+	f.setUp(err == nil, err)
+	if err != nil {
+		f.failed(OpPing)
+	}
+	f.wg.Add(2)
+	go f.probe()
+	go f.events.run()
+}
+
+// Close stops the background work and closes the connections.
+func (f *Fleet) Close() {
+	select {
+	case <-f.stop:
+		return
+	default:
+	}
+	close(f.stop)
+	f.events.close()
+	f.wg.Wait()
+	_ = f.rdb.Close()
+}
+
+// Up says whether Redis answered the last operation: shared mode.
+func (f *Fleet) Up() bool { return f.up.Load() }
+
+// key is prefix + the parts joined by colons.
+func (f *Fleet) key(parts ...string) string {
+	k := f.prefix
+	for i, p := range parts {
+		if i > 0 {
+			k += ":"
+		}
+		k += p
+	}
+	return k
+}
+
+// Digest names a route or robot in a key: routes hold braces and other
+// bytes that Redis Cluster and tools read specially.
+func Digest(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:8])
+}
+
+// do runs one Redis operation bounded by the timeout, while Redis is up.
+// A failure (not redis.Nil) counts under op and marks Redis down; the probe
+// brings it back.
+func (f *Fleet) do(ctx context.Context, op string, fn func(ctx context.Context) error) error {
+	if !f.up.Load() {
+		return ErrDown
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	err := fn(ctx)
+	if err == nil || errors.Is(err, redis.Nil) {
+		return err
+	}
+	f.failed(op)
+	if isDown(err) {
+		f.setUp(false, err)
+	}
+	return fmt.Errorf("fleet: %s: %w", op, err)
+}
+
+// isDown tells a Redis that cannot be reached or is too slow (the proxy
+// goes alone) from an error in a reply (a script bug, a wrong type), which
+// fails only that operation.
+func isDown(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) && !errors.Is(err, context.DeadlineExceeded) {
+		// A reply from the server: it is up. LOADING and similar mean it
+		// cannot serve yet.
+		msg := re.Error()
+		return len(msg) >= 7 && (msg[:7] == "LOADING" || msg[:7] == "MASTERD" || msg[:7] == "READONL")
+	}
+	return true
+}
+
+func (f *Fleet) failed(op string) {
+	if f.opts.OnError != nil {
+		f.opts.OnError(op)
+	}
+}
+
+// setUp records whether Redis answers, logging each change once.
+func (f *Fleet) setUp(up bool, err error) {
+	f.upMu.Lock()
+	defer f.upMu.Unlock()
+	was := f.up.Load()
+	if f.upKnown && was == up {
+		return
+	}
+	first := !f.upKnown
+	f.upKnown = true
+	f.up.Store(up)
+	if f.opts.OnUp != nil {
+		f.opts.OnUp(up)
+	}
+	switch {
+	case up && first:
+		f.log.Info("fleet: sharing through Redis")
+	case up:
+		f.log.Info("fleet: Redis answers again: sharing again")
+		f.events.resync()
+	default:
+		f.log.Warn("fleet: Redis unreachable or slow: carrying on alone until it answers", zap.String("error", redactErr(err)))
+	}
+}
+
+// redactErr is err's text without anything that could hold the URL's
+// password: go-redis errors name the address, never the password, but a
+// dial error may carry the host; keep the kind only.
+func redactErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.As(err, &ne):
+		return "network error"
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		return "redis error"
+	}
+	return "error"
+}
+
+// probe pings Redis while it is down, until it answers again.
+func (f *Fleet) probe() {
+	defer f.wg.Done()
+	t := time.NewTicker(f.opts.ProbeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-t.C:
+		}
+		if f.up.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+		err := f.rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			f.setUp(true, nil)
+		} else {
+			f.failed(OpPing)
+		}
+	}
+}

@@ -1,0 +1,239 @@
+package fleet
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/token"
+)
+
+// The shared token: one fetch per lifetime for the whole fleet. The token
+// is kept under <prefix>:<app>:token, sealed with AES-GCM under a key
+// derived from the app secret (HKDF-SHA256) with the app key as associated
+// data, so Redis alone does not reveal it. The proxy that finds it missing
+// or due for refresh takes <prefix>:<app>:token:lock (SET NX with expiry)
+// and fetches; the others wait for it and read the new one. A lock holder
+// that dies frees the lock when it expires; a Redis that is gone makes each
+// proxy fetch its own.
+
+// hkdfInfo names what the derived key is for (and its version).
+const hkdfInfo = "dingproxy fleet token v1"
+
+type sealer struct {
+	aead cipher.AEAD
+	ad   []byte
+}
+
+func newSealer(secret, appKey string) (*sealer, error) {
+	key, err := hkdf.Key(sha256.New, []byte(secret), nil, hkdfInfo, 32)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: derive the token key: %w", err)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: token cipher: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: token cipher: %w", err)
+	}
+	return &sealer{aead: aead, ad: []byte(appKey)}, nil
+}
+
+// seal returns base64(nonce | AES-GCM(fetched and expiry in unix ms |
+// token)).
+func (s *sealer) seal(tok string, fetched, expires time.Time) string {
+	plain := make([]byte, 16, 16+len(tok))
+	binary.BigEndian.PutUint64(plain, uint64(fetched.UnixMilli()))
+	binary.BigEndian.PutUint64(plain[8:], uint64(expires.UnixMilli()))
+	plain = append(plain, tok...)
+	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plain)+s.aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return base64.RawStdEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, s.ad))
+}
+
+var errSealed = errors.New("fleet: the shared token does not open (another app secret?)")
+
+func (s *sealer) open(v string) (tok string, fetched, expires time.Time, err error) {
+	b, err := base64.RawStdEncoding.DecodeString(v)
+	n := s.aead.NonceSize()
+	if err != nil || len(b) < n+s.aead.Overhead()+16 {
+		return "", time.Time{}, time.Time{}, errSealed
+	}
+	plain, err := s.aead.Open(nil, b[:n], b[n:], s.ad)
+	if err != nil || len(plain) <= 16 {
+		return "", time.Time{}, time.Time{}, errSealed
+	}
+	fetched = time.UnixMilli(int64(binary.BigEndian.Uint64(plain[:8])))
+	expires = time.UnixMilli(int64(binary.BigEndian.Uint64(plain[8:16])))
+	return string(plain[16:]), fetched, expires, nil
+}
+
+// due says whether a token fetched then and expiring then is due for
+// refresh: refreshBefore ahead of its expiry, or at half its lifetime when
+// that is shorter (as token.Source schedules it).
+func due(now, fetched, expires time.Time, refreshBefore time.Duration) bool {
+	before := refreshBefore
+	if life := expires.Sub(fetched); before >= life {
+		before = life / 2
+	}
+	return !now.Before(expires.Add(-before))
+}
+
+// casDelete deletes KEYS[1] only while it holds ARGV[1].
+var casDelete = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
+// lockTTL is how long a fetching proxy holds the lock at most: a fetch's
+// timeout and a second; then another proxy may fetch.
+func lockTTL(fetchTimeout time.Duration) time.Duration { return fetchTimeout + time.Second }
+
+// TokenFetcher wraps inner, DingTalk's fetch, so that the fleet fetches
+// once: it returns the shared token while it has more than refreshBefore
+// to live, fetches (and shares) a new one under the lock when none does, and
+// waits for the proxy that holds the lock otherwise. With Redis down, or
+// in pass-through mode, it is inner.
+func (f *Fleet) TokenFetcher(inner token.Fetcher, refreshBefore, fetchTimeout time.Duration) token.Fetcher {
+	if f.sealer == nil {
+		return inner
+	}
+	lockKey, tokKey := f.key("token", "lock"), f.key("token")
+	return func(ctx context.Context) (string, time.Duration, error) {
+		for {
+			if !f.Up() {
+				return f.alone(ctx, inner)
+			}
+			var stored string
+			err := f.do(ctx, OpTokenRead, func(ctx context.Context) (err error) {
+				stored, err = f.rdb.Get(ctx, tokKey).Result()
+				return err
+			})
+			switch {
+			case err == nil:
+				tok, fetched, exp, oerr := f.sealer.open(stored)
+				now := time.Now()
+				if oerr != nil {
+					f.log.Warn("fleet: the shared token does not open with this app's secret: fetching a new one")
+				} else if left := exp.Sub(now); !due(now, fetched, exp, refreshBefore) && tok != f.invalidated() {
+					f.remember(tok, stored)
+					f.fromRedis.Store(true)
+					return tok, left, nil
+				}
+			case !errors.Is(err, redis.Nil):
+				return f.alone(ctx, inner)
+			}
+			// Missing, due or unreadable: the proxy that takes the lock fetches.
+			var got bool
+			id := lockID()
+			err = f.do(ctx, OpTokenLock, func(ctx context.Context) (err error) {
+				got, err = f.rdb.SetNX(ctx, lockKey, id, lockTTL(fetchTimeout)).Result()
+				return err
+			})
+			if err != nil {
+				return f.alone(ctx, inner)
+			}
+			if got {
+				return f.fetchShared(ctx, inner, tokKey, lockKey, id)
+			}
+			// Another proxy fetches: read again shortly.
+			t := time.NewTimer(25 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return "", 0, ctx.Err()
+			}
+		}
+	}
+}
+
+// alone fetches for this proxy only, as without a fleet.
+func (f *Fleet) alone(ctx context.Context, inner token.Fetcher) (string, time.Duration, error) {
+	f.fromRedis.Store(false)
+	f.remember("", "")
+	return inner(ctx)
+}
+
+// fetchShared fetches under the lock and shares the result.
+func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id string) (string, time.Duration, error) {
+	tok, ttl, err := inner(ctx)
+	if err == nil && tok != "" {
+		now := time.Now()
+		v := f.sealer.seal(tok, now, now.Add(ttl))
+		if serr := f.do(context.WithoutCancel(ctx), OpTokenStore, func(ctx context.Context) error {
+			return f.rdb.Set(ctx, tokKey, v, ttl).Err()
+		}); serr == nil {
+			f.remember(tok, v)
+		} else {
+			f.remember("", "")
+			f.log.Debug("fleet: could not share the new token", zap.String("error", redactErr(serr)))
+		}
+	}
+	f.fromRedis.Store(false)
+	_ = f.do(context.WithoutCancel(ctx), OpTokenLock, func(ctx context.Context) error {
+		return casDelete.Run(ctx, f.rdb, []string{lockKey}, id).Err()
+	})
+	return tok, ttl, err
+}
+
+// remember keeps the token in use and its stored value, for
+// compare-and-delete on invalidation.
+func (f *Fleet) remember(tok, stored string) {
+	f.tokMu.Lock()
+	f.tokUsed, f.tokStored = tok, stored
+	f.tokMu.Unlock()
+}
+
+// invalidated is the token this proxy last dropped, never to be taken from
+// Redis again (a stale copy must not come back).
+func (f *Fleet) invalidated() string {
+	f.tokMu.Lock()
+	defer f.tokMu.Unlock()
+	return f.tokDropped
+}
+
+// InvalidateToken drops tok from Redis if it is still the shared token
+// (compare-and-delete), so that a burst of 40014s across the fleet causes
+// one refetch. Call it once the local Source dropped tok.
+func (f *Fleet) InvalidateToken(tok string) {
+	f.tokMu.Lock()
+	f.tokDropped = tok
+	stored := ""
+	if f.tokUsed == tok {
+		stored = f.tokStored
+	}
+	f.tokMu.Unlock()
+	if stored == "" || f.sealer == nil {
+		return
+	}
+	_ = f.do(context.Background(), OpTokenInvalidate, func(ctx context.Context) error {
+		return casDelete.Run(ctx, f.rdb, []string{f.key("token")}, stored).Err()
+	})
+}
+
+// TokenFromRedis says whether the token in use came from the fleet (another
+// proxy fetched it), for /readyz.
+func (f *Fleet) TokenFromRedis() bool { return f.fromRedis.Load() }
+
+func lockID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
