@@ -467,6 +467,9 @@ func (a *App) Config() *config.Config { return a.cfg.Load() }
 // Breakers is the set of circuit breakers.
 func (a *App) Breakers() *breaker.Set { return a.breakers }
 
+// Fleet is the link to the other proxies of the app, nil alone.
+func (a *App) Fleet() *fleet.Fleet { return a.fleet }
+
 // Tokens is the shared token source, nil in pass-through mode.
 func (a *App) Tokens() *token.Source { return a.tokens }
 

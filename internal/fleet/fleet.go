@@ -87,8 +87,34 @@ type Fleet struct {
 	// breaker and ban sharing (events.go)
 	events *events
 
+	// roundTrips counts the commands and pipelines sent to Redis.
+	roundTrips atomic.Uint64
+
 	stop chan struct{}
 	wg   sync.WaitGroup
+}
+
+// RoundTrips is how many round trips to Redis this proxy made (a command or
+// a pipeline each; a script's NOSCRIPT fallback counts twice).
+func (f *Fleet) RoundTrips() uint64 { return f.roundTrips.Load() }
+
+// countHook counts round trips.
+type countHook struct{ n *atomic.Uint64 }
+
+func (h countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
 }
 
 // New connects lazily: it returns at once, and the first operations find
@@ -130,6 +156,7 @@ func New(o Options) (*Fleet, error) {
 			return nil, err
 		}
 	}
+	f.rdb.AddHook(countHook{&f.roundTrips})
 	f.events = newEvents(f)
 	return f, nil
 }

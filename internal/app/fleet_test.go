@@ -1,0 +1,291 @@
+package app_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/proxy"
+	"github.com/dingproxy/dingproxy/internal/redistest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+)
+
+// The fleet's end-to-end tests: N whole proxies of one app on one fake
+// DingTalk, sharing through a real redis-server.
+
+// shared puts a stack in the fleet on url. The Redis timeout is generous:
+// -race on 2 busy cores is slow, and these tests are not about timeouts.
+func shared(url string) stackOpt {
+	return func(c *config.Config) {
+		c.Fleet.RedisURL = config.RedisURL(url)
+		c.Fleet.Timeout = 500 * time.Millisecond
+	}
+}
+
+func fleetOf(t *testing.T, n int, fake *dingtalktest.Server, url string, opts ...stackOpt) []*stack {
+	t.Helper()
+	var out []*stack
+	for range n {
+		out = append(out, newStackOn(t, fake, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), nil, append([]stackOpt{shared(url)}, opts...)...))
+	}
+	return out
+}
+
+func readyzFleet(t *testing.T, s *stack) (from string, up bool) {
+	t.Helper()
+	rec := httpGet(t, s.app.AdminHandler(), "/readyz")
+	var v struct {
+		Token struct{ From string }
+		Fleet struct {
+			Mode    string
+			RedisUp *bool `json:"redis_up"`
+		}
+	}
+	if err := json.Unmarshal(rec, &v); err != nil {
+		t.Fatalf("readyz: %v: %s", err, rec)
+	}
+	if v.Fleet.Mode != "shared" || v.Fleet.RedisUp == nil {
+		t.Fatalf("readyz fleet = %+v, want shared with redis_up", v.Fleet)
+	}
+	return v.Token.From, *v.Fleet.RedisUp
+}
+
+func httpGet(t *testing.T, h http.Handler, path string) []byte {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec.Body.Bytes()
+}
+
+// Four proxies fetch one token; a revocation mid-run costs the fleet one
+// refetch, and the calls succeed.
+func TestFleetTokenOnceAndOneRefetch(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 4, fake, srv.URL())
+	var ok, calls atomic.Int32
+	round := func() {
+		var wg sync.WaitGroup
+		for i, s := range fl {
+			for j := range 10 {
+				wg.Go(func() {
+					resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, fmt.Appendf(nil, `{"userid":"u%d"}`, i*10+j))
+					calls.Add(1)
+					if resp.StatusCode == 200 && errcodeOf(t, body) == 0 {
+						ok.Add(1)
+					}
+				})
+			}
+		}
+		wg.Wait()
+	}
+	round()
+	if n := fake.TokenFetches(); n != 1 {
+		t.Errorf("4 proxies x 10 calls: %d token fetches, want 1", n)
+	}
+	fromRedis := 0
+	for _, s := range fl {
+		if from, _ := readyzFleet(t, s); from == "redis" {
+			fromRedis++
+		}
+	}
+	if fromRedis != 3 {
+		t.Errorf("%d proxies' /readyz say the token came from Redis, want 3", fromRedis)
+	}
+	fake.ExpireTokens() // revoked: every proxy meets 40014 on its next call
+	round()
+	if n := fake.TokenFetches(); n != 2 {
+		t.Errorf("after a revocation: %d token fetches in all, want 2 (one refetch for the fleet)", n)
+	}
+	if got, all := ok.Load(), calls.Load(); float64(got) < 0.99*float64(all) {
+		t.Errorf("%d of %d calls succeeded, want >= 99%%", got, all)
+	}
+}
+
+// Four proxies at 10 calls/s each on one API, DingTalk allowing 20/s: the
+// fleet paces to the app's limit together, and is (almost) never throttled.
+func TestFleetSharedThrottle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3 s of load")
+	}
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fake.SetQPSLimit(20)
+	fl := fleetOf(t, 4, fake, srv.URL(), func(c *config.Config) {
+		c.Pacing.PerAPIQPS, c.Pacing.GlobalQPS = 20, 1500
+	})
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	start := time.Now()
+	for i := range 120 { // 40/s for 3 s, spread over the four
+		at := start.Add(time.Duration(i) * time.Second / 40)
+		time.Sleep(time.Until(at))
+		s := fl[i%4]
+		wg.Go(func() {
+			resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, fmt.Appendf(nil, `{"userid":"u%d"}`, i))
+			if resp.StatusCode == 200 && errcodeOf(t, body) == 0 {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	upstream := fake.Hits(dingtalktest.PathUserGet)
+	if th := fake.Throttled(); float64(th) > 0.01*float64(upstream) {
+		t.Errorf("%d of %d upstream attempts throttled, want at most 1 per 100", th, upstream)
+	}
+	if ok.Load() != 120 {
+		t.Errorf("%d of 120 calls succeeded", ok.Load())
+	}
+}
+
+// A breaker that opens on one proxy opens that route on the others: they
+// answer the fallback without calling DingTalk.
+func TestFleetBreakerOpensEverywhere(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 3, fake, srv.URL(), breakerSettings(5, time.Minute))
+	fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+	tripBreaker(t, fl[0], http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+	for i, s := range fl[1:] {
+		waitFor(t, fmt.Sprintf("proxy %d to hear of the opening", i+1), func() bool {
+			return s.app.Breakers().Route(dingtalktest.PathDeptListSub) != "" && openHere(s)
+		})
+		hits := fake.Hits(dingtalktest.PathDeptListSub)
+		resp, _ := s.do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+		if resp.Header.Get(proxy.HeaderFallback) != breaker.KindCircuitOpen || fake.Hits(dingtalktest.PathDeptListSub) != hits {
+			t.Errorf("proxy %d: %d %q, DingTalk called: want circuit-open without a call", i+1, resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+		}
+		ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if ra < 30 {
+			t.Errorf("proxy %d: Retry-After %d, want the opening's remaining minute", i+1, ra)
+		}
+	}
+}
+
+// openHere is whether s answers its next dept-list call from the breaker.
+func openHere(s *stack) bool {
+	_, err := s.app.Breakers().Allow(dingtalktest.PathDeptListSub)
+	return err != nil
+}
+
+// An IP ban that one proxy meets stops the others: none of their calls
+// reaches DingTalk during the ban.
+func TestFleetIPBanStopsEveryProxy(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 4, fake, srv.URL())
+	fake.Script(dingtalktest.PathUserGet, dingtalktest.IPBanJSON(60))
+	resp, _ := fl[0].do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"u1"}`))
+	if resp.Header.Get(proxy.HeaderFallback) != breaker.KindIPBan {
+		t.Fatalf("ban answer: %d %q", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+	}
+	for i, s := range fl[1:] {
+		waitFor(t, fmt.Sprintf("proxy %d to hear of the ban", i+1), func() bool { return s.app.Breakers().Banned() > 0 })
+	}
+	before := fake.TotalHits()
+	for i, s := range fl[1:] {
+		for _, p := range []string{dingtalktest.PathDeptList, dingtalktest.PathUserGet, dingtalktest.PathContactUsers + "u1"} {
+			resp, _ := s.do(http.MethodGet, p, nil)
+			if resp.Header.Get(proxy.HeaderFallback) != breaker.KindIPBan {
+				t.Errorf("proxy %d, %s during the ban: %d %q, want ip-ban", i+1, p, resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+			}
+		}
+	}
+	if n := fake.TotalHits() - before; n != 0 {
+		t.Errorf("%d calls from the other three reached DingTalk during the ban, want 0", n)
+	}
+}
+
+// Redis shut down mid-run (SHUTDOWN NOSAVE) and back: every call succeeds
+// (each proxy carries on alone), /readyz stays ready, and the proxies share
+// again once it is back.
+func TestFleetRedisKilledMidRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3 s of load")
+	}
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 4, fake, srv.URL(), func(c *config.Config) { c.Fleet.Timeout = 100 * time.Millisecond })
+	var wg sync.WaitGroup
+	var ok, calls atomic.Int32
+	start := time.Now()
+	var killed, back time.Time
+	for i := range 120 { // 40/s for 3 s
+		at := start.Add(time.Duration(i) * time.Second / 40)
+		time.Sleep(time.Until(at))
+		switch i {
+		case 30:
+			srv.Shutdown()
+			killed = time.Now()
+		case 70:
+			srv.Restart()
+			back = time.Now()
+		}
+		s := fl[i%4]
+		wg.Go(func() {
+			resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, fmt.Appendf(nil, `{"userid":"u%d"}`, i))
+			calls.Add(1)
+			if resp.StatusCode == 200 && errcodeOf(t, body) == 0 {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if got, all := ok.Load(), calls.Load(); float64(got) < 0.99*float64(all) {
+		t.Errorf("%d of %d calls succeeded with Redis killed mid-run, want >= 99%%", got, all)
+	}
+	_ = killed
+	for i, s := range fl {
+		waitFor(t, fmt.Sprintf("proxy %d to share again", i), func() bool { return s.app.Fleet().Up() })
+		if _, up := readyzFleet(t, s); !up {
+			t.Errorf("proxy %d: /readyz says redis_up false after Redis came back", i)
+		}
+	}
+	if d := time.Since(back); d > 5*time.Second {
+		t.Errorf("the proxies shared again %v after Redis came back, want within 5 s", d)
+	}
+	// Sharing again: the token is in Redis once more after a revocation.
+	fake.ExpireTokens()
+	resp, _ := fl[0].do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"u1"}`))
+	if resp.StatusCode != 200 {
+		t.Fatalf("call after the revocation: %d", resp.StatusCode)
+	}
+	if v, _ := srv.Do("EXISTS", "dingproxy:"+dingtalktest.DefaultAppKey+":token"); v != "1" {
+		t.Errorf("the new token was not shared after Redis came back (EXISTS = %q)", v)
+	}
+}
+
+// A call through a shared-mode proxy makes one round trip to Redis in the
+// common case: its turn.
+func TestFleetOneRoundTripPerCall(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := fleetOf(t, 1, fake, srv.URL())[0]
+	do := func() {
+		resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"u1"}`))
+		io.Discard.Write(body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	do() // warm: the scripts loaded, the token held
+	before := s.app.Fleet().RoundTrips()
+	const n = 50
+	for range n {
+		do()
+	}
+	if got := s.app.Fleet().RoundTrips() - before; got > n+2 {
+		t.Errorf("%d calls made %d round trips to Redis, want at most one each (and 2 for the background)", n, got)
+	}
+}
