@@ -260,10 +260,10 @@ log:
 // startProxy runs the binary on free ports in front of up and waits until it
 // is ready and holds a token. A port taken by someone else between freePort
 // and the binary's listen is retried with new ports.
-func startProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
+func startProxy(t *testing.T, bin string, up *fakeDingTalk, env ...string) *proxyProcess {
 	t.Helper()
 	for try := 1; ; try++ {
-		p := tryStartProxy(t, bin, up)
+		p := tryStartProxy(t, bin, up, env...)
 		if p == nil {
 			if try < 3 {
 				continue
@@ -275,7 +275,7 @@ func startProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
 }
 
 // tryStartProxy returns nil when the process could not listen.
-func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
+func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk, env ...string) *proxyProcess {
 	t.Helper()
 	listen, admin := freePort(t), freePort(t)
 	for admin == listen {
@@ -299,7 +299,7 @@ func tryStartProxy(t *testing.T, bin string, up *fakeDingTalk) *proxyProcess {
 		config:    cfg,
 	}
 	p.cmd = exec.Command(bin, "-config", path)
-	p.cmd.Env = cleanEnv()
+	p.cmd.Env = append(cleanEnv(), env...)
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -823,5 +823,41 @@ func TestBinaryLiveReload(t *testing.T) {
 	}
 	if strings.Contains(p.stderr.String(), testSecret) {
 		t.Errorf("the secret reached the logs")
+	}
+}
+
+// With fleet.redis_url naming a Redis that is not there, the proxy starts,
+// is ready, serves alone, says so once, and never shows the URL's password.
+func TestBinaryFleetRedisAbsent(t *testing.T) {
+	bin := buildBinary(t)
+	up := newFakeDingTalk(t)
+	const pw = "hunter2-fleet-pw"
+	redisURL := fmt.Sprintf("redis://:%s@127.0.0.1:%d/0", pw, freePort(t)) // nothing listens there
+	p := startProxy(t, bin, up, "DINGPROXY_FLEET_REDIS_URL="+redisURL)
+	c := testClient(t, 10*time.Second)
+	resp, err := c.Post(p.proxyURL+"/topapi/v2/user/get", "application/json", strings.NewReader(`{"userid":"u1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"errcode":0`) {
+		t.Errorf("proxied call with Redis absent: HTTP %d %s, want 200", resp.StatusCode, body)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t); code != exitOK {
+		t.Errorf("exit status = %d, want 0", code)
+	}
+	out := p.stderr.String() + p.stdout.String()
+	if strings.Contains(out, pw) {
+		t.Errorf("the output shows the Redis password:\n%s", out)
+	}
+	if n := strings.Count(out, "fleet: Redis unreachable"); n != 1 {
+		t.Errorf("%d \"Redis unreachable\" lines, want 1 (logged once):\n%s", n, out)
+	}
+	if !strings.Contains(out, `"fleet":"shared"`) {
+		t.Errorf("the start line does not say the fleet mode:\n%s", out)
 	}
 }

@@ -131,7 +131,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, log *zap.Logger
 	go func() { errc <- admin.Serve(adminLn) }()
 	a.SetReady(true)
 	log.Info("dingproxy started", zap.String("version", version), zap.String("listen", ln.Addr().String()),
-		zap.String("admin_listen", adminLn.Addr().String()), zap.Bool("injecting_tokens", a.Tokens() != nil))
+		zap.String("admin_listen", adminLn.Addr().String()), zap.Bool("injecting_tokens", a.Tokens() != nil),
+		zap.String("fleet", fleetMode(cfg)), zap.Stringer("fleet_redis", cfg.Fleet.RedisURL))
 
 	select {
 	case <-ctx.Done():
@@ -183,4 +184,12 @@ func indent(s string) string {
 		}
 	}
 	return out
+}
+
+// fleetMode names the fleet mode for the start line.
+func fleetMode(cfg *config.Config) string {
+	if cfg.Fleet.RedisURL == "" {
+		return "alone"
+	}
+	return "shared"
 }
