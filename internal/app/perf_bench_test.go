@@ -7,18 +7,22 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/app"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/redistest"
+	"go.uber.org/zap"
 )
 
 // BenchmarkProxy runs each case three ways against the same fake DingTalk on
 // loopback, in one process: straight to the fake (via=direct), through a
 // bare httputil.ReverseProxy on the same upstream transport (via=bare), and
-// through dingproxy (via=dingproxy). Compare with
+// through dingproxy (via=dingproxy), and through dingproxy in shared mode
+// with a local redis-server (via=dingproxy-shared). Compare with
 //
 //	benchstat -col /via -row .name bench/new.txt
 //
@@ -45,6 +49,17 @@ func BenchmarkProxy(b *testing.B) {
 		tok  bool // the client adds access_token itself
 	}
 	targets := []target{{"direct", s.fake.URL(), true}, {"bare", bare.URL, true}, {"dingproxy", s.proxy.URL, false}}
+	// Shared mode: a second dingproxy on the same fake, pacing through a
+	// real redis-server (one round trip a call). Without one on the PATH
+	// the row is left out (with CI=true, redistest fails instead).
+	if _, ok := redistest.Available(); ok || os.Getenv("CI") == "true" {
+		srv := redistest.Start(b)
+		sh := newStackOn(b, s.fake, zap.NewNop(), nil, shared(srv.URL()))
+		if resp, _ := sh.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != 200 {
+			b.Fatalf("shared warm-up: %d", resp.StatusCode)
+		}
+		targets = append(targets, target{"dingproxy-shared", sh.proxy.URL, false})
+	}
 	cases := []struct {
 		name   string
 		method string
