@@ -193,8 +193,17 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	if a.fleet != nil {
 		fl, set := a.fleet, a.breakers
 		set.OnBan = fl.PublishBan
+		set.OnVerdict = fl.Verdict
 		fl.OnOpen(set.OpenRemote)
 		fl.OnBan(set.BanUntil)
+		fl.OnTrip(func() fleet.BreakerRule {
+			st := set.Settings()
+			return fleet.BreakerRule{MinRequests: st.MinRequests, FailureRatio: st.FailureRatio, Window: st.Window, OpenTimeout: st.OpenTimeout}
+		}, func(route string) {
+			d := set.Settings().OpenTimeout
+			set.OpenRemote(route, time.Now().Add(d))
+			fl.PublishOpen(route, d)
+		})
 	}
 	a.initRoutes(cfg)
 	a.proxy = proxy.New(proxy.Options{

@@ -289,3 +289,29 @@ func TestFleetOneRoundTripPerCall(t *testing.T) {
 		t.Errorf("%d calls made %d round trips to Redis, want at most one each (and 2 for the background)", n, got)
 	}
 }
+
+// An outage seen a little by each proxy opens the route for the fleet once
+// the fleet's failures reach min_requests, though no proxy alone saw that
+// many.
+func TestFleetCountsFailuresTogether(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 4, fake, srv.URL(), breakerSettings(20, time.Minute), func(c *config.Config) { c.Retry.MaxAttempts = 1 })
+	fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+	for _, s := range fl {
+		for range 6 { // 24 failures in all, 6 a proxy: under min_requests each
+			resp, _ := s.do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+			if resp.Header.Get(proxy.HeaderFallback) != "" {
+				t.Fatalf("a breaker opened alone after fewer than min_requests calls")
+			}
+		}
+	}
+	for i, s := range fl {
+		waitFor(t, fmt.Sprintf("proxy %d to open the route for the fleet", i), func() bool { return openHere(s) })
+	}
+	hits := fake.Hits(dingtalktest.PathDeptListSub)
+	resp, _ := fl[3].do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+	if resp.Header.Get(proxy.HeaderFallback) != breaker.KindCircuitOpen || fake.Hits(dingtalktest.PathDeptListSub) != hits {
+		t.Errorf("after the fleet's trip: %d %q, want circuit-open without a call", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+	}
+}

@@ -85,6 +85,9 @@ type Set struct {
 	// OnStateChange, if set before use, is told of every transition. It runs
 	// under the breaker's lock: it must be quick and not call back into Set.
 	OnStateChange func(route string, from, to State)
+	// OnVerdict, if set before use, hears every call's verdict on a route
+	// (the fleet's failure count). It must be quick.
+	OnVerdict func(route string, failed bool)
 	// OnBan, if set before use, is told of every IP ban met here (not of
 	// the fleet's, applied with BanUntil), to share it.
 	OnBan func(d time.Duration)
@@ -271,6 +274,9 @@ func (s *Set) Allow(route string) (done func(Verdict), err error) {
 			d(errFailure)
 		default:
 			d(errIgnore)
+		}
+		if s.OnVerdict != nil && v != Ignore && e.route != Overflow {
+			s.OnVerdict(e.route, v == Failure)
 		}
 	}, nil
 }

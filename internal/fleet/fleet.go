@@ -51,10 +51,11 @@ const (
 	OpPublish         = "publish"
 	OpSubscribe       = "subscribe"
 	OpSync            = "sync"
+	OpVerdicts        = "verdicts"
 )
 
 // Ops lists every operation name, for metrics to pre-create their series.
-var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpSync}
+var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpSync, OpVerdicts}
 
 // ErrDown says Redis is down (or was, until the next probe): the caller
 // carries on alone.
@@ -84,8 +85,12 @@ type Fleet struct {
 	tokDropped string // the token this proxy last invalidated
 	fromRedis  atomic.Bool
 
-	// breaker and ban sharing (events.go)
-	events *events
+	// breaker and ban sharing (events.go), fleet-wide failure counts
+	// (breakers.go)
+	events   *events
+	verdicts verdicts
+	tripRule func() BreakerRule
+	onTrip   func(route string)
 
 	// roundTrips counts the commands and pipelines sent to Redis.
 	roundTrips atomic.Uint64
@@ -171,9 +176,10 @@ func (f *Fleet) Start() {
 	if err != nil {
 		f.failed(OpPing)
 	}
-	f.wg.Add(2)
+	f.wg.Add(3)
 	go f.probe()
 	go f.events.run()
+	go f.flushVerdicts()
 }
 
 // Close stops the background work and closes the connections.
