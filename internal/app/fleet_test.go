@@ -229,7 +229,9 @@ func TestFleetRedisKilledMidRun(t *testing.T) {
 			srv.Shutdown()
 			killed = time.Now()
 		case 70:
-			srv.Restart()
+			if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
 			back = time.Now()
 		}
 		s := fl[i%4]

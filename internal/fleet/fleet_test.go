@@ -278,7 +278,9 @@ func TestRedisGoneAndBack(t *testing.T) {
 	if errs.get(OpTokenRead) == 0 {
 		t.Errorf("no token_read error counted: %v", errs.m)
 	}
-	srv.Restart()
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the probe to find Redis again", f.Up)
 	tok2, _, err := fetch(context.Background())
 	if err != nil {

@@ -10,6 +10,7 @@ package redistest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -23,7 +24,6 @@ import (
 
 // Server is one redis-server process on 127.0.0.1.
 type Server struct {
-	t    testing.TB
 	bin  string
 	dir  string
 	port int
@@ -39,31 +39,51 @@ func Available() (string, bool) {
 }
 
 // Start runs a redis-server for t, or skips t (fails it with CI=true) when
-// there is none.
+// there is none. It is stopped when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin, ok := Available()
-	if !ok {
+	if _, ok := Available(); !ok {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("redis-server not on the PATH: CI must install it (apt-get install -y redis-server)")
 		}
 		t.Skip("redis-server not on the PATH: skipping the Redis tests (apt-get install -y redis-server)")
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
-	var err error
+	s, err := Launch()
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Launch runs a redis-server outside a test (the benchmarks' command):
+// Close stops it.
+func Launch() (*Server, error) {
+	bin, ok := Available()
+	if !ok {
+		return nil, errors.New("redis-server not on the PATH (apt-get install -y redis-server)")
+	}
+	dir, err := os.MkdirTemp("", "redistest-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{bin: bin, dir: dir}
 	for range 5 { // a free port can be taken between finding and binding it
 		if s.port, err = freePort(); err != nil {
 			continue
 		}
 		if err = s.start(); err == nil {
-			break
+			return s, nil
 		}
 	}
-	if err != nil {
-		t.Fatalf("redistest: %v", err)
-	}
-	t.Cleanup(s.Kill)
-	return s
+	os.RemoveAll(dir)
+	return nil, err
+}
+
+// Close stops the server and removes its directory.
+func (s *Server) Close() {
+	s.Kill()
+	os.RemoveAll(s.dir)
 }
 
 // Addr is host:port.
@@ -135,10 +155,7 @@ func (s *Server) Kill() {
 // Shutdown asks the server to stop with SHUTDOWN NOSAVE, and waits until it
 // is gone.
 func (s *Server) Shutdown() {
-	s.t.Helper()
-	if err := command(s.Addr(), "SHUTDOWN", "NOSAVE"); err != nil && !strings.Contains(err.Error(), "EOF") {
-		s.t.Logf("redistest: SHUTDOWN NOSAVE: %v", err)
-	}
+	_ = command(s.Addr(), "SHUTDOWN", "NOSAVE") // the server closes the connection: no reply
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && ping(s.Addr()) == nil {
 		time.Sleep(5 * time.Millisecond)
@@ -147,17 +164,16 @@ func (s *Server) Shutdown() {
 }
 
 // Restart starts the server again on the same port, empty.
-func (s *Server) Restart() {
-	s.t.Helper()
+func (s *Server) Restart() error {
 	s.Kill()
 	var err error
 	for range 50 { // the port may linger a moment
 		if err = s.start(); err == nil {
-			return
+			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.t.Fatalf("redistest: restart: %v", err)
+	return fmt.Errorf("redistest: restart: %w", err)
 }
 
 // Do runs one command on the server and returns its reply line, for tests
