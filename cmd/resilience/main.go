@@ -4,9 +4,11 @@
 // 14's pacing scenarios: a limit lower than configured, four replicas
 // alone, custom robots' 20 a minute) against a fake DingTalk on 127.0.0.1
 // three ways (a plain client, a client with the common SDK retry loop, and
-// through dingproxy on its built-in defaults) and prints one table, then
-// issue 14's targets and whether dingproxy met them. It needs no
-// credentials and no network, and stops after 3 minutes at most (6 with
+// through dingproxy on its built-in defaults), and issue 15's fleet
+// scenarios two ways (four dingproxies alone, four sharing through a
+// redis-server it starts, when one is on the PATH), and prints one table,
+// then the issues' targets and whether dingproxy met them. It needs no
+// credentials and no network, and stops after 5 minutes at most (10 with
 // -one-at-a-time).
 package main
 
@@ -44,7 +46,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	limit := 3 * time.Minute
+	limit := 5 * time.Minute
 	if o.OneAtATime {
 		limit *= 2
 	}
@@ -62,14 +64,19 @@ func main() {
 	fmt.Println("                      network errors, 5xx, system busy and throttle codes, POST included")
 	fmt.Println("  dingproxy           the same plain client through dingproxy")
 	fmt.Println("(fleet: four of each, calls spread round robin; four dingproxies alone, with no shared state.)")
+	fmt.Println("  dingproxy shared    (shared-*, redis-killed) four dingproxies sharing through a local redis-server,")
+	fmt.Println("                      beside four alone (\"dingproxy\")")
 	fmt.Println()
 	for _, n := range names {
-		fmt.Printf("  %-10s %s\n", n, resilience.Describe(n, o.Scale))
+		fmt.Printf("  %-15s %s\n", n, resilience.Describe(n, o.Scale))
 	}
 	fmt.Println()
 	start := time.Now()
 	o.Progress = func(r resilience.Row) {
-		fmt.Fprintf(os.Stderr, "  %-10s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
+		fmt.Fprintf(os.Stderr, "  %-15s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
+	}
+	o.Skipped = func(scenario, why string) {
+		fmt.Fprintf(os.Stderr, "  %-15s skipped: %s\n", scenario, why)
 	}
 	rows, err := resilience.Run(ctx, o)
 	if err != nil {
@@ -91,10 +98,12 @@ func main() {
 	resilience.PrintTargets(&targets, rows)
 	if targets.Len() > 0 {
 		fmt.Println()
-		fmt.Println("issue 14's targets (dingproxy must keep them; the other clients for comparison):")
+		fmt.Println("issues 14's and 15's targets (dingproxy, or in 15's dingproxy shared, must keep them; the others for comparison):")
 		fmt.Print(targets.String())
 		fmt.Println("accepted: successful calls per second after 3 s, over whole seconds until the last arrival, / the limit.")
 		fmt.Println("at once: answered in under 1 s; paced: 429 with X-Dingproxy-Fallback: paced and Retry-After.")
+		fmt.Println("shared-ban: upstream calls from the ban's start, the one that met it included (0 from the other three).")
+		fmt.Println("redis-killed: p99 against the four alone; sharing again: all four subscribed to the fleet's channel.")
 	}
 	fmt.Printf("(took %s)\n", time.Since(start).Round(time.Second))
 	if err != nil {

@@ -175,6 +175,9 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		}
 	}
 	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
+	// A call waiting for its turn while its route opens is not sent into
+	// the outage (nor retried into it).
+	a.retry.Gate = func(f *retry.Facts) error { return a.breakers.Check(f.Route) }
 	a.pacer.OnRate = func(api string, from, to float64) {
 		route := a.breakers.Route(api)
 		m.PacingRate.WithLabelValues(route).Set(to)
@@ -193,7 +196,13 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	if a.fleet != nil {
 		fl, set := a.fleet, a.breakers
 		set.OnBan = fl.PublishBan
-		set.OnVerdict = fl.Verdict
+		// The fleet counts failures per attempt: an outage shows three times
+		// sooner than in calls that retry before they end.
+		a.retry.OnAttempt = func(f *retry.Facts, one retry.Report) {
+			if v := breaker.Judge(one); v != breaker.Ignore && f.Route != "" {
+				fl.Verdict(set.Route(f.Route), v == breaker.Failure)
+			}
+		}
 		fl.OnOpen(set.OpenRemote)
 		fl.OnBan(set.BanUntil)
 		fl.OnTrip(func() fleet.BreakerRule {

@@ -230,8 +230,8 @@ func TestFleetRedisKilledMidRun(t *testing.T) {
 			killed = time.Now()
 		case 70:
 			if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
+				t.Fatal(err)
+			}
 			back = time.Now()
 		}
 		s := fl[i%4]

@@ -40,6 +40,8 @@ type Result struct {
 	// RobotThrottled is the robot sends the fake answered with its robot
 	// throttle (past Fake.RobotPerMinute, or within a robot's block).
 	RobotThrottled int
+	// TokenFetches is how many tokens the fake issued.
+	TokenFetches int
 }
 
 // Latencies are the latencies of the outcomes f holds for (every one if f
@@ -106,5 +108,6 @@ func Run(ctx context.Context, c Client, l Load) (Result, error) {
 		Duplicates: fake.Duplicates(),
 
 		RobotThrottled: fake.RobotThrottled(),
+		TokenFetches:   fake.TokenFetches(),
 	}, err
 }

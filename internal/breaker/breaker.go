@@ -85,9 +85,6 @@ type Set struct {
 	// OnStateChange, if set before use, is told of every transition. It runs
 	// under the breaker's lock: it must be quick and not call back into Set.
 	OnStateChange func(route string, from, to State)
-	// OnVerdict, if set before use, hears every call's verdict on a route
-	// (the fleet's failure count). It must be quick.
-	OnVerdict func(route string, failed bool)
 	// OnBan, if set before use, is told of every IP ban met here (not of
 	// the fleet's, applied with BanUntil), to share it.
 	OnBan func(d time.Duration)
@@ -275,10 +272,40 @@ func (s *Set) Allow(route string) (done func(Verdict), err error) {
 		default:
 			d(errIgnore)
 		}
-		if s.OnVerdict != nil && v != Ignore && e.route != Overflow {
-			s.OnVerdict(e.route, v == Failure)
-		}
 	}, nil
+}
+
+// Check says whether route is open now (the IP ban, the fleet's opening,
+// or its own breaker open), without taking a call's place as Allow does: an
+// *OpenError if so. A half-open breaker lets Check pass.
+func (s *Set) Check(route string) error {
+	if until := s.banUntil.Load(); until != 0 {
+		if left := time.Until(time.Unix(0, until)); left > 0 {
+			return &OpenError{Route: route, Kind: KindIPBan, RetryAfter: atLeastSecond(left)}
+		}
+	}
+	s.mu.RLock()
+	e, ok := s.routes[route]
+	if !ok && route == Overflow {
+		e, ok = s.overflow, true
+	}
+	s.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	if until := e.remoteUntil.Load(); until != 0 {
+		if left := time.Until(time.Unix(0, until)); left > 0 {
+			return &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
+		}
+	}
+	if e.cb.State() == gobreaker.StateOpen {
+		left := time.Second
+		if opened := e.opened.Load(); opened != 0 {
+			left = e.built.OpenTimeout - time.Since(time.Unix(0, opened))
+		}
+		return &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
+	}
+	return nil
 }
 
 func atLeastSecond(d time.Duration) time.Duration {

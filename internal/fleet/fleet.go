@@ -122,6 +122,15 @@ func (h countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	}
 }
 
+// quietRedis keeps go-redis's own log lines (dial failures, naming the
+// address) out of the proxy's output, which is JSON lines only: the fleet
+// logs Redis's state itself, once per change.
+var quietRedis sync.Once
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(context.Context, string, ...any) {}
+
 // New connects lazily: it returns at once, and the first operations find
 // out whether Redis answers.
 func New(o Options) (*Fleet, error) {
@@ -134,6 +143,7 @@ func New(o Options) (*Fleet, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
+	quietRedis.Do(func() { redis.SetLogger(discardLogger{}) })
 	ro, err := redis.ParseURL(o.URL)
 	if err != nil {
 		// go-redis's errors may quote the URL: say only what is wrong.

@@ -441,9 +441,9 @@ func TestOpeningsAndBansShared(t *testing.T) {
 	opensB, bansB := listen(b)
 	b.Start()
 	defer b.Close()
-	waitFor(t, "b to subscribe", func() bool {
+	waitFor(t, "a and b to subscribe", func() bool {
 		n, _ := srv.Do("PUBSUB", "NUMSUB", "dp:"+testKey+":events")
-		return n == "dp:"+testKey+":events 1"
+		return n == "dp:"+testKey+":events 2"
 	})
 	a.PublishOpen("/topapi/v2/user/get", 5*time.Second)
 	a.PublishBan(5 * time.Second)

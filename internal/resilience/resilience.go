@@ -14,13 +14,17 @@ package resilience
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/dingproxy/dingproxy/internal/redistest"
 
 	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/config"
@@ -34,8 +38,14 @@ import (
 // scenario only.
 const ProxyTuned bench.Mode = "dingproxy, max_attempts 6"
 
+// ProxyShared is a fleet of dingproxies in shared mode: the same four
+// replicas as the fleet scenarios' "dingproxy" (alone), sharing through a
+// redis-server the run starts. Run in issue 15's scenarios only, beside
+// the four alone.
+const ProxyShared bench.Mode = "dingproxy shared"
+
 // AllModes are the clients, in table order.
-var AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned}
+var AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned, ProxyShared}
 
 // Scenario names, for Options.Only.
 const (
@@ -49,10 +59,20 @@ const (
 	Fleet   = "fleet"
 	Robot   = "robot"
 	Robots  = "robots"
+	// Issue 15's fleet targets: four proxies alone against four shared.
+	SharedThrottle = "shared-throttle"
+	SharedTokens   = "shared-tokens"
+	SharedOutage   = "shared-outage"
+	SharedBan      = "shared-ban"
+	RedisKilled    = "redis-killed"
 )
 
+// FleetScenarios are issue 15's, which need redis-server.
+var FleetScenarios = []string{SharedThrottle, SharedTokens, SharedOutage, SharedBan, RedisKilled}
+
 // Scenarios lists every scenario in run order.
-var Scenarios = []string{Transient, Resets, Throttle, Outage, Tokens, Unknown, Fleet, Robot, Robots}
+var Scenarios = []string{Transient, Resets, Throttle, Outage, Tokens, Unknown, Fleet, Robot, Robots,
+	SharedThrottle, SharedTokens, SharedOutage, SharedBan, RedisKilled}
 
 // The issue 14 scenarios' figures.
 const (
@@ -98,6 +118,12 @@ type Options struct {
 	OneAtATime bool
 	// Progress, if set, is called after each scenario and client.
 	Progress func(Row)
+	// Redis is the server the shared proxies use; nil: Run starts one for
+	// issue 15's scenarios (and skips them, telling Skipped, when there is
+	// no redis-server).
+	Redis *redistest.Server
+	// Skipped, if set, hears of a scenario not run, and why.
+	Skipped func(scenario, why string)
 }
 
 // Row is one client's figures in one scenario.
@@ -143,6 +169,19 @@ type Row struct {
 	// (429, X-Dingproxy-Fallback: paced); the AtOnce counts are those
 	// answered within AtOnce.
 	Deliver, Delivered, Paced, DeliveredAtOnce, PacedAtOnce int
+	// TokenFetches is how many tokens the fake issued.
+	TokenFetches int
+	// BanCalls is how many calls reached DingTalk once it banned the IP
+	// (the fleet's ban scenario), when HasBan.
+	BanCalls int
+	HasBan   bool
+	// ShareAgain is how long after Redis came back every proxy listened to
+	// the fleet again (the Redis-killed scenario), when HasShareAgain.
+	ShareAgain    time.Duration
+	HasShareAgain bool
+	// Alone is the same scenario's row for the proxies alone, on a shared
+	// row (for the targets that compare the two).
+	Alone *Row
 	// P50 and P99 are the calls' latencies.
 	P50, P99 time.Duration
 	// Elapsed is the wall time from the first call to the last answer.
@@ -217,6 +256,30 @@ type scenario struct {
 	// deliver, in a robot scenario, is how many of the first calls can be
 	// delivered.
 	deliver int
+	// fleetOnly: an issue-15 scenario, run for the proxies alone and shared
+	// only.
+	fleetOnly bool
+	// at runs do once, at that time into the load (unscaled): a ban, Redis
+	// killed and back.
+	at []event
+}
+
+// event is something done to the fake or to Redis during a load.
+type event struct {
+	at time.Duration
+	do func(x *runState)
+}
+
+// runState is what one run's events act on and record.
+type runState struct {
+	fake   *dingtalktest.Server
+	redis  *redistest.Server // nil alone
+	prefix string            // the shared proxies' key prefix
+	mode   bench.Mode
+
+	banFrom   int // upstream attempts when the ban began; -1: no ban
+	backAt    time.Time
+	shareWait chan time.Duration // how long after backAt every proxy listened again
 }
 
 // Fault mixes.
@@ -282,18 +345,7 @@ func scenarios() map[string]scenario {
 			},
 			// Reads and sends on fixed paths, 10/s each: a breaker per path
 			// sees enough calls to decide.
-			call: func(i int) bench.Request {
-				switch i % 4 {
-				case 0:
-					return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
-				case 1:
-					return send(i, []string{dingtalktest.PathAsyncSend})
-				case 2:
-					return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathDeptListSub, Body: []byte(`{"dept_id":1}`)}
-				default:
-					return send(i, []string{dingtalktest.PathRobotBatchSend})
-				}
-			},
+			call:    outageCall,
 			perCall: true,
 		},
 		Tokens: {
@@ -329,6 +381,63 @@ func scenarios() map[string]scenario {
 			call:    func(i int) bench.Request { return alert(i, "") },
 			deliver: RobotPerMinute,
 		},
+		// Issue 15: four proxies alone, then shared, side by side.
+		SharedThrottle: {
+			name: SharedThrottle, duration: 10 * time.Second, rate: 10 * FleetReplicas,
+			setup:    func(f *dingtalktest.Server) { f.SetQPSLimit(bench.QPSLimit) },
+			replicas: FleetReplicas, fleetOnly: true,
+			call:   userGet,
+			warmup: 3 * time.Second,
+			limit:  bench.QPSLimit,
+		},
+		SharedTokens: {
+			name: SharedTokens, duration: 6 * time.Second, rate: 10 * FleetReplicas,
+			replicas: FleetReplicas, fleetOnly: true,
+			every: 3 * time.Second,
+			tick:  (*dingtalktest.Server).ExpireTokens,
+			call:  read,
+		},
+		SharedOutage: {
+			name: SharedOutage, duration: 10 * time.Second, rate: 40,
+			setup: func(f *dingtalktest.Server) {
+				f.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+			},
+			replicas: FleetReplicas, fleetOnly: true,
+			// Call i goes to replica i%4: each replica gets every path.
+			call:    func(i int) bench.Request { return outageCall(i / FleetReplicas) },
+			perCall: true,
+		},
+		SharedBan: {
+			name: SharedBan, duration: 6 * time.Second, rate: 40,
+			replicas: FleetReplicas, fleetOnly: true,
+			call: read,
+			at: []event{{2 * time.Second, func(x *runState) {
+				x.banFrom = bench.Upstream(x.fake)
+				x.fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.IPBanJSON(60), P: 1}}})
+			}}},
+		},
+		RedisKilled: {
+			name: RedisKilled, duration: 10 * time.Second, rate: 40,
+			replicas: FleetReplicas, fleetOnly: true,
+			call: read,
+			at: []event{
+				{3 * time.Second, func(x *runState) {
+					if x.redis != nil {
+						x.redis.Shutdown()
+					}
+				}},
+				{6 * time.Second, func(x *runState) {
+					if x.redis == nil {
+						return
+					}
+					if err := x.redis.Restart(); err != nil {
+						return
+					}
+					x.backAt = time.Now()
+					go x.watchShared(x.backAt)
+				}},
+			},
+		},
 		Robots: {
 			name: Robots, rate: 1000, calls: RobotsN * RobotsEach,
 			fake:    dingtalktest.Options{RobotPerMinute: RobotPerMinute},
@@ -336,6 +445,36 @@ func scenarios() map[string]scenario {
 			deliver: RobotsN * RobotsEach,
 		},
 	}
+}
+
+// outageCall is call i of the outages: reads and sends on four fixed
+// paths in turn.
+func outageCall(i int) bench.Request {
+	switch i % 4 {
+	case 0:
+		return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: fmt.Appendf(nil, `{"userid":"u%d"}`, i%50)}
+	case 1:
+		return send(i, []string{dingtalktest.PathAsyncSend})
+	case 2:
+		return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathDeptListSub, Body: []byte(`{"dept_id":1}`)}
+	default:
+		return send(i, []string{dingtalktest.PathRobotBatchSend})
+	}
+}
+
+// watchShared waits (up to 30 s) until every replica listens on the
+// fleet's channel again after Redis came back at from, and says how long
+// that took.
+func (x *runState) watchShared(from time.Time) {
+	ch := x.prefix + ":" + dingtalktest.DefaultAppKey + ":events"
+	for time.Since(from) < 30*time.Second {
+		if n, err := x.redis.Do("PUBSUB", "NUMSUB", ch); err == nil && n == ch+" "+fmt.Sprint(FleetReplicas) {
+			x.shareWait <- time.Since(from)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(x.shareWait)
 }
 
 // userGet is a read on one API.
@@ -379,6 +518,16 @@ func Describe(name string, scale float64) string {
 		return fmt.Sprintf("%d alerts to ONE custom robot in %s; DingTalk allows %d a minute, then blocks the robot 10 minutes", RobotAlerts, d(30*time.Second), RobotPerMinute)
 	case Robots:
 		return fmt.Sprintf("%d custom robots x %d alerts, all at once (%d a minute each)", RobotsN, RobotsEach, RobotPerMinute)
+	case SharedThrottle:
+		return fmt.Sprintf("%d proxies of one app, 10/s each on ONE API for %s, against the app's %d/s", FleetReplicas, d(10*time.Second), bench.QPSLimit)
+	case SharedTokens:
+		return fmt.Sprintf("%d proxies, reads on 3 APIs at 40/s in all for %s; every token revoked at %s", FleetReplicas, d(6*time.Second), d(3*time.Second))
+	case SharedOutage:
+		return fmt.Sprintf("%d proxies; every API answers 503 for %s while reads and sends arrive at 40/s in all (4 APIs)", FleetReplicas, d(10*time.Second))
+	case SharedBan:
+		return fmt.Sprintf("%d proxies, reads at 40/s in all for %s; DingTalk bans the egress IP at %s (every answer the ban, for 60 s)", FleetReplicas, d(6*time.Second), d(2*time.Second))
+	case RedisKilled:
+		return fmt.Sprintf("%d proxies, reads on 3 APIs at 40/s in all for %s; Redis shut down (SHUTDOWN NOSAVE) at %s, back at %s", FleetReplicas, d(10*time.Second), d(3*time.Second), d(6*time.Second))
 	}
 	return name
 }
@@ -423,17 +572,35 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		if !slices.Contains(o.Only, name) {
 			continue
 		}
+		sc := all[name]
 		var modes []bench.Mode
 		for _, m := range o.Modes {
-			if m != ProxyTuned || name == Transient {
+			switch {
+			case sc.fleetOnly:
+				if m == bench.Proxy || m == ProxyShared {
+					modes = append(modes, m)
+				}
+			case m == ProxyShared:
+			case m != ProxyTuned || name == Transient:
 				modes = append(modes, m)
 			}
+		}
+		if sc.fleetOnly && slices.Contains(modes, ProxyShared) && o.Redis == nil {
+			srv, err := redistest.Launch()
+			if err != nil {
+				if o.Skipped != nil {
+					o.Skipped(name, err.Error())
+				}
+				continue
+			}
+			defer srv.Close()
+			o.Redis = srv
 		}
 		rows := make([]Row, len(modes))
 		errs := make([]error, len(modes))
 		ran := make([]bool, len(modes))
 		one := func(i int) {
-			rows[i], errs[i] = runOne(ctx, all[name], modes[i], o)
+			rows[i], errs[i] = runOne(ctx, sc, modes[i], o)
 			ran[i] = true
 			if errs[i] == nil && o.Progress != nil {
 				mu.Lock()
@@ -454,6 +621,11 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			}
 			wg.Wait()
 		}
+		// The shared proxies' row carries the alone ones' for comparison.
+		if i, j := slices.Index(modes, bench.Proxy), slices.Index(modes, ProxyShared); sc.fleetOnly && i >= 0 && j >= 0 && ran[i] && errs[i] == nil {
+			alone := rows[i]
+			rows[j].Alone = &alone
+		}
 		var err error
 		for i, m := range modes {
 			if ran[i] && errs[i] == nil {
@@ -469,13 +641,26 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	return out, nil
 }
 
+// sharedRuns numbers the shared runs: each gets key prefixes of its own.
+var sharedRuns atomic.Int64
+
 // client is the client mode m in scenario sc: a fleet of sc.replicas, and
-// dingproxy tuned by sc.tune.
-func client(sc scenario, m bench.Mode) (bench.Client, error) {
+// dingproxy tuned by sc.tune (shared through redis under prefix).
+func client(sc scenario, m bench.Mode, redis *redistest.Server, prefix string) (bench.Client, error) {
 	var c bench.Client
-	if m == ProxyTuned {
+	switch {
+	case m == ProxyShared:
+		if redis == nil {
+			return c, errors.New("shared mode without a redis-server")
+		}
+		share := func(c *config.Config) {
+			c.Fleet.RedisURL = config.RedisURL(redis.URL())
+			c.Fleet.KeyPrefix = prefix
+		}
+		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: []func(*config.Config){sc.tune, share}}}
+	case m == ProxyTuned:
 		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: []func(*config.Config){func(c *config.Config) { c.Retry.MaxAttempts = 6 }}}}
-	} else {
+	default:
 		var err error
 		if c, err = bench.Standard(m, sc.tune); err != nil {
 			return c, err
@@ -488,10 +673,16 @@ func client(sc scenario, m bench.Mode) (bench.Client, error) {
 }
 
 func runOne(ctx context.Context, sc scenario, m bench.Mode, o Options) (Row, error) {
-	c, err := client(sc, m)
+	x := &runState{mode: m, banFrom: -1, shareWait: make(chan time.Duration, 1)}
+	if m == ProxyShared {
+		x.redis = o.Redis
+		x.prefix = fmt.Sprintf("res%d", sharedRuns.Add(1))
+	}
+	c, err := client(sc, m, x.redis, x.prefix)
 	if err != nil {
 		return Row{}, err
 	}
+	fired := make([]bool, len(sc.at))
 	rate, calls := sc.rate, int(scaled(sc.duration, o.Scale).Seconds()*sc.rate)
 	if sc.calls > 0 {
 		calls = sc.calls
@@ -513,6 +704,13 @@ func runOne(ctx context.Context, sc scenario, m bench.Mode, o Options) (Row, err
 		Call:        sc.call,
 		Setup:       sc.setup,
 		Before: func(f *dingtalktest.Server, _ int, since time.Duration) {
+			x.fake = f
+			for i, ev := range sc.at {
+				if !fired[i] && since >= scaled(ev.at, o.Scale) {
+					fired[i] = true
+					ev.do(x)
+				}
+			}
 			if sc.tick != nil && every > 0 && since >= nextTick {
 				from := time.Now()
 				sc.tick(f)
@@ -571,6 +769,17 @@ func runOne(ctx context.Context, sc scenario, m bench.Mode, o Options) (Row, err
 		}
 	}
 	row.Duplicates, row.Throttled, row.UpstreamAttempts, row.RobotThrottled = r.Duplicates, r.Throttled, r.Upstream, r.RobotThrottled
+	row.TokenFetches = r.TokenFetches
+	if x.banFrom >= 0 {
+		row.BanCalls, row.HasBan = r.Upstream-x.banFrom, true
+	}
+	if !x.backAt.IsZero() {
+		select {
+		case d, ok := <-x.shareWait:
+			row.ShareAgain, row.HasShareAgain = d, ok
+		case <-time.After(30 * time.Second):
+		}
+	}
 	if snapped {
 		row.HasAfter = true
 		row.AfterAttempts = r.Upstream - snapAttempts
@@ -617,7 +826,7 @@ var traceTick func(scenario string, m bench.Mode, from, to time.Time)
 
 // PrintTable writes rows as one table, a line per scenario and client.
 func PrintTable(w io.Writer, rows []Row) error {
-	t := bench.Table{Pad: 2, Widths: []int{10, 18}}
+	t := bench.Table{Pad: 2, Widths: []int{15, 18}}
 	t.Row("scenario", "client", "calls", "success", "dup sends", "attempts/call", "throttled/100", "after warm-up", "fallbacks", "p50", "p99")
 	prev := ""
 	for _, r := range rows {

@@ -4,18 +4,28 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/dingproxy/dingproxy/internal/bench"
 )
 
-// Target is one of issue 14's targets: a figure of a scenario's row, and
-// the bound dingproxy must keep.
+// Target is one of issue 14's or 15's targets: a figure of a scenario's
+// row, and the bound dingproxy (or, in issue 15's scenarios, dingproxy
+// shared) must keep.
 type Target struct {
 	Scenario string
 	Figure   string // what is measured, in words
 	Want     string // the bound, in words
 	Value    func(Row) string
 	Met      func(Row) bool
+}
+
+// judged is the client whose row a scenario's targets judge.
+func judged(scenario string) bench.Mode {
+	if slices.Contains(FleetScenarios, scenario) {
+		return ProxyShared
+	}
+	return bench.Proxy
 }
 
 // Targets are issue 14's targets on pacing, in table order.
@@ -55,6 +65,50 @@ var Targets = []Target{
 	{Robots, "5 robots x 10: delivered at once", "50 of 50",
 		func(r Row) string { return fmt.Sprintf("%d of %d", r.DeliveredAtOnce, r.Calls) },
 		func(r Row) bool { return r.DeliveredAtOnce == r.Calls }},
+
+	// Issue 15: the fleet shared through Redis.
+	{SharedThrottle, "throttled per 100 upstream attempts", "<= 1",
+		func(r Row) string { return fmt.Sprintf("%.1f", r.ThrottledPer100()) },
+		func(r Row) bool { return r.ThrottledPer100() <= 1 }},
+	{SharedThrottle, "accepted per second after 3 s / the limit", "(shown)",
+		func(r Row) string {
+			if !r.HasAccepted {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f (%.1f/s)", r.AcceptedOfLimit(), r.Accepted)
+		},
+		func(Row) bool { return true }},
+	{SharedTokens, "token fetches (one revocation)", "2",
+		func(r Row) string { return fmt.Sprint(r.TokenFetches) },
+		func(r Row) bool { return r.TokenFetches == 2 }},
+	{SharedTokens, "calls that succeeded", ">= 99%",
+		func(r Row) string { return fmt.Sprintf("%.1f%%", 100*r.Success()) },
+		func(r Row) bool { return r.Success() >= 0.99 }},
+	{SharedOutage, "upstream attempts per call", "<= alone / 2",
+		func(r Row) string { return fmt.Sprintf("%.2f", r.AttemptsPerCall()) },
+		func(r Row) bool { return r.Alone != nil && r.AttemptsPerCall() <= r.Alone.AttemptsPerCall()/2 }},
+	{SharedBan, "calls reaching DingTalk once it banned the IP", "1",
+		func(r Row) string {
+			if !r.HasBan {
+				return "-"
+			}
+			return fmt.Sprint(r.BanCalls)
+		},
+		func(r Row) bool { return r.HasBan && r.BanCalls <= 1 }},
+	{RedisKilled, "calls that succeeded", ">= 99%",
+		func(r Row) string { return fmt.Sprintf("%.1f%%", 100*r.Success()) },
+		func(r Row) bool { return r.Success() >= 0.99 }},
+	{RedisKilled, "p99", "<= alone + 100 ms",
+		func(r Row) string { return bench.Dur(r.P99) },
+		func(r Row) bool { return r.Alone != nil && r.P99 <= r.Alone.P99+100*time.Millisecond }},
+	{RedisKilled, "every proxy sharing again after Redis is back", "<= 5 s",
+		func(r Row) string {
+			if !r.HasShareAgain {
+				return "-"
+			}
+			return bench.Dur(r.ShareAgain)
+		},
+		func(r Row) bool { return r.HasShareAgain && r.ShareAgain <= 5*time.Second }},
 }
 
 func after(r Row) string {
@@ -76,7 +130,7 @@ func Check(rows []Row) []Verdict {
 	var out []Verdict
 	for _, t := range Targets {
 		for _, r := range rows {
-			if r.Scenario == t.Scenario && r.Mode == bench.Proxy {
+			if r.Scenario == t.Scenario && r.Mode == judged(t.Scenario) {
 				out = append(out, Verdict{Target: t, Row: r, OK: t.Met(r)})
 			}
 		}
@@ -94,7 +148,7 @@ func PrintTargets(w io.Writer, rows []Row) error {
 			modes = append(modes, r.Mode)
 		}
 	}
-	t := bench.Table{Pad: 2, Widths: []int{10, 42}}
+	t := bench.Table{Pad: 2, Widths: []int{15, 44}}
 	head := []string{"targets", "figure"}
 	for _, m := range modes {
 		head = append(head, string(m))
@@ -112,7 +166,7 @@ func PrintTargets(w io.Writer, rows []Row) error {
 			for _, r := range rows {
 				if r.Scenario == tg.Scenario && r.Mode == m {
 					cell, seen = tg.Value(r), true
-					if m == bench.Proxy {
+					if m == judged(tg.Scenario) {
 						verdict = "MISSED"
 						if tg.Met(r) {
 							verdict = "met"

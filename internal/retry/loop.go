@@ -59,6 +59,16 @@ type Transport struct {
 	// Pacer, if set, gives each attempt its turn under DingTalk's limits
 	// and is told how DingTalk answered it. Token endpoints are not paced.
 	Pacer Pacer
+	// OnAttempt, if set, is told of every attempt's outcome as a Report of
+	// that attempt alone (the fleet's failure count).
+	OnAttempt func(f *Facts, attempt Report)
+	// Gate, if set, says whether the call's route is still open to calls
+	// (its breaker, locally or for the fleet, and the IP ban): asked before
+	// each attempt, after its turn, and before deciding on a retry. A call
+	// whose route opened while it waited is not sent into the outage: the
+	// first attempt is answered with Gate's error; a retry is not made and
+	// the answer in hand is handed on.
+	Gate func(f *Facts) error
 	// Observe, if set, is told of every attempt's outcome once it is known:
 	// its number, reason, classification and duration.
 	Observe func(f *Facts, n int, reason string, r dingtalk.Result, d time.Duration)
@@ -171,9 +181,20 @@ func (t *Transport) Do(req *http.Request, f *Facts) (*http.Response, Report, err
 				return nil, rep, &Error{Attempts: n - 1, Outcome: NotSent, Err: err, Report: rep}
 			}
 		}
+		if t.Gate != nil {
+			if err := t.Gate(f); err != nil {
+				release()
+				rep.Outcome, rep.Reason = NotSent, ReasonClosed
+				return nil, rep, &Error{Attempts: n - 1, Outcome: NotSent, Err: err, Report: rep}
+			}
+		}
 		rep.Attempts = n
 		a := t.attempt(ctx, req, f, n, p)
 		rep.Outcome, rep.Reason, rep.Result = a.outcome, a.reason, a.result
+		if t.OnAttempt != nil {
+			one := Report{Attempts: n, Outcome: a.outcome, Reason: a.reason, Result: a.result}
+			Bookkeep(t.Logger, "attempt", func() { t.OnAttempt(f, one) })
+		}
 		if charged && (a.outcome == Success || a.outcome == Business) {
 			t.Budget.Refund() // the retry was not wasted
 		}
@@ -204,6 +225,9 @@ func (t *Transport) Do(req *http.Request, f *Facts) (*http.Response, Report, err
 					Bookkeep(t.Logger, "budget", func() { t.OnBudgetExhausted(f, rep) })
 				}
 			}
+		}
+		if retry && t.Gate != nil && t.Gate(f) != nil {
+			retry = false // the route opened meanwhile: this answer is the last
 		}
 		if retry && t.Pacer != nil && !f.TokenEndpoint && !deadline.IsZero() {
 			if at := t.Pacer.Next(f.API, time.Now().Add(wait)); at.After(deadline) {

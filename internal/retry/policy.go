@@ -61,6 +61,7 @@ const (
 	ReasonCanceled         = "canceled"          // the client went away
 	ReasonTokenUnavailable = "token_unavailable" // Prepare could not get a token
 	ReasonPaced            = "paced"             // Pace found no turn before the deadline
+	ReasonClosed           = "closed"            // Gate: the route opened (breaker, IP ban) before the attempt
 )
 
 // Retryable is SPEC's retry table: whether an attempt that came to o may be
