@@ -317,3 +317,44 @@ func TestFleetCountsFailuresTogether(t *testing.T) {
 		t.Errorf("after the fleet's trip: %d %q, want circuit-open without a call", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
 	}
 }
+
+// A Redis that hangs (SIGSTOP) costs the calls in flight at most
+// fleet.timeout; the proxy then carries on alone at once, and shares again
+// once Redis answers.
+func TestFleetRedisHangs(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	const timeout = 100 * time.Millisecond
+	s := fleetOf(t, 1, fake, srv.URL(), func(c *config.Config) { c.Fleet.Timeout = timeout })[0]
+	call := func() time.Duration {
+		start := time.Now()
+		resp, body := s.do(http.MethodPost, dingtalktest.PathUserGet, []byte(`{"userid":"u1"}`))
+		if resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
+			t.Fatalf("call with Redis hung: %d %s", resp.StatusCode, body)
+		}
+		return time.Since(start)
+	}
+	call()
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Resume()
+	first := call() // waits for the timeout, then alone
+	if first > timeout+time.Second {
+		t.Errorf("the first call with Redis hung took %v, want about fleet.timeout (%v)", first, timeout)
+	}
+	if s.app.Fleet().Up() {
+		t.Fatal("Up = true with Redis hung")
+	}
+	var slowest time.Duration
+	for range 20 {
+		slowest = max(slowest, call())
+	}
+	if slowest >= timeout {
+		t.Errorf("once alone, the slowest call took %v: calls still wait on the hung Redis (fleet.timeout %v)", slowest, timeout)
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the proxy to share again", s.app.Fleet().Up)
+}

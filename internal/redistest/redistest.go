@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -161,6 +162,23 @@ func (s *Server) Shutdown() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	s.Kill()
+}
+
+// Pause stops the server's process (SIGSTOP) without closing anything: a
+// Redis that hangs. Resume lets it go on.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig os.Signal) error {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		return errors.New("redistest: the server is not running")
+	}
+	return cmd.Process.Signal(sig)
 }
 
 // Restart starts the server again on the same port, empty.
