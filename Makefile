@@ -9,8 +9,12 @@ help: ## list targets
 demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table (about 20 s)
 	$(GO) run ./cmd/dingdemo
 
-resilience: ## the resilience benchmark: nine scenarios, three clients side by side, one table and issue 14's targets (under 3 minutes, loopback only)
+resilience: ## the resilience benchmark: fourteen scenarios, the clients side by side, one table and issues 14's and 15's targets (about 3 minutes, loopback only; the fleet's five need redis-server)
 	$(GO) run ./cmd/resilience
+
+demo-fleet: ## four dingproxies alone beside four sharing through a local redis-server, in issue 15's five scenarios (about 1 minute; needs redis-server on the PATH)
+	@command -v redis-server >/dev/null || { echo "demo-fleet needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }
+	$(GO) run ./cmd/resilience -only shared-throttle,shared-tokens,shared-outage,shared-ban,redis-killed
 
 test: ## go vet, then every test that a slow machine cannot break, with the race detector, shuffled (see soak)
 	$(GO) vet ./...
@@ -29,6 +33,13 @@ SOAK_PKGS = $(sort $(patsubst %/,./%,$(dir $(SOAK_FILES))))
 soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises, load runs, timeouts (about 3 min)
 	$(GO) vet -tags soak $(SOAK_PKGS)
 	$(GO) test -tags soak $(SOAK_FLAGS) -count=1 -p 1 -timeout 30m -run '^($(SOAK_TESTS))$$' $(SOAK_PKGS)
+
+test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP (CI runs it to show they ran)
+	@command -v redis-server >/dev/null || { echo "test-fleet needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }
+	$(GO) test -race -count=1 -v -run '^(TestFleet.*|TestToken.*|TestRedisGoneAndBack|TestSharedPacingHoldsTheFleet|TestThrottleSharedAcrossTheFleet|TestSharedRobotBudget|TestOpeningsAndBansShared)$$' ./internal/fleet ./internal/app > bin/test-fleet.log 2>&1 || { cat bin/test-fleet.log; exit 1; }
+	@grep -E '^(--- |ok|FAIL)' bin/test-fleet.log
+	@! grep -q -- '--- SKIP' bin/test-fleet.log || { echo "fleet tests skipped"; exit 1; }
+	@test "$$(grep -c -- '--- PASS' bin/test-fleet.log)" -ge 15 || { echo "fewer fleet tests ran than expected"; exit 1; }
 
 test-short: ## quick loop: no race detector, long tests skipped
 	$(GO) test -short ./...
@@ -85,4 +96,4 @@ staticcheck: ## staticcheck, pinned, installed into bin/tools from the module pr
 	GOBIN=$(CURDIR)/bin/tools GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	./bin/tools/staticcheck ./...
 
-.PHONY: fuzz loadtest help demo resilience test soak test-short build docker run fake check-config examples bench lint tidy staticcheck
+.PHONY: fuzz loadtest help demo demo-fleet resilience test test-fleet soak test-short build docker run fake check-config examples bench lint tidy staticcheck

@@ -14,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -83,8 +84,9 @@ type container struct {
 		Value     string `yaml:"value"`
 		ValueFrom *struct {
 			SecretKeyRef *struct {
-				Name string `yaml:"name"`
-				Key  string `yaml:"key"`
+				Name     string `yaml:"name"`
+				Key      string `yaml:"key"`
+				Optional bool   `yaml:"optional"`
 			} `yaml:"secretKeyRef"`
 		} `yaml:"valueFrom"`
 	} `yaml:"env"`
@@ -187,12 +189,19 @@ func readManifests(t *testing.T) []manifest {
 	return ms
 }
 
-// only decodes the one document of kind into v, and returns its header.
+// fleetFiles hold the shared mode's Redis and its Secret: the app's
+// manifests are the others.
+var fleetFiles = []string{"redis.yaml", "secret-fleet.yaml"}
+
+func isFleet(m manifest) bool { return slices.Contains(fleetFiles, filepath.Base(m.file)) }
+
+// only decodes the one document of kind of the app's manifests (not the
+// fleet's) into v, and returns its header.
 func only(t *testing.T, ms []manifest, kind string, v any) header {
 	t.Helper()
 	var found []manifest
 	for _, m := range ms {
-		if m.head.Kind == kind {
+		if m.head.Kind == kind && !isFleet(m) {
 			found = append(found, m)
 		}
 	}
@@ -792,5 +801,84 @@ func TestDashboard(t *testing.T) {
 	exprs := dashboardExprs(t)
 	if len(exprs) == 0 {
 		t.Fatal("dashboard has no queries")
+	}
+}
+
+// The fleet's Redis: no persistence, a password from the fleet's Secret, a
+// Service that selects it; the sidecar takes the URL from that Secret,
+// optionally (without it, each sidecar runs alone), and the placeholder
+// URL is one dingproxy accepts.
+func TestFleetRedis(t *testing.T) {
+	s := load(t)
+	var redisDep deployment
+	var redisSvc struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+		} `yaml:"spec"`
+	}
+	var secret struct {
+		StringData map[string]string `yaml:"stringData"`
+	}
+	var secretName string
+	for _, m := range s.ms {
+		if !isFleet(m) {
+			continue
+		}
+		var err error
+		switch m.head.Kind {
+		case "Deployment":
+			err = m.node.Decode(&redisDep)
+		case "Service":
+			err = m.node.Decode(&redisSvc)
+		case "Secret":
+			err = m.node.Decode(&secret)
+			secretName = m.head.Metadata.Name
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", m.file, err)
+		}
+	}
+	if len(redisDep.Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("the fleet's Redis Deployment has %d containers, want 1", len(redisDep.Spec.Template.Spec.Containers))
+	}
+	c := redisDep.Spec.Template.Spec.Containers[0]
+	args := strings.Join(c.Args, " ")
+	for _, want := range []string{`--save `, `--appendonly no`, `--requirepass $(REDIS_PASSWORD)`} {
+		if !strings.Contains(args+" ", want) {
+			t.Errorf("redis args %q lack %q", args, want)
+		}
+	}
+	for k, v := range redisSvc.Spec.Selector {
+		if redisDep.Spec.Template.Metadata.Labels[k] != v {
+			t.Errorf("the Redis Service selects %s=%s, not the Redis pod's labels", k, v)
+		}
+	}
+	if len(redisSvc.Spec.Selector) == 0 {
+		t.Error("the Redis Service has no selector")
+	}
+	found := false
+	for _, e := range s.sidecar.Env {
+		if e.Name != "DINGPROXY_FLEET_REDIS_URL" {
+			continue
+		}
+		found = true
+		if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			t.Fatal("DINGPROXY_FLEET_REDIS_URL: want valueFrom.secretKeyRef")
+		}
+		ref := e.ValueFrom.SecretKeyRef
+		if ref.Name != secretName || secret.StringData[ref.Key] == "" {
+			t.Errorf("DINGPROXY_FLEET_REDIS_URL: secretKeyRef %s/%s, not in the fleet's Secret %s", ref.Name, ref.Key, secretName)
+		}
+		if !ref.Optional {
+			t.Error("DINGPROXY_FLEET_REDIS_URL: the Secret must be optional (sidecars alone without it)")
+		}
+	}
+	if !found {
+		t.Error("the sidecar has no DINGPROXY_FLEET_REDIS_URL")
+	}
+	cfg := config.Default()
+	cfg.Fleet.RedisURL = config.RedisURL(secret.StringData["redis-url"])
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("the placeholder redis-url does not validate: %v", err)
 	}
 }
