@@ -148,7 +148,7 @@ func PrintTargets(w io.Writer, rows []Row) error {
 			modes = append(modes, r.Mode)
 		}
 	}
-	t := bench.Table{Pad: 2, Widths: []int{15, 44}}
+	t := bench.Table{Pad: 2, Widths: []int{15, 46}}
 	head := []string{"targets", "figure"}
 	for _, m := range modes {
 		head = append(head, string(m))
