@@ -73,21 +73,8 @@ func (f *Fleet) OnTrip(rule func() BreakerRule, trip func(route string)) {
 	f.tripRule, f.onTrip = rule, trip
 }
 
-// flushVerdicts runs until Close, reporting the failing routes' counts.
-func (f *Fleet) flushVerdicts() {
-	defer f.wg.Done()
-	t := time.NewTicker(flushEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.stop:
-			return
-		case <-t.C:
-		}
-		f.flushOnce()
-	}
-}
-
+// flushOnce reports the failing routes' counts, and trips those the
+// fleet's sum condemns (every flushEvery, in the background).
 func (f *Fleet) flushOnce() {
 	v := &f.verdicts
 	v.mu.Lock()

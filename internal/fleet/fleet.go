@@ -186,10 +186,10 @@ func (f *Fleet) Start() {
 	if err != nil {
 		f.failed(OpPing)
 	}
-	f.wg.Add(3)
-	go f.probe()
+	f.wg.Add(1)
 	go f.events.run()
-	go f.flushVerdicts()
+	f.every(f.opts.ProbeEvery, f.probe)
+	f.every(flushEvery, f.flushOnce)
 }
 
 // Close stops the background work and closes the connections.
@@ -318,27 +318,35 @@ func redactErr(err error) string {
 	return "error"
 }
 
+// every runs fn every d in the background until Close.
+func (f *Fleet) every(d time.Duration, fn func()) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-f.stop:
+				return
+			case <-t.C:
+			}
+			fn()
+		}
+	}()
+}
+
 // probe pings Redis while it is down, until it answers again.
 func (f *Fleet) probe() {
-	defer f.wg.Done()
-	t := time.NewTicker(f.opts.ProbeEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.stop:
-			return
-		case <-t.C:
-		}
-		if f.up.Load() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-		err := f.rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			f.setUp(true, nil)
-		} else {
-			f.failed(OpPing)
-		}
+	if f.up.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	err := f.rdb.Ping(ctx).Err()
+	cancel()
+	if err == nil {
+		f.setUp(true, nil)
+	} else {
+		f.failed(OpPing)
 	}
 }
