@@ -15,8 +15,10 @@ import (
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/fleet"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/redistest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
@@ -346,6 +348,13 @@ func TestFleetRedisHangs(t *testing.T) {
 	if s.app.Fleet().Up() {
 		t.Fatal("Up = true with Redis hung")
 	}
+	m := s.app.Metrics()
+	if up := testutil.ToFloat64(m.FleetRedisUp); up != 0 {
+		t.Errorf("dingproxy_fleet_redis_up = %v with Redis hung, want 0", up)
+	}
+	if n := testutil.ToFloat64(m.FleetErrors.WithLabelValues(fleet.OpPace)); n < 1 {
+		t.Errorf("dingproxy_fleet_errors_total{op=\"pace\"} = %v, want the timed-out turn counted", n)
+	}
 	var slowest time.Duration
 	for range 20 {
 		slowest = max(slowest, call())
@@ -357,4 +366,7 @@ func TestFleetRedisHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the proxy to share again", s.app.Fleet().Up)
+	if up := testutil.ToFloat64(m.FleetRedisUp); up != 1 {
+		t.Errorf("dingproxy_fleet_redis_up = %v once Redis answers again, want 1", up)
+	}
 }
