@@ -15,6 +15,9 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+	// quota.timezone is read with time.LoadLocation; the release image
+	// (distroless/static) has no zoneinfo: the binary carries its own.
+	_ "time/tzdata"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"

@@ -47,6 +47,7 @@ func TestKeys(t *testing.T) {
 		"breaker.open_timeout", "breaker.half_open_requests", "breaker.max_routes",
 		"routes",
 		"log.level", "log.format",
+		"quota.monthly_budget", "quota.timezone",
 		"fleet.redis_url", "fleet.key_prefix", "fleet.timeout",
 	}
 	var got []string
@@ -106,6 +107,7 @@ func TestLoadValid(t *testing.T) {
 			{Path: "/topapi/v2/department/listsub", Fallback: &Fallback{Stale: 10 * time.Minute}},
 		},
 		Log:   Log{Level: "debug", Format: "console"},
+		Quota: Quota{MonthlyBudget: 4000, Timezone: "Asia/Shanghai"},
 		Fleet: Fleet{RedisURL: "redis://redis.fleet:6379/2", KeyPrefix: "dp", Timeout: 80 * time.Millisecond},
 	}
 	got, err := Load("testdata/valid.yaml")
@@ -381,6 +383,7 @@ func sampleEnv(t *testing.T) (Config, map[string]string) {
 		"log.format":        "console",
 		"fleet.redis_url":   "redis://:pw@127.0.0.1:6379/1",
 		"fleet.key_prefix":  "dp-env",
+		"quota.timezone":    "Europe/Berlin",
 	}
 	const routesYAML = `
 - path: /v1.0/robot/oToMessages/batchSend

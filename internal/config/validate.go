@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
 // FieldError is one problem with one key. Its Error is Key + ": " + Msg, for
@@ -165,6 +167,12 @@ func (c *Config) validate() []*FieldError {
 	default:
 		v.add("log.format", `must be "json" or "console", got %q`, c.Log.Format)
 	}
+	if c.Quota.MonthlyBudget < 0 {
+		v.add("quota.monthly_budget", "must be >= 0 (0: no cap), got %d", c.Quota.MonthlyBudget)
+	}
+	if _, err := time.LoadLocation(c.Quota.Timezone); err != nil || c.Quota.Timezone == "" || c.Quota.Timezone == "Local" {
+		v.add("quota.timezone", "must be an IANA time zone such as Asia/Shanghai, got %q", c.Quota.Timezone)
+	}
 	v.fleet(c.Fleet)
 	return v.errs
 }
@@ -213,6 +221,23 @@ func (v *validator) routes(routes []Route) {
 		if r.Fallback != nil {
 			v.fallback(key+".fallback", r.Fallback)
 		}
+		v.cache(key, r)
+	}
+}
+
+// cache checks routes[i].cache: a cached answer is served again, so only a
+// call that may be repeated can be cached (an explicit idempotent: true,
+// or a read DingTalk's catalogue lists).
+func (v *validator) cache(key string, r Route) {
+	switch {
+	case r.Cache < 0:
+		v.add(key+".cache", "must be >= 0, got %s", r.Cache)
+	case r.Cache > 24*time.Hour:
+		v.add(key+".cache", "must be at most 24h, got %s", r.Cache)
+	case r.Cache > 0 && r.Idempotent != nil && !*r.Idempotent:
+		v.add(key+".cache", "allowed only on an idempotent route, and %s.idempotent is false", key)
+	case r.Cache > 0 && r.Idempotent == nil && strings.HasPrefix(r.Path, "/") && !dingtalk.Describe(r.Path).Read:
+		v.add(key+".cache", "allowed only on an idempotent route: %q is not a read DingTalk's catalogue lists (set %s.idempotent: true if it is one)", r.Path, key)
 	}
 }
 

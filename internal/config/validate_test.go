@@ -122,6 +122,25 @@ func TestValidate(t *testing.T) {
 		{"log level", func(c *Config) { c.Log.Level = "verbose" }, `log.level: must be "debug", "info", "warn" or "error", got "verbose"`},
 		{"log format", func(c *Config) { c.Log.Format = "text" }, `log.format: must be "json" or "console", got "text"`},
 
+		{"quota budget negative", func(c *Config) { c.Quota.MonthlyBudget = -1 }, `quota.monthly_budget: must be >= 0 (0: no cap), got -1`},
+		{"quota timezone", func(c *Config) { c.Quota.Timezone = "Mars/Olympus" }, `quota.timezone: must be an IANA time zone such as Asia/Shanghai, got "Mars/Olympus"`},
+		{"quota timezone UTC", func(c *Config) { c.Quota.Timezone = "UTC" }, ""},
+		{"cache on a catalogued read", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/v2/department/listsub", Cache: 30 * time.Second}}
+		}, ""},
+		{"cache on a route made idempotent", func(c *Config) {
+			c.Routes = []Route{{Path: "/department/list", Idempotent: ptr(true), Cache: time.Minute}}
+		}, ""},
+		{"cache on a send", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/message/corpconversation/asyncsend_v2", Cache: time.Minute}}
+		}, `routes[0].cache: allowed only on an idempotent route: "/topapi/message/corpconversation/asyncsend_v2" is not a read DingTalk's catalogue lists (set routes[0].idempotent: true if it is one)`},
+		{"cache on a route made not idempotent", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/v2/department/listsub", Idempotent: ptr(false), Cache: time.Minute}}
+		}, `routes[0].cache: allowed only on an idempotent route, and routes[0].idempotent is false`},
+		{"cache negative", func(c *Config) { c.Routes = []Route{{Path: "/x", Cache: -time.Second}} }, `routes[0].cache: must be >= 0, got -1s`},
+		{"cache too long", func(c *Config) {
+			c.Routes = []Route{{Path: "/x", Idempotent: ptr(true), Cache: 48 * time.Hour}}
+		}, `routes[0].cache: must be at most 24h, got 48h0m0s`},
 		{"fleet redis", func(c *Config) { c.Fleet.RedisURL = "rediss://user:s3cret@redis:6380/3" }, ""},
 		{"fleet scheme", func(c *Config) { c.Fleet.RedisURL = "http://:s3cret@redis:6379" }, `fleet.redis_url: must be a redis:// or rediss:// URL, got scheme "http"`},
 		{"fleet unparsable", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:port/0" }, `fleet.redis_url: must be a redis:// or rediss:// URL: it does not parse`},

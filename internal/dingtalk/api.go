@@ -29,6 +29,9 @@ type Endpoint struct {
 	// Read: the path is in the catalogue of DingTalk reads that use POST
 	// (IsReadEndpoint), by its route or as sent.
 	Read bool
+	// Metered: DingTalk may count the call against the organisation's
+	// monthly API quota (Metered).
+	Metered bool
 }
 
 // Limits on a route name: a path deeper than maxRouteSegments keeps its
@@ -176,7 +179,34 @@ func CatalogueSize() int { return catalogue.size }
 func Describe(path string) Endpoint {
 	e := describe(path)
 	e.Read = IsReadEndpoint(e.Route) || IsReadEndpoint(path)
+	e.Metered = !e.TokenEndpoint && Metered(e.Route)
 	return e
+}
+
+// unmeteredPrefixes are the route prefixes of the APIs DingTalk leaves out
+// of the monthly quota (DINGTALK.md §3.5: "Token, SSO and contacts APIs
+// excluded"): sign-in and SSO, and the address book (users, departments,
+// roles, external contacts) on both hosts.
+var unmeteredPrefixes = []string{
+	"/sso/", "/sns/", "/v1.0/oauth2/", "/v1.0/sso/",
+	"/user/", "/topapi/user/", "/topapi/v2/user/",
+	"/department/", "/topapi/department/", "/topapi/v2/department/",
+	"/role/", "/topapi/role/", "/extcontact/", "/topapi/extcontact/",
+	"/v1.0/contact/", "/v2.0/contact/",
+}
+
+// Metered says whether DingTalk may count a call on route against the
+// organisation's monthly quota. Only the token, SSO and contacts APIs are
+// known not to be; every other route, known or not, is taken as metered
+// (counting a free call costs nothing, and no path is ever stopped unless
+// DingTalk itself answered it 90020).
+func Metered(route string) bool {
+	for _, p := range unmeteredPrefixes {
+		if strings.HasPrefix(route, p) {
+			return false
+		}
+	}
+	return true
 }
 
 func describe(path string) Endpoint {

@@ -2,6 +2,7 @@ package dingtalk
 
 import (
 	"bytes"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +54,10 @@ type Result struct {
 	PenaltyEnd time.Time
 	// Wait is the ban length read from an IP-ban answer, zero if unreadable.
 	Wait time.Duration
+	// QuotaUsed and QuotaLimit are the organisation's calls this month and
+	// its monthly quota, read from a 90020 (ApiCountLimitForOrg) message;
+	// -1 when it did not say.
+	QuotaUsed, QuotaLimit int64
 	// RequestID is DingTalk's request_id / requestid from an answer that is
 	// not a success, for logs (empty for successes: it would cost an
 	// allocation on every call). Only [A-Za-z0-9._-], at most 64 bytes.
@@ -138,7 +143,11 @@ func classify(status int, contentType string, body []byte, f *fields) Result {
 		}
 	}
 	if f.hasCode && len(f.code) > 0 && f.code[0] != '-' && (f.code[0] < '0' || f.code[0] > '9') {
-		return classifyCode(status, string(f.code))
+		r := classifyCode(status, string(f.code))
+		if r.Reason == ReasonQuota {
+			r.QuotaUsed, r.QuotaLimit = quotaFigures(f.message)
+		}
+		return r
 	}
 	return byStatus(status)
 }
@@ -167,7 +176,8 @@ func classifyErrcode(n int, f fields) Result {
 	case isTokenErrcode(n):
 		return Result{Class: TokenInvalid, Reason: ReasonTokenInvalid, Errcode: n}
 	case n == ErrcodeMonthlyQuota:
-		return Result{Class: Business, Reason: ReasonQuota, Errcode: n}
+		used, limit := quotaFigures(f.errmsg)
+		return Result{Class: Business, Reason: ReasonQuota, Errcode: n, QuotaUsed: used, QuotaLimit: limit}
 	case n == ErrcodeQPMAppAPI || n == ErrcodeQPMCorpAPI:
 		return Result{Class: Business, Reason: ReasonMinuteLimit, Errcode: n}
 	case n == ErrcodeRobotTooFast || n == ErrcodeRobotTooFastDoc || n == ErrcodeRobotTooMany:
@@ -264,6 +274,48 @@ func penaltyEnd(msg []byte) time.Time {
 		return time.Time{}
 	}
 	return t
+}
+
+// quotaFigures reads the usage and the quota from a 90020 message, as
+// DingTalk words it: "您的企业本月api调用量已超过限制,调用量:10001次,额度:10000次,..."
+// (full-width colons too); -1 for a figure it does not find. The message
+// is a JSON string's raw bytes: an escaped one is read unescaped first.
+func quotaFigures(raw []byte) (used, limit int64) {
+	msg := raw
+	if bytes.IndexByte(raw, '\\') >= 0 {
+		var s string
+		if json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &s) == nil {
+			msg = []byte(s)
+		}
+	}
+	return figureAfter(msg, "调用量"), figureAfter(msg, "额度")
+}
+
+// figureAfter is the number that follows label (and a colon) in msg, at
+// the first place where one does; -1 if none.
+func figureAfter(msg []byte, label string) int64 {
+	for {
+		i := bytes.Index(msg, []byte(label))
+		if i < 0 {
+			return -1
+		}
+		msg = msg[i+len(label):]
+		rest := msg
+		for _, sep := range []string{":", "：", " "} {
+			rest = bytes.TrimPrefix(rest, []byte(sep))
+		}
+		n, digits := int64(0), 0
+		for _, c := range rest {
+			if c < '0' || c > '9' || digits >= 15 {
+				break
+			}
+			n = n*10 + int64(c-'0')
+			digits++
+		}
+		if digits > 0 {
+			return n
+		}
+	}
 }
 
 func isHTML(contentType string, body []byte) bool {

@@ -4,8 +4,8 @@ package dingtalk
 // retrying proxy. Values are raw: a number's digits or a string's unquoted
 // bytes (escapes are kept as written; none of these fields need them).
 type fields struct {
-	errcode, subCode, errmsg, code, status, wait, requestID []byte
-	hasErrcode, hasCode, hasStatus                          bool
+	errcode, subCode, errmsg, code, status, wait, requestID, message []byte
+	hasErrcode, hasCode, hasStatus                                   bool
 }
 
 // scanTop reads the members of the top-level JSON object in b without
@@ -29,6 +29,8 @@ func scanTop(b []byte, f *fields) bool {
 			f.subCode = val
 		case "errmsg":
 			f.errmsg = val
+		case "message":
+			f.message = val
 		case "code":
 			f.code, f.hasCode = val, true
 		case "status":

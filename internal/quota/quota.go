@@ -1,0 +1,288 @@
+// Package quota spends the organisation's monthly API quota wisely.
+// DingTalk meters most server API calls per organisation per calendar month
+// (China time) and, past the quota, answers 90020 (api: 403
+// Forbidden.AccessDenied.ApiCountLimitForOrg) until the month turns or more
+// is bought. A Meter counts the metered calls this proxy sends in the month
+// (retries included: DingTalk meters them too), learns the organisation's
+// usage and quota from a 90020 message, stops a route that answered 90020
+// until the month turns (probing it once an hour, so a quota bought
+// mid-month is noticed), and keeps this app to quota.monthly_budget.
+//
+// It knows nothing of HTTP: the proxy asks Admit before a call, reports
+// every attempt sent (Sent) and DingTalk's answers (Answered), and turns a
+// refusal (*Error) into its answer.
+package quota
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+)
+
+// ProbeEvery is how often a route stopped by a 90020 lets one call through
+// to see whether the quota came back (bought mid-month).
+const ProbeEvery = time.Hour
+
+// WarnAt is the share of quota.monthly_budget past which the meter warns.
+const WarnAt = 0.8
+
+// Settings are the configured values.
+type Settings struct {
+	// Budget is how many metered calls this app may send in a month; 0: no
+	// cap of its own.
+	Budget int64
+	// Location is where the month turns (quota.timezone); nil: China time.
+	Location *time.Location
+}
+
+// Error is a metered call refused before it was sent.
+type Error struct {
+	Route string
+	// Budget: this app's quota.monthly_budget is spent; else DingTalk
+	// answered 90020 on Route this month.
+	Budget bool
+	// RetryAfter is when trying again may help: the next probe of a stopped
+	// route, or the month's turn for the budget.
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	if e.Budget {
+		return fmt.Sprintf("quota: this app's monthly budget (quota.monthly_budget) is spent; it renews in %s", e.RetryAfter.Round(time.Second))
+	}
+	return fmt.Sprintf("quota: %s: the organisation's monthly API quota is spent (DingTalk answered 90020); next try in %s",
+		e.Route, e.RetryAfter.Round(time.Second))
+}
+
+// Meter counts and guards one month at a time. It is safe for concurrent
+// use.
+type Meter struct {
+	// OnWarn, if set (before use), is told once a month when the app's
+	// count passes WarnAt of the budget.
+	OnWarn func(sent, budget int64)
+	// OnStop, if set (before use), is told when a route stops for the month
+	// (DingTalk answered 90020) and when it resumes.
+	OnStop func(route string, stopped bool)
+	// Shared, if set, is the fleet's count of the month: the meter adds its
+	// sends to it and reads the fleet's total back (quota.Shared).
+	Shared Shared
+
+	settings atomic.Pointer[Settings]
+
+	mu      sync.Mutex
+	month   string // "2026-12" in the settings' location
+	sent    int64  // metered calls this proxy sent this month
+	fleet   int64  // the fleet's count, as last read (shared mode)
+	used    int64  // the organisation's usage as DingTalk said, -1 unknown
+	limit   int64  // the organisation's quota as DingTalk said, -1 unknown
+	warned  bool
+	stopped map[string]*stop
+}
+
+type stop struct {
+	nextProbe time.Time
+	probing   bool // a probe is out
+}
+
+// Shared is the month's count kept for a fleet: Add adds this proxy's sends
+// to month's total and returns the total (or an error: alone then).
+type Shared interface {
+	Add(month string, n int64) (int64, error)
+}
+
+// China is DingTalk's time zone, where its months turn.
+var China = time.FixedZone("CST", 8*3600)
+
+// New returns a Meter under s.
+func New(s Settings) *Meter {
+	m := &Meter{used: -1, limit: -1, stopped: make(map[string]*stop)}
+	m.Update(s)
+	return m
+}
+
+// Update installs new settings (a reload).
+func (m *Meter) Update(s Settings) {
+	if s.Location == nil {
+		s.Location = China
+	}
+	m.settings.Store(&s)
+}
+
+// rollLocked starts a new month when the month turned; m.mu must be held.
+func (m *Meter) rollLocked(now time.Time) {
+	month := now.In(m.settings.Load().Location).Format("2006-01")
+	if month == m.month {
+		return
+	}
+	m.month, m.sent, m.fleet, m.used, m.limit, m.warned = month, 0, 0, -1, -1, false
+	for r := range m.stopped {
+		delete(m.stopped, r)
+		if m.OnStop != nil {
+			m.OnStop(r, false)
+		}
+	}
+}
+
+// untilTurn is how long until the month turns after now.
+func (m *Meter) untilTurn(now time.Time) time.Duration {
+	t := now.In(m.settings.Load().Location)
+	first := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, t.Location()).AddDate(0, 1, 0)
+	return first.Sub(now)
+}
+
+// Admit says whether a call on route may be sent now: nil, or an *Error
+// when the route answered 90020 this month (but for one probe an hour) or
+// the app's budget is spent. Unmetered calls always may.
+func (m *Meter) Admit(route string, metered bool) error {
+	if !metered {
+		return nil
+	}
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rollLocked(now)
+	if b := m.settings.Load().Budget; b > 0 && m.countLocked() >= b {
+		return &Error{Route: route, Budget: true, RetryAfter: m.untilTurn(now)}
+	}
+	st := m.stopped[route]
+	if st == nil {
+		return nil
+	}
+	if !st.probing && !now.Before(st.nextProbe) {
+		st.probing = true // this call is the hour's probe
+		st.nextProbe = now.Add(ProbeEvery)
+		return nil
+	}
+	return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
+}
+
+// Stopped says whether a metered call on route would be refused now,
+// without taking the hour's probe (a retry asks this).
+func (m *Meter) Stopped(route string, metered bool) bool {
+	if !metered {
+		return false
+	}
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rollLocked(now)
+	if b := m.settings.Load().Budget; b > 0 && m.countLocked() >= b {
+		return true
+	}
+	st := m.stopped[route]
+	return st != nil && !st.probing
+}
+
+// countLocked is the month's count this meter goes by: the fleet's when
+// shared, this proxy's alone.
+func (m *Meter) countLocked() int64 { return max(m.sent, m.fleet) }
+
+// Sent counts one attempt sent on route (DingTalk meters retries too).
+func (m *Meter) Sent(route string, metered bool) {
+	if !metered {
+		return
+	}
+	now := time.Now()
+	m.mu.Lock()
+	m.rollLocked(now)
+	m.sent++
+	m.fleet++ // this proxy's send is the fleet's too, until the next read
+	month := m.month
+	warn := m.warnLocked()
+	m.mu.Unlock()
+	if warn != nil {
+		warn()
+	}
+	if m.Shared != nil {
+		if total, err := m.Shared.Add(month, 1); err == nil {
+			m.mu.Lock()
+			if m.month == month {
+				m.fleet = max(m.fleet, total)
+			}
+			warn = m.warnLocked()
+			m.mu.Unlock()
+			if warn != nil {
+				warn()
+			}
+		}
+	}
+}
+
+// warnLocked returns the warning to give once the count passes WarnAt of
+// the budget (once a month), or nil.
+func (m *Meter) warnLocked() func() {
+	b := m.settings.Load().Budget
+	if b <= 0 || m.warned || float64(m.countLocked()) < WarnAt*float64(b) || m.OnWarn == nil {
+		return nil
+	}
+	m.warned = true
+	sent, on := m.countLocked(), m.OnWarn
+	return func() { on(sent, b) }
+}
+
+// Answered tells the meter how DingTalk answered a call on route: a quota
+// answer (90020) stops the route for the month and teaches the
+// organisation's figures; any other answer DingTalk processed on a stopped
+// route (the probe, or a call in flight) resumes it.
+func (m *Meter) Answered(route string, r dingtalk.Result) {
+	now := time.Now()
+	m.mu.Lock()
+	m.rollLocked(now)
+	var changed, stopped bool
+	switch {
+	case r.Reason == dingtalk.ReasonQuota:
+		if r.QuotaUsed >= 0 {
+			m.used = max(m.used, r.QuotaUsed)
+		}
+		if r.QuotaLimit >= 0 {
+			m.limit = r.QuotaLimit
+		}
+		st := m.stopped[route]
+		if st == nil {
+			changed, stopped = true, true
+			st = &stop{}
+			m.stopped[route] = st
+		}
+		st.probing, st.nextProbe = false, now.Add(ProbeEvery)
+	case r.Class == dingtalk.Success || r.Class == dingtalk.Business:
+		if _, ok := m.stopped[route]; ok {
+			delete(m.stopped, route)
+			changed = true
+		}
+	default: // a probe that met a transient failure: the next hour's
+		if st := m.stopped[route]; st != nil && st.probing {
+			st.probing = false
+		}
+	}
+	m.mu.Unlock()
+	if changed && m.OnStop != nil {
+		m.OnStop(route, stopped)
+	}
+}
+
+// State is what the meter knows of the month, for metrics.
+type State struct {
+	Month string
+	// Sent is this proxy's metered calls this month (the fleet's, shared).
+	Sent int64
+	// Used and Limit are the organisation's usage and quota as DingTalk
+	// last said them, -1 unknown.
+	Used, Limit int64
+	// Budget is quota.monthly_budget (0: none).
+	Budget int64
+	// Stopped is how many routes are stopped for the month.
+	Stopped int
+}
+
+// State reports the month so far.
+func (m *Meter) State() State {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rollLocked(now)
+	return State{Month: m.month, Sent: m.countLocked(), Used: m.used, Limit: m.limit,
+		Budget: m.settings.Load().Budget, Stopped: len(m.stopped)}
+}

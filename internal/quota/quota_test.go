@@ -1,0 +1,148 @@
+package quota
+
+import (
+	"errors"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+)
+
+var (
+	quotaAnswer = dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: dingtalk.ErrcodeMonthlyQuota, QuotaUsed: 5001, QuotaLimit: 5000}
+	okAnswer    = dingtalk.Result{Class: dingtalk.Success, Reason: dingtalk.ReasonSuccess}
+)
+
+const route = "/attendance/list"
+
+// The bubble's clock starts at 2000-01-01 00:00 UTC: 08:00 on 1 January in
+// China. Its month turns at 2000-01-31 16:00 UTC (00:00 on 1 February in
+// China), eight hours before it does in UTC.
+var chinaTurn = time.Date(2000, 1, 31, 16, 0, 0, 0, time.UTC)
+
+// A 90020 stops the route until the month turns in China time, not UTC; an
+// hourly probe goes through meanwhile; other routes and unmetered calls are
+// never stopped.
+func TestStoppedUntilTheMonthTurns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(Settings{})
+		if err := m.Admit(route, true); err != nil {
+			t.Fatal(err)
+		}
+		m.Sent(route, true)
+		m.Answered(route, quotaAnswer)
+		var qe *Error
+		if err := m.Admit(route, true); !errors.As(err, &qe) || qe.Budget || qe.RetryAfter != ProbeEvery {
+			t.Fatalf("Admit after 90020 = %v, want a quota Error with the probe an hour away", err)
+		}
+		if err := m.Admit("/topapi/processinstance/get", true); err != nil {
+			t.Errorf("another route: %v, want admitted (it never answered 90020)", err)
+		}
+		if err := m.Admit(route, false); err != nil {
+			t.Errorf("an unmetered call: %v", err)
+		}
+		if st := m.State(); st.Used != 5001 || st.Limit != 5000 || st.Stopped != 1 || st.Month != "2000-01" {
+			t.Errorf("State = %+v, want the organisation's 5001 of 5000 learned, 1 route stopped, month 2000-01", st)
+		}
+
+		// One probe an hour, and only one.
+		time.Sleep(ProbeEvery)
+		if err := m.Admit(route, true); err != nil {
+			t.Fatalf("the hour's probe: %v", err)
+		}
+		if err := m.Admit(route, true); err == nil {
+			t.Fatal("a second call went while the probe was out")
+		}
+		m.Answered(route, quotaAnswer) // still spent
+		if err := m.Admit(route, true); err == nil {
+			t.Fatal("admitted after the probe met 90020 again")
+		}
+
+		// The month turns at midnight in China: 16:00 UTC on 31 January.
+		time.Sleep(time.Until(chinaTurn.Add(-time.Second)))
+		m.Admit(route, true) // the hour's probe
+		if err := m.Admit(route, true); err == nil {
+			t.Fatal("admitted a second before the month turned in China")
+		}
+		m.Answered(route, quotaAnswer)
+		time.Sleep(time.Second)
+		if err := m.Admit(route, true); err != nil {
+			t.Errorf("at 00:00 China time on 1 February: %v, want a new month", err)
+		}
+		if st := m.State(); st.Month != "2000-02" || st.Stopped != 0 || st.Used != -1 || st.Sent != 0 {
+			t.Errorf("State after the turn = %+v, want month 2000-02, nothing stopped, usage unknown, 0 sent", st)
+		}
+	})
+}
+
+// A probe that gets through resumes the route (a quota bought mid-month).
+func TestProbeResumes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var events []bool
+		m := New(Settings{})
+		m.OnStop = func(r string, stopped bool) { events = append(events, stopped) }
+		m.Answered(route, quotaAnswer)
+		time.Sleep(ProbeEvery)
+		if err := m.Admit(route, true); err != nil {
+			t.Fatal(err)
+		}
+		m.Answered(route, okAnswer)
+		for range 3 {
+			if err := m.Admit(route, true); err != nil {
+				t.Fatalf("after a successful probe: %v", err)
+			}
+		}
+		if len(events) != 2 || !events[0] || events[1] {
+			t.Errorf("OnStop heard %v, want stopped then resumed", events)
+		}
+	})
+}
+
+// monthly_budget caps this app's metered calls: a warning at 80 %, the
+// quota answer at 100 % until the month turns; unmetered calls go on.
+func TestBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var warned []int64
+		m := New(Settings{Budget: 10, Location: time.UTC})
+		m.OnWarn = func(sent, budget int64) { warned = append(warned, sent) }
+		for i := range 10 {
+			if err := m.Admit(route, true); err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+			m.Sent(route, true)
+		}
+		if len(warned) != 1 || warned[0] != 8 {
+			t.Errorf("warnings at %v, want one at 8 (80 %% of 10)", warned)
+		}
+		var qe *Error
+		if err := m.Admit("/other", true); !errors.As(err, &qe) || !qe.Budget {
+			t.Fatalf("the 11th call: %v, want the budget's refusal", err)
+		}
+		if want := time.Date(2000, 2, 1, 0, 0, 0, 0, time.UTC).Sub(time.Now()); qe.RetryAfter != want {
+			t.Errorf("RetryAfter = %v, want until the month turns (%v)", qe.RetryAfter, want)
+		}
+		if err := m.Admit(route, false); err != nil {
+			t.Errorf("an unmetered call past the budget: %v", err)
+		}
+		if !m.Stopped(route, true) {
+			t.Error("Stopped = false past the budget")
+		}
+		time.Sleep(time.Until(time.Date(2000, 2, 1, 0, 0, 0, 0, time.UTC)))
+		if err := m.Admit(route, true); err != nil {
+			t.Errorf("in the new month: %v", err)
+		}
+	})
+}
+
+// Retries count: every attempt sent is metered.
+func TestEveryAttemptCounts(t *testing.T) {
+	m := New(Settings{})
+	for range 3 {
+		m.Sent(route, true)
+	}
+	m.Sent("/gettoken", false)
+	if st := m.State(); st.Sent != 3 {
+		t.Errorf("Sent = %d, want 3", st.Sent)
+	}
+}
