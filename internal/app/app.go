@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/quota"
+
 	"github.com/dingproxy/dingproxy/internal/fleet"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,8 +47,10 @@ type App struct {
 	retry                     *retry.Transport
 	breakers                  *breaker.Set
 	pacer                     *pacing.Pacer
-	fleet                     *fleet.Fleet // nil alone
-	fleetPacer                *fleet.Pacer // nil alone
+	quota                     *quota.Meter
+	verdict                   func(f *retry.Facts, one retry.Report) // the fleet's failure count; nil alone
+	fleet                     *fleet.Fleet                           // nil alone
+	fleetPacer                *fleet.Pacer                           // nil alone
 	proxy                     *proxy.Proxy
 	ready                     atomic.Bool
 
@@ -151,6 +155,32 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.retry = retry.NewTransport(a.base, RetryPolicy(cfg))
 	a.retry.Budget = retry.NewBudget(cfg.Retry.Budget.Ratio, cfg.Retry.Budget.MinPerSecond)
 	a.retry.Logger = log.Named("retry")
+	a.quota = quota.New(QuotaSettings(cfg))
+	a.quota.OnWarn = func(sent, budget int64) {
+		log.Warn("quota: this app has spent 80% of its monthly budget", zap.Int64("sent", sent), zap.Int64("monthly_budget", budget))
+	}
+	a.quota.OnStop = func(route string, stopped bool) {
+		st := a.quota.State()
+		if stopped {
+			log.Warn("quota: DingTalk answered 90020: the route is not called again this month (one probe an hour)",
+				zap.String("route", route), zap.Int64("org_used", st.Used), zap.Int64("org_quota", st.Limit))
+		} else {
+			log.Info("quota: the route is called again", zap.String("route", route), zap.String("month", st.Month))
+		}
+	}
+	m.QuotaFrom(func() (float64, float64) {
+		st := a.quota.State()
+		used, limit := float64(st.Sent), float64(-1)
+		if st.Used >= 0 {
+			used = float64(st.Used)
+		}
+		if st.Budget > 0 {
+			limit = float64(st.Budget)
+		} else if st.Limit >= 0 {
+			limit = float64(st.Limit)
+		}
+		return used, limit
+	})
 	a.pacer = pacing.New(PacingSettings(cfg))
 	a.retry.Pacer = a.pacer // takes its feedback from the loop itself
 	if a.fleet != nil {
@@ -175,9 +205,28 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		}
 	}
 	a.breakers = breaker.NewSet(BreakerSettings(cfg), routePaths(cfg), log.Named("breaker"))
-	// A call waiting for its turn while its route opens is not sent into
-	// the outage (nor retried into it).
-	a.retry.Gate = func(f *retry.Facts) error { return a.breakers.Check(f.Route) }
+	// A call waiting for its turn while its route opens (or its monthly
+	// quota runs out) is not sent (nor retried).
+	a.retry.Gate = func(f *retry.Facts) error {
+		if err := a.quota.Refused(f.Route, f.Metered); err != nil {
+			return err
+		}
+		return a.breakers.Check(f.Route)
+	}
+	// Every attempt sent on a metered route counts against the month
+	// (retries too); DingTalk's answers teach the meter.
+	a.retry.OnAttempt = func(f *retry.Facts, one retry.Report) {
+		if one.Outcome != retry.NotSent && f.Metered && !f.TokenEndpoint {
+			a.quota.Sent(f.Route, true)
+			m.QuotaCalls.WithLabelValues(f.Route).Inc()
+		}
+		if one.Result.Reason != "" {
+			a.quota.Answered(f.Route, one.Result)
+		}
+		if a.verdict != nil {
+			a.verdict(f, one)
+		}
+	}
 	a.pacer.OnRate = func(api string, from, to float64) {
 		route := a.breakers.Route(api)
 		m.PacingRate.WithLabelValues(route).Set(to)
@@ -198,7 +247,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		set.OnBan = fl.PublishBan
 		// The fleet counts failures per attempt: an outage shows three times
 		// sooner than in calls that retry before they end.
-		a.retry.OnAttempt = func(f *retry.Facts, one retry.Report) {
+		a.verdict = func(f *retry.Facts, one retry.Report) {
 			if v := breaker.Judge(one); v != breaker.Ignore && f.Route != "" {
 				fl.Verdict(set.Route(f.Route), v == breaker.Failure)
 			}
@@ -223,6 +272,10 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		AppKey:   cfg.App.Key, AppSecret: cfg.App.Secret.Reveal(),
 		Logger: log.Named("proxy"),
 		Served: a.served,
+		Admit:  func(f *retry.Facts) error { return a.quota.Admit(f.Route, f.Metered && !f.TokenEndpoint) },
+		OnCache: func(route, result string) {
+			m.CacheRequests.WithLabelValues(route, result).Inc()
+		},
 	}, ProxyPolicy(cfg))
 	return a, nil
 }
@@ -288,7 +341,7 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 		TokenPlaceholder:    cfg.Token.Placeholder,
 	}
 	for _, r := range cfg.Routes {
-		route := proxy.Route{Idempotent: r.Idempotent}
+		route := proxy.Route{Idempotent: r.Idempotent, Cache: r.Cache}
 		if f := r.Fallback; f != nil {
 			fb := &proxy.Fallback{Status: f.Status, Body: []byte(f.Body), Stale: f.Stale, Header: http.Header{}}
 			for k, v := range f.Headers {
@@ -302,6 +355,16 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 		p.Routes[r.Path] = route
 	}
 	return p
+}
+
+// QuotaSettings turns cfg's quota section into the meter's settings (a
+// validated timezone loads).
+func QuotaSettings(cfg *config.Config) quota.Settings {
+	loc, err := time.LoadLocation(cfg.Quota.Timezone)
+	if err != nil {
+		loc = quota.China
+	}
+	return quota.Settings{Budget: cfg.Quota.MonthlyBudget, Location: loc}
 }
 
 // PacingSettings turns cfg's pacing section into the pacer's settings.
@@ -371,6 +434,9 @@ func (a *App) seriesFor(route string) *routeSeries {
 func (a *App) initRoutes(cfg *config.Config) {
 	for _, r := range cfg.Routes {
 		a.metrics.InitRoute(a.breakers.Route(r.Path), cfg.Pacing.PerAPIQPS)
+		if r.Cache > 0 {
+			a.metrics.InitCache(a.breakers.Route(r.Path))
+		}
 	}
 }
 

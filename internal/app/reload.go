@@ -51,6 +51,7 @@ func (a *App) Apply(cfg *config.Config) error {
 	}
 	a.breakers.Update(BreakerSettings(&next), routePaths(&next))
 	a.proxy.SetPolicy(ProxyPolicy(&next))
+	a.quota.Update(QuotaSettings(&next))
 	a.level.SetLevel(level)
 	a.maxInflight.Store(int64(next.MaxInflight))
 	a.initRoutes(&next)

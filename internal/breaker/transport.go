@@ -74,7 +74,7 @@ func Judge(rep retry.Report) Verdict {
 	case retry.ServerError, retry.AfterSend:
 		return Failure
 	case retry.NotSent:
-		if rep.Reason == retry.ReasonTokenUnavailable || rep.Reason == retry.ReasonPaced || rep.Reason == retry.ReasonClosed {
+		if rep.Reason == retry.ReasonTokenUnavailable || rep.Reason == retry.ReasonPaced || rep.Reason == retry.ReasonClosed || rep.Reason == dingtalk.ReasonQuota {
 			return Ignore
 		}
 		return Failure

@@ -232,3 +232,15 @@ func (s *Server) apiRequestID() string {
 	h := strings.ToUpper(s.randomHex(16))
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
+
+// quotaSpent answers 90020 as DingTalk does past the organisation's monthly
+// quota (its help page's wording): oapi HTTP 200 errcode 90020, api 403
+// Forbidden.AccessDenied.ApiCountLimitForOrg.
+func (s *Server) quotaSpent(w http.ResponseWriter, path string, used, limit int) {
+	msg := fmt.Sprintf("您的企业本月api调用量已超过限制,调用量:%d次,额度:%d次,请登录开发者后台-资源管理-查看用量明细", used, limit)
+	if shapeOf(path) == shapeAPI {
+		s.apiError(w, http.StatusForbidden, dingtalk.CodeMonthlyQuota, msg)
+		return
+	}
+	s.oapiError(w, path, dingtalk.ErrcodeMonthlyQuota, msg)
+}

@@ -57,10 +57,22 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.c.throttled++
 		f, have = Throttle(), true
 	}
-	if !have && s.chaos.appliesTo(path) {
+	var quotaUsed, quotaLimit int
+	if !have && !token && s.opts.MonthlyQuota > 0 && dingtalk.Describe(path).Metered {
+		s.c.metered++
+		if s.c.metered > s.opts.MonthlyQuota {
+			s.c.quotaRejected[path]++
+			quotaUsed, quotaLimit = s.c.metered, s.opts.MonthlyQuota
+		}
+	}
+	if !have && quotaLimit == 0 && s.chaos.appliesTo(path) {
 		f, _ = s.chaos.pick(s.rng.Float64()) // no pick is the zero Fault, OK
 	}
 	s.mu.Unlock()
+	if quotaLimit > 0 {
+		s.quotaSpent(w, path, quotaUsed, quotaLimit)
+		return
+	}
 
 	s.apply(w, r, body, f)
 }

@@ -21,6 +21,13 @@ type Options struct {
 	// that many sends in any minute, a robot is answered 130101 and blocked
 	// for 10 minutes (DingTalk's 20 and 10 minutes).
 	RobotPerMinute int
+	// MonthlyQuota, when positive, is the organisation's monthly API quota:
+	// past that many metered calls (dingtalk.Metered: all but the token,
+	// SSO and contacts APIs) every metered call is answered 90020 (api: 403
+	// Forbidden.AccessDenied.ApiCountLimitForOrg) with the usage and the
+	// quota in its message, as DingTalk words it. SetMonthlyQuota changes it
+	// (a quota bought mid-month).
+	MonthlyQuota int
 	// TokenTTL is the lifetime of issued tokens; default 2h, DingTalk's 7200 s.
 	TokenTTL time.Duration
 	// Seed seeds the chaos RNG; 0 means 1.
@@ -106,6 +113,9 @@ type counters struct {
 	robotThrottled atomic.Int64
 	tokenFetches   int
 	leaks          int
+	// metered is the month's metered calls; quotaRejected the 90020s by path.
+	metered       int
+	quotaRejected map[string]int
 }
 
 func newCounters() counters {
@@ -113,6 +123,8 @@ func newCounters() counters {
 		hits:     make(map[string]int),
 		execs:    make(map[string]int),
 		requests: make(map[string][]Request),
+
+		quotaRejected: make(map[string]int),
 	}
 }
 
@@ -365,6 +377,28 @@ func (s *Server) Requests(path string) []Request {
 // ResetCounters zeroes every counter, forgets recorded requests, and forgets
 // which bodies were executed, so Duplicates counts afresh. Tokens, scripts,
 // chaos, QPS state and executed robot msgUuids are kept.
+// SetMonthlyQuota sets the organisation's monthly quota (0: none), as if
+// more were bought mid-month. The month's count stays.
+func (s *Server) SetMonthlyQuota(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.MonthlyQuota = n
+}
+
+// QuotaRejected is how many calls on path were answered 90020.
+func (s *Server) QuotaRejected(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.quotaRejected[path]
+}
+
+// MeteredCalls is the month's count of metered calls.
+func (s *Server) MeteredCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.metered
+}
+
 func (s *Server) ResetCounters() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -41,7 +41,7 @@ var (
 	// RetryReasons are the attempt reasons that can be retried.
 	RetryReasons = []string{"rate_limited", "http_429", "token_invalid", "system_busy", "http_5xx", "dial_error", "reset", "timeout"}
 	// FallbackKinds are the X-Dingproxy-Fallback values.
-	FallbackKinds = []string{"circuit-open", "ip-ban", "route", "stale", "paced"}
+	FallbackKinds = []string{"circuit-open", "ip-ban", "route", "stale", "paced", "quota"}
 	// BreakerStates are the "to" values of a breaker transition.
 	BreakerStates = []string{"closed", "half-open", "open"}
 )
@@ -68,6 +68,11 @@ type Metrics struct {
 	Reloads           *prometheus.CounterVec // result
 	ReloadSuccessful  prometheus.Gauge
 	ReloadSuccessTime prometheus.Gauge
+	QuotaCalls        *prometheus.CounterVec // route
+	CacheRequests     *prometheus.CounterVec // route, result
+	quotaState        atomic.Pointer[func() (used, limit float64)]
+	quotaUsed         prometheus.GaugeFunc
+	quotaLimit        prometheus.GaugeFunc
 	// FleetRedisUp and FleetErrors exist in shared mode only (EnableFleet).
 	FleetRedisUp prometheus.Gauge
 	FleetErrors  *prometheus.CounterVec // op
@@ -117,7 +122,7 @@ func New(version string) *Metrics {
 	}, []string{"route", "to"})
 	m.Fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "fallbacks_total",
-		Help: "Answers served instead of calling DingTalk, by route and kind: circuit-open, ip-ban, route, stale, paced.",
+		Help: "Answers served instead of calling DingTalk, by route and kind: circuit-open, ip-ban, route, stale, paced, quota.",
 	}, []string{"route", "kind"})
 	m.PacingRate = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "pacing_rate",
@@ -163,6 +168,26 @@ func New(version string) *Metrics {
 		Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
 		Help: "When the configuration in force was loaded, as a Unix time.",
 	})
+	m.QuotaCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "quota_calls_total",
+		Help: "Calls sent that DingTalk may count against the organisation's monthly quota (retries included), by route.",
+	}, []string{"route"})
+	m.CacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "cache_requests_total",
+		Help: "Calls on routes with a read cache, by route and result: hit (answered from the cache, nothing sent) or miss.",
+	}, []string{"route", "result"})
+	quotaGauge := func(name, help string, pick func(used, limit float64) float64) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, func() float64 {
+			if f := m.quotaState.Load(); f != nil {
+				return pick((*f)())
+			}
+			return -1
+		})
+	}
+	m.quotaUsed = quotaGauge("quota_used", "Metered calls this month: the organisation's as DingTalk last said (a 90020 message), else this app's own count (the fleet's, shared); -1 unknown.",
+		func(used, _ float64) float64 { return used })
+	m.quotaLimit = quotaGauge("quota_limit", "The month's limit: quota.monthly_budget when set, else the organisation's quota as DingTalk last said; -1 unknown.",
+		func(_, limit float64) float64 { return limit })
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels name the running build.",
@@ -174,6 +199,7 @@ func New(version string) *Metrics {
 		m.BudgetExhausted, m.BreakerState, m.BreakerTransits, m.Fallbacks, m.PacingRate,
 		m.Unreplayable, m.Inflight, m.TokenRefreshes, tokenExpiry, m.Reloads,
 		m.ReloadSuccessful, m.ReloadSuccessTime, build,
+		m.QuotaCalls, m.CacheRequests, m.quotaUsed, m.quotaLimit,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -207,6 +233,7 @@ func (m *Metrics) InitRoute(route string, qps float64) {
 		m.Fallbacks.WithLabelValues(route, k)
 	}
 	m.PacingRate.WithLabelValues(route).Set(qps)
+	m.QuotaCalls.WithLabelValues(route)
 	m.Unreplayable.WithLabelValues(route, UnreplayableTooLarge)
 	m.Unreplayable.WithLabelValues(route, UnreplayableBufferCap)
 }
@@ -269,5 +296,21 @@ func (m *Metrics) EnableFleet(ops []string) {
 	m.Registry.MustRegister(m.FleetRedisUp, m.FleetErrors)
 	for _, op := range ops {
 		m.FleetErrors.WithLabelValues(op)
+	}
+}
+
+// QuotaUsed is dingproxy_quota_used.
+func (m *Metrics) QuotaUsed() prometheus.Collector { return m.quotaUsed }
+
+// QuotaLimit is dingproxy_quota_limit.
+func (m *Metrics) QuotaLimit() prometheus.Collector { return m.quotaLimit }
+
+// QuotaFrom makes dingproxy_quota_used and dingproxy_quota_limit read f.
+func (m *Metrics) QuotaFrom(f func() (used, limit float64)) { m.quotaState.Store(&f) }
+
+// InitCache creates a route's read-cache series at 0 (a route with cache:).
+func (m *Metrics) InitCache(route string) {
+	for _, r := range []string{"hit", "miss"} {
+		m.CacheRequests.WithLabelValues(route, r)
 	}
 }

@@ -29,6 +29,10 @@ var spec = []metricDef{
 	{"dingproxy_breaker_state", dto.MetricType_GAUGE, []string{"route"}},
 	{"dingproxy_fallbacks_total", dto.MetricType_COUNTER, []string{"route", "kind"}},
 	{"dingproxy_token_refreshes_total", dto.MetricType_COUNTER, []string{"result"}},
+	{"dingproxy_quota_calls_total", dto.MetricType_COUNTER, []string{"route"}},
+	{"dingproxy_quota_used", dto.MetricType_GAUGE, nil},
+	{"dingproxy_quota_limit", dto.MetricType_GAUGE, nil},
+	{"dingproxy_cache_requests_total", dto.MetricType_COUNTER, []string{"route", "result"}},
 }
 
 // extra are the operator metrics beyond SPEC's table.
@@ -72,6 +76,7 @@ func labelNames(m *dto.Metric) []string {
 func TestNamesTypesAndLabels(t *testing.T) {
 	m := metrics.New("v1.2.3")
 	m.InitRoute("/topapi/message/corpconversation/asyncsend_v2", 20)
+	m.InitCache("/topapi/v2/department/listsub")
 	fams := gather(t, m)
 	for _, want := range append(spec, extra...) {
 		f, ok := fams[want.name]

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/quota"
+
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
@@ -34,6 +36,7 @@ const (
 	CodeBadGateway       = "dingproxy.BadGateway"
 	CodeGatewayTimeout   = "dingproxy.GatewayTimeout"
 	CodeInternalError    = "dingproxy.InternalError"
+	CodeQuotaExceeded    = "dingproxy.QuotaExceeded"
 )
 
 // errorHandler maps the typed errors of the layers below to answers, in one
@@ -61,6 +64,11 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 	var paced *pacing.PacedError
 	if errors.As(err, &paced) {
 		px.pacedAnswer(w, f, paced)
+		return
+	}
+	var spent *quota.Error
+	if errors.As(err, &spent) {
+		px.quotaAnswer(w, f, spent)
 		return
 	}
 	var tokErr *TokenError

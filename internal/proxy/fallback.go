@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/quota"
+
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
@@ -26,6 +28,10 @@ const (
 	// KindPaced: the call's turn under DingTalk's rate limits would come
 	// after its deadline, so it was answered at once instead of sent.
 	KindPaced = "paced"
+	// KindQuota: the organisation's monthly quota is spent on the route
+	// (DingTalk answered 90020 this month) or this app's monthly_budget is:
+	// answered at once, not sent.
+	KindQuota = "quota"
 )
 
 // Fallback is what a route answers while its breaker is open.
@@ -87,6 +93,22 @@ func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *retry.Facts, e *pacing.Pa
 		msg: fmt.Sprintf("dingproxy: paced: %s is at DingTalk's rate limit and this call's turn would come after its deadline; retry after %ds", f.Route, secs)}
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	w.Header().Set(HeaderFallback, KindPaced)
+	o.write(w, f.Upstream)
+}
+
+// quotaAnswer is the answer to a metered call the monthly quota refused:
+// 403 with DingTalk's own 90020 on oapi (SDKs treat it as DingTalk's, and do
+// not retry it), dingproxy.QuotaExceeded on api; Retry-After says when
+// trying again may help (the route's next probe, or the month's turn).
+func (px *Proxy) quotaAnswer(w http.ResponseWriter, f *retry.Facts, e *quota.Error) {
+	secs := int((e.RetryAfter + time.Second - 1) / time.Second)
+	msg := fmt.Sprintf("dingproxy: the organisation's monthly API quota is spent on %s (DingTalk answered 90020 this month); not sent; the next try goes in %ds", f.Route, secs)
+	if e.Budget {
+		msg = fmt.Sprintf("dingproxy: this app's monthly budget (quota.monthly_budget) is spent; not sent; it renews in %ds", secs)
+	}
+	o := own{status: http.StatusForbidden, code: CodeQuotaExceeded, errcode: dingtalk.ErrcodeMonthlyQuota, msg: msg}
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	w.Header().Set(HeaderFallback, KindQuota)
 	o.write(w, f.Upstream)
 }
 

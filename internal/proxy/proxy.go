@@ -45,6 +45,26 @@ type Options struct {
 	// its facts (nil when it was answered before they were decided) and how
 	// long it took.
 	Served func(route string, status int, fallback string, f *retry.Facts, d time.Duration)
+	// Admit, if set, says whether a call may be sent at all (the monthly
+	// quota): an error answers it at once, before the breaker and pacing.
+	Admit func(f *retry.Facts) error
+	// OnCache, if set, is told of every cacheable call: a hit or a miss.
+	OnCache func(route, result string)
+}
+
+// admitting refuses a call its Admit refuses (the monthly quota), before
+// anything else: nothing is queued, paced or sent.
+type admitting struct {
+	admit func(f *retry.Facts) error
+	next  breaker.Loop
+}
+
+func (a admitting) Do(req *http.Request, f *retry.Facts) (*http.Response, retry.Report, error) {
+	if err := a.admit(f); err != nil {
+		rep := retry.Report{Outcome: retry.NotSent, Reason: dingtalk.ReasonQuota}
+		return nil, rep, &retry.Error{Outcome: retry.NotSent, Err: err, Report: rep}
+	}
+	return a.next.Do(req, f)
 }
 
 // RouteRejected names the route of requests refused before routing.
@@ -79,6 +99,9 @@ type Route struct {
 	// Fallback, when non-nil, is what the route answers while its breaker
 	// is open instead of the default.
 	Fallback *Fallback
+	// Cache, when positive, serves repeats of a successful idempotent call
+	// from the read cache for that long.
+	Cache time.Duration
 }
 
 // Proxy is the http.Handler in front of DingTalk.
@@ -88,13 +111,16 @@ type Proxy struct {
 	rp     *httputil.ReverseProxy
 	policy atomic.Pointer[Policy]
 	stale  *staleCache
+	// reads is the read cache; flights its calls in flight.
+	reads   *staleCache
+	flights flights
 	// buffered counts the bytes held in request-body buffers now.
 	buffered atomic.Int64
 }
 
 // New returns a Proxy under policy p.
 func New(opts Options, p Policy) *Proxy {
-	px := &Proxy{opts: opts, log: opts.Logger, stale: newStaleCache()}
+	px := &Proxy{opts: opts, log: opts.Logger, stale: newStaleCache(), reads: newLRU(CacheMaxBytes)}
 	if px.log == nil {
 		px.log = zap.NewNop()
 	}
@@ -102,6 +128,9 @@ func New(opts Options, p Policy) *Proxy {
 	var next breaker.Loop = opts.Loop
 	if opts.Breakers != nil {
 		next = &breaker.Transport{Set: opts.Breakers, Next: next, Bookkeep: func(what string, f func()) { retry.Bookkeep(px.log, what, f) }}
+	}
+	if opts.Admit != nil {
+		next = admitting{admit: opts.Admit, next: next}
 	}
 	px.rp = &httputil.ReverseProxy{
 		Rewrite:      px.rewrite,
@@ -235,6 +264,7 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) 
 		Route:         name,
 		Upstream:      up,
 		TokenEndpoint: ep.TokenEndpoint,
+		Metered:       ep.Metered,
 		Body:          body,
 		Replayable:    notBuffered == "",
 		NotBuffered:   notBuffered,

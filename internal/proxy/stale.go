@@ -25,6 +25,7 @@ type staleEntry struct {
 // staleCache keeps the last good answers for stale fallbacks, least recently
 // used first out, bounded in bytes.
 type staleCache struct {
+	max   int // bytes held at most
 	mu    sync.Mutex
 	ll    *list.List // of *staleItem, most recent at the front
 	items map[[sha256.Size]byte]*list.Element
@@ -36,8 +37,11 @@ type staleItem struct {
 	e   staleEntry
 }
 
-func newStaleCache() *staleCache {
-	return &staleCache{ll: list.New(), items: make(map[[sha256.Size]byte]*list.Element)}
+func newStaleCache() *staleCache { return newLRU(staleMaxBytes) }
+
+// newLRU is an answer cache of at most max bytes of bodies.
+func newLRU(max int) *staleCache {
+	return &staleCache{max: max, ll: list.New(), items: make(map[[sha256.Size]byte]*list.Element)}
 }
 
 func (c *staleCache) put(k [sha256.Size]byte, e staleEntry) {
@@ -53,7 +57,7 @@ func (c *staleCache) put(k [sha256.Size]byte, e staleEntry) {
 		c.items[k] = c.ll.PushFront(&staleItem{key: k, e: e})
 		c.bytes += len(e.body)
 	}
-	for c.bytes > staleMaxBytes {
+	for c.bytes > c.max {
 		el := c.ll.Back()
 		it := el.Value.(*staleItem)
 		c.ll.Remove(el)

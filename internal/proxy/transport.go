@@ -29,7 +29,18 @@ func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		ep := dingtalk.Describe(req.URL.Path)
 		f = &retry.Facts{API: ep.Route, Route: ep.Route, Upstream: ep.Upstream, TokenEndpoint: ep.TokenEndpoint}
 	}
-	resp, rep, err := t.next.Do(req, f)
+	var resp *http.Response
+	var rep retry.Report
+	var err error
+	ttl := t.px.cacheTTL(req, f)
+	if ttl > 0 {
+		resp, rep, err = t.throughCache(req, f, ttl, func() (*http.Response, retry.Report, error) { return t.next.Do(req, f) })
+		if err == nil && resp.Header.Get(HeaderCache) == CacheHit {
+			return resp, nil // the cache's own headers, set; nothing was sent
+		}
+	} else {
+		resp, rep, err = t.next.Do(req, f)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -37,6 +48,9 @@ func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if len(k) >= len(headerPrefix) && strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
 			delete(resp.Header, k)
 		}
+	}
+	if ttl > 0 {
+		resp.Header.Set(HeaderCache, CacheMiss) // sent: the cache's word, not DingTalk's
 	}
 	resp.Header.Set(HeaderAttempts, strconv.Itoa(rep.Attempts))
 	if rep.Outcome == retry.Success {

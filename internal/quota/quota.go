@@ -159,21 +159,23 @@ func (m *Meter) Admit(route string, metered bool) error {
 	return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
 }
 
-// Stopped says whether a metered call on route would be refused now,
-// without taking the hour's probe (a retry asks this).
-func (m *Meter) Stopped(route string, metered bool) bool {
+// Refused is Admit without taking the hour's probe (a retry, or a call that
+// waited for its turn, asks this): the *Error Admit would give, or nil.
+func (m *Meter) Refused(route string, metered bool) error {
 	if !metered {
-		return false
+		return nil
 	}
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.rollLocked(now)
 	if b := m.settings.Load().Budget; b > 0 && m.countLocked() >= b {
-		return true
+		return &Error{Route: route, Budget: true, RetryAfter: m.untilTurn(now)}
 	}
-	st := m.stopped[route]
-	return st != nil && !st.probing
+	if st := m.stopped[route]; st != nil && !st.probing {
+		return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
+	}
+	return nil
 }
 
 // countLocked is the month's count this meter goes by: the fleet's when

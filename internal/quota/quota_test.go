@@ -125,8 +125,8 @@ func TestBudget(t *testing.T) {
 		if err := m.Admit(route, false); err != nil {
 			t.Errorf("an unmetered call past the budget: %v", err)
 		}
-		if !m.Stopped(route, true) {
-			t.Error("Stopped = false past the budget")
+		if err := m.Refused(route, true); err == nil {
+			t.Error("Refused = nil past the budget")
 		}
 		time.Sleep(time.Until(time.Date(2000, 2, 1, 0, 0, 0, 0, time.UTC)))
 		if err := m.Admit(route, true); err != nil {

@@ -26,6 +26,9 @@ type Facts struct {
 	// Idempotent says a repeat cannot do harm (see SPEC: method, catalogue,
 	// idempotency key, route flag).
 	Idempotent bool
+	// Metered: DingTalk may count the call against the organisation's
+	// monthly quota (dingtalk.Endpoint.Metered).
+	Metered bool
 	// Body is the buffered request body, replayed byte for byte on every
 	// attempt. Nil when the request has none or it was too large to buffer.
 	Body []byte
