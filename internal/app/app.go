@@ -161,6 +161,9 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	}
 	a.quota.OnStop = func(route string, stopped bool) {
 		st := a.quota.State()
+		if stopped && a.fleet != nil {
+			a.fleet.StopMonth(route, a.quota.MonthEnd())
+		}
 		if stopped {
 			log.Warn("quota: DingTalk answered 90020: the route is not called again this month (one probe an hour)",
 				zap.String("route", route), zap.Int64("org_used", st.Used), zap.Int64("org_quota", st.Limit))
@@ -254,6 +257,8 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		}
 		fl.OnOpen(set.OpenRemote)
 		fl.OnBan(set.BanUntil)
+		fl.OnQuotaStop(func(route string, _ time.Time) { a.quota.StopShared(route) })
+		a.quota.Shared = fl.QuotaCount()
 		fl.OnTrip(func() fleet.BreakerRule {
 			st := set.Settings()
 			return fleet.BreakerRule{MinRequests: st.MinRequests, FailureRatio: st.FailureRatio, Window: st.Window, OpenTimeout: st.OpenTimeout}
@@ -276,6 +281,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		OnCache: func(route, result string) {
 			m.CacheRequests.WithLabelValues(route, result).Inc()
 		},
+		SharedCache: sharedCache(a.fleet),
 	}, ProxyPolicy(cfg))
 	return a, nil
 }
@@ -355,6 +361,18 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 		p.Routes[r.Path] = route
 	}
 	return p
+}
+
+// sharedCache is the fleet's read cache, or none (a nil interface, not a
+// nil pointer in one) alone or in pass-through mode.
+func sharedCache(fl *fleet.Fleet) proxy.SharedCache {
+	if fl == nil {
+		return nil
+	}
+	if c := fl.Cache(); c != nil {
+		return c
+	}
+	return nil
 }
 
 // QuotaSettings turns cfg's quota section into the meter's settings (a
@@ -550,6 +568,9 @@ func (a *App) Config() *config.Config { return a.cfg.Load() }
 
 // Breakers is the set of circuit breakers.
 func (a *App) Breakers() *breaker.Set { return a.breakers }
+
+// QuotaState is the monthly quota meter's view of the month.
+func (a *App) QuotaState() quota.State { return a.quota.State() }
 
 // Fleet is the link to the other proxies of the app, nil alone.
 func (a *App) Fleet() *fleet.Fleet { return a.fleet }

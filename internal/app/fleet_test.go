@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -368,5 +369,83 @@ func TestFleetRedisHangs(t *testing.T) {
 	waitFor(t, "the proxy to share again", s.app.Fleet().Up)
 	if up := testutil.ToFloat64(m.FleetRedisUp); up != 1 {
 		t.Errorf("dingproxy_fleet_redis_up = %v once Redis answers again, want 1", up)
+	}
+}
+
+// A route that answered 90020 on one proxy is stopped on every proxy; the
+// month's count and monthly_budget hold for the fleet.
+func TestFleetQuota(t *testing.T) {
+	srv := redistest.Start(t)
+	t.Run("stop shared", func(t *testing.T) {
+		fake := dingtalktest.NewServer(t, dingtalktest.Options{MonthlyQuota: 5})
+		fl := fleetOf(t, 2, fake, srv.URL(), func(c *config.Config) { c.Fleet.KeyPrefix = "q1" })
+		for range 6 { // the sixth meets 90020
+			fl[0].do(http.MethodPost, dingtalktest.PathAttendanceList, []byte(`{}`))
+		}
+		if fake.QuotaRejected(dingtalktest.PathAttendanceList) != 1 {
+			t.Fatalf("DingTalk answered 90020 %d times, want once", fake.QuotaRejected(dingtalktest.PathAttendanceList))
+		}
+		waitFor(t, "the other proxy to stop the route", func() bool { return fl[1].app.QuotaState().Stopped == 1 })
+		resp, _ := fl[1].do(http.MethodPost, dingtalktest.PathAttendanceList, []byte(`{}`))
+		if resp.Header.Get(proxy.HeaderFallback) != proxy.KindQuota || fake.QuotaRejected(dingtalktest.PathAttendanceList) != 1 {
+			t.Errorf("the other proxy: %d %q, want the quota answer without a call", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+		}
+	})
+	t.Run("budget for the fleet", func(t *testing.T) {
+		fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+		fl := fleetOf(t, 2, fake, srv.URL(), func(c *config.Config) {
+			c.Fleet.KeyPrefix = "q2"
+			c.Quota.MonthlyBudget = 10
+		})
+		for _, s := range fl {
+			for range 5 {
+				resp, _ := s.do(http.MethodPost, dingtalktest.PathAttendanceList, []byte(`{}`))
+				if resp.Header.Get(proxy.HeaderFallback) != "" {
+					t.Fatalf("refused within the budget: %q", resp.Header.Get(proxy.HeaderFallback))
+				}
+			}
+		}
+		waitFor(t, "each proxy to read the fleet's count", func() bool {
+			return fl[0].app.QuotaState().Sent >= 10 && fl[1].app.QuotaState().Sent >= 10
+		})
+		for i, s := range fl {
+			resp, _ := s.do(http.MethodPost, dingtalktest.PathAttendanceList, []byte(`{}`))
+			if resp.Header.Get(proxy.HeaderFallback) != proxy.KindQuota {
+				t.Errorf("proxy %d past the fleet's budget: %d %q, want quota", i, resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
+			}
+		}
+		if n := fake.Hits(dingtalktest.PathAttendanceList); n != 10 {
+			t.Errorf("DingTalk saw %d calls, want the fleet's budget of 10", n)
+		}
+	})
+}
+
+// The read cache is shared: a read one proxy fetched is a hit on another,
+// and Redis holds it sealed.
+func TestFleetSharedCache(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 2, fake, srv.URL(), func(c *config.Config) {
+		c.Routes = append(c.Routes, config.Route{Path: dingtalktest.PathDeptListSub, Cache: time.Minute})
+	})
+	resp, body := fl[0].do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+	if resp.Header.Get(proxy.HeaderCache) != proxy.CacheMiss {
+		t.Fatalf("first read: %q, want a miss", resp.Header.Get(proxy.HeaderCache))
+	}
+	waitFor(t, "the answer in Redis", func() bool {
+		keys, _ := srv.Do("KEYS", "dingproxy:*:cache:*")
+		return keys != ""
+	})
+	keys, _ := srv.Do("KEYS", "dingproxy:*:cache:*")
+	stored, _ := srv.Do("GET", keys)
+	if strings.Contains(stored, "dept_id") || strings.Contains(stored, string(body[:min(len(body), 20)])) {
+		t.Errorf("Redis holds the answer in the clear: %q", stored)
+	}
+	resp, body2 := fl[1].do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+	if resp.Header.Get(proxy.HeaderCache) != proxy.CacheHit || string(body2) != string(body) {
+		t.Errorf("the other proxy: %q %s, want a hit with the same answer", resp.Header.Get(proxy.HeaderCache), body2)
+	}
+	if n := fake.Hits(dingtalktest.PathDeptListSub); n != 1 {
+		t.Errorf("DingTalk saw %d reads, want 1 for the fleet", n)
 	}
 }

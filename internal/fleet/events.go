@@ -25,6 +25,8 @@ const (
 	kindBan  = "ban"
 	// kindPenalty is published by the penalty script (pace.go).
 	kindPenalty = "pen"
+	// kindQuota: a route answered 90020 (shared.go).
+	kindQuota = "quota"
 )
 
 type events struct {
@@ -36,6 +38,8 @@ type events struct {
 	onBan  func(until time.Time)
 	// onPenalty blocks an API (or robot) here for a penalty another proxy met.
 	onPenalty func(api string, until time.Time)
+	// onQuota stops a route here for the month.
+	onQuota func(route string, until time.Time)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -111,8 +115,8 @@ func (f *Fleet) publish(kind, route string, d time.Duration) {
 	}
 	until := time.Now().Add(d)
 	key := f.key(kindBan)
-	if kind == kindOpen {
-		key = f.key(kindOpen, Digest(route))
+	if kind != kindBan {
+		key = f.key(kind, Digest(route))
 	}
 	val := strconv.FormatInt(until.UnixMilli(), 10) + " " + route
 	msg := kind + " " + f.events.id + " " + val
@@ -201,26 +205,24 @@ func (e *events) sync() {
 	f := e.f
 	var vals []string
 	err := f.do(e.ctx, OpSync, func(ctx context.Context) error {
-		var keys []string
-		iter := f.rdb.Scan(ctx, 0, f.key(kindOpen, "*"), 512).Iterator()
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
+		var keys, kinds []string
+		for _, kind := range []string{kindOpen, kindQuota} {
+			iter := f.rdb.Scan(ctx, 0, f.key(kind, "*"), 512).Iterator()
+			for iter.Next(ctx) {
+				keys, kinds = append(keys, iter.Val()), append(kinds, kind)
+			}
+			if err := iter.Err(); err != nil {
+				return err
+			}
 		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
-		keys = append(keys, f.key(kindBan))
+		keys, kinds = append(keys, f.key(kindBan)), append(kinds, kindBan)
 		res, err := f.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
 			return err
 		}
 		for i, r := range res {
 			if s, ok := r.(string); ok {
-				kind := kindOpen
-				if i == len(res)-1 {
-					kind = kindBan
-				}
-				vals = append(vals, kind+" - "+s)
+				vals = append(vals, kinds[i]+" - "+s)
 			}
 		}
 		return nil
@@ -250,12 +252,17 @@ func (e *events) handle(msg string) {
 		return
 	}
 	e.mu.Lock()
-	onOpen, onBan, onPenalty := e.onOpen, e.onBan, e.onPenalty
+	onOpen, onBan, onPenalty, onQuota := e.onOpen, e.onBan, e.onPenalty, e.onQuota
 	e.mu.Unlock()
 	switch kind {
 	case kindPenalty:
 		if onPenalty != nil && route != "" {
 			onPenalty(route, until)
+		}
+	case kindQuota:
+		if onQuota != nil && route != "" {
+			e.f.log.Warn("fleet: route stopped for the month, as another proxy met 90020", zap.String("route", route))
+			onQuota(route, until)
 		}
 	case kindOpen:
 		if onOpen != nil && route != "" {

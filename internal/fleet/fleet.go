@@ -52,10 +52,12 @@ const (
 	OpSubscribe       = "subscribe"
 	OpSync            = "sync"
 	OpVerdicts        = "verdicts"
+	OpQuota           = "quota"
+	OpCache           = "cache"
 )
 
 // Ops lists every operation name, for metrics to pre-create their series.
-var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpSync, OpVerdicts}
+var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpSync, OpVerdicts, OpQuota, OpCache}
 
 // ErrDown says Redis is down (or was, until the next probe): the caller
 // carries on alone.

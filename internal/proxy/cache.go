@@ -165,6 +165,14 @@ func (t transport) throughCache(req *http.Request, f *retry.Facts, ttl time.Dura
 		return resp, rep, err
 	}
 	defer px.flights.leave(k, fl)
+	if sc := px.opts.SharedCache; sc != nil {
+		if status, h, body, stored, ok := sc.Get(req.Context(), k, ttl); ok {
+			e := staleEntry{status: status, header: h, body: body, stored: stored}
+			px.reads.put(k, e)
+			px.cacheResult(f, CacheHit)
+			return cached(req, e), retry.Report{}, nil
+		}
+	}
 	px.cacheResult(f, CacheMiss)
 	resp, rep, err := send()
 	if err != nil {
@@ -182,7 +190,11 @@ func (t transport) throughCache(req *http.Request, f *retry.Facts, ttl time.Dura
 		h := resp.Header.Clone()
 		h.Del(HeaderAttempts)
 		h.Del(HeaderCache)
-		px.reads.put(k, staleEntry{status: resp.StatusCode, header: h, body: bytes.Clone(buf.Bytes()), stored: time.Now()})
+		e := staleEntry{status: resp.StatusCode, header: h, body: bytes.Clone(buf.Bytes()), stored: time.Now()}
+		px.reads.put(k, e)
+		if sc := px.opts.SharedCache; sc != nil {
+			sc.Put(k, e.status, e.header, e.body, e.stored, ttl)
+		}
 		resp.Body.Close()
 		resp.Body = io.NopCloser(bytes.NewReader(buf.Bytes()))
 		resp.ContentLength = n

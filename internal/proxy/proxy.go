@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -50,6 +51,15 @@ type Options struct {
 	Admit func(f *retry.Facts) error
 	// OnCache, if set, is told of every cacheable call: a hit or a miss.
 	OnCache func(route, result string)
+	// SharedCache, if set, is the fleet's read cache: a miss here asks it
+	// before calling DingTalk, and an answer kept here is kept there too.
+	SharedCache SharedCache
+}
+
+// SharedCache is a read cache shared by the proxies of a fleet.
+type SharedCache interface {
+	Get(ctx context.Context, key [32]byte, ttl time.Duration) (status int, header http.Header, body []byte, stored time.Time, ok bool)
+	Put(key [32]byte, status int, header http.Header, body []byte, stored time.Time, ttl time.Duration)
 }
 
 // admitting refuses a call its Admit refuses (the monthly quota), before

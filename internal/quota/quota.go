@@ -75,7 +75,6 @@ type Meter struct {
 	mu      sync.Mutex
 	month   string // "2026-12" in the settings' location
 	sent    int64  // metered calls this proxy sent this month
-	fleet   int64  // the fleet's count, as last read (shared mode)
 	used    int64  // the organisation's usage as DingTalk said, -1 unknown
 	limit   int64  // the organisation's quota as DingTalk said, -1 unknown
 	warned  bool
@@ -87,10 +86,12 @@ type stop struct {
 	probing   bool // a probe is out
 }
 
-// Shared is the month's count kept for a fleet: Add adds this proxy's sends
-// to month's total and returns the total (or an error: alone then).
+// Shared is the month's count kept for a fleet. Neither method may wait:
+// Add adds this proxy's sends to month's count; Total is the fleet's count
+// as best known, -1 when it is not (alone then).
 type Shared interface {
-	Add(month string, n int64) (int64, error)
+	Add(month string, n int64)
+	Total(month string) int64
 }
 
 // China is DingTalk's time zone, where its months turn.
@@ -117,7 +118,7 @@ func (m *Meter) rollLocked(now time.Time) {
 	if month == m.month {
 		return
 	}
-	m.month, m.sent, m.fleet, m.used, m.limit, m.warned = month, 0, 0, -1, -1, false
+	m.month, m.sent, m.used, m.limit, m.warned = month, 0, -1, -1, false
 	for r := range m.stopped {
 		delete(m.stopped, r)
 		if m.OnStop != nil {
@@ -180,7 +181,12 @@ func (m *Meter) Refused(route string, metered bool) error {
 
 // countLocked is the month's count this meter goes by: the fleet's when
 // shared, this proxy's alone.
-func (m *Meter) countLocked() int64 { return max(m.sent, m.fleet) }
+func (m *Meter) countLocked() int64 {
+	if m.Shared != nil {
+		return max(m.sent, m.Shared.Total(m.month))
+	}
+	return m.sent
+}
 
 // Sent counts one attempt sent on route (DingTalk meters retries too).
 func (m *Meter) Sent(route string, metered bool) {
@@ -191,25 +197,13 @@ func (m *Meter) Sent(route string, metered bool) {
 	m.mu.Lock()
 	m.rollLocked(now)
 	m.sent++
-	m.fleet++ // this proxy's send is the fleet's too, until the next read
-	month := m.month
+	if m.Shared != nil {
+		m.Shared.Add(m.month, 1)
+	}
 	warn := m.warnLocked()
 	m.mu.Unlock()
 	if warn != nil {
 		warn()
-	}
-	if m.Shared != nil {
-		if total, err := m.Shared.Add(month, 1); err == nil {
-			m.mu.Lock()
-			if m.month == month {
-				m.fleet = max(m.fleet, total)
-			}
-			warn = m.warnLocked()
-			m.mu.Unlock()
-			if warn != nil {
-				warn()
-			}
-		}
 	}
 }
 
@@ -263,6 +257,25 @@ func (m *Meter) Answered(route string, r dingtalk.Result) {
 	if changed && m.OnStop != nil {
 		m.OnStop(route, stopped)
 	}
+}
+
+// StopShared stops route for the month because another proxy of the fleet
+// met 90020 there: as Answered with a quota answer, but OnStop is not told
+// (the news is the fleet's already), and it probes on its own hourly.
+func (m *Meter) StopShared(route string) {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rollLocked(now)
+	if _, ok := m.stopped[route]; !ok {
+		m.stopped[route] = &stop{nextProbe: now.Add(ProbeEvery)}
+	}
+}
+
+// MonthEnd is when the current month turns.
+func (m *Meter) MonthEnd() time.Time {
+	now := time.Now()
+	return now.Add(m.untilTurn(now))
 }
 
 // State is what the meter knows of the month, for metrics.
