@@ -9,7 +9,7 @@ help: ## list targets
 demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table (about 20 s)
 	$(GO) run ./cmd/dingdemo
 
-resilience: ## the resilience benchmark: fourteen scenarios, the clients side by side, one table and issues 14's and 15's targets (about 3 minutes, loopback only; the fleet's five need redis-server)
+resilience: ## the resilience benchmark: sixteen scenarios, the clients side by side, one table and issues 14-16's targets (about 3 minutes, loopback only; the fleet's five need redis-server)
 	$(GO) run ./cmd/resilience
 
 demo-fleet: ## four dingproxies alone beside four sharing through a local redis-server, in issue 15's five scenarios (about 1 minute; needs redis-server on the PATH)

@@ -98,7 +98,7 @@ func main() {
 	resilience.PrintTargets(&targets, rows)
 	if targets.Len() > 0 {
 		fmt.Println()
-		fmt.Println("issues 14's and 15's targets (dingproxy, or in 15's dingproxy shared, must keep them; the others for comparison):")
+		fmt.Println("issues 14-16's targets (dingproxy, or in 15's dingproxy shared, must keep them; the others for comparison):")
 		fmt.Print(targets.String())
 		fmt.Println("accepted: successful calls per second after 3 s, over whole seconds until the last arrival, / the limit.")
 		fmt.Println("at once: answered in under 1 s; paced: 429 with X-Dingproxy-Fallback: paced and Retry-After.")

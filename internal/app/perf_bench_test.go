@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/app"
+	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 	"go.uber.org/zap"
@@ -100,6 +101,31 @@ func BenchmarkProxy(b *testing.B) {
 			})
 		}
 	}
+	// A cache hit (routes[].cache): answered from memory, nothing sent. The
+	// first call fills the cache; the loop measures hits.
+	b.Run("case=cache-hit/via=dingproxy", func(b *testing.B) {
+		cs := newStackOn(b, s.fake, zap.NewNop(), nil, func(c *config.Config) {
+			c.Routes = append(c.Routes, config.Route{Path: dingtalktest.PathDeptListSub, Cache: time.Hour})
+		})
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+		defer client.CloseIdleConnections()
+		body := []byte(`{"dept_id":1}`)
+		if code := call(b, client, http.MethodPost, cs.proxy.URL+dingtalktest.PathDeptListSub, body); code != 200 {
+			b.Fatalf("status %d", code)
+		}
+		hits := s.fake.Hits(dingtalktest.PathDeptListSub)
+		b.ReportAllocs()
+		b.SetBytes(int64(len(body)))
+		defer reportCPU(b)()
+		for b.Loop() {
+			if code := call(b, client, http.MethodPost, cs.proxy.URL+dingtalktest.PathDeptListSub, body); code != 200 {
+				b.Fatalf("status %d", code)
+			}
+		}
+		if n := s.fake.Hits(dingtalktest.PathDeptListSub); n != hits {
+			b.Fatalf("%d cached calls reached DingTalk", n-hits)
+		}
+	})
 	for _, tg := range targets {
 		b.Run("case=parallel-small-post/via="+tg.name, func(b *testing.B) {
 			u := tg.base + dingtalktest.PathUserGet

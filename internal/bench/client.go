@@ -229,6 +229,8 @@ type Outcome struct {
 	// X-Dingproxy-Fallback ("paced", "circuit-open", ...).
 	Status       int
 	FallbackKind string
+	// Cache is the last answer's X-Dingproxy-Cache ("hit", "miss", or "").
+	Cache string
 	// Attempts is what the call cost DingTalk as the client can count it:
 	// one per try straight, X-Dingproxy-Attempts through dingproxy.
 	Attempts int
@@ -276,7 +278,7 @@ func (c *Caller) Do(ctx context.Context, i int, r Request) Outcome {
 		a := c.once(ctx, base, r)
 		out.Attempts += a.attempts
 		out.OK, out.Fallback, out.Last = a.ok, a.fallback, a.last
-		out.Status, out.FallbackKind = a.status, a.kind
+		out.Status, out.FallbackKind, out.Cache = a.status, a.kind, a.cache
 		if a.ok || !a.retryable || n >= tries {
 			break
 		}
@@ -302,6 +304,7 @@ type answer struct {
 	attempts  int
 	status    int
 	kind      string // X-Dingproxy-Fallback
+	cache     string // X-Dingproxy-Cache
 	last      string
 }
 
@@ -334,7 +337,7 @@ func (c *Caller) once(ctx context.Context, base string, r Request) answer {
 		return answer{retryable: ctx.Err() == nil, attempts: 1, last: err.Error()}
 	}
 	defer resp.Body.Close()
-	a := answer{attempts: 1, status: resp.StatusCode, kind: resp.Header.Get(proxy.HeaderFallback)}
+	a := answer{attempts: 1, status: resp.StatusCode, kind: resp.Header.Get(proxy.HeaderFallback), cache: resp.Header.Get(proxy.HeaderCache)}
 	a.fallback = a.kind != ""
 	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
 		a.attempts, _ = strconv.Atoi(v)

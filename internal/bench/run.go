@@ -27,6 +27,9 @@ type Load struct {
 	// Before, if set, runs on the arrival loop just before call i starts
 	// (Schedule.Before).
 	Before func(f *dingtalktest.Server, i int, since time.Duration)
+	// QuotaPaths are the paths whose 90020 answers Result.QuotaRejected
+	// counts.
+	QuotaPaths []string
 }
 
 // Result is one client's run of one Load.
@@ -42,6 +45,9 @@ type Result struct {
 	RobotThrottled int
 	// TokenFetches is how many tokens the fake issued.
 	TokenFetches int
+	// QuotaRejected is how many calls the fake answered 90020 (past its
+	// monthly quota), on the paths in QuotaPaths.
+	QuotaRejected int
 }
 
 // Latencies are the latencies of the outcomes f holds for (every one if f
@@ -109,5 +115,14 @@ func Run(ctx context.Context, c Client, l Load) (Result, error) {
 
 		RobotThrottled: fake.RobotThrottled(),
 		TokenFetches:   fake.TokenFetches(),
+		QuotaRejected:  quotaRejected(fake, l.QuotaPaths),
 	}, err
+}
+
+func quotaRejected(f *dingtalktest.Server, paths []string) int {
+	n := 0
+	for _, p := range paths {
+		n += f.QuotaRejected(p)
+	}
+	return n
 }

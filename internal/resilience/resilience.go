@@ -65,6 +65,9 @@ const (
 	SharedOutage   = "shared-outage"
 	SharedBan      = "shared-ban"
 	RedisKilled    = "redis-killed"
+	// Issue 16's monthly quota and read cache.
+	Quota = "quota"
+	Cache = "cache"
 )
 
 // FleetScenarios are issue 15's, which need redis-server.
@@ -72,7 +75,22 @@ var FleetScenarios = []string{SharedThrottle, SharedTokens, SharedOutage, Shared
 
 // Scenarios lists every scenario in run order.
 var Scenarios = []string{Transient, Resets, Throttle, Outage, Tokens, Unknown, Fleet, Robot, Robots,
-	SharedThrottle, SharedTokens, SharedOutage, SharedBan, RedisKilled}
+	SharedThrottle, SharedTokens, SharedOutage, SharedBan, RedisKilled, Quota, Cache}
+
+// The issue 16 scenarios' figures.
+const (
+	// QuotaMonthly is the fake organisation's monthly quota in the quota
+	// scenario; QuotaCalls metered reads go at QuotaRate on two paths.
+	QuotaMonthly = 50
+	QuotaCalls   = 200
+	QuotaRate    = 20
+	// CacheCalls identical reads go to a route with cache: CacheTTL.
+	CacheCalls = 100
+	CacheTTL   = 30 * time.Second
+)
+
+// quotaPaths are the quota scenario's two metered paths, one per host.
+var quotaPaths = []string{dingtalktest.PathAttendanceList, dingtalktest.PathAPIEcho}
 
 // The issue 14 scenarios' figures.
 const (
@@ -171,6 +189,12 @@ type Row struct {
 	Deliver, Delivered, Paced, DeliveredAtOnce, PacedAtOnce int
 	// TokenFetches is how many tokens the fake issued.
 	TokenFetches int
+	// QuotaRejected is how many calls DingTalk answered 90020; QuotaAnswered
+	// how many dingproxy answered quota itself, QuotaP99 their p99.
+	QuotaRejected, QuotaAnswered int
+	QuotaP99                     time.Duration
+	// CacheHits is how many calls were answered from the read cache.
+	CacheHits int
 	// BanCalls is how many calls reached DingTalk once it banned the IP
 	// (the fleet's ban scenario), when HasBan.
 	BanCalls int
@@ -262,6 +286,8 @@ type scenario struct {
 	// at runs do once, at that time into the load (unscaled): a ban, Redis
 	// killed and back.
 	at []event
+	// quotaPaths are the paths whose 90020 answers are counted.
+	quotaPaths []string
 }
 
 // event is something done to the fake or to Redis during a load.
@@ -438,6 +464,24 @@ func scenarios() map[string]scenario {
 				}},
 			},
 		},
+		// Issue 16: the organisation's monthly quota, and the read cache.
+		Quota: {
+			name: Quota, rate: QuotaRate, calls: QuotaCalls,
+			fake: dingtalktest.Options{MonthlyQuota: QuotaMonthly},
+			call: func(i int) bench.Request {
+				return bench.Request{Method: http.MethodPost, Path: quotaPaths[i%2], Body: fmt.Appendf(nil, `{"offset":%d}`, i)}
+			},
+			quotaPaths: quotaPaths,
+		},
+		Cache: {
+			name: Cache, rate: 50, calls: CacheCalls,
+			tune: func(c *config.Config) {
+				c.Routes = append(c.Routes, config.Route{Path: dingtalktest.PathDeptListSub, Cache: CacheTTL})
+			},
+			call: func(int) bench.Request {
+				return bench.Request{Method: http.MethodPost, Path: dingtalktest.PathDeptListSub, Body: []byte(`{"dept_id":1}`)}
+			},
+		},
 		Robots: {
 			name: Robots, rate: 1000, calls: RobotsN * RobotsEach,
 			fake:    dingtalktest.Options{RobotPerMinute: RobotPerMinute},
@@ -526,6 +570,10 @@ func Describe(name string, scale float64) string {
 		return fmt.Sprintf("%d proxies; every API answers 503 for %s while reads and sends arrive at 40/s in all (4 APIs)", FleetReplicas, d(10*time.Second))
 	case SharedBan:
 		return fmt.Sprintf("%d proxies, reads at 40/s in all for %s; DingTalk bans the egress IP at %s (every answer the ban, for 60 s)", FleetReplicas, d(6*time.Second), d(2*time.Second))
+	case Quota:
+		return fmt.Sprintf("%d metered reads at %d/s on 2 APIs (oapi and api); the organisation's monthly quota is %d (then 90020)", QuotaCalls, QuotaRate, QuotaMonthly)
+	case Cache:
+		return fmt.Sprintf("%d identical reads at 50/s of an API dingproxy caches for %s (cache: %s)", CacheCalls, CacheTTL, CacheTTL)
 	case RedisKilled:
 		return fmt.Sprintf("%d proxies, reads on 3 APIs at 40/s in all for %s; Redis shut down (SHUTDOWN NOSAVE) at %s, back at %s", FleetReplicas, d(10*time.Second), d(3*time.Second), d(6*time.Second))
 	}
@@ -703,6 +751,7 @@ func runOne(ctx context.Context, sc scenario, m bench.Mode, o Options) (Row, err
 		MaxInFlight: maxInFlight,
 		Call:        sc.call,
 		Setup:       sc.setup,
+		QuotaPaths:  sc.quotaPaths,
 		Before: func(f *dingtalktest.Server, _ int, since time.Duration) {
 			x.fake = f
 			for i, ev := range sc.at {
@@ -769,7 +818,20 @@ func runOne(ctx context.Context, sc scenario, m bench.Mode, o Options) (Row, err
 		}
 	}
 	row.Duplicates, row.Throttled, row.UpstreamAttempts, row.RobotThrottled = r.Duplicates, r.Throttled, r.Upstream, r.RobotThrottled
-	row.TokenFetches = r.TokenFetches
+	row.TokenFetches, row.QuotaRejected = r.TokenFetches, r.QuotaRejected
+	var quotaLat []time.Duration
+	for _, oc := range r.Outcomes {
+		if oc.FallbackKind == proxy.KindQuota {
+			row.QuotaAnswered++
+			quotaLat = append(quotaLat, oc.Latency)
+		}
+		if oc.Cache == proxy.CacheHit {
+			row.CacheHits++
+		}
+	}
+	if len(quotaLat) > 0 {
+		row.QuotaP99 = bench.Percentiles(quotaLat, 0.99)[0]
+	}
 	if x.banFrom >= 0 {
 		row.BanCalls, row.HasBan = r.Upstream-x.banFrom, true
 	}

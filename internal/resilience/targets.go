@@ -94,6 +94,27 @@ var Targets = []Target{
 			return bench.Dur(r.ShareAgain)
 		},
 		func(r Row) bool { return r.HasShareAgain && r.ShareAgain <= 5*time.Second }},
+
+	// Issue 16: the monthly quota and the read cache.
+	{Quota, "calls DingTalk answered 90020 (2 APIs)", "<= 2 + in flight",
+		func(r Row) string { return fmt.Sprint(r.QuotaRejected) },
+		func(r Row) bool { return r.QuotaRejected <= 2+4 }},
+	{Quota, "calls past the quota answered quota, their p99", "< 100 ms",
+		func(r Row) string {
+			if r.QuotaAnswered == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%d, %s", r.QuotaAnswered, bench.Dur(r.QuotaP99))
+		},
+		func(r Row) bool {
+			return r.QuotaAnswered+r.QuotaRejected == r.Calls-QuotaMonthly && r.QuotaP99 < 100*time.Millisecond
+		}},
+	{Cache, "reads DingTalk saw of 100 identical", "<= 2",
+		func(r Row) string { return fmt.Sprint(r.UpstreamAttempts) },
+		func(r Row) bool { return r.UpstreamAttempts <= 2 }},
+	{Cache, "answers marked hit", ">= 98",
+		func(r Row) string { return fmt.Sprint(r.CacheHits) },
+		func(r Row) bool { return r.CacheHits >= r.Calls-2 }},
 }
 
 func acceptedValue(r Row) string {
