@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -22,7 +23,7 @@ var (
 // silently empty.
 func TestDashboardMetricsExist(t *testing.T) {
 	cfg := config.Default()
-	cfg.Routes = []config.Route{{Path: "/topapi/v2/user/get"}}
+	cfg.Routes = []config.Route{{Path: "/topapi/v2/user/get"}, {Path: "/topapi/v2/department/listsub", Cache: time.Minute}}
 	a, err := app.New(&cfg, nil)
 	if err != nil {
 		t.Fatal(err)
