@@ -106,6 +106,11 @@ func FuzzRawRequest(f *testing.F) {
 	s := newStackOn(f, fake, zap.New(core), nil, func(c *config.Config) {
 		c.Upstreams.OAPI, c.Upstreams.API = upstream.URL, upstream.URL
 		c.Retry.Timeout, c.Retry.PerTryTimeout = 5*time.Second, 4*time.Second
+		// The read cache and the quota meter on the way too.
+		c.Quota.MonthlyBudget = 1 << 40
+		c.Routes = append(c.Routes,
+			config.Route{Path: dingtalktest.PathDeptListSub, Cache: time.Minute},
+			config.Route{Path: dingtalktest.PathDeptList, Idempotent: ptrTo(true), Cache: time.Minute})
 	})
 	// The shared token, fetched before the first input.
 	s.do(http.MethodGet, dingtalktest.PathDeptList, nil)
@@ -210,3 +215,5 @@ func wholeRequests(raw []byte) []string {
 	}
 	return out
 }
+
+func ptrTo[T any](v T) *T { return &v }
