@@ -119,7 +119,7 @@ func TestBudget(t *testing.T) {
 		if err := m.Admit("/other", true); !errors.As(err, &qe) || !qe.Budget {
 			t.Fatalf("the 11th call: %v, want the budget's refusal", err)
 		}
-		if want := time.Date(2000, 2, 1, 0, 0, 0, 0, time.UTC).Sub(time.Now()); qe.RetryAfter != want {
+		if want := time.Until(time.Date(2000, 2, 1, 0, 0, 0, 0, time.UTC)); qe.RetryAfter != want {
 			t.Errorf("RetryAfter = %v, want until the month turns (%v)", qe.RetryAfter, want)
 		}
 		if err := m.Admit(route, false); err != nil {
