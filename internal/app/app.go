@@ -221,7 +221,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.retry.OnAttempt = func(f *retry.Facts, one retry.Report) {
 		if one.Outcome != retry.NotSent && f.Metered && !f.TokenEndpoint {
 			a.quota.Sent(f.Route, true)
-			m.QuotaCalls.WithLabelValues(f.Route).Inc()
+			a.seriesFor(f.Route).metered.Inc()
 		}
 		if one.Result.Reason != "" {
 			a.quota.Answered(f.Route, one.Result)
@@ -431,6 +431,7 @@ type routeSeries struct {
 	ok       prometheus.Counter  // requests_total{code="200"}
 	duration prometheus.Observer // request_duration_seconds
 	success  prometheus.Counter  // upstream_attempts_total{result="success"}
+	metered  prometheus.Counter  // quota_calls_total
 }
 
 // seriesFor returns route's resolved series. Routes are bounded (see
@@ -444,6 +445,7 @@ func (a *App) seriesFor(route string) *routeSeries {
 		ok:       m.Requests.WithLabelValues(route, "200"),
 		duration: m.RequestDuration.WithLabelValues(route),
 		success:  m.Attempts.WithLabelValues(route, dingtalk.ReasonSuccess),
+		metered:  m.QuotaCalls.WithLabelValues(route),
 	})
 	return v.(*routeSeries)
 }

@@ -73,12 +73,17 @@ type Meter struct {
 	settings atomic.Pointer[Settings]
 
 	mu      sync.Mutex
-	month   string // "2026-12" in the settings' location
+	month   string         // "2026-12" in the settings' location
+	turn    time.Time      // when it ends
+	loc     *time.Location // the location month and turn were computed in
 	sent    int64  // metered calls this proxy sent this month
 	used    int64  // the organisation's usage as DingTalk said, -1 unknown
 	limit   int64  // the organisation's quota as DingTalk said, -1 unknown
 	warned  bool
 	stopped map[string]*stop
+	// resumed are routes a month's turn resumed, for OnStop once m.mu is
+	// released (OnStop may ask the meter).
+	resumed []string
 }
 
 type stop struct {
@@ -112,71 +117,77 @@ func (m *Meter) Update(s Settings) {
 	m.settings.Store(&s)
 }
 
-// rollLocked starts a new month when the month turned; m.mu must be held.
+// rollLocked starts a new month when the month turned (or the time zone
+// changed); m.mu must be held. Between turns it costs one comparison.
 func (m *Meter) rollLocked(now time.Time) {
-	month := now.In(m.settings.Load().Location).Format("2006-01")
+	loc := m.settings.Load().Location
+	if now.Before(m.turn) && loc == m.loc {
+		return
+	}
+	t := now.In(loc)
+	first := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, loc)
+	m.turn, m.loc = first.AddDate(0, 1, 0), loc
+	month := first.Format("2006-01")
 	if month == m.month {
 		return
 	}
 	m.month, m.sent, m.used, m.limit, m.warned = month, 0, -1, -1, false
 	for r := range m.stopped {
 		delete(m.stopped, r)
-		if m.OnStop != nil {
-			m.OnStop(r, false)
-		}
+		m.resumed = append(m.resumed, r)
 	}
 }
 
-// untilTurn is how long until the month turns after now.
-func (m *Meter) untilTurn(now time.Time) time.Duration {
-	t := now.In(m.settings.Load().Location)
-	first := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, t.Location()).AddDate(0, 1, 0)
-	return first.Sub(now)
+// unlock releases m.mu, then tells OnStop of the routes a month's turn
+// resumed meanwhile.
+func (m *Meter) unlock() {
+	rs := m.resumed
+	m.resumed = nil
+	m.mu.Unlock()
+	if m.OnStop != nil {
+		for _, r := range rs {
+			m.OnStop(r, false)
+		}
+	}
 }
 
 // Admit says whether a call on route may be sent now: nil, or an *Error
 // when the route answered 90020 this month (but for one probe an hour) or
 // the app's budget is spent. Unmetered calls always may.
 func (m *Meter) Admit(route string, metered bool) error {
-	if !metered {
-		return nil
-	}
-	now := time.Now()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.rollLocked(now)
-	if b := m.settings.Load().Budget; b > 0 && m.countLocked() >= b {
-		return &Error{Route: route, Budget: true, RetryAfter: m.untilTurn(now)}
-	}
-	st := m.stopped[route]
-	if st == nil {
-		return nil
-	}
-	if !st.probing && !now.Before(st.nextProbe) {
-		st.probing = true // this call is the hour's probe
-		st.nextProbe = now.Add(ProbeEvery)
-		return nil
-	}
-	return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
+	return m.check(route, metered, true)
 }
 
 // Refused is Admit without taking the hour's probe (a retry, or a call that
-// waited for its turn, asks this): the *Error Admit would give, or nil.
+// waited for its turn, asks this): the *Error Admit would give, or nil; the
+// probe's own retries go.
 func (m *Meter) Refused(route string, metered bool) error {
+	return m.check(route, metered, false)
+}
+
+func (m *Meter) check(route string, metered, takeProbe bool) error {
 	if !metered {
 		return nil
 	}
 	now := time.Now()
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	m.rollLocked(now)
 	if b := m.settings.Load().Budget; b > 0 && m.countLocked() >= b {
-		return &Error{Route: route, Budget: true, RetryAfter: m.untilTurn(now)}
+		return &Error{Route: route, Budget: true, RetryAfter: m.turn.Sub(now)}
 	}
-	if st := m.stopped[route]; st != nil && !st.probing {
-		return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
+	st := m.stopped[route]
+	switch {
+	case st == nil:
+		return nil
+	case takeProbe && !st.probing && !now.Before(st.nextProbe):
+		st.probing = true // this call is the hour's probe
+		st.nextProbe = now.Add(ProbeEvery)
+		return nil
+	case !takeProbe && st.probing:
+		return nil
 	}
-	return nil
+	return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
 }
 
 // countLocked is the month's count this meter goes by: the fleet's when
@@ -201,7 +212,7 @@ func (m *Meter) Sent(route string, metered bool) {
 		m.Shared.Add(m.month, 1)
 	}
 	warn := m.warnLocked()
-	m.mu.Unlock()
+	m.unlock()
 	if warn != nil {
 		warn()
 	}
@@ -253,7 +264,7 @@ func (m *Meter) Answered(route string, r dingtalk.Result) {
 			st.probing = false
 		}
 	}
-	m.mu.Unlock()
+	m.unlock()
 	if changed && m.OnStop != nil {
 		m.OnStop(route, stopped)
 	}
@@ -265,7 +276,7 @@ func (m *Meter) Answered(route string, r dingtalk.Result) {
 func (m *Meter) StopShared(route string) {
 	now := time.Now()
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	m.rollLocked(now)
 	if _, ok := m.stopped[route]; !ok {
 		m.stopped[route] = &stop{nextProbe: now.Add(ProbeEvery)}
@@ -274,8 +285,10 @@ func (m *Meter) StopShared(route string) {
 
 // MonthEnd is when the current month turns.
 func (m *Meter) MonthEnd() time.Time {
-	now := time.Now()
-	return now.Add(m.untilTurn(now))
+	m.mu.Lock()
+	defer m.unlock()
+	m.rollLocked(time.Now())
+	return m.turn
 }
 
 // State is what the meter knows of the month, for metrics.
@@ -296,7 +309,7 @@ type State struct {
 func (m *Meter) State() State {
 	now := time.Now()
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	m.rollLocked(now)
 	return State{Month: m.month, Sent: m.countLocked(), Used: m.used, Limit: m.limit,
 		Budget: m.settings.Load().Budget, Stopped: len(m.stopped)}

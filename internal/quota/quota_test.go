@@ -146,3 +146,27 @@ func TestEveryAttemptCounts(t *testing.T) {
 		t.Errorf("Sent = %d, want 3", st.Sent)
 	}
 }
+
+// OnStop may ask the meter: it is told of the routes the month's turn
+// resumes once the meter's lock is released (it used to be told under it,
+// and the proxy's handler, which reads State, hung every metered call).
+func TestMonthTurnTellsOnStopUnlocked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(Settings{})
+		var resumed []string
+		m.OnStop = func(r string, stopped bool) {
+			_ = m.State() // the proxy's handler does
+			if !stopped {
+				resumed = append(resumed, r)
+			}
+		}
+		m.Answered(route, quotaAnswer)
+		time.Sleep(time.Until(chinaTurn))
+		if err := m.Admit(route, true); err != nil {
+			t.Fatalf("in the new month: %v", err)
+		}
+		if len(resumed) != 1 || resumed[0] != route {
+			t.Errorf("OnStop heard %v resumed, want [%s]", resumed, route)
+		}
+	})
+}
