@@ -76,9 +76,9 @@ type Meter struct {
 	month   string         // "2026-12" in the settings' location
 	turn    time.Time      // when it ends
 	loc     *time.Location // the location month and turn were computed in
-	sent    int64  // metered calls this proxy sent this month
-	used    int64  // the organisation's usage as DingTalk said, -1 unknown
-	limit   int64  // the organisation's quota as DingTalk said, -1 unknown
+	sent    int64          // metered calls this proxy sent this month
+	used    int64          // the organisation's usage as DingTalk said, -1 unknown
+	limit   int64          // the organisation's quota as DingTalk said, -1 unknown
 	warned  bool
 	stopped map[string]*stop
 	// resumed are routes a month's turn resumed, for OnStop once m.mu is
