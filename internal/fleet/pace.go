@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -197,7 +198,15 @@ type Pacer struct {
 	fleet *Fleet
 	set   atomic.Pointer[pacing.Settings]
 	seq   atomic.Uint64
+	// apiKeys holds the Redis keys of the APIs seen (a digest and three
+	// strings each), so a call does not hash its route again; at most
+	// maxKeyed of them.
+	apiKeys sync.Map // api -> []string
+	keyed   atomic.Int64
 }
+
+// maxKeyed bounds the APIs whose keys are kept.
+const maxKeyed = 4096
 
 // NewPacer returns the fleet's pacer over local, under s.
 func (f *Fleet) NewPacer(local *pacing.Pacer, s pacing.Settings) *Pacer {
@@ -221,8 +230,17 @@ func (p *Pacer) keys(api string) (kind string, keys []string) {
 	if rest, ok := strings.CutPrefix(api, pacing.RobotPrefix); ok {
 		return "robot", []string{f.key("robot", rest), f.key("robotblk", rest), global}
 	}
+	if v, ok := p.apiKeys.Load(api); ok {
+		return "api", v.([]string)
+	}
 	d := Digest(api)
-	return "api", []string{f.key("pace", d), f.key("pace", d, "unused"), global}
+	keys = []string{f.key("pace", d), f.key("pace", d, "unused"), global}
+	if p.keyed.Load() < maxKeyed {
+		if _, loaded := p.apiKeys.LoadOrStore(api, keys); !loaded {
+			p.keyed.Add(1)
+		}
+	}
+	return "api", keys
 }
 
 // Wait books a turn in Redis (one round trip) and waits for it; with Redis
@@ -274,7 +292,10 @@ func (p *Pacer) take(ctx context.Context, api string, earliest, deadline time.Ti
 		robotN = dingtalk.RobotPerMinute
 	}
 	kind, keys := p.keys(api)
-	member := strconv.FormatUint(p.seq.Add(1), 36) + p.fleet.events.id
+	member := "" // a robot's send, in its sorted set
+	if kind == "robot" {
+		member = strconv.FormatUint(p.seq.Add(1), 36) + p.fleet.events.id
+	}
 	var res []int64
 	err := p.fleet.do(ctx, OpPace, func(ctx context.Context) (err error) {
 		res, err = takeScript.Run(ctx, p.fleet.rdb, keys, kind, from, most, s.PerAPIQPS, s.GlobalQPS, robotN,

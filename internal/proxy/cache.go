@@ -76,7 +76,7 @@ func (fs *flights) leave(k [sha256.Size]byte, fl *flight) {
 // cacheTTL is how long req's answer may be served again: the route's
 // cache, for an idempotent call whose body was read whole; 0 for none.
 func (px *Proxy) cacheTTL(req *http.Request, f *retry.Facts) time.Duration {
-	if !f.Idempotent || !f.Replayable || f.TokenEndpoint || req.Method == http.MethodHead {
+	if !px.policy.Load().cached || !f.Idempotent || !f.Replayable || f.TokenEndpoint || req.Method == http.MethodHead {
 		return 0
 	}
 	return px.routeFor(req, f).Cache

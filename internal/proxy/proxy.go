@@ -85,6 +85,9 @@ type Policy struct {
 	// Routes holds per-route settings, by exact path or by an API's route
 	// template ("/v1.0/contact/users/{unionId}"); an exact path wins.
 	Routes map[string]Route
+	// cached: some route has a read cache (SetPolicy sets it), else no
+	// request looks its route up for one.
+	cached bool
 	// TokenPlaceholder, when set, is a token value clients send to mean
 	// "the shared token": it is replaced like an empty one.
 	TokenPlaceholder string
@@ -156,6 +159,10 @@ func New(opts Options, p Policy) *Proxy {
 func (px *Proxy) SetPolicy(p Policy) {
 	if p.MaxBufferedBytes < p.MaxBodyBytes {
 		p.MaxBufferedBytes = p.MaxBodyBytes
+	}
+	p.cached = false
+	for _, r := range p.Routes {
+		p.cached = p.cached || r.Cache > 0
 	}
 	px.policy.Store(&p)
 }
