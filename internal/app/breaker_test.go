@@ -185,7 +185,7 @@ func TestBreakerRoutesBounded(t *testing.T) {
 	s := newStack(t, nil, func(c *config.Config) { c.Breaker.MaxRoutes = 50 })
 	// The route table fills in the proxy's handler, before any upstream
 	// call; an IP ban keeps the 2,000 calls off the fake to save time.
-	s.app.Breakers().Ban(time.Hour) // outlasts the test on a loaded machine
+	s.app.Breakers().Ban(time.Now().Add(time.Hour)) // outlasts the test on a loaded machine
 	var wg sync.WaitGroup
 	paths := make(chan string)
 	for range 8 {
@@ -205,10 +205,10 @@ func TestBreakerRoutesBounded(t *testing.T) {
 	}
 	close(paths)
 	wg.Wait()
-	if got := s.app.Breakers().Len(); got != 51 {
-		t.Errorf("breakers = %d after %d distinct paths, want max_routes+1 = 51", got, distinct)
+	if got := s.app.Routes(); got != 50 {
+		t.Errorf("routes = %d after %d distinct paths, want max_routes = 50", got, distinct)
 	}
-	if r := s.app.Breakers().Route(fmt.Sprintf("/topapi/unknown/%d", distinct-1)); r != breaker.Overflow {
-		t.Errorf("route for a late path = %q, want %q", r, breaker.Overflow)
+	if got := s.app.Breakers().Len(); got > 51 {
+		t.Errorf("breakers = %d after %d distinct paths, want at most max_routes+1 = 51", got, distinct)
 	}
 }

@@ -96,10 +96,6 @@ func newStackOn(t testing.TB, fake *dingtalktest.Server, log *zap.Logger, hook f
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The 1 s throttle penalty is DingTalk's; tests shorten it to stay fast.
-	p := a.RetryTransport().Policy()
-	p.ThrottlePenalty = 5 * time.Millisecond
-	a.RetryTransport().SetPolicy(p)
 	if hook != nil {
 		hook(a)
 	}

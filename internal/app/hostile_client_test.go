@@ -324,7 +324,7 @@ func TestBodyCutOff(t *testing.T) {
 // the unread body and the client's writes would fail.
 func TestEarlyAnswerDrainsBody(t *testing.T) {
 	s := newStack(t, nil)
-	s.app.Breakers().Ban(time.Hour)
+	s.app.Breakers().Ban(time.Now().Add(time.Hour))
 	const size = 16 << 20 // streamed (over retry.max_body_bytes), and more than socket buffers hold
 	req := "POST " + dingtalktest.PathAsyncSend + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
 		strconv.Itoa(size) + "\r\n\r\n" + strings.Repeat("x", size)
@@ -370,7 +370,7 @@ func TestClientBodyFailuresDoNotOpenBreaker(t *testing.T) {
 // without waiting for net/http to read the rest first.
 func TestEarlyAnswerToStalledBody(t *testing.T) {
 	s := newStack(t, nil, func(c *config.Config) { c.Server.BodyReadTimeout = 300 * time.Millisecond })
-	s.app.Breakers().Ban(time.Hour)
+	s.app.Breakers().Ban(time.Now().Add(time.Hour))
 	c, err := net.Dial("tcp", s.proxy.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -134,9 +134,9 @@ func eventually(t *testing.T, what string, get func() float64, want float64) {
 // pacing rate, and the gauge says so.
 func TestThrottleLowersPacingRateGauge(t *testing.T) {
 	s := newStack(t, nil)
-	p := s.app.RetryTransport().Policy()
+	p := s.app.Loop().Policy()
 	p.MaxAttempts = 1
-	s.app.RetryTransport().SetPolicy(p)
+	s.app.Loop().SetPolicy(p)
 	path := dingtalktest.PathDeptList
 	s.fake.Script(path, dingtalktest.Throttle())
 	s.do(http.MethodGet, path, nil)

@@ -42,16 +42,12 @@ func (a *App) Apply(cfg *config.Config) error {
 	next := *cfg
 	keepRestartOnly(&next, old)
 
-	a.retry.SetPolicy(RetryPolicy(&next))
-	a.retry.Budget.Set(next.Retry.Budget.Ratio, next.Retry.Budget.MinPerSecond)
-	if a.fleetPacer != nil {
-		a.fleetPacer.Update(PacingSettings(&next)) // the local pacer's too
-	} else {
-		a.pacer.Update(PacingSettings(&next))
-	}
-	a.breakers.Update(BreakerSettings(&next), routePaths(&next))
+	a.loop.SetPolicy(RetryPolicy(&next))
+	a.loop.Budget().Set(next.Retry.Budget.Ratio, next.Retry.Budget.MinPerSecond)
+	a.parts.turns.Update(PacingSettings(&next)) // the fleet's updates the local pacer too
+	a.parts.breakers.Update(BreakerSettings(&next))
 	a.proxy.SetPolicy(ProxyPolicy(&next))
-	a.quota.Update(QuotaSettings(&next))
+	a.parts.quota.Update(QuotaSettings(&next))
 	a.level.SetLevel(level)
 	a.maxInflight.Store(int64(next.MaxInflight))
 	a.initRoutes(&next)

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -20,7 +19,6 @@ import (
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
-	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
 // TestTokenUsingOAuth2CallsGetTheToken: calls beside the token endpoints
@@ -242,7 +240,7 @@ func TestPathsNotUTF8(t *testing.T) {
 func TestBookkeepingCannotFailAnAnswer(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
 	s := newStackHooked(t, zap.New(core), func(a *app.App) {
-		a.RetryTransport().Observe = func(*retry.Facts, int, string, dingtalk.Result, time.Duration) { panic("bookkeeping bug") }
+		app.SetTestHookAttempted(a, func() { panic("bookkeeping bug") })
 	})
 	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, []byte(`{"agent_id":1}`))
 	if resp.StatusCode != 200 || errcodeOf(t, body) != 0 || !strings.Contains(string(body), "task_id") {

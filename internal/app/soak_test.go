@@ -204,9 +204,6 @@ func TestFaultSoak(t *testing.T) {
 				if err := s.app.Apply(&next); err != nil {
 					t.Errorf("reload: %v", err)
 				}
-				p := s.app.RetryTransport().Policy()
-				p.ThrottlePenalty = 5 * time.Millisecond
-				s.app.RetryTransport().SetPolicy(p)
 				reloads++
 			}
 			refreshSecrets()

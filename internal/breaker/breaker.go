@@ -11,9 +11,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// Overflow is the route name of the breaker shared by paths beyond MaxRoutes.
-const Overflow = "_other"
-
 // Kinds of open breaker, as X-Dingproxy-Fallback names them.
 const (
 	KindCircuitOpen = "circuit-open"
@@ -33,12 +30,19 @@ type Settings struct {
 	OpenTimeout time.Duration
 	// HalfOpenRequests probes are let through; all must succeed to close.
 	HalfOpenRequests uint32
-	// MaxRoutes caps the routes with a breaker of their own.
-	MaxRoutes int
 }
 
-// windowBuckets is how many buckets the rolling window has.
-const windowBuckets = 10
+// WindowBuckets is how many buckets the rolling window has.
+const WindowBuckets = 10
+
+// Trips is the breaker's rule, alone and shared alike: a route whose
+// window holds at least MinRequests ended calls (successes and failures;
+// ignored calls do not count), failures at least FailureRatio of them,
+// opens.
+func (s Settings) Trips(failures, successes uint64) bool {
+	ended := failures + successes
+	return ended > 0 && ended >= uint64(s.MinRequests) && float64(failures)/float64(ended) >= s.FailureRatio
+}
 
 // Verdict is how a call's final outcome counts.
 type Verdict uint8
@@ -67,34 +71,52 @@ func (e *OpenError) Error() string {
 // Unwrap lets errors.Is(err, gobreaker.ErrOpenState) hold.
 func (e *OpenError) Unwrap() error { return gobreaker.ErrOpenState }
 
+// Open is the *OpenError for route, open for left more (at least 1 s).
+func Open(route, kind string, left time.Duration) *OpenError {
+	return &OpenError{Route: route, Kind: kind, RetryAfter: atLeastSecond(left)}
+}
+
 var errFailure = errors.New("breaker: failed call")
 
 // State names a breaker state for metrics: 0 closed, 1 half-open, 2 open.
 type State = gobreaker.State
 
-// StateOpen is the open state.
-const StateOpen = gobreaker.StateOpen
+// States of a breaker.
+const (
+	StateClosed   = gobreaker.StateClosed
+	StateHalfOpen = gobreaker.StateHalfOpen
+	StateOpen     = gobreaker.StateOpen
+)
 
-// Settings returns the settings in force.
-func (s *Set) Settings() Settings { return *s.settings.Load() }
+// Observer is told of every transition of a breaker and of every IP ban,
+// outside every lock, once each.
+type Observer interface {
+	BreakerChanged(route string, from, to State)
+}
 
-// Set holds the breakers. It is safe for concurrent use.
+// Set holds the breakers, one per route name it is asked about (the
+// proxy's route table bounds the names), and the proxy-wide breaker that
+// DingTalk's egress-IP ban opens. It is safe for concurrent use.
 type Set struct {
 	log      *zap.Logger
+	obs      Observer
 	settings atomic.Pointer[Settings]
-	// OnStateChange, if set before use, is told of every transition. It runs
-	// under the breaker's lock: it must be quick and not call back into Set.
-	OnStateChange func(route string, from, to State)
-	// OnBan, if set before use, is told of every IP ban met here (not of
-	// the fleet's, applied with BanUntil), to share it.
-	OnBan func(d time.Duration)
 
-	mu         sync.RWMutex
-	routes     map[string]*entry
-	configured map[string]bool
-	overflow   *entry
+	mu     sync.RWMutex
+	routes map[string]*entry
 
 	banUntil atomic.Int64 // unix nanoseconds; the IP ban ends then
+
+	// changes holds the transitions gobreaker reported under its own lock,
+	// to be told to obs once that lock is released.
+	changesMu sync.Mutex
+	changes   []transition
+	pending   atomic.Bool
+}
+
+type transition struct {
+	route    string
+	from, to State
 }
 
 type entry struct {
@@ -105,31 +127,25 @@ type entry struct {
 	opened atomic.Int64
 	// last counts seen when a call failed, for the transition log.
 	lastCounts atomic.Pointer[gobreaker.Counts]
-	// remoteUntil (unix nanoseconds) holds the route open until then: its
-	// breaker opened on another proxy of the fleet.
-	remoteUntil atomic.Int64
 }
 
-// NewSet returns a Set with a breaker for each configured route.
-func NewSet(s Settings, configured []string, log *zap.Logger) *Set {
+// NewSet returns an empty Set under s; obs (may be nil) hears of every
+// transition.
+func NewSet(s Settings, log *zap.Logger, obs Observer) *Set {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	set := &Set{log: log, routes: make(map[string]*entry), configured: make(map[string]bool)}
+	set := &Set{log: log, obs: obs, routes: make(map[string]*entry)}
 	set.settings.Store(&s)
-	set.overflow = set.newEntry(Overflow, s)
-	set.mu.Lock()
-	for _, r := range configured {
-		set.configured[r] = true
-		set.routes[r] = set.newEntry(r, s)
-	}
-	set.mu.Unlock()
 	return set
 }
 
+// Settings returns the settings in force.
+func (s *Set) Settings() Settings { return *s.settings.Load() }
+
 func (s *Set) newEntry(route string, st Settings) *entry {
 	e := &entry{route: route, built: st}
-	bucket := st.Window / windowBuckets
+	bucket := st.Window / WindowBuckets
 	if bucket <= 0 {
 		bucket = st.Window
 	}
@@ -141,59 +157,80 @@ func (s *Set) newEntry(route string, st Settings) *entry {
 		Timeout:      st.OpenTimeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			e.lastCounts.Store(&c)
-			cur := s.settings.Load() // ratio and minimum apply live
-			ended := c.TotalSuccesses + c.TotalFailures
-			return ended >= cur.MinRequests && ended > 0 &&
-				float64(c.TotalFailures)/float64(ended) >= cur.FailureRatio
+			// ratio and minimum apply live
+			return s.settings.Load().Trips(uint64(c.TotalFailures), uint64(c.TotalSuccesses))
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
+			// Under gobreaker's lock: note it, tell it once released.
 			if to == gobreaker.StateOpen {
 				e.opened.Store(time.Now().UnixNano())
 			}
-			fields := []zap.Field{zap.String("route", name), zap.Stringer("from", from), zap.Stringer("to", to)}
-			if c := e.lastCounts.Load(); c != nil && from == gobreaker.StateClosed {
-				fields = append(fields, zap.Uint32("failures", c.TotalFailures), zap.Uint32("successes", c.TotalSuccesses))
-			}
-			if to == gobreaker.StateOpen {
-				s.log.Warn("breaker opened", fields...)
-			} else {
-				s.log.Info("breaker state changed", fields...)
-			}
-			if s.OnStateChange != nil {
-				s.OnStateChange(name, from, to)
-			}
+			s.changesMu.Lock()
+			s.changes = append(s.changes, transition{name, from, to})
+			s.changesMu.Unlock()
+			s.pending.Store(true)
 		},
 		IsExcluded: func(err error) bool { return err == errIgnore },
 	})
 	return e
 }
 
-var errIgnore = errors.New("breaker: ignored call")
-
-// Route returns the breaker route for a request path: the path itself while
-// it is configured or fits under MaxRoutes, Overflow beyond. Metrics use the
-// same name, so their cardinality is bounded too.
-func (s *Set) Route(path string) string {
-	return s.entry(path).route
+// flush logs the transitions noted since the last flush and tells obs of
+// them, outside every lock of the set and of gobreaker.
+func (s *Set) flush() {
+	if !s.pending.Load() {
+		return
+	}
+	s.changesMu.Lock()
+	changes := s.changes
+	s.changes = nil
+	s.pending.Store(false)
+	s.changesMu.Unlock()
+	for _, t := range changes {
+		fields := []zap.Field{zap.String("route", t.route), zap.Stringer("from", t.from), zap.Stringer("to", t.to)}
+		if t.from == gobreaker.StateClosed {
+			if c := s.counts(t.route); c != nil {
+				fields = append(fields, zap.Uint32("failures", c.TotalFailures), zap.Uint32("successes", c.TotalSuccesses))
+			}
+		}
+		if t.to == gobreaker.StateOpen {
+			s.log.Warn("breaker opened", fields...)
+		} else {
+			s.log.Info("breaker state changed", fields...)
+		}
+		if s.obs != nil {
+			s.obs.BreakerChanged(t.route, t.from, t.to)
+		}
+	}
 }
 
-func (s *Set) entry(path string) *entry {
+func (s *Set) counts(route string) *gobreaker.Counts {
 	s.mu.RLock()
-	e, ok := s.routes[path]
+	e := s.routes[route]
+	s.mu.RUnlock()
+	if e == nil {
+		return nil
+	}
+	return e.lastCounts.Load()
+}
+
+var errIgnore = errors.New("breaker: ignored call")
+
+// entry returns route's breaker, making it on first use.
+func (s *Set) entry(route string) *entry {
+	s.mu.RLock()
+	e, ok := s.routes[route]
 	s.mu.RUnlock()
 	if ok {
 		return s.fresh(e)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.routes[path]; ok {
+	if e, ok := s.routes[route]; ok {
 		return e
 	}
-	if len(s.routes) >= s.settings.Load().MaxRoutes {
-		return s.overflow
-	}
-	e = s.newEntry(path, *s.settings.Load())
-	s.routes[path] = e
+	e = s.newEntry(route, *s.settings.Load())
+	s.routes[route] = e
 	return e
 }
 
@@ -211,59 +248,31 @@ func (s *Set) fresh(e *entry) *entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Another call may have rebuilt it meanwhile: use that one.
-	if e.route == Overflow {
-		if s.overflow != e {
-			return s.overflow
-		}
-	} else if now, ok := s.routes[e.route]; ok && now != e {
+	if now, ok := s.routes[e.route]; ok && now != e {
 		return now
 	}
 	n := s.newEntry(e.route, *cur)
-	if e.route == Overflow {
-		s.overflow = n
-	} else {
-		s.routes[e.route] = n
-	}
+	s.routes[e.route] = n
 	return n
 }
 
-// overflowEntry returns the overflow breaker, which fresh may replace.
-func (s *Set) overflowEntry() *entry {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.overflow
-}
-
 // Allow asks whether a call on route may go. When it may, done must be
-// called once with the call's verdict. While the IP ban or the route's
-// breaker is open it returns an *OpenError.
-func (s *Set) Allow(route string) (done func(Verdict), err error) {
-	if until := s.banUntil.Load(); until != 0 {
-		if left := time.Until(time.Unix(0, until)); left > 0 {
-			return nil, &OpenError{Route: route, Kind: KindIPBan, RetryAfter: atLeastSecond(left)}
-		}
+// called once with the call's verdict; it reports whether that verdict
+// opened the breaker. While the IP ban or the route's breaker is open it
+// returns an *OpenError.
+func (s *Set) Allow(route string) (done func(Verdict) (opened bool), err error) {
+	defer s.flush()
+	if err := s.banned(route); err != nil {
+		return nil, err
 	}
-	var e *entry
-	if route == Overflow {
-		e = s.fresh(s.overflowEntry())
-	} else {
-		e = s.entry(route)
-	}
-	if until := e.remoteUntil.Load(); until != 0 {
-		if left := time.Until(time.Unix(0, until)); left > 0 {
-			return nil, &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
-		}
-	}
+	e := s.entry(route)
 	d, err := e.cb.Allow()
 	if err != nil {
-		// Half-open with all probes out: the answer comes within a call.
-		left := time.Second
-		if opened := e.opened.Load(); opened != 0 && errors.Is(err, gobreaker.ErrOpenState) {
-			left = e.built.OpenTimeout - time.Since(time.Unix(0, opened))
-		}
-		return nil, &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
+		return nil, e.openError(err)
 	}
-	return func(v Verdict) {
+	return func(v Verdict) bool {
+		defer s.flush()
+		before := e.opened.Load()
 		switch v {
 		case Success:
 			d(nil)
@@ -272,40 +281,44 @@ func (s *Set) Allow(route string) (done func(Verdict), err error) {
 		default:
 			d(errIgnore)
 		}
+		return e.opened.Load() != before
 	}, nil
 }
 
-// Check says whether route is open now (the IP ban, the fleet's opening,
-// or its own breaker open), without taking a call's place as Allow does: an
-// *OpenError if so. A half-open breaker lets Check pass.
+// Check says whether route is open now (the IP ban, or its own breaker
+// open), without taking a call's place as Allow does: an *OpenError if so.
+// A half-open breaker lets Check pass.
 func (s *Set) Check(route string) error {
-	if until := s.banUntil.Load(); until != 0 {
-		if left := time.Until(time.Unix(0, until)); left > 0 {
-			return &OpenError{Route: route, Kind: KindIPBan, RetryAfter: atLeastSecond(left)}
-		}
+	defer s.flush()
+	if err := s.banned(route); err != nil {
+		return err
 	}
 	s.mu.RLock()
 	e, ok := s.routes[route]
-	if !ok && route == Overflow {
-		e, ok = s.overflow, true
-	}
 	s.mu.RUnlock()
-	if !ok {
+	if !ok || e.cb.State() != gobreaker.StateOpen {
 		return nil
 	}
-	if until := e.remoteUntil.Load(); until != 0 {
-		if left := time.Until(time.Unix(0, until)); left > 0 {
-			return &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
-		}
-	}
-	if e.cb.State() == gobreaker.StateOpen {
-		left := time.Second
-		if opened := e.opened.Load(); opened != 0 {
-			left = e.built.OpenTimeout - time.Since(time.Unix(0, opened))
-		}
-		return &OpenError{Route: e.route, Kind: KindCircuitOpen, RetryAfter: atLeastSecond(left)}
+	return e.openError(gobreaker.ErrOpenState)
+}
+
+// banned is the IP ban's *OpenError for route, nil when none is in force.
+func (s *Set) banned(route string) error {
+	if left := s.Banned(); left > 0 {
+		return Open(route, KindIPBan, left)
 	}
 	return nil
+}
+
+// openError is the *OpenError for a call e's breaker refused with err:
+// open (until its timeout ends), or half-open with every probe out (an
+// answer comes within a call).
+func (e *entry) openError(err error) *OpenError {
+	left := time.Second
+	if opened := e.opened.Load(); opened != 0 && errors.Is(err, gobreaker.ErrOpenState) {
+		left = e.built.OpenTimeout - time.Since(time.Unix(0, opened))
+	}
+	return Open(e.route, KindCircuitOpen, left)
 }
 
 func atLeastSecond(d time.Duration) time.Duration {
@@ -315,46 +328,19 @@ func atLeastSecond(d time.Duration) time.Duration {
 	return d.Round(time.Second)
 }
 
-// Ban opens the proxy-wide breaker for d: DingTalk banned the egress IP.
-// A longer ban already in force is kept. OnBan hears of it.
-func (s *Set) Ban(d time.Duration) {
-	if s.banUntilTime(time.Now().Add(d)) && s.OnBan != nil {
-		s.OnBan(d)
-	}
-}
-
-// BanUntil opens the proxy-wide breaker until until: another proxy of the
-// fleet met DingTalk's IP ban.
-func (s *Set) BanUntil(until time.Time) { s.banUntilTime(until) }
-
-func (s *Set) banUntilTime(t time.Time) bool {
-	until := t.UnixNano()
-	for {
-		cur := s.banUntil.Load()
-		if cur >= until {
-			return false
-		}
-		if s.banUntil.CompareAndSwap(cur, until) {
-			s.log.Warn("egress IP banned by DingTalk: every route is open", zap.Duration("for", time.Until(t).Round(time.Second)))
-			return true
-		}
-	}
-}
-
-// OpenRemote holds route open until until: its breaker opened on another
-// proxy of the fleet. A route this proxy has no breaker for, and cannot
-// make one for (past max_routes), is left alone: the overflow breaker is
-// not opened for a route it only may hold.
-func (s *Set) OpenRemote(route string, until time.Time) {
-	e := s.entry(route)
-	if e.route != route {
-		return
-	}
+// Ban opens the proxy-wide breaker until until: DingTalk banned the egress
+// IP. A longer ban already in force is kept. It reports whether the ban
+// was lengthened.
+func (s *Set) Ban(until time.Time) bool {
 	n := until.UnixNano()
 	for {
-		cur := e.remoteUntil.Load()
-		if cur >= n || e.remoteUntil.CompareAndSwap(cur, n) {
-			return
+		cur := s.banUntil.Load()
+		if cur >= n {
+			return false
+		}
+		if s.banUntil.CompareAndSwap(cur, n) {
+			s.log.Warn("egress IP banned by DingTalk: every route is open", zap.Duration("for", time.Until(until).Round(time.Second)))
+			return true
 		}
 	}
 }
@@ -369,34 +355,21 @@ func (s *Set) Banned() time.Duration {
 	return 0
 }
 
-// Update installs new settings and configured routes. Ratio and minimum
-// apply at once; a changed window, open timeout or probe count applies to
-// each breaker's next window. Breakers of unchanged routes keep their state.
-func (s *Set) Update(st Settings, configured []string) {
-	s.settings.Store(&st)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.configured = make(map[string]bool, len(configured))
-	for _, r := range configured {
-		s.configured[r] = true
-		if _, ok := s.routes[r]; !ok {
-			s.routes[r] = s.newEntry(r, st)
-		}
-	}
-}
+// Update installs new settings. Ratio and minimum apply at once; a changed
+// window, open timeout or probe count applies to each breaker's next
+// window. Breakers keep their state.
+func (s *Set) Update(st Settings) { s.settings.Store(&st) }
 
-// Len is how many breakers exist, the overflow one included.
+// Len is how many breakers exist.
 func (s *Set) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.routes) + 1
+	return len(s.routes)
 }
 
-// State returns the state of route's breaker.
+// State returns the state of route's breaker (closed for one not made).
 func (s *Set) State(route string) State {
-	if route == Overflow {
-		return s.overflowEntry().cb.State()
-	}
+	defer s.flush()
 	s.mu.RLock()
 	e, ok := s.routes[route]
 	s.mu.RUnlock()
@@ -404,4 +377,16 @@ func (s *Set) State(route string) State {
 		return gobreaker.StateClosed
 	}
 	return e.cb.State()
+}
+
+// Counts are route's ended calls in its window, for the fleet's count.
+func (s *Set) Counts(route string) (failures, successes uint64) {
+	s.mu.RLock()
+	e, ok := s.routes[route]
+	s.mu.RUnlock()
+	if !ok {
+		return 0, 0
+	}
+	c := e.cb.Counts()
+	return uint64(c.TotalFailures), uint64(c.TotalSuccesses)
 }

@@ -29,12 +29,11 @@ func settings() breaker.Settings {
 		Window:           10 * time.Second,
 		OpenTimeout:      15 * time.Second,
 		HalfOpenRequests: 3,
-		MaxRoutes:        8,
 	}
 }
 
-// call makes n calls on route, each ending with v; every one must be allowed.
-func call(t *testing.T, s *breaker.Set, route string, v breaker.Verdict, n int) {
+// makeCalls makes n calls on route, each ending with v; every one must be allowed.
+func makeCalls(t *testing.T, s *breaker.Set, route string, v breaker.Verdict, n int) {
 	t.Helper()
 	for i := range n {
 		done, err := s.Allow(route)
@@ -46,7 +45,7 @@ func call(t *testing.T, s *breaker.Set, route string, v breaker.Verdict, n int) 
 }
 
 // allow asks for one call on route that must be allowed and returns its done.
-func allow(t *testing.T, s *breaker.Set, route string) func(breaker.Verdict) {
+func allow(t *testing.T, s *breaker.Set, route string) func(breaker.Verdict) bool {
 	t.Helper()
 	done, err := s.Allow(route)
 	if err != nil {
@@ -93,7 +92,7 @@ func wantState(t *testing.T, s *breaker.Set, route string, want breaker.State) {
 // trip opens route's breaker with MinRequests failures.
 func trip(t *testing.T, s *breaker.Set, route string, st breaker.Settings) {
 	t.Helper()
-	call(t, s, route, breaker.Failure, int(st.MinRequests))
+	makeCalls(t, s, route, breaker.Failure, int(st.MinRequests))
 	wantState(t, s, route, gobreaker.StateOpen)
 }
 
@@ -135,12 +134,12 @@ func TestTripNeedsMinRequestsAndRatio(t *testing.T) {
 				for i, st := range tt.steps {
 					if i == len(tt.steps)-1 {
 						// All but the very last call of the sequence.
-						call(t, s, route, st.v, st.n-1)
+						makeCalls(t, s, route, st.v, st.n-1)
 						prefix = s.State(route)
-						call(t, s, route, st.v, 1)
+						makeCalls(t, s, route, st.v, 1)
 						break
 					}
-					call(t, s, route, st.v, st.n)
+					makeCalls(t, s, route, st.v, st.n)
 				}
 				if prefix != gobreaker.StateClosed {
 					t.Errorf("State before the last call = %v, want closed", prefix)
@@ -156,44 +155,44 @@ func TestFailuresAgeOutOfWindow(t *testing.T) {
 	const route = "/topapi/message/corpconversation/asyncsend_v2"
 	t.Run("inside the window they count", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := breaker.NewSet(settings(), []string{route}, nil)
-			call(t, s, route, breaker.Failure, 9)
+			s := breaker.NewSet(settings(), nil, nil)
+			makeCalls(t, s, route, breaker.Failure, 9)
 			time.Sleep(9500 * time.Millisecond)
-			call(t, s, route, breaker.Failure, 1)
+			makeCalls(t, s, route, breaker.Failure, 1)
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
 	})
 	t.Run("a window later they are gone", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := breaker.NewSet(settings(), []string{route}, nil)
-			call(t, s, route, breaker.Failure, 9)
+			s := breaker.NewSet(settings(), nil, nil)
+			makeCalls(t, s, route, breaker.Failure, 9)
 			time.Sleep(10 * time.Second)
-			call(t, s, route, breaker.Failure, 9)
+			makeCalls(t, s, route, breaker.Failure, 9)
 			wantState(t, s, route, gobreaker.StateClosed)
 		})
 	})
 	t.Run("the window rolls bucket by bucket", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := breaker.NewSet(settings(), []string{route}, nil)
-			call(t, s, route, breaker.Failure, 5) // t=0
+			s := breaker.NewSet(settings(), nil, nil)
+			makeCalls(t, s, route, breaker.Failure, 5) // t=0
 			time.Sleep(6 * time.Second)
-			call(t, s, route, breaker.Failure, 4) // t=6
+			makeCalls(t, s, route, breaker.Failure, 4) // t=6
 			time.Sleep(5 * time.Second)
 			// t=11: the five of t=0 are out, the four of t=6 are in. A
 			// breaker that never forgot would open on the 6th call here, a
 			// fixed window reset at t=10 would hold only these.
-			call(t, s, route, breaker.Failure, 5)
+			makeCalls(t, s, route, breaker.Failure, 5)
 			wantState(t, s, route, gobreaker.StateClosed)
-			call(t, s, route, breaker.Failure, 1)
+			makeCalls(t, s, route, breaker.Failure, 1)
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
 	})
 	t.Run("successes age out too", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := breaker.NewSet(settings(), []string{route}, nil)
-			call(t, s, route, breaker.Success, 100)
+			s := breaker.NewSet(settings(), nil, nil)
+			makeCalls(t, s, route, breaker.Success, 100)
 			time.Sleep(10 * time.Second)
-			call(t, s, route, breaker.Failure, 10)
+			makeCalls(t, s, route, breaker.Failure, 10)
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
 	})
@@ -209,12 +208,12 @@ func TestIgnoreNeverOpens(t *testing.T) {
 		// Business errors, throttling and cancellations, 100 % of calls,
 		// spread over several windows.
 		for range 12 {
-			call(t, s, route, breaker.Ignore, 250)
+			makeCalls(t, s, route, breaker.Ignore, 250)
 			wantState(t, s, route, gobreaker.StateClosed)
 			time.Sleep(time.Second)
 		}
 		// The counts are still live: with MinRequests 1 one failure opens.
-		call(t, s, route, breaker.Failure, 1)
+		makeCalls(t, s, route, breaker.Failure, 1)
 		wantState(t, s, route, gobreaker.StateOpen)
 	})
 }
@@ -244,7 +243,7 @@ func TestOpenRetryAfter(t *testing.T) {
 			wantState(t, s, route, gobreaker.StateOpen)
 		}
 		// Other routes are not affected.
-		call(t, s, other, breaker.Success, 1)
+		makeCalls(t, s, other, breaker.Success, 1)
 		time.Sleep(time.Millisecond)
 		wantState(t, s, route, gobreaker.StateHalfOpen)
 	})
@@ -265,7 +264,7 @@ func TestHalfOpen(t *testing.T) {
 	// open returns a Set whose route breaker has just turned half-open.
 	open := func(t *testing.T, st breaker.Settings) *breaker.Set {
 		t.Helper()
-		s := breaker.NewSet(st, []string{route}, nil)
+		s := breaker.NewSet(st, nil, nil)
 		trip(t, s, route, st)
 		time.Sleep(st.OpenTimeout + time.Millisecond)
 		wantState(t, s, route, gobreaker.StateHalfOpen)
@@ -275,7 +274,7 @@ func TestHalfOpen(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
 			s := open(t, st)
-			var probes []func(breaker.Verdict)
+			var probes []func(breaker.Verdict) bool
 			for range st.HalfOpenRequests {
 				probes = append(probes, allow(t, s, route))
 			}
@@ -291,9 +290,9 @@ func TestHalfOpen(t *testing.T) {
 				}
 			}
 			wantState(t, s, route, gobreaker.StateClosed)
-			call(t, s, route, breaker.Success, 50)
+			makeCalls(t, s, route, breaker.Success, 50)
 			// Fresh counts: nine failures are below the minimum again.
-			call(t, s, route, breaker.Failure, 9)
+			makeCalls(t, s, route, breaker.Failure, 9)
 			wantState(t, s, route, gobreaker.StateClosed)
 		})
 	})
@@ -301,7 +300,7 @@ func TestHalfOpen(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
 			s := open(t, st)
-			var probes []func(breaker.Verdict)
+			var probes []func(breaker.Verdict) bool
 			for range st.HalfOpenRequests {
 				probes = append(probes, allow(t, s, route))
 			}
@@ -315,7 +314,7 @@ func TestHalfOpen(t *testing.T) {
 			refused(t, s, route, circuitOpen(route, 2*time.Second))
 			time.Sleep(2*time.Second + time.Millisecond)
 			wantState(t, s, route, gobreaker.StateHalfOpen)
-			call(t, s, route, breaker.Success, int(st.HalfOpenRequests))
+			makeCalls(t, s, route, breaker.Success, int(st.HalfOpenRequests))
 			wantState(t, s, route, gobreaker.StateClosed)
 		})
 	})
@@ -356,17 +355,17 @@ func TestBan(t *testing.T) {
 		st.OpenTimeout = 10 * time.Minute
 		core, logs := observer.New(zap.InfoLevel)
 		const open, counted, idle = "/topapi/v2/user/get", "/topapi/v2/department/get", "/gettoken"
-		s := breaker.NewSet(st, []string{open, counted, idle}, zap.New(core))
+		s := breaker.NewSet(st, zap.New(core), nil)
 		trip(t, s, open, st)
-		call(t, s, counted, breaker.Failure, int(st.MinRequests)-1)
-		call(t, s, breaker.Overflow, breaker.Success, 1)
+		makeCalls(t, s, counted, breaker.Failure, int(st.MinRequests)-1)
+		makeCalls(t, s, "_other", breaker.Success, 1)
 		if got := s.Banned(); got != 0 {
 			t.Fatalf("Banned() before any ban = %v, want 0", got)
 		}
 		lenBefore := s.Len()
 
-		s.Ban(5 * time.Minute)
-		everyRoute := []string{open, counted, idle, breaker.Overflow, "/never/seen", "/x/1"}
+		s.Ban(time.Now().Add(5 * time.Minute))
+		everyRoute := []string{open, counted, idle, "_other", "/never/seen", "/x/1"}
 		for _, r := range everyRoute {
 			refused(t, s, r, ipBan(r, 5*time.Minute))
 		}
@@ -379,14 +378,14 @@ func TestBan(t *testing.T) {
 		}
 
 		time.Sleep(2*time.Minute + 400*time.Millisecond)
-		s.Ban(time.Minute) // shorter: must not cut the ban short
+		s.Ban(time.Now().Add(time.Minute)) // shorter: must not cut the ban short
 		if got, want := s.Banned(), 2*time.Minute+59600*time.Millisecond; got != want {
 			t.Errorf("Banned() after a shorter Ban = %v, want %v", got, want)
 		}
 		for _, r := range everyRoute {
 			refused(t, s, r, ipBan(r, 3*time.Minute))
 		}
-		s.Ban(4 * time.Minute) // longer: extends it
+		s.Ban(time.Now().Add(4 * time.Minute)) // longer: extends it
 		if got, want := s.Banned(), 4*time.Minute; got != want {
 			t.Errorf("Banned() after a longer Ban = %v, want %v", got, want)
 		}
@@ -404,14 +403,14 @@ func TestBan(t *testing.T) {
 		// its own remaining time (opened 6m0.4s ago)...
 		refused(t, s, open, circuitOpen(open, 4*time.Minute))
 		// ...counted still holds nine failures, so one more opens it...
-		call(t, s, counted, breaker.Failure, 1)
+		makeCalls(t, s, counted, breaker.Failure, 1)
 		wantState(t, s, counted, gobreaker.StateOpen)
 		// ...and the rest just work.
-		for _, r := range []string{idle, breaker.Overflow, "/never/seen"} {
-			call(t, s, r, breaker.Success, 1)
+		for _, r := range []string{idle, "_other", "/never/seen"} {
+			makeCalls(t, s, r, breaker.Success, 1)
 		}
-		// The one path seen for the first time got its breaker now.
-		if got, want := s.Len(), lenBefore+1; got != want {
+		// The two routes called for the first time got their breakers now.
+		if got, want := s.Len(), lenBefore+2; got != want {
 			t.Errorf("Len() = %d, want %d", got, want)
 		}
 	})
@@ -423,34 +422,34 @@ func TestUpdate(t *testing.T) {
 	t.Run("ratio applies at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
-			s := breaker.NewSet(st, []string{route}, nil)
-			call(t, s, route, breaker.Success, 7)
-			call(t, s, route, breaker.Failure, 3)
+			s := breaker.NewSet(st, nil, nil)
+			makeCalls(t, s, route, breaker.Success, 7)
+			makeCalls(t, s, route, breaker.Failure, 3)
 			st.FailureRatio = 0.3
-			s.Update(st, []string{route})
-			call(t, s, route, breaker.Failure, 1) // 4/11 >= 0.3, not 0.5
+			s.Update(st)
+			makeCalls(t, s, route, breaker.Failure, 1) // 4/11 >= 0.3, not 0.5
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
 	})
 	t.Run("minimum applies at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
-			s := breaker.NewSet(st, []string{route}, nil)
-			call(t, s, route, breaker.Failure, 4)
+			s := breaker.NewSet(st, nil, nil)
+			makeCalls(t, s, route, breaker.Failure, 4)
 			st.MinRequests = 5
-			s.Update(st, []string{route})
-			call(t, s, route, breaker.Failure, 1)
+			s.Update(st)
+			makeCalls(t, s, route, breaker.Failure, 1)
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
 	})
 	t.Run("open route stays open across a ratio change", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
-			s := breaker.NewSet(st, []string{route}, nil)
+			s := breaker.NewSet(st, nil, nil)
 			trip(t, s, route, st)
 			time.Sleep(5 * time.Second)
 			st.FailureRatio = 0.9
-			s.Update(st, []string{route, other})
+			s.Update(st)
 			refused(t, s, route, circuitOpen(route, 10*time.Second))
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
@@ -458,76 +457,40 @@ func TestUpdate(t *testing.T) {
 	t.Run("new window rebuilds a closed breaker", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
-			s := breaker.NewSet(st, []string{route}, nil)
-			call(t, s, route, breaker.Failure, 9)
-			call(t, s, other, breaker.Failure, 9) // observed path
+			s := breaker.NewSet(st, nil, nil)
+			makeCalls(t, s, route, breaker.Failure, 9)
+			makeCalls(t, s, other, breaker.Failure, 9) // observed path
 			st.Window = 20 * time.Second
-			s.Update(st, []string{route})
+			s.Update(st)
 			for _, r := range []string{route, other} {
 				// Fresh counts: the nine are gone.
-				call(t, s, r, breaker.Failure, 1)
+				makeCalls(t, s, r, breaker.Failure, 1)
 				wantState(t, s, r, gobreaker.StateClosed)
 			}
 			// The new window: failures 15 s apart still add up.
 			time.Sleep(15 * time.Second)
-			call(t, s, route, breaker.Failure, 9)
+			makeCalls(t, s, route, breaker.Failure, 9)
 			wantState(t, s, route, gobreaker.StateOpen)
 		})
 	})
 	t.Run("new timeout waits for an open breaker's own", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			st := settings()
-			s := breaker.NewSet(st, []string{route}, nil)
+			s := breaker.NewSet(st, nil, nil)
 			trip(t, s, route, st)
 			time.Sleep(5 * time.Second)
 			st.OpenTimeout = time.Minute
 			st.HalfOpenRequests = 1
-			s.Update(st, []string{route})
+			s.Update(st)
 			refused(t, s, route, circuitOpen(route, 10*time.Second))
 			time.Sleep(10*time.Second + time.Millisecond)
 			wantState(t, s, route, gobreaker.StateHalfOpen)
 			// Still its old self while half-open: three probes.
-			call(t, s, route, breaker.Success, 3)
+			makeCalls(t, s, route, breaker.Success, 3)
 			wantState(t, s, route, gobreaker.StateClosed)
 			// Its next window is a new breaker, with the new timeout.
 			trip(t, s, route, st)
 			refused(t, s, route, circuitOpen(route, time.Minute))
-		})
-	})
-	t.Run("new routes get their own breaker", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			st := settings()
-			st.MaxRoutes = 2
-			s := breaker.NewSet(st, []string{route}, nil)
-			if got := s.Route("/a"); got != "/a" {
-				t.Fatalf("Route(/a) = %q, want /a", got)
-			}
-			if got := s.Route(other); got != breaker.Overflow {
-				t.Fatalf("Route(%q) = %q, want %q", other, got, breaker.Overflow)
-			}
-			s.Update(st, []string{route, other})
-			if got := s.Route(other); got != other {
-				t.Errorf("Route(%q) after Update = %q, want itself", other, got)
-			}
-			if got, want := s.Len(), 4; got != want {
-				t.Errorf("Len() = %d, want %d", got, want)
-			}
-			trip(t, s, other, st)
-			call(t, s, breaker.Overflow, breaker.Success, 1)
-		})
-	})
-	t.Run("overflow breaker is rebuilt too", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			st := settings()
-			st.MaxRoutes = 1
-			s := breaker.NewSet(st, []string{route}, nil)
-			call(t, s, s.Route("/x"), breaker.Failure, 9)
-			st.OpenTimeout = time.Minute
-			s.Update(st, []string{route})
-			call(t, s, s.Route("/y"), breaker.Failure, 9)
-			wantState(t, s, breaker.Overflow, gobreaker.StateClosed)
-			call(t, s, s.Route("/z"), breaker.Failure, 1)
-			refused(t, s, breaker.Overflow, circuitOpen(breaker.Overflow, time.Minute))
 		})
 	})
 }
@@ -545,35 +508,27 @@ func TestTransitionsLoggedOnce(t *testing.T) {
 		st := settings()
 		core, logs := observer.New(zap.InfoLevel)
 		const route = "/topapi/v2/user/get"
-		s := breaker.NewSet(st, []string{route}, zap.New(core))
-		var (
-			mu   sync.Mutex
-			seen []transition
-		)
-		s.OnStateChange = func(r string, from, to breaker.State) {
-			mu.Lock()
-			defer mu.Unlock()
-			seen = append(seen, transition{Route: r, From: from.String(), To: to.String()})
-		}
+		rec := &recorder{}
+		s := breaker.NewSet(st, zap.New(core), rec)
 		poll := func() { // many looks must not log more
 			for range 5 {
 				s.State(route)
-				s.Route(route)
+				s.Check(route)
 			}
 		}
-		call(t, s, route, breaker.Success, 4)
-		call(t, s, route, breaker.Ignore, 3)
-		call(t, s, route, breaker.Failure, 6) // 6/10: opens
+		makeCalls(t, s, route, breaker.Success, 4)
+		makeCalls(t, s, route, breaker.Ignore, 3)
+		makeCalls(t, s, route, breaker.Failure, 6) // 6/10: opens
 		poll()
 		refused(t, s, route, circuitOpen(route, st.OpenTimeout))
 		time.Sleep(st.OpenTimeout + time.Millisecond)
-		poll()                                   // open -> half-open
-		allow(t, s, route)(breaker.Failure)      // half-open -> open
-		poll()                                   //
-		time.Sleep(st.OpenTimeout + time.Second) // open -> half-open on next look
-		call(t, s, route, breaker.Success, 3)    // half-open -> closed
+		poll()                                     // open -> half-open
+		allow(t, s, route)(breaker.Failure)        // half-open -> open
+		poll()                                     //
+		time.Sleep(st.OpenTimeout + time.Second)   // open -> half-open on next look
+		makeCalls(t, s, route, breaker.Success, 3) // half-open -> closed
 		poll()
-		call(t, s, "/other", breaker.Failure, 5) // another route, no transition
+		makeCalls(t, s, "/other", breaker.Failure, 5) // another route, no transition
 
 		o, h, c := "open", "half-open", "closed"
 		want := []transition{
@@ -604,10 +559,22 @@ func TestTransitionsLoggedOnce(t *testing.T) {
 		for i := range want {
 			want[i].Level, want[i].Counts = 0, ""
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if diff := cmp.Diff(want, seen); diff != "" {
-			t.Errorf("OnStateChange transitions (-want +got):\n%s", diff)
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if diff := cmp.Diff(want, rec.seen); diff != "" {
+			t.Errorf("observed transitions (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// recorder is a breaker.Observer that keeps the transitions it is told of.
+type recorder struct {
+	mu   sync.Mutex
+	seen []transition
+}
+
+func (r *recorder) BreakerChanged(route string, from, to breaker.State) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen = append(r.seen, transition{Route: route, From: from.String(), To: to.String()})
 }

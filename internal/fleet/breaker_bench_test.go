@@ -97,7 +97,7 @@ func BenchmarkBreakerSharing(b *testing.B) {
 	})
 	b.Run("dingproxy-transitions", func(b *testing.B) {
 		set := breaker.NewSet(breaker.Settings{FailureRatio: 0.5, MinRequests: 20, Window: 30 * time.Second,
-			OpenTimeout: 15 * time.Second, HalfOpenRequests: 3, MaxRoutes: 512}, nil, nil)
+			OpenTimeout: 15 * time.Second, HalfOpenRequests: 3}, nil, nil)
 		start := rts.n.Load()
 		b.ResetTimer()
 		for b.Loop() {
@@ -111,7 +111,7 @@ func BenchmarkBreakerSharing(b *testing.B) {
 	})
 	b.Run("dingproxy-transitions-parallel4", func(b *testing.B) {
 		set := breaker.NewSet(breaker.Settings{FailureRatio: 0.5, MinRequests: 20, Window: 30 * time.Second,
-			OpenTimeout: 15 * time.Second, HalfOpenRequests: 3, MaxRoutes: 512}, nil, nil)
+			OpenTimeout: 15 * time.Second, HalfOpenRequests: 3}, nil, nil)
 		b.SetParallelism(2)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {

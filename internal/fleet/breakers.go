@@ -5,111 +5,175 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
-// Fleet-wide failure counting. A breaker alone opens after min_requests
-// calls through this proxy; ten replicas each see a tenth of an outage's
-// failures and open ten times later. So each proxy also reports its
-// verdicts on a route, but only while the route fails here: every 100 ms
-// at most, one pipeline for all such routes (never a round trip on a
-// call's way), into a hash per route and breaker window that holds each
-// proxy's failures and successes. When the fleet's sum reaches
-// min_requests at failure_ratio, the route opens on every proxy (the
-// opening is shared as any other, as is a breaker that opens on one proxy
-// by its own count).
+// Breakers is the fleet's breaker set: the local breaker.Set, decorated so
+// that a route's opening and the IP ban reach every proxy, and a route
+// fails across the fleet by the local rule.
+//
+// Openings and bans are shared as transitions (events.go): no Redis on a
+// call's way. Failures are counted across the fleet in the same unit and
+// window as alone: a proxy whose window holds failures on a route reports
+// that window's counts (calls, after their retries) every 100 ms at most,
+// in one pipeline for all such routes, into a hash per route holding each
+// proxy's counts; when the sum trips the local rule (breaker.Settings.Trips),
+// the route opens on every proxy. A proxy that sees no failure on a route
+// does not report it: an outage only one proxy sees is judged on that
+// proxy's own calls.
+type Breakers struct {
+	f     *Fleet
+	local *breaker.Set
 
-// BreakerRule is what trips a route for the fleet: breaker's settings.
-type BreakerRule struct {
-	MinRequests  uint32
-	FailureRatio float64
-	Window       time.Duration
-	OpenTimeout  time.Duration
-}
+	// held are routes another proxy opened, until when; heldN how many.
+	mu    sync.RWMutex
+	held  map[string]time.Time
+	heldN atomic.Int32
 
-type verdicts struct {
-	mu     sync.Mutex
-	counts map[string]*[2]uint32 // route -> failures, successes since the last flush
-	// tripped holds routes this proxy opened for the fleet, until when.
+	// failing are routes whose window here holds failures: reported at
+	// each flush. tripped are routes this proxy opened for the fleet.
+	rmu     sync.Mutex
+	failing map[string]struct{}
 	tripped map[string]time.Time
 }
 
-// maxReported bounds the routes counted between two flushes.
+// maxReported bounds the routes reported at once.
 const maxReported = 1024
 
-// flushEvery is how often verdicts are reported.
+// flushEvery is how often failing routes are reported.
 const flushEvery = 100 * time.Millisecond
 
-// Verdict records a call's verdict on route for the fleet's count: failed,
-// or a success. It never touches Redis.
-func (f *Fleet) Verdict(route string, failed bool) {
-	v := &f.verdicts
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	c := v.counts[route]
-	if c == nil {
-		if !failed || len(v.counts) >= maxReported {
-			return // a route not failing here is not reported at all
-		}
-		if v.counts == nil {
-			v.counts = make(map[string]*[2]uint32)
-		}
-		c = new([2]uint32)
-		v.counts[route] = c
-	}
-	if failed {
-		c[0]++
-	} else {
-		c[1]++
-	}
+// staleCount is how old a proxy's report may be and still count: a proxy
+// that stopped reporting (its failures aged out of its window, or it
+// died) stops counting.
+const staleCount = time.Second
+
+func newBreakers(f *Fleet, local *breaker.Set) *Breakers {
+	b := &Breakers{f: f, local: local, held: make(map[string]time.Time),
+		failing: make(map[string]struct{}), tripped: make(map[string]time.Time)}
+	f.every(flushEvery, b.flush)
+	return b
 }
 
-// OnTrip sets what a fleet-wide trip does (set it before Start): open route
-// here and tell the others; rule gives the breaker settings in force.
-func (f *Fleet) OnTrip(rule func() BreakerRule, trip func(route string)) {
-	f.tripRule, f.onTrip = rule, trip
+// Allow is the local Set's, unless another proxy opened route. A verdict
+// that opens the route here tells the fleet.
+func (b *Breakers) Allow(route string) (func(breaker.Verdict) bool, error) {
+	if err := b.heldOpen(route); err != nil {
+		return nil, err
+	}
+	done, err := b.local.Allow(route)
+	if err != nil {
+		return nil, err
+	}
+	return func(v breaker.Verdict) bool {
+		opened := done(v)
+		if v == breaker.Failure {
+			b.rmu.Lock()
+			if len(b.failing) < maxReported {
+				b.failing[route] = struct{}{}
+			}
+			b.rmu.Unlock()
+		}
+		if opened && route != proxy.Overflow {
+			// The overflow route holds different APIs on each proxy: not shared.
+			b.f.publish(kindOpen, route, b.local.Settings().OpenTimeout)
+		}
+		return opened
+	}, nil
 }
 
-// flushOnce reports the failing routes' counts, and trips those the
-// fleet's sum condemns (every flushEvery, in the background).
-func (f *Fleet) flushOnce() {
-	v := &f.verdicts
-	v.mu.Lock()
-	counts := v.counts
-	v.counts = nil
+// Check is the local Set's, unless another proxy opened route.
+func (b *Breakers) Check(route string) error {
+	if err := b.heldOpen(route); err != nil {
+		return err
+	}
+	return b.local.Check(route)
+}
+
+// Ban bans here and tells the fleet.
+func (b *Breakers) Ban(until time.Time) bool {
+	if !b.local.Ban(until) {
+		return false
+	}
+	b.f.publish(kindBan, "", time.Until(until))
+	return true
+}
+
+// heldOpen is the *OpenError for a route another proxy opened, nil if none.
+func (b *Breakers) heldOpen(route string) error {
+	if b.heldN.Load() == 0 {
+		return nil
+	}
+	b.mu.RLock()
+	until, ok := b.held[route]
+	b.mu.RUnlock()
+	if left := time.Until(until); ok && left > 0 {
+		return breaker.Open(route, breaker.KindCircuitOpen, left)
+	}
+	return nil
+}
+
+// hold opens route here until until: another proxy opened it, or the
+// fleet's count tripped it. Expired holds are dropped as new ones come.
+func (b *Breakers) hold(route string, until time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	now := time.Now()
-	for r, until := range v.tripped {
-		if now.After(until) {
-			delete(v.tripped, r)
+	for r, u := range b.held {
+		if !u.After(now) {
+			delete(b.held, r)
 		}
 	}
-	v.mu.Unlock()
-	if len(counts) == 0 || f.onTrip == nil || !f.Up() {
+	if until.After(b.held[route]) && len(b.held) < maxReported {
+		b.held[route] = until
+	}
+	b.heldN.Store(int32(len(b.held)))
+}
+
+// flush reports the failing routes' windows and trips those the fleet's
+// sum condemns (every flushEvery, in the background).
+func (b *Breakers) flush() {
+	now := time.Now()
+	st := b.local.Settings()
+	type report struct {
+		route     string
+		fails, ok uint64
+	}
+	var reports []report
+	b.rmu.Lock()
+	for r, until := range b.tripped {
+		if now.After(until) {
+			delete(b.tripped, r)
+		}
+	}
+	for r := range b.failing {
+		fails, ok := b.local.Counts(r)
+		if fails == 0 {
+			delete(b.failing, r) // its failures aged out of the window (or it opened)
+			continue
+		}
+		reports = append(reports, report{r, fails, ok})
+	}
+	b.rmu.Unlock()
+	if len(reports) == 0 || !b.f.Up() || st.Window <= 0 {
 		return
 	}
-	rule := f.tripRule()
-	if rule.Window <= 0 || rule.MinRequests == 0 {
-		return
-	}
-	win := now.UnixMilli() / rule.Window.Milliseconds()
-	routes := make([]string, 0, len(counts))
-	var cmds []*redis.MapStringStringCmd
+	f := b.f
+	cmds := make([]*redis.MapStringStringCmd, len(reports))
 	err := f.do(context.Background(), OpVerdicts, func(ctx context.Context) error {
 		p := f.rdb.Pipeline()
-		for r, c := range counts {
-			key := f.key("brk", Digest(r), strconv.FormatInt(win, 10))
-			if c[0] > 0 {
-				p.HIncrBy(ctx, key, "f:"+f.events.id, int64(c[0]))
-			}
-			if c[1] > 0 {
-				p.HIncrBy(ctx, key, "s:"+f.events.id, int64(c[1]))
-			}
-			p.PExpire(ctx, key, 2*rule.Window)
-			routes = append(routes, r)
-			cmds = append(cmds, p.HGetAll(ctx, key))
+		for i, r := range reports {
+			key := f.key("brk", Digest(r.route))
+			p.HSet(ctx, key, f.events.id, strconv.FormatUint(r.fails, 10)+" "+strconv.FormatUint(r.ok, 10)+" "+strconv.FormatInt(now.UnixMilli(), 10))
+			p.PExpire(ctx, key, st.Window)
+			cmds[i] = p.HGetAll(ctx, key)
 		}
 		_, err := p.Exec(ctx)
 		return err
@@ -117,37 +181,51 @@ func (f *Fleet) flushOnce() {
 	if err != nil {
 		return
 	}
-	for i, r := range routes {
-		var fails, oks uint64
-		failing := 0
-		for k, val := range cmds[i].Val() {
-			n, _ := strconv.ParseUint(val, 10, 64)
-			if strings.HasPrefix(k, "f:") {
-				fails += n
-				if n > 0 {
-					failing++
-				}
-			} else {
-				oks += n
-			}
-		}
-		total := fails + oks
-		if total < uint64(rule.MinRequests) || float64(fails)/float64(total) < rule.FailureRatio {
+	for i, r := range reports {
+		fails, oks, failing := sumCounts(cmds[i].Val(), now)
+		if !st.Trips(fails, oks) {
 			continue
 		}
-		v.mu.Lock()
-		_, done := v.tripped[r]
+		b.rmu.Lock()
+		_, done := b.tripped[r.route]
 		if !done {
-			if v.tripped == nil {
-				v.tripped = make(map[string]time.Time)
-			}
-			v.tripped[r] = now.Add(rule.OpenTimeout)
+			b.tripped[r.route] = now.Add(st.OpenTimeout)
 		}
-		v.mu.Unlock()
-		if !done {
-			f.log.Warn("fleet: route failing across the fleet: opening it on every proxy", zap.String("route", r),
-				zap.Uint64("failures", fails), zap.Uint64("successes", oks), zap.Int("proxies_failing", failing))
-			f.onTrip(r)
+		b.rmu.Unlock()
+		if done {
+			continue
+		}
+		f.log.Warn("fleet: route failing across the fleet: opening it on every proxy", zap.String("route", r.route),
+			zap.Uint64("failures", fails), zap.Uint64("successes", oks), zap.Int("proxies_failing", failing))
+		b.hold(r.route, now.Add(st.OpenTimeout))
+		if r.route != proxy.Overflow {
+			f.publish(kindOpen, r.route, st.OpenTimeout)
 		}
 	}
+}
+
+// sumCounts adds up the proxies' reports of a route ("failures successes
+// unix-ms" each) no older than staleCount, and counts the proxies failing.
+func sumCounts(vals map[string]string, now time.Time) (fails, oks uint64, failing int) {
+	for _, v := range vals {
+		parts := strings.Fields(v)
+		if len(parts) != 3 {
+			continue
+		}
+		ms, err := strconv.ParseInt(parts[2], 10, 64)
+		if err != nil || now.Sub(time.UnixMilli(ms)) > staleCount {
+			continue
+		}
+		fl, err1 := strconv.ParseUint(parts[0], 10, 32)
+		ok, err2 := strconv.ParseUint(parts[1], 10, 32)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		fails += fl
+		oks += ok
+		if fl > 0 {
+			failing++
+		}
+	}
+	return fails, oks, failing
 }

@@ -33,13 +33,10 @@ type events struct {
 	f  *Fleet
 	id string // this proxy, to skip its own messages
 
-	mu     sync.Mutex
-	onOpen func(route string, until time.Time)
-	onBan  func(until time.Time)
-	// onPenalty blocks an API (or robot) here for a penalty another proxy met.
-	onPenalty func(api string, until time.Time)
-	// onQuota stops a route here for the month.
-	onQuota func(route string, until time.Time)
+	mu sync.Mutex
+	// to applies the others' transitions here (the decorators, once
+	// Decorate has run); nil: they are read but applied nowhere.
+	to Applier
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -80,20 +77,21 @@ func (e *events) resync() {
 	}
 }
 
-// OnOpen sets what a breaker opening on another proxy does here (set it
-// before Start): open route until until.
-func (f *Fleet) OnOpen(fn func(route string, until time.Time)) {
-	f.events.mu.Lock()
-	f.events.onOpen = fn
-	f.events.mu.Unlock()
+// Applier applies here what another proxy of the fleet met: a route's
+// breaker opening, the egress IP's ban, an API's penalty, a route's
+// monthly quota spent. Each holds until until.
+type Applier interface {
+	Opened(route string, until time.Time)
+	Banned(until time.Time)
+	Penalized(api string, until time.Time)
+	QuotaStopped(route string, until time.Time)
 }
 
-// OnBan sets what an IP ban met by another proxy does here (set it before
-// Start): stop every call until until.
-func (f *Fleet) OnBan(fn func(until time.Time)) {
-	f.events.mu.Lock()
-	f.events.onBan = fn
-	f.events.mu.Unlock()
+// applyTo makes a the applier of the others' transitions (before Start).
+func (e *events) applyTo(a Applier) {
+	e.mu.Lock()
+	e.to = a
+	e.mu.Unlock()
 }
 
 // PublishOpen tells the fleet that route's breaker opened here for d.
@@ -252,28 +250,29 @@ func (e *events) handle(msg string) {
 		return
 	}
 	e.mu.Lock()
-	onOpen, onBan, onPenalty, onQuota := e.onOpen, e.onBan, e.onPenalty, e.onQuota
+	to := e.to
 	e.mu.Unlock()
+	if to == nil {
+		return
+	}
 	switch kind {
 	case kindPenalty:
-		if onPenalty != nil && route != "" {
-			onPenalty(route, until)
+		if route != "" {
+			to.Penalized(route, until)
 		}
 	case kindQuota:
-		if onQuota != nil && route != "" {
+		if route != "" {
 			e.f.log.Warn("fleet: route stopped for the month, as another proxy met 90020", zap.String("route", route))
-			onQuota(route, until)
+			to.QuotaStopped(route, until)
 		}
 	case kindOpen:
-		if onOpen != nil && route != "" {
+		if route != "" {
 			e.f.log.Info("fleet: breaker opened by another proxy", zap.String("route", route), zap.Time("until", until))
-			onOpen(route, until)
+			to.Opened(route, until)
 		}
 	case kindBan:
-		if onBan != nil {
-			e.f.log.Warn("fleet: egress IP banned, as another proxy met", zap.Time("until", until))
-			onBan(until)
-		}
+		e.f.log.Warn("fleet: egress IP banned, as another proxy met", zap.Time("until", until))
+		to.Banned(until)
 	}
 }
 

@@ -31,12 +31,19 @@ type Options struct {
 	ProbeEvery time.Duration
 	// Logger gets the transitions between shared and alone (once each).
 	Logger *zap.Logger
-	// OnUp, if set, is told whether Redis answers: at start and at each
-	// change (the dingproxy_fleet_redis_up gauge).
-	OnUp func(up bool)
-	// OnError, if set, is told of every failed Redis operation by its name
+	// Observer, if set, is told whether Redis answers and of every failed
+	// operation.
+	Observer Observer
+}
+
+// Observer is told of Redis's state, for metrics.
+type Observer interface {
+	// RedisUp: whether Redis answers, at start and at each change (the
+	// dingproxy_fleet_redis_up gauge).
+	RedisUp(up bool)
+	// RedisFailed: a Redis operation failed, by its name
 	// (dingproxy_fleet_errors_total{op}).
-	OnError func(op string)
+	RedisFailed(op string)
 }
 
 // Operation names, the values of dingproxy_fleet_errors_total's op label.
@@ -87,12 +94,8 @@ type Fleet struct {
 	tokDropped string // the token this proxy last invalidated
 	fromRedis  atomic.Bool
 
-	// breaker and ban sharing (events.go), fleet-wide failure counts
-	// (breakers.go)
-	events   *events
-	verdicts verdicts
-	tripRule func() BreakerRule
-	onTrip   func(route string)
+	// breaker, ban, penalty and quota sharing (events.go)
+	events *events
 
 	// roundTrips counts the commands and pipelines sent to Redis.
 	roundTrips atomic.Uint64
@@ -191,7 +194,6 @@ func (f *Fleet) Start() {
 	f.wg.Add(1)
 	go f.events.run()
 	f.every(f.opts.ProbeEvery, f.probe)
-	f.every(flushEvery, f.flushOnce)
 }
 
 // Close stops the background work and closes the connections.
@@ -267,8 +269,8 @@ func isDown(err error) bool {
 }
 
 func (f *Fleet) failed(op string) {
-	if f.opts.OnError != nil {
-		f.opts.OnError(op)
+	if f.opts.Observer != nil {
+		f.opts.Observer.RedisFailed(op)
 	}
 }
 
@@ -283,8 +285,8 @@ func (f *Fleet) setUp(up bool, err error) {
 	first := !f.upKnown
 	f.upKnown = true
 	f.up.Store(up)
-	if f.opts.OnUp != nil {
-		f.opts.OnUp(up)
+	if f.opts.Observer != nil {
+		f.opts.Observer.RedisUp(up)
 	}
 	switch {
 	case up && first:

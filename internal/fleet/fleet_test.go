@@ -12,9 +12,13 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
+	"github.com/dingproxy/dingproxy/internal/proxy"
+	"github.com/dingproxy/dingproxy/internal/quota"
 	"github.com/dingproxy/dingproxy/internal/redistest"
+	"github.com/dingproxy/dingproxy/internal/token"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -38,6 +42,9 @@ func (e *errCounts) add(op string) {
 	e.m[op]++
 }
 
+func (e *errCounts) RedisFailed(op string) { e.add(op) }
+func (e *errCounts) RedisUp(bool)          {}
+
 func (e *errCounts) get(op string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -50,7 +57,7 @@ func newFleet(t *testing.T, url, secret string, errs *errCounts) *Fleet {
 	o := Options{URL: url, KeyPrefix: "dp", AppKey: testKey, AppSecret: secret, Timeout: 500 * time.Millisecond,
 		ProbeEvery: 100 * time.Millisecond, Logger: zap.NewNop()}
 	if errs != nil {
-		o.OnError = errs.add
+		o.Observer = errs
 	}
 	f, err := New(o)
 	if err != nil {
@@ -63,7 +70,7 @@ func newFleet(t *testing.T, url, secret string, errs *errCounts) *Fleet {
 
 // countingFetcher is DingTalk's token endpoint: each call a new token,
 // after a little latency.
-func countingFetcher(n *atomic.Int32, ttl time.Duration) func(context.Context) (string, time.Duration, error) {
+func countingFetcher(n *atomic.Int32, ttl time.Duration) token.FetcherFunc {
 	return func(ctx context.Context) (string, time.Duration, error) {
 		i := n.Add(1)
 		select {
@@ -73,6 +80,17 @@ func countingFetcher(n *atomic.Int32, ttl time.Duration) func(context.Context) (
 		}
 		return "tok-" + string(rune('a'+i)), ttl, nil
 	}
+}
+
+// decorate is f's decoration of a proxy's own parts, pacing under s.
+func decorate(f *Fleet, s pacing.Settings) Shared {
+	return f.Decorate(Local{
+		Pacer: pacing.New(s), Pacing: s,
+		Breakers: breaker.NewSet(breaker.Settings{FailureRatio: 0.5, MinRequests: 10, Window: 10 * time.Second,
+			OpenTimeout: 5 * time.Second, HalfOpenRequests: 1}, nil, nil),
+		Quota: quota.New(quota.Settings{}, nil),
+		Cache: proxy.NewLRU(1 << 20),
+	})
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -103,7 +121,7 @@ func TestTokenOneFetchForTheFleet(t *testing.T) {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
-			toks[i], _, errs[i] = f.TokenFetcher(inner, 10*time.Minute, 2*time.Second)(ctx)
+			toks[i], _, errs[i] = f.TokenFetcher(inner, 10*time.Minute, 2*time.Second).Fetch(ctx)
 		})
 	}
 	wg.Wait()
@@ -140,19 +158,19 @@ func TestTokenRevocationOneRefetch(t *testing.T) {
 	var fetches atomic.Int32
 	inner := countingFetcher(&fetches, 2*time.Hour)
 	var fleets []*Fleet
-	var fetchers []func(context.Context) (string, time.Duration, error)
+	var fetchers []token.Fetcher
 	for range 4 {
 		f := newFleet(t, srv.URL(), testSecret, nil)
 		fleets = append(fleets, f)
 		fetchers = append(fetchers, f.TokenFetcher(inner, 10*time.Minute, 2*time.Second))
 	}
 	ctx := context.Background()
-	old, _, err := fetchers[0](ctx)
+	old, _, err := fetchers[0].Fetch(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, fe := range fetchers[1:] {
-		if tok, _, err := fe(ctx); err != nil || tok != old {
+		if tok, _, err := fe.Fetch(ctx); err != nil || tok != old {
 			t.Fatalf("token %q, %v; want the shared %q", tok, err, old)
 		}
 	}
@@ -167,7 +185,7 @@ func TestTokenRevocationOneRefetch(t *testing.T) {
 	for i, f := range fleets {
 		wg.Go(func() {
 			f.InvalidateToken(old)
-			toks[i], _, _ = fetchers[i](ctx)
+			toks[i], _, _ = fetchers[i].Fetch(ctx)
 		})
 	}
 	wg.Wait()
@@ -191,7 +209,7 @@ func TestTokenLockHolderDies(t *testing.T) {
 	var fetches atomic.Int32
 	f := newFleet(t, srv.URL(), testSecret, nil)
 	start := time.Now()
-	tok, _, err := f.TokenFetcher(countingFetcher(&fetches, 2*time.Hour), 10*time.Minute, 2*time.Second)(context.Background())
+	tok, _, err := f.TokenFetcher(countingFetcher(&fetches, 2*time.Hour), 10*time.Minute, 2*time.Second).Fetch(context.Background())
 	if err != nil || tok == "" {
 		t.Fatalf("fetch = %q, %v", tok, err)
 	}
@@ -211,11 +229,11 @@ func TestTokenOtherSecret(t *testing.T) {
 	a := newFleet(t, srv.URL(), testSecret, nil)
 	b := newFleet(t, srv.URL(), "another-secret", nil)
 	ctx := context.Background()
-	ta, _, err := a.TokenFetcher(countingFetcher(&fa, 2*time.Hour), 10*time.Minute, 2*time.Second)(ctx)
+	ta, _, err := a.TokenFetcher(countingFetcher(&fa, 2*time.Hour), 10*time.Minute, 2*time.Second).Fetch(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, _, err := b.TokenFetcher(countingFetcher(&fb, 2*time.Hour), 10*time.Minute, 2*time.Second)(ctx)
+	tb, _, err := b.TokenFetcher(countingFetcher(&fb, 2*time.Hour), 10*time.Minute, 2*time.Second).Fetch(ctx)
 	if err != nil || fb.Load() != 1 || tb == "" {
 		t.Errorf("the other secret's proxy: token %q, %v, %d fetches; want its own, 1", tb, err, fb.Load())
 	}
@@ -228,17 +246,17 @@ func TestTokenRefreshOnce(t *testing.T) {
 	srv := redistest.Start(t)
 	var fetches atomic.Int32
 	inner := countingFetcher(&fetches, 2*time.Second) // due after 1 s (half its life)
-	var fetchers []func(context.Context) (string, time.Duration, error)
+	var fetchers []token.Fetcher
 	for range 3 {
 		f := newFleet(t, srv.URL(), testSecret, nil)
 		fetchers = append(fetchers, f.TokenFetcher(inner, 10*time.Minute, 2*time.Second))
 	}
-	first, _, _ := fetchers[0](context.Background())
+	first, _, _ := fetchers[0].Fetch(context.Background())
 	time.Sleep(1100 * time.Millisecond) // past half the token's life: due
 	var wg sync.WaitGroup
 	toks := make([]string, 3)
 	for i, fe := range fetchers {
-		wg.Go(func() { toks[i], _, _ = fe(context.Background()) })
+		wg.Go(func() { toks[i], _, _ = fe.Fetch(context.Background()) })
 	}
 	wg.Wait()
 	for i, tok := range toks {
@@ -265,7 +283,7 @@ func TestRedisGoneAndBack(t *testing.T) {
 	}
 	srv.Kill()
 	start := time.Now()
-	tok, _, err := fetch(context.Background())
+	tok, _, err := fetch.Fetch(context.Background())
 	if err != nil || tok == "" {
 		t.Fatalf("fetch with Redis gone = %q, %v; want a token fetched alone", tok, err)
 	}
@@ -282,7 +300,7 @@ func TestRedisGoneAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the probe to find Redis again", f.Up)
-	tok2, _, err := fetch(context.Background())
+	tok2, _, err := fetch.Fetch(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +317,7 @@ func TestSharedPacingHoldsTheFleet(t *testing.T) {
 	var pacers []*Pacer
 	for range 4 {
 		f := newFleet(t, srv.URL(), testSecret, nil)
-		pacers = append(pacers, f.NewPacer(pacing.New(s), s))
+		pacers = append(pacers, decorate(f, s).Pacer)
 	}
 	var mu sync.Mutex
 	var turns []time.Time
@@ -353,7 +371,7 @@ func TestThrottleSharedAcrossTheFleet(t *testing.T) {
 	s := pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}
 	a := newFleet(t, srv.URL(), testSecret, nil)
 	b := newFleet(t, srv.URL(), testSecret, nil)
-	pa, pb := a.NewPacer(pacing.New(s), s), b.NewPacer(pacing.New(s), s)
+	pa, pb := decorate(a, s).Pacer, decorate(b, s).Pacer
 	const api = "/topapi/v2/user/get"
 	for range 10 {
 		if err := pa.Wait(context.Background(), api, time.Time{}, time.Time{}); err != nil {
@@ -392,7 +410,7 @@ func TestSharedRobotBudget(t *testing.T) {
 	var pacers []*Pacer
 	for range 4 {
 		f := newFleet(t, srv.URL(), testSecret, nil)
-		pacers = append(pacers, f.NewPacer(pacing.New(s), s))
+		pacers = append(pacers, decorate(f, s).Pacer)
 	}
 	robot := pacing.RobotPrefix + "0123456789abcdef01234567"
 	other := pacing.RobotPrefix + "fedcba9876543210fedcba98"
@@ -428,8 +446,10 @@ func TestOpeningsAndBansShared(t *testing.T) {
 	}
 	listen := func(f *Fleet) (chan ev, chan time.Time) {
 		opens, bans := make(chan ev, 8), make(chan time.Time, 8)
-		f.OnOpen(func(route string, until time.Time) { opens <- ev{route, until} })
-		f.OnBan(func(until time.Time) { bans <- until })
+		f.events.applyTo(applyFuncs{
+			opened: func(route string, until time.Time) { opens <- ev{route, until} },
+			banned: func(until time.Time) { bans <- until },
+		})
 		return opens, bans
 	}
 	// b listens before the publishes.
@@ -482,3 +502,24 @@ func TestOpeningsAndBansShared(t *testing.T) {
 		t.Error("c, joining later, never learned of the ban in force")
 	}
 }
+
+// applyFuncs is an Applier of functions (nil: ignored).
+type applyFuncs struct {
+	opened func(route string, until time.Time)
+	banned func(until time.Time)
+}
+
+func (a applyFuncs) Opened(route string, until time.Time) {
+	if a.opened != nil {
+		a.opened(route, until)
+	}
+}
+
+func (a applyFuncs) Banned(until time.Time) {
+	if a.banned != nil {
+		a.banned(until)
+	}
+}
+
+func (applyFuncs) Penalized(string, time.Time)    {}
+func (applyFuncs) QuotaStopped(string, time.Time) {}

@@ -212,9 +212,6 @@ const maxKeyed = 4096
 func (f *Fleet) NewPacer(local *pacing.Pacer, s pacing.Settings) *Pacer {
 	p := &Pacer{Local: local, fleet: f}
 	p.set.Store(&s)
-	f.events.mu.Lock()
-	f.events.onPenalty = func(api string, until time.Time) { local.Block(api, until) }
-	f.events.mu.Unlock()
 	return p
 }
 
@@ -323,27 +320,23 @@ func (p *Pacer) Next(api string, earliest time.Time) time.Time {
 
 // Answered tells Local (always) and, for a throttle, the fleet: the
 // penalty blocks the API for every proxy and lowers the shared rate.
-func (p *Pacer) Answered(api string, r dingtalk.Result) {
-	p.Local.Answered(api, r)
+func (p *Pacer) Answered(api string, r dingtalk.Result) pacing.Change {
+	c := p.Local.Answered(api, r)
 	var kind string
-	var d time.Duration
 	switch r.Reason {
 	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
-		kind, d = "rate", pacing.TheShape.Penalty
-		if left := time.Until(r.PenaltyEnd); left > d {
-			d = left
-		}
+		kind = "rate"
 	case dingtalk.ReasonMinuteLimit:
-		now := time.Now()
-		kind, d = "block", now.Truncate(time.Minute).Add(time.Minute).Sub(now)
+		kind = "block"
 	case dingtalk.ReasonRobotThrottled:
-		kind, d = "robot", dingtalk.RobotBlock*time.Second
+		kind = "robot"
 	default:
-		return
+		return c
 	}
 	if !p.fleet.Up() {
-		return
+		return c
 	}
+	d := time.Until(dingtalk.Penalty(r, time.Now()))
 	s := p.set.Load()
 	sh := pacing.TheShape
 	_, keys := p.keys(api)
@@ -358,4 +351,5 @@ func (p *Pacer) Answered(api string, r dingtalk.Result) {
 	if err != nil {
 		p.fleet.log.Debug("fleet: could not share a penalty", zap.String("error", redactErr(err)))
 	}
+	return c
 }

@@ -8,13 +8,17 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/proxy"
+	"github.com/dingproxy/dingproxy/internal/quota"
 )
 
 // The month's quota count and the read cache, shared.
 
-// QuotaCount is the fleet's count of the month's metered calls in Redis
-// (quota.Shared): this proxy's sends are added in the background, one
-// INCRBY per flush at most, never on a call's way.
+// QuotaCount is the fleet's count of the month's metered calls in Redis:
+// this proxy's sends are added in the background, one INCRBY per flush at
+// most, never on a call's way.
 type QuotaCount struct {
 	f       *Fleet
 	mu      sync.Mutex
@@ -24,8 +28,8 @@ type QuotaCount struct {
 	idle    int   // flushes with nothing to add since the last read
 }
 
-// QuotaCount returns the fleet's month count; it flushes every flushEvery.
-func (f *Fleet) QuotaCount() *QuotaCount {
+// quotaCount returns the fleet's month count; it flushes every flushEvery.
+func (f *Fleet) quotaCount() *QuotaCount {
 	q := &QuotaCount{f: f}
 	f.every(flushEvery, q.flush)
 	return q
@@ -96,34 +100,96 @@ func (q *QuotaCount) flush() {
 	q.mu.Unlock()
 }
 
-// StopMonth tells the fleet that route answered 90020 (the organisation's
-// quota is spent there) until until: every proxy stops it.
-func (f *Fleet) StopMonth(route string, until time.Time) {
-	f.publish(kindQuota, route, time.Until(until))
+// Quota is the fleet's monthly quota meter: the local quota.Meter,
+// decorated so that the month's count is the fleet's (quota.monthly_budget
+// holds for the fleet) and a route stopped by a 90020 stops on every proxy.
+type Quota struct {
+	f     *Fleet
+	local *quota.Meter
+	count *QuotaCount
 }
 
-// OnQuotaStop sets what a route stopped by another proxy does here (set it
-// before Start).
-func (f *Fleet) OnQuotaStop(fn func(route string, until time.Time)) {
-	f.events.mu.Lock()
-	f.events.onQuota = fn
-	f.events.mu.Unlock()
+// Admit is the local meter's answer, then the budget's for the fleet's
+// count.
+func (q *Quota) Admit(route string, metered bool) error {
+	if err := q.local.Admit(route, metered); err != nil || !metered {
+		return err
+	}
+	return q.spent(route)
 }
 
-// Cache is the read cache shared through Redis: answers sealed with the
-// token's key (AES-GCM from the app secret), under digests of their keys.
+// Refused is Admit without taking the hour's probe.
+func (q *Quota) Refused(route string, metered bool) error {
+	if err := q.local.Refused(route, metered); err != nil || !metered {
+		return err
+	}
+	return q.spent(route)
+}
+
+func (q *Quota) spent(route string) error {
+	total := q.count.Total(q.local.Month())
+	if total < 0 {
+		return nil // alone: the local count answered
+	}
+	return q.local.Spent(route, total)
+}
+
+// Sent counts here and for the fleet.
+func (q *Quota) Sent(route string, metered bool) {
+	q.local.Sent(route, metered)
+	if metered {
+		q.count.Add(q.local.Month(), 1)
+	}
+}
+
+// Answered learns here; a route it stops is stopped for the fleet.
+func (q *Quota) Answered(route string, r dingtalk.Result) bool {
+	stopped := q.local.Answered(route, r)
+	if stopped {
+		q.f.publish(kindQuota, route, time.Until(q.local.MonthEnd()))
+	}
+	return stopped
+}
+
+// State is the local meter's, counting the fleet's sends.
+func (q *Quota) State() quota.State {
+	st := q.local.State()
+	st.Sent = max(st.Sent, q.count.Total(st.Month))
+	return st
+}
+
+// Cache is the read cache shared through Redis, decorating the local
+// store: a miss here asks Redis (once for all concurrent misses: the read
+// cache's flight leader), and an answer kept here is kept there too.
+// Answers are sealed with the token's key (AES-GCM from the app secret),
+// under digests of their keys.
 type Cache struct {
 	f        *Fleet
+	local    proxy.Store
 	inflight atomic.Int64 // background writes
 }
 
-// Cache returns the shared read cache, nil in pass-through mode (no secret
-// to seal with).
-func (f *Fleet) Cache() *Cache {
-	if f.sealer == nil {
-		return nil
+// Peek is the local store's: it never waits.
+func (c *Cache) Peek(key [32]byte, ttl time.Duration) (proxy.Entry, bool) {
+	return c.local.Peek(key, ttl)
+}
+
+// Get is the local store's answer, else Redis's (kept here too).
+func (c *Cache) Get(ctx context.Context, key [32]byte, ttl time.Duration) (proxy.Entry, bool) {
+	if e, ok := c.local.Get(ctx, key, ttl); ok {
+		return e, true
 	}
-	return &Cache{f: f}
+	e, ok := c.get(ctx, key, ttl)
+	if ok {
+		c.local.Put(key, e, ttl)
+	}
+	return e, ok
+}
+
+// Put keeps e here and, in the background, in Redis.
+func (c *Cache) Put(key [32]byte, e proxy.Entry, ttl time.Duration) {
+	c.local.Put(key, e, ttl)
+	c.put(key, e, ttl)
 }
 
 type cachedAnswer struct {
@@ -133,41 +199,41 @@ type cachedAnswer struct {
 	Stored int64       `json:"t"` // unix ms
 }
 
-// Get returns the answer kept under key if it is no older than ttl.
-func (c *Cache) Get(ctx context.Context, key [32]byte, ttl time.Duration) (status int, header http.Header, body []byte, stored time.Time, ok bool) {
+// get returns the answer kept in Redis under key if it is no older than ttl.
+func (c *Cache) get(ctx context.Context, key [32]byte, ttl time.Duration) (proxy.Entry, bool) {
 	var v string
 	err := c.f.do(ctx, OpCache, func(ctx context.Context) (err error) {
 		v, err = c.f.rdb.Get(ctx, c.f.key("cache", hex.EncodeToString(key[:]))).Result()
 		return err
 	})
 	if err != nil {
-		return 0, nil, nil, time.Time{}, false
+		return proxy.Entry{}, false
 	}
 	plain, _, _, err := c.f.sealer.open(v)
 	if err != nil {
-		return 0, nil, nil, time.Time{}, false
+		return proxy.Entry{}, false
 	}
 	var a cachedAnswer
 	if json.Unmarshal([]byte(plain), &a) != nil {
-		return 0, nil, nil, time.Time{}, false
+		return proxy.Entry{}, false
 	}
-	stored = time.UnixMilli(a.Stored)
+	stored := time.UnixMilli(a.Stored)
 	if time.Since(stored) > ttl {
-		return 0, nil, nil, time.Time{}, false
+		return proxy.Entry{}, false
 	}
-	return a.Status, a.Header, a.Body, stored, true
+	return proxy.Entry{Status: a.Status, Header: a.Header, Body: a.Body, Stored: stored}, true
 }
 
-// Put keeps an answer under key for ttl, in the background.
-func (c *Cache) Put(key [32]byte, status int, header http.Header, body []byte, stored time.Time, ttl time.Duration) {
+// put keeps an answer in Redis under key for ttl, in the background.
+func (c *Cache) put(key [32]byte, e proxy.Entry, ttl time.Duration) {
 	if !c.f.Up() || c.inflight.Load() >= maxCachePuts {
 		return
 	}
-	b, err := json.Marshal(cachedAnswer{Status: status, Header: header, Body: body, Stored: stored.UnixMilli()})
+	b, err := json.Marshal(cachedAnswer{Status: e.Status, Header: e.Header, Body: e.Body, Stored: e.Stored.UnixMilli()})
 	if err != nil {
 		return
 	}
-	v := c.f.sealer.seal(string(b), stored, stored.Add(ttl))
+	v := c.f.sealer.seal(string(b), e.Stored, e.Stored.Add(ttl))
 	c.inflight.Add(1)
 	c.f.wg.Add(1)
 	go func() {

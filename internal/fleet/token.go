@@ -105,61 +105,77 @@ return 0`)
 // timeout and a second; then another proxy may fetch.
 func lockTTL(fetchTimeout time.Duration) time.Duration { return fetchTimeout + time.Second }
 
+// Fetcher is the fleet's token fetcher, decorating DingTalk's: the fleet
+// fetches once per lifetime, and a token one proxy drops (DingTalk
+// rejected it) is dropped for all (token.Dropper).
+type Fetcher struct {
+	f                           *Fleet
+	inner                       token.Fetcher
+	refreshBefore, fetchTimeout time.Duration
+}
+
 // TokenFetcher wraps inner, DingTalk's fetch, so that the fleet fetches
 // once: it returns the shared token while it has more than refreshBefore
 // to live, fetches (and shares) a new one under the lock when none does, and
-// waits for the proxy that holds the lock otherwise. With Redis down, or
-// in pass-through mode, it is inner.
+// waits for the proxy that holds the lock otherwise. With Redis down it is
+// inner. In pass-through mode (no secret to seal with) it is inner itself.
 func (f *Fleet) TokenFetcher(inner token.Fetcher, refreshBefore, fetchTimeout time.Duration) token.Fetcher {
 	if f.sealer == nil {
 		return inner
 	}
+	return &Fetcher{f: f, inner: inner, refreshBefore: refreshBefore, fetchTimeout: fetchTimeout}
+}
+
+// Dropped drops tok for the fleet: the local source dropped it.
+func (sf *Fetcher) Dropped(tok string) { sf.f.InvalidateToken(tok) }
+
+// Fetch returns the fleet's token, fetching it for the fleet when due.
+func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
+	f, inner, refreshBefore, fetchTimeout := sf.f, sf.inner, sf.refreshBefore, sf.fetchTimeout
 	lockKey, tokKey := f.key("token", "lock"), f.key("token")
-	return func(ctx context.Context) (string, time.Duration, error) {
-		for {
-			if !f.Up() {
-				return f.alone(ctx, inner)
+	for {
+		if !f.Up() {
+			return f.alone(ctx, inner)
+		}
+		var stored string
+		err := f.do(ctx, OpTokenRead, func(ctx context.Context) (err error) {
+			stored, err = f.rdb.Get(ctx, tokKey).Result()
+			return err
+		})
+		switch {
+		case err == nil:
+			tok, fetched, exp, oerr := f.sealer.open(stored)
+			now := time.Now()
+			if oerr != nil {
+				f.log.Warn("fleet: the shared token does not open with this app's secret: fetching a new one")
+			} else if left := exp.Sub(now); !due(now, fetched, exp, refreshBefore) && tok != f.invalidated() {
+				f.remember(tok, stored)
+				f.fromRedis.Store(true)
+				return tok, left, nil
 			}
-			var stored string
-			err := f.do(ctx, OpTokenRead, func(ctx context.Context) (err error) {
-				stored, err = f.rdb.Get(ctx, tokKey).Result()
-				return err
-			})
-			switch {
-			case err == nil:
-				tok, fetched, exp, oerr := f.sealer.open(stored)
-				now := time.Now()
-				if oerr != nil {
-					f.log.Warn("fleet: the shared token does not open with this app's secret: fetching a new one")
-				} else if left := exp.Sub(now); !due(now, fetched, exp, refreshBefore) && tok != f.invalidated() {
-					f.remember(tok, stored)
-					f.fromRedis.Store(true)
-					return tok, left, nil
-				}
-			case !errors.Is(err, redis.Nil):
-				return f.alone(ctx, inner)
-			}
-			// Missing, due or unreadable: the proxy that takes the lock fetches.
-			var got bool
-			id := lockID()
-			err = f.do(ctx, OpTokenLock, func(ctx context.Context) (err error) {
-				got, err = f.rdb.SetNX(ctx, lockKey, id, lockTTL(fetchTimeout)).Result()
-				return err
-			})
-			if err != nil {
-				return f.alone(ctx, inner)
-			}
-			if got {
-				return f.fetchShared(ctx, inner, tokKey, lockKey, id)
-			}
-			// Another proxy fetches: read again shortly.
-			t := time.NewTimer(25 * time.Millisecond)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return "", 0, ctx.Err()
-			}
+		case !errors.Is(err, redis.Nil):
+			return f.alone(ctx, inner)
+		}
+		// Missing, due or unreadable: the proxy that takes the lock fetches.
+		var got bool
+		id := lockID()
+		err = f.do(ctx, OpTokenLock, func(ctx context.Context) (err error) {
+			got, err = f.rdb.SetNX(ctx, lockKey, id, lockTTL(fetchTimeout)).Result()
+			return err
+		})
+		if err != nil {
+			return f.alone(ctx, inner)
+		}
+		if got {
+			return f.fetchShared(ctx, inner, tokKey, lockKey, id)
+		}
+		// Another proxy fetches: read again shortly.
+		t := time.NewTimer(25 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return "", 0, ctx.Err()
 		}
 	}
 }
@@ -168,12 +184,12 @@ func (f *Fleet) TokenFetcher(inner token.Fetcher, refreshBefore, fetchTimeout ti
 func (f *Fleet) alone(ctx context.Context, inner token.Fetcher) (string, time.Duration, error) {
 	f.fromRedis.Store(false)
 	f.remember("", "")
-	return inner(ctx)
+	return inner.Fetch(ctx)
 }
 
 // fetchShared fetches under the lock and shares the result.
 func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id string) (string, time.Duration, error) {
-	tok, ttl, err := inner(ctx)
+	tok, ttl, err := inner.Fetch(ctx)
 	if err == nil && tok != "" {
 		now := time.Now()
 		v := f.sealer.seal(tok, now, now.Add(ttl))

@@ -1,9 +1,9 @@
 // Package metrics holds dingproxy's Prometheus metrics, on a registry of its
 // own: SPEC's names, bounded labels, and what an operator needs beyond them.
 //
-// Label values are bounded by construction: route is a breaker route (a
-// configured path, one of at most breaker.max_routes request paths, or
-// "_other"); code is an HTTP status; result, reason and kind come from fixed
+// Label values are bounded by construction: route is a name from the
+// proxy's route table (a configured path, one of at most breaker.max_routes
+// APIs, or "_other"); code is an HTTP status; result, reason and kind come from fixed
 // vocabularies. No raw errcode, token, user id or query is ever a label.
 package metrics
 

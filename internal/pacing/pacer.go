@@ -47,8 +47,6 @@ const (
 	// per window. A higher rate is enforced as k spans a second of at most
 	// maxRing calls each.
 	maxRing = 1024
-	// penalty is DingTalk's block after a QPS throttle.
-	penalty = time.Second
 )
 
 // PacedError says a call's turn would come after its deadline.
@@ -64,11 +62,6 @@ func (e *PacedError) Error() string {
 
 // Pacer hands out turns. It is safe for concurrent use.
 type Pacer struct {
-	// OnRate, if set (before the pacer is used), is told of every change of
-	// a path's rate that Answered makes, from and to, for the rate gauge and
-	// the log.
-	OnRate func(name string, from, to float64)
-
 	settings atomic.Pointer[Settings]
 
 	mu        sync.Mutex

@@ -1127,3 +1127,6 @@ func TestMinuteLimit(t *testing.T) {
 		checkMaxIn(t, "per minute", got, time.Minute, int(100*beta))
 	})
 }
+
+// penalty is DingTalk's block after a throttle answer (dingtalk.Penalty).
+const penalty = dingtalk.ThrottlePenalty * time.Second

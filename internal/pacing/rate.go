@@ -36,17 +36,15 @@ const (
 	rebookStep = 1.05
 )
 
-// Shape is the learning's constants, for a shared pacer that runs the same
-// curve elsewhere (the fleet's Redis script).
+// Shape is the learning's constants, for a shared pacer that keeps the
+// fleet's measure elsewhere (the fleet's Redis script).
 type Shape struct {
 	Beta, Floor, Margin, K, C, Hold float64
 	MinMeasured                     int
-	Penalty                         time.Duration
 }
 
 // TheShape is the curve this package runs.
-var TheShape = Shape{Beta: beta, Floor: floorRate, Margin: margin, K: cubicK, C: cubicC, Hold: hold,
-	MinMeasured: minMeasured, Penalty: penalty}
+var TheShape = Shape{Beta: beta, Floor: floorRate, Margin: margin, K: cubicK, C: cubicC, Hold: hold, MinMeasured: minMeasured}
 
 // climb is the rate t seconds after a penalty's end on a path whose
 // ceiling estimate is ceiling: β·ceiling at 0, up a concave curve to
@@ -65,26 +63,34 @@ func climb(ceiling, t float64) float64 {
 	return top * (1 + cubicC*d*d*d)
 }
 
-// Answered takes the attempt loop's feedback on an attempt on name: a
-// throttle answer (90018 and its kin, HTTP 429) cuts the path's rate and
-// blocks it for DingTalk's penalty (Throttled); a success raises a cut rate
-// again (Succeeded); anything else changes nothing. OnRate, if set, hears
-// of every change of a path's rate.
-func (p *Pacer) Answered(name string, r dingtalk.Result) {
+// Change is what an answer did to an API's rate: from and to, and whether
+// it changed.
+type Change struct {
+	From, To float64
+	Changed  bool
+}
+
+// Answered takes the feedback on an attempt on name, as DingTalk answered
+// it: a throttle answer (90018 and its kin, HTTP 429) cuts the path's rate
+// and blocks it for DingTalk's penalty (Throttled); a success raises a cut
+// rate again (Succeeded); a per-minute limit pauses it until the minute
+// turns (MinuteLimited); a robot past its minute is blocked (Block); anything
+// else changes nothing. The penalties are dingtalk.Penalty's. It returns
+// what became of the path's rate.
+func (p *Pacer) Answered(name string, r dingtalk.Result) Change {
 	switch r.Reason {
 	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
-		if from, to, changed := p.throttled(name, r.PenaltyEnd); changed && p.OnRate != nil {
-			p.OnRate(name, from, to)
-		}
+		from, to, changed := p.throttled(name, dingtalk.Penalty(r, time.Now()))
+		return Change{From: from, To: to, Changed: changed}
 	case dingtalk.ReasonSuccess:
-		if from, to, raised := p.succeeded(name); raised && p.OnRate != nil {
-			p.OnRate(name, from, to)
-		}
+		from, to, raised := p.succeeded(name)
+		return Change{From: from, To: to, Changed: raised}
 	case dingtalk.ReasonMinuteLimit:
 		p.MinuteLimited(name)
 	case dingtalk.ReasonRobotThrottled:
-		p.Block(name, time.Now().Add(dingtalk.RobotBlock*time.Second))
+		p.Block(name, dingtalk.Penalty(r, time.Now()))
 	}
+	return Change{}
 }
 
 // Throttled tells the pacer DingTalk throttled a call on name. The path
@@ -105,7 +111,7 @@ func (p *Pacer) Throttled(name string, until time.Time) {
 // it changed.
 func (p *Pacer) throttled(name string, until time.Time) (from, to float64, changed bool) {
 	now := time.Now()
-	if earliest := now.Add(penalty); until.Before(earliest) {
+	if earliest := dingtalk.Penalty(dingtalk.Result{Reason: dingtalk.ReasonRateLimited}, now); until.Before(earliest) {
 		until = earliest
 	}
 	p.mu.Lock()

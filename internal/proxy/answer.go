@@ -10,19 +10,19 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/dingproxy/dingproxy/internal/quota"
-
 	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
+	"github.com/dingproxy/dingproxy/internal/quota"
 	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
 	"go.uber.org/zap"
 )
 
 // Codes of dingproxy's own answers on the api host: one stable code per
-// kind, in the "code" member SDKs of the new API read (SPEC: "The proxy's
-// own answers"). On the oapi host the same answers carry errcode -1 (5xx),
+// kind, in the "code" member SDKs of the new API read (README: "The
+// proxy's own answers"). On the oapi host the same answers carry errcode -1 (5xx),
 // the status (4xx), or DingTalk's own throttle errcode when paced.
 const (
 	CodeBadRequest       = "dingproxy.BadRequest"
@@ -44,17 +44,17 @@ const (
 // a client's failed body to 408/413, a client gone to 499, no token to 503,
 // timeouts to 504, and every other failure to 502.
 func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	f := retry.FactsFrom(r.Context())
-	if f == nil {
-		f = &retry.Facts{Upstream: dingtalk.UpstreamFor(r.URL.Path)}
+	f := call.FactsFrom(r.Context())
+	if f == nil { // only errNoFacts: the one answer, whatever the host
+		f = &call.Facts{}
 	}
 	// The typed errors of the layers below, each mapped to its answer here.
-	var rep retry.Report
-	var attempts int
-	var re *retry.Error
-	if errors.As(err, &re) {
-		rep, attempts = re.Report, re.Attempts
+	var rep call.Report
+	var ce *call.Error
+	if errors.As(err, &ce) {
+		rep = ce.Report
 	}
+	attempts := rep.Attempts
 	w.Header().Set(HeaderAttempts, strconv.Itoa(attempts))
 	var open *breaker.OpenError
 	if errors.As(err, &open) {
@@ -71,7 +71,7 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 		px.quotaAnswer(w, f, spent)
 		return
 	}
-	var tokErr *TokenError
+	var tokErr *token.Error
 	status, code, msg := http.StatusBadGateway, CodeBadGateway, "dingproxy: DingTalk could not be reached after "+strconv.Itoa(attempts)+" attempt(s)"
 	var berr error
 	if f.ClientBody != nil {
@@ -94,10 +94,11 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 		return
 	}
 	switch rep.Reason {
-	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429, retry.ReasonPaced:
+	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429, call.ReasonPaced:
 		// DingTalk throttled the last attempt, and no turn for another came
 		// in time: that is pacing's answer, not a network failure.
-		px.pacedAnswer(w, f, &pacing.PacedError{Path: f.API, Wait: time.Second})
+		now := time.Now()
+		px.pacedAnswer(w, f, &pacing.PacedError{Path: f.API, Wait: dingtalk.Penalty(rep.Result, now).Sub(now)})
 		return
 	}
 	switch {
@@ -105,7 +106,7 @@ func (px *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error)
 		status, code, msg = http.StatusServiceUnavailable, CodeTokenUnavailable, "dingproxy: no access token available"
 	case errors.Is(err, retry.ErrTimeout):
 		status, code, msg = http.StatusGatewayTimeout, CodeGatewayTimeout, "dingproxy: DingTalk did not answer within retry.timeout"
-	case rep.Outcome == retry.AfterSend && !f.Idempotent:
+	case rep.Outcome == call.AfterSend && !f.Idempotent:
 		msg = "dingproxy: the connection to DingTalk failed after the request was sent; it may have been executed, so it was not repeated"
 		if errors.Is(err, retry.ErrAttemptTimeout) {
 			status, code = http.StatusGatewayTimeout, CodeGatewayTimeout

@@ -11,8 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
-	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
 // The read cache: a route configured with cache: <ttl> answers repeats of a
@@ -41,6 +43,61 @@ const (
 	// CacheMaxBytes bounds the bodies the read cache holds in all.
 	CacheMaxBytes = 64 << 20
 )
+
+// Store keeps the read cache's answers: this proxy's LRU, or the fleet's
+// store decorating it.
+type Store interface {
+	// Peek returns the answer kept under key, no older than ttl, without
+	// waiting on anything.
+	Peek(key [32]byte, ttl time.Duration) (Entry, bool)
+	// Get is Peek, and may also ask a store shared with other proxies
+	// (bounded by its own timeout and ctx).
+	Get(ctx context.Context, key [32]byte, ttl time.Duration) (Entry, bool)
+	// Put keeps e under key for ttl.
+	Put(key [32]byte, e Entry, ttl time.Duration)
+}
+
+// Get is Peek: an LRU is all local.
+func (c *LRU) Get(_ context.Context, key [32]byte, ttl time.Duration) (Entry, bool) {
+	return c.Peek(key, ttl)
+}
+
+// CacheObserver is told of every cacheable call: a hit or a miss.
+type CacheObserver interface {
+	CacheResult(route, result string)
+}
+
+// ReadCache is the read cache layer, the first of the request path.
+type ReadCache struct {
+	appKey  string
+	store   Store
+	obs     CacheObserver
+	log     *zap.Logger
+	flights flights
+}
+
+// NewReadCache returns the read cache over store; appKey names the app
+// whose token the proxy injects.
+func NewReadCache(appKey string, store Store, obs CacheObserver, log *zap.Logger) *ReadCache {
+	return &ReadCache{appKey: appKey, store: store, obs: obs, log: log}
+}
+
+// Layer is the read cache over next: a call with a cache TTL
+// (Facts.CacheTTL) is answered from the store when it can be, and its
+// successful answer kept; every other call goes on as it is.
+func (c *ReadCache) Layer(next call.Handler) call.Handler {
+	return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
+		ttl := f.CacheTTL(req.Method)
+		if ttl <= 0 {
+			return next.Do(req, f)
+		}
+		resp, rep, err := c.through(req, f, ttl, next)
+		if err == nil && resp.Header.Get(HeaderCache) == "" {
+			resp.Header.Set(HeaderCache, CacheMiss) // sent: the cache's word, not DingTalk's
+		}
+		return resp, rep, err
+	})
+}
 
 // flight is one upstream call that concurrent misses for a key wait on.
 type flight struct{ done chan struct{} }
@@ -73,25 +130,15 @@ func (fs *flights) leave(k [sha256.Size]byte, fl *flight) {
 	close(fl.done)
 }
 
-// cacheTTL is how long req's answer may be served again: the route's
-// cache, for an idempotent call whose body was read whole; 0 for none.
-func (px *Proxy) cacheTTL(req *http.Request, f *retry.Facts) time.Duration {
-	if !px.policy.Load().cached || !f.Idempotent || !f.Replayable || f.TokenEndpoint || req.Method == http.MethodHead {
-		return 0
-	}
-	return px.routeFor(req, f).Cache
-}
-
-// cacheKey identifies "the same read" for the cache (see above).
-func (px *Proxy) cacheKey(req *http.Request, f *retry.Facts) [sha256.Size]byte {
+// key identifies "the same read" for the cache (see above).
+func (c *ReadCache) key(req *http.Request, f *call.Facts) [sha256.Size]byte {
 	h := sha256.New()
 	io.WriteString(h, req.Method)
 	h.Write([]byte{0})
 	io.WriteString(h, req.URL.Path)
 	h.Write([]byte{0})
-	app := px.opts.AppKey
-	q := req.URL.RawQuery
-	for part := range strings.SplitSeq(q, "&") {
+	app := c.appKey
+	for part := range strings.SplitSeq(req.URL.RawQuery, "&") {
 		name, val, _ := strings.Cut(part, "=")
 		if name == dingtalk.QueryAccessToken {
 			if val != "" && f.Inject == dingtalk.PlaceNone {
@@ -121,66 +168,55 @@ func digest(s string) string {
 }
 
 // cached answers req from the cache entry e.
-func cached(req *http.Request, e staleEntry) *http.Response {
-	h := make(http.Header, len(e.header)+3)
-	copyHeader(h, e.header)
+func cached(req *http.Request, e Entry) *http.Response {
+	h := make(http.Header, len(e.Header)+3)
+	copyHeader(h, e.Header)
 	h.Set(HeaderCache, CacheHit)
-	h.Set("Age", strconv.Itoa(int(time.Since(e.stored)/time.Second)))
+	h.Set("Age", strconv.Itoa(int(time.Since(e.Stored)/time.Second)))
 	h.Set(HeaderAttempts, "0")
 	return &http.Response{
-		StatusCode: e.status, Status: strconv.Itoa(e.status) + " " + http.StatusText(e.status),
+		StatusCode: e.Status, Status: strconv.Itoa(e.Status) + " " + http.StatusText(e.Status),
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Body: io.NopCloser(bytes.NewReader(e.body)), ContentLength: int64(len(e.body)),
+		Header: h, Body: io.NopCloser(bytes.NewReader(e.Body)), ContentLength: int64(len(e.Body)),
 		Request: req,
 	}
 }
 
-// throughCache answers req from the cache, or sends it (once for all the
-// concurrent misses of its key) with send and keeps a successful answer.
-func (t transport) throughCache(req *http.Request, f *retry.Facts, ttl time.Duration,
-	send func() (*http.Response, retry.Report, error)) (*http.Response, retry.Report, error) {
-	px := t.px
-	k := px.cacheKey(req, f)
-	if e, ok := px.reads.get(k, ttl); ok {
-		px.cacheResult(f, CacheHit)
-		return cached(req, e), retry.Report{}, nil
+// hit answers req from e, counted as a hit.
+func (c *ReadCache) hit(req *http.Request, f *call.Facts, e Entry) (*http.Response, call.Report, error) {
+	c.result(f, CacheHit)
+	return cached(req, e), call.Report{}, nil
+}
+
+// through answers req from the cache, or sends it (once for all the
+// concurrent misses of its key) down next and keeps a successful answer.
+func (c *ReadCache) through(req *http.Request, f *call.Facts, ttl time.Duration, next call.Handler) (*http.Response, call.Report, error) {
+	k := c.key(req, f)
+	if e, ok := c.store.Peek(k, ttl); ok {
+		return c.hit(req, f, e)
 	}
-	fl, lead := px.flights.join(k)
+	fl, lead := c.flights.join(k)
 	if !lead {
 		select {
 		case <-fl.done:
 		case <-req.Context().Done():
-			return nil, retry.Report{}, context.Cause(req.Context())
+			return nil, call.Report{}, context.Cause(req.Context())
 		}
-		if e, ok := px.reads.get(k, ttl); ok {
-			px.cacheResult(f, CacheHit)
-			return cached(req, e), retry.Report{}, nil
+		if e, ok := c.store.Peek(k, ttl); ok {
+			return c.hit(req, f, e)
 		}
 		// The leader's answer was not one to keep: this call makes its own.
-		px.cacheResult(f, CacheMiss)
-		resp, rep, err := send()
-		if err == nil {
-			resp.Header.Set(HeaderCache, CacheMiss)
-		}
+		c.result(f, CacheMiss)
+		return next.Do(req, f)
+	}
+	defer c.flights.leave(k, fl)
+	if e, ok := c.store.Get(req.Context(), k, ttl); ok {
+		return c.hit(req, f, e)
+	}
+	c.result(f, CacheMiss)
+	resp, rep, err := next.Do(req, f)
+	if err != nil || rep.Outcome != call.Success || resp.StatusCode != http.StatusOK || resp.ContentLength > maxCachedBody {
 		return resp, rep, err
-	}
-	defer px.flights.leave(k, fl)
-	if sc := px.opts.SharedCache; sc != nil {
-		if status, h, body, stored, ok := sc.Get(req.Context(), k, ttl); ok {
-			e := staleEntry{status: status, header: h, body: body, stored: stored}
-			px.reads.put(k, e)
-			px.cacheResult(f, CacheHit)
-			return cached(req, e), retry.Report{}, nil
-		}
-	}
-	px.cacheResult(f, CacheMiss)
-	resp, rep, err := send()
-	if err != nil {
-		return resp, rep, err
-	}
-	resp.Header.Set(HeaderCache, CacheMiss)
-	if rep.Outcome != retry.Success || resp.StatusCode != http.StatusOK || resp.ContentLength > maxCachedBody {
-		return resp, rep, nil
 	}
 	// Read the answer whole (it is small) so the waiting misses can have it;
 	// one longer than maxCachedBody goes on as it came.
@@ -190,11 +226,7 @@ func (t transport) throughCache(req *http.Request, f *retry.Facts, ttl time.Dura
 		h := resp.Header.Clone()
 		h.Del(HeaderAttempts)
 		h.Del(HeaderCache)
-		e := staleEntry{status: resp.StatusCode, header: h, body: bytes.Clone(buf.Bytes()), stored: time.Now()}
-		px.reads.put(k, e)
-		if sc := px.opts.SharedCache; sc != nil {
-			sc.Put(k, e.status, e.header, e.body, e.stored, ttl)
-		}
+		c.store.Put(k, Entry{Status: resp.StatusCode, Header: h, Body: bytes.Clone(buf.Bytes()), Stored: time.Now()}, ttl)
 		resp.Body.Close()
 		resp.Body = io.NopCloser(bytes.NewReader(buf.Bytes()))
 		resp.ContentLength = n
@@ -217,8 +249,8 @@ type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
-func (px *Proxy) cacheResult(f *retry.Facts, result string) {
-	if px.opts.OnCache != nil {
-		retry.Bookkeep(px.log, "cache", func() { px.opts.OnCache(f.Route, result) })
+func (c *ReadCache) result(f *call.Facts, result string) {
+	if c.obs != nil {
+		call.Bookkeep(c.log, "cache", func() { c.obs.CacheResult(f.Route, result) })
 	}
 }

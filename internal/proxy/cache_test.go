@@ -5,8 +5,8 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
-	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
 // The read cache's key: the same read is the same key whatever stand-in
@@ -14,13 +14,13 @@ import (
 // app's answers) and another query or body are other keys; and nothing of
 // a token is in the key but through a digest.
 func TestCacheKey(t *testing.T) {
-	px := &Proxy{opts: Options{AppKey: "app-1"}}
+	rc := NewReadCache("app-1", NewLRU(1<<20), nil, nil)
 	key := func(target string, inject dingtalk.Placement, hdrToken string, body string) [32]byte {
 		req := httptest.NewRequest(http.MethodPost, target, nil)
 		if hdrToken != "" {
 			req.Header.Set(dingtalk.HeaderAccessToken, hdrToken)
 		}
-		return px.cacheKey(req, &retry.Facts{Inject: inject, Body: []byte(body)})
+		return rc.key(req, &call.Facts{Inject: inject, Body: []byte(body)})
 	}
 	base := key("/topapi/v2/department/listsub?lang=zh", dingtalk.PlaceQuery, "", `{"dept_id":1}`)
 	same := []struct {

@@ -9,12 +9,11 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/dingproxy/dingproxy/internal/quota"
-
 	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
-	"github.com/dingproxy/dingproxy/internal/retry"
+	"github.com/dingproxy/dingproxy/internal/quota"
 )
 
 // HeaderFallback names the kind of fallback an answer is: circuit-open,
@@ -34,31 +33,22 @@ const (
 	KindQuota = "quota"
 )
 
-// Fallback is what a route answers while its breaker is open.
-type Fallback struct {
-	// Status, Header and Body are the configured answer; Status 0 means none
-	// (only Stale, then the default).
-	Status int
-	Header http.Header
-	Body   []byte
-	// Stale, when positive, serves the last good answer to the same request
-	// up to this age first (idempotent requests only).
-	Stale time.Duration
-}
-
 // fallback answers a call its breaker stopped (nothing was sent): the last
 // good answer when the route keeps one, else the route's configured answer,
 // else the default 503 in the host's shape with Retry-After.
-func (px *Proxy) fallback(w http.ResponseWriter, req *http.Request, f *retry.Facts, oe *breaker.OpenError) {
+func (px *Proxy) fallback(w http.ResponseWriter, req *http.Request, f *call.Facts, oe *breaker.OpenError) {
 	h := w.Header()
-	fb := px.routeFor(req, f).Fallback
+	var fb *call.Fallback
+	if f.Policy != nil {
+		fb = f.Policy.Fallback
+	}
 	if oe.Kind == breaker.KindCircuitOpen && fb != nil {
-		if fb.Stale > 0 && f.Idempotent {
-			if e, ok := px.stale.get(staleKey(req, f), fb.Stale); ok {
-				copyHeader(h, e.header)
+		if stale := f.StaleFor(); stale > 0 {
+			if e, ok := px.stale.Peek(staleKey(req, f), stale); ok {
+				copyHeader(h, e.Header)
 				h.Set(HeaderFallback, KindStale)
-				h.Set("Age", strconv.Itoa(int(time.Since(e.stored)/time.Second)))
-				writeBody(w, e.status, e.body)
+				h.Set("Age", strconv.Itoa(int(time.Since(e.Stored)/time.Second)))
+				writeBody(w, e.Status, e.Body)
 				return
 			}
 		}
@@ -84,7 +74,7 @@ func (px *Proxy) fallback(w http.ResponseWriter, req *http.Request, f *retry.Fac
 // pacedAnswer is the 429-style answer to a call whose turn would come after
 // its deadline: DingTalk's own throttle errcode on oapi, so SDKs treat it as
 // one; dingproxy.Paced on api.
-func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *retry.Facts, e *pacing.PacedError) {
+func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *call.Facts, e *pacing.PacedError) {
 	secs := int((e.Wait + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
@@ -100,7 +90,7 @@ func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *retry.Facts, e *pacing.Pa
 // 403 with DingTalk's own 90020 on oapi (SDKs treat it as DingTalk's, and do
 // not retry it), dingproxy.QuotaExceeded on api; Retry-After says when
 // trying again may help (the route's next probe, or the month's turn).
-func (px *Proxy) quotaAnswer(w http.ResponseWriter, f *retry.Facts, e *quota.Error) {
+func (px *Proxy) quotaAnswer(w http.ResponseWriter, f *call.Facts, e *quota.Error) {
 	secs := int((e.RetryAfter + time.Second - 1) / time.Second)
 	msg := fmt.Sprintf("dingproxy: the organisation's monthly API quota is spent on %s (DingTalk answered 90020 this month); not sent; the next try goes in %ds", f.Route, secs)
 	if e.Budget {
@@ -135,7 +125,7 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 // (with its own token, if any), the body, and a client's own api token.
 // A POST read's answer depends on its body (which user?), so the body is in
 // the key; a client's own token may belong to another app, so it is too.
-func staleKey(req *http.Request, f *retry.Facts) [sha256.Size]byte {
+func staleKey(req *http.Request, f *call.Facts) [sha256.Size]byte {
 	h := sha256.New()
 	io.WriteString(h, req.Method)
 	h.Write([]byte{0})
@@ -153,12 +143,8 @@ func staleKey(req *http.Request, f *retry.Facts) [sha256.Size]byte {
 
 // keepForStale records a successful answer on a route that serves stale
 // fallbacks, as the client reads it: whole answers up to maxStaleBody only.
-func (px *Proxy) keepForStale(req *http.Request, f *retry.Facts, resp *http.Response) {
-	if !f.Idempotent || resp.StatusCode != http.StatusOK || !f.Replayable {
-		return
-	}
-	fb := px.routeFor(req, f).Fallback
-	if fb == nil || fb.Stale <= 0 || resp.ContentLength > maxStaleBody {
+func (px *Proxy) keepForStale(req *http.Request, f *call.Facts, resp *http.Response) {
+	if f.StaleFor() <= 0 || resp.StatusCode != http.StatusOK || !f.Replayable || resp.ContentLength > maxStaleBody {
 		return
 	}
 	resp.Body = &recordingBody{ReadCloser: resp.Body, px: px, key: staleKey(req, f), status: resp.StatusCode, header: resp.Header}
@@ -188,18 +174,8 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 	if err == io.EOF && !b.over {
 		h := b.header.Clone()
 		h.Del(HeaderAttempts)
-		b.px.stale.put(b.key, staleEntry{status: b.status, header: h, body: bytes.Clone(b.buf.Bytes()), stored: time.Now()})
+		b.px.stale.Put(b.key, Entry{Status: b.status, Header: h, Body: bytes.Clone(b.buf.Bytes()), Stored: time.Now()}, 0)
 		b.over = true // store once
 	}
 	return n, err
-}
-
-// routeFor is the configured policy of c's route: by exact path, else by
-// the API's template.
-func (px *Proxy) routeFor(req *http.Request, f *retry.Facts) Route {
-	routes := px.policy.Load().Routes
-	if r, ok := routes[req.URL.Path]; ok {
-		return r
-	}
-	return routes[f.API]
 }

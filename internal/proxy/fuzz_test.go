@@ -21,6 +21,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/dingproxy/dingproxy/internal/call"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
@@ -130,10 +132,10 @@ func FuzzTokenCall(f *testing.F) {
 		hits := srv.TotalHits()
 
 		// answerTokenCall on its own.
-		px := New(Options{OAPI: upstream, API: upstream, Loop: oneAttempt(tcNoTransport{t}), Tokens: src,
+		px := New(Options{OAPI: upstream, API: upstream, Path: oneAttempt(tcNoTransport{t}), Tokens: src,
 			AppKey: tcAppKey, AppSecret: tcAppSecret}, Policy{MaxBodyBytes: tcMaxBody})
 		w := &tcWriter{h: http.Header{}}
-		got := px.answerTokenCall(w, r1, body)
+		got := px.answerTokenCall(w, r1, body, dingtalk.UpstreamFor(r1.URL.Path))
 		if got != want {
 			t.Fatalf("%s %q body %q: answered %v, want %v", r1.Method, r1.URL.RequestURI(), body, got, want)
 		}
@@ -155,7 +157,7 @@ func FuzzTokenCall(f *testing.F) {
 		// MaxBodyBytes is streamed, so the token-call check sees none. What
 		// is not answered is forwarded or refused, and never gets the token.
 		stub := &tcStub{}
-		px = New(Options{OAPI: upstream, API: upstream, Loop: oneAttempt(stub), Tokens: src,
+		px = New(Options{OAPI: upstream, API: upstream, Path: oneAttempt(stub), Tokens: src,
 			AppKey: tcAppKey, AppSecret: tcAppSecret}, Policy{MaxBodyBytes: tcMaxBody})
 		buffered := body
 		if len(body) > tcMaxBody {
@@ -491,12 +493,12 @@ func TestTokenCallLifetimeFloor(t *testing.T) {
 
 func testTokenCallLifetimeFloor(t *testing.T) {
 	var fetches atomic.Int64
-	src := token.NewSource(func(context.Context) (string, time.Duration, error) {
+	src := token.NewSource(token.FetcherFunc(func(context.Context) (string, time.Duration, error) {
 		return "tok-" + strconv.FormatInt(fetches.Add(1), 10), 900 * time.Millisecond, nil
-	}, token.Options{})
+	}), token.Options{})
 	defer src.Close()
 	up, _ := url.Parse("http://127.0.0.1:1")
-	px := New(Options{OAPI: up, API: up, Loop: oneAttempt(tcNoTransport{t}), Tokens: src,
+	px := New(Options{OAPI: up, API: up, Path: oneAttempt(tcNoTransport{t}), Tokens: src,
 		AppKey: tcAppKey, AppSecret: tcAppSecret}, Policy{MaxBodyBytes: tcMaxBody})
 	for _, tc := range []struct {
 		method, target string
@@ -508,7 +510,7 @@ func testTokenCallLifetimeFloor(t *testing.T) {
 	} {
 		r := httptest.NewRequest(tc.method, tc.target, bytes.NewReader(tc.body))
 		w := &tcWriter{h: http.Header{}}
-		if !px.answerTokenCall(w, r, tc.body) {
+		if !px.answerTokenCall(w, r, tc.body, dingtalk.UpstreamFor(r.URL.Path)) {
 			t.Fatalf("%s %s not answered", tc.method, tc.target)
 		}
 		tcCheckAnswer(t, tc.method, tc.oauth2, w.status, w.h, w.body.Bytes(), src, 1)
@@ -516,6 +518,7 @@ func testTokenCallLifetimeFloor(t *testing.T) {
 }
 
 // oneAttempt is the attempt loop over rt, making one attempt.
-func oneAttempt(rt http.RoundTripper) *retry.Transport {
-	return retry.NewTransport(rt, retry.Policy{MaxAttempts: 1})
+func oneAttempt(rt http.RoundTripper) call.Handler {
+	l := retry.NewLoop(retry.Policy{MaxAttempts: 1}, retry.Options{})
+	return l.Layer(l.Send(rt))
 }

@@ -15,9 +15,17 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
+
+// servedStatuses is a proxy.Observer keeping the statuses served.
+type servedStatuses struct{ s []int }
+
+func (o *servedStatuses) Served(_ string, status int, _ string, _ *call.Facts, _ time.Duration) {
+	o.s = append(o.s, status)
+}
 
 // panicky is a transport that panics on every other call: a stand-in for
 // a bug anywhere below the handler.
@@ -37,15 +45,14 @@ func (p *panicky) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestPanicBecomes502(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
 	up, _ := url.Parse("http://127.0.0.1:1")
-	var served []int
+	served := &servedStatuses{}
+	loop := retry.NewLoop(retry.Policy{MaxAttempts: 1}, retry.Options{})
 	px := proxy.New(proxy.Options{
 		OAPI: up, API: up,
-		Loop:   retry.NewTransport(&panicky{}, retry.Policy{MaxAttempts: 1}),
-		Logger: zap.New(core),
-		Served: func(_ string, status int, _ string, _ *retry.Facts, _ time.Duration) {
-			served = append(served, status)
-		},
-	}, proxy.Policy{MaxBodyBytes: 1 << 20})
+		Path:     loop.Layer(loop.Send(&panicky{})),
+		Logger:   zap.New(core),
+		Observer: served,
+	}, proxy.Policy{MaxBodyBytes: 1 << 20, MaxRoutes: 8})
 	srv := httptest.NewServer(px)
 	defer srv.Close()
 
@@ -75,7 +82,7 @@ func TestPanicBecomes502(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("next request: HTTP %d, want 200", resp.StatusCode)
 	}
-	if len(served) != 2 || served[0] != http.StatusBadGateway || served[1] != http.StatusOK {
-		t.Errorf("Served saw %v, want [502 200]", served)
+	if got := served.s; len(got) != 2 || got[0] != http.StatusBadGateway || got[1] != http.StatusOK {
+		t.Errorf("Served saw %v, want [502 200]", got)
 	}
 }

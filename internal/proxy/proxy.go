@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -14,10 +13,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
-	"github.com/dingproxy/dingproxy/internal/retry"
 	"github.com/dingproxy/dingproxy/internal/token"
 )
 
@@ -28,53 +26,28 @@ const HeaderAttempts = "X-Dingproxy-Attempts"
 type Options struct {
 	// OAPI and API are the upstreams' base URLs.
 	OAPI, API *url.URL
-	// Loop sends requests upstream: the attempt loop (retry.Transport).
-	Loop breaker.Loop
+	// Path runs a call once its facts are decided: the request path's chain
+	// of layers, from the read cache down to DingTalk.
+	Path call.Handler
 	// Tokens is the shared token. Nil means pass-through mode: nothing is
 	// injected and token calls are forwarded.
 	Tokens *token.Source
 	// AppKey and AppSecret identify clients' own token calls that are answered
 	// from the cache.
 	AppKey, AppSecret string
-	// Breakers, when set, guard every route; open ones answer fallbacks.
-	Breakers *breaker.Set
 	// Logger gets failures. Nil means none.
 	Logger *zap.Logger
-	// Served, if set, is told of every answered request once its handler
-	// returns: its route (RouteRejected when it was refused before one was
-	// known), the status the client got, the fallback kind ("" for none),
-	// its facts (nil when it was answered before they were decided) and how
-	// long it took.
-	Served func(route string, status int, fallback string, f *retry.Facts, d time.Duration)
-	// Admit, if set, says whether a call may be sent at all (the monthly
-	// quota): an error answers it at once, before the breaker and pacing.
-	Admit func(f *retry.Facts) error
-	// OnCache, if set, is told of every cacheable call: a hit or a miss.
-	OnCache func(route, result string)
-	// SharedCache, if set, is the fleet's read cache: a miss here asks it
-	// before calling DingTalk, and an answer kept here is kept there too.
-	SharedCache SharedCache
+	// Observer, if set, is told of every answered request.
+	Observer Observer
 }
 
-// SharedCache is a read cache shared by the proxies of a fleet.
-type SharedCache interface {
-	Get(ctx context.Context, key [32]byte, ttl time.Duration) (status int, header http.Header, body []byte, stored time.Time, ok bool)
-	Put(key [32]byte, status int, header http.Header, body []byte, stored time.Time, ttl time.Duration)
-}
-
-// admitting refuses a call its Admit refuses (the monthly quota), before
-// anything else: nothing is queued, paced or sent.
-type admitting struct {
-	admit func(f *retry.Facts) error
-	next  breaker.Loop
-}
-
-func (a admitting) Do(req *http.Request, f *retry.Facts) (*http.Response, retry.Report, error) {
-	if err := a.admit(f); err != nil {
-		rep := retry.Report{Outcome: retry.NotSent, Reason: dingtalk.ReasonQuota}
-		return nil, rep, &retry.Error{Outcome: retry.NotSent, Err: err, Report: rep}
-	}
-	return a.next.Do(req, f)
+// Observer is told of every request once its handler returns: its route
+// (RouteRejected when it was refused before one was known), the status the
+// client got, the fallback kind ("" for none), its facts (nil when it was
+// answered before they were decided) and how long it took. It runs outside
+// every lock, and a panic in it never changes an answer.
+type Observer interface {
+	Served(route string, status int, fallback string, f *call.Facts, d time.Duration)
 }
 
 // RouteRejected names the route of requests refused before routing.
@@ -84,10 +57,10 @@ const RouteRejected = "_rejected"
 type Policy struct {
 	// Routes holds per-route settings, by exact path or by an API's route
 	// template ("/v1.0/contact/users/{unionId}"); an exact path wins.
-	Routes map[string]Route
-	// cached: some route has a read cache (SetPolicy sets it), else no
-	// request looks its route up for one.
-	cached bool
+	Routes map[string]*call.RoutePolicy
+	// MaxRoutes caps the routes with a name of their own (breaker.max_routes):
+	// past it, APIs share the overflow route.
+	MaxRoutes int
 	// TokenPlaceholder, when set, is a token value clients send to mean
 	// "the shared token": it is replaced like an empty one.
 	TokenPlaceholder string
@@ -103,51 +76,34 @@ type Policy struct {
 	// BodyReadTimeout is the longest pause allowed while a client sends a
 	// request body; past it the request is answered 408. Zero means none.
 	BodyReadTimeout time.Duration
+
+	// table names routes under this policy (SetPolicy makes it).
+	table *routeTable
 }
 
-// Route is per-path policy.
-type Route struct {
-	// Idempotent, when non-nil, overrides dingproxy's own judgement.
-	Idempotent *bool
-	// Fallback, when non-nil, is what the route answers while its breaker
-	// is open instead of the default.
-	Fallback *Fallback
-	// Cache, when positive, serves repeats of a successful idempotent call
-	// from the read cache for that long.
-	Cache time.Duration
-}
-
-// Proxy is the http.Handler in front of DingTalk.
+// Proxy is the http.Handler in front of DingTalk: the door, where each
+// request's facts are decided once, and the place where the layers' typed
+// errors become answers.
 type Proxy struct {
 	opts   Options
 	log    *zap.Logger
 	rp     *httputil.ReverseProxy
 	policy atomic.Pointer[Policy]
-	stale  *staleCache
-	// reads is the read cache; flights its calls in flight.
-	reads   *staleCache
-	flights flights
+	stale  *LRU
 	// buffered counts the bytes held in request-body buffers now.
 	buffered atomic.Int64
 }
 
 // New returns a Proxy under policy p.
 func New(opts Options, p Policy) *Proxy {
-	px := &Proxy{opts: opts, log: opts.Logger, stale: newStaleCache(), reads: newLRU(CacheMaxBytes)}
+	px := &Proxy{opts: opts, log: opts.Logger, stale: NewLRU(staleMaxBytes)}
 	if px.log == nil {
 		px.log = zap.NewNop()
 	}
 	px.SetPolicy(p)
-	var next breaker.Loop = opts.Loop
-	if opts.Breakers != nil {
-		next = &breaker.Transport{Set: opts.Breakers, Next: next, Bookkeep: func(what string, f func()) { retry.Bookkeep(px.log, what, f) }}
-	}
-	if opts.Admit != nil {
-		next = admitting{admit: opts.Admit, next: next}
-	}
 	px.rp = &httputil.ReverseProxy{
 		Rewrite:      px.rewrite,
-		Transport:    transport{px: px, next: next},
+		Transport:    transport{px: px},
 		ErrorHandler: px.errorHandler,
 		BufferPool:   bufferPool{},
 		ErrorLog:     zap.NewStdLog(px.log.Named("http")),
@@ -155,23 +111,30 @@ func New(opts Options, p Policy) *Proxy {
 	return px
 }
 
-// SetPolicy installs p for requests that start from now on.
+// SetPolicy installs p for requests that start from now on. Routes already
+// named keep their names.
 func (px *Proxy) SetPolicy(p Policy) {
 	if p.MaxBufferedBytes < p.MaxBodyBytes {
 		p.MaxBufferedBytes = p.MaxBodyBytes
 	}
-	p.cached = false
-	for _, r := range p.Routes {
-		p.cached = p.cached || r.Cache > 0
+	var old *routeTable
+	if cur := px.policy.Load(); cur != nil {
+		old = cur.table
 	}
+	p.table = old.withRoutes(p.MaxRoutes, p.Routes)
 	px.policy.Store(&p)
 }
+
+// Routes is how many routes have a name of their own now, configured ones
+// included.
+func (px *Proxy) Routes() int { return px.policy.Load().table.len() }
 
 func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w}
 	route := RouteRejected
-	var f *retry.Facts
+	up := dingtalk.UpstreamFor(r.URL.Path) // the shape of the proxy's own answers
+	var f *call.Facts
 	defer func() {
 		// A panic anywhere below becomes a 502 for this request alone, with
 		// a log line; the process keeps serving. http.ErrAbortHandler is
@@ -183,16 +146,16 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			px.log.Error("panic serving a request: answered 502", zap.String("route", route),
 				zap.String("method", r.Method), zap.String("panic", px.redactPanic(v)), zap.StackSkip("stack", 1))
 			if sw.status == 0 {
-				own{status: http.StatusBadGateway, code: CodeInternalError, msg: "dingproxy: internal error"}.write(sw, dingtalk.UpstreamFor(r.URL.Path))
+				own{status: http.StatusBadGateway, code: CodeInternalError, msg: "dingproxy: internal error"}.write(sw, up)
 			}
 		}
-		if px.opts.Served != nil {
+		if o := px.opts.Observer; o != nil {
 			status := sw.status
 			if status == 0 {
 				status = http.StatusOK
 			}
-			retry.Bookkeep(px.log, "served", func() {
-				px.opts.Served(route, status, sw.Header().Get(HeaderFallback), f, time.Since(start))
+			call.Bookkeep(px.log, "served", func() {
+				o.Served(route, status, sw.Header().Get(HeaderFallback), f, time.Since(start))
 			})
 		}
 		if cb := sw.body; cb != nil && !cb.done() {
@@ -203,7 +166,7 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			cb.drain()
 		}
 	}()
-	route, f = px.serve(sw, r)
+	route, f = px.serve(sw, r, up)
 }
 
 // Overloaded answers a request refused for max_inflight: 503 at once, in
@@ -218,8 +181,9 @@ func Overloaded(w http.ResponseWriter, r *http.Request, limit int64) {
 }
 
 // serve decides r's facts, answers it, and returns its route and facts (nil
-// when it was answered before they were decided).
-func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) {
+// when it was answered before they were decided). up is the upstream its
+// path belongs to.
+func (px *Proxy) serve(w *statusWriter, r *http.Request, up dingtalk.Upstream) (string, *call.Facts) {
 	if MustClose(r) {
 		// Its framing may be a smuggling attempt (see sniff.go): whatever
 		// the answer, early or not, the connection closes after it. The
@@ -230,23 +194,23 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) 
 	// A request line in absolute form names a host of the client's choosing;
 	// CONNECT asks for a tunnel. Neither goes anywhere.
 	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Host != "" {
-		writeError(w, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadRequest, "dingproxy: absolute-form request lines and CONNECT are not proxied")
+		writeError(w, up, http.StatusBadRequest, "dingproxy: absolute-form request lines and CONNECT are not proxied")
 		return RouteRejected, nil
 	}
 	if msg := badPath(r.URL); msg != "" {
-		writeError(w, dingtalk.UpstreamFor(r.URL.Path), http.StatusBadRequest, "dingproxy: "+msg)
+		writeError(w, up, http.StatusBadRequest, "dingproxy: "+msg)
 		return RouteRejected, nil
 	}
 	pol := px.policy.Load()
 	path := r.URL.Path
-	// The request's facts, decided once: upstream, API, token placement.
+	// The request's facts, decided once: upstream, API, route, token
+	// placement, idempotency, body.
 	ep := dingtalk.Describe(path)
-	up := ep.Upstream
 	name := ep.Route
-	route, configured := pol.Routes[path]
+	rp, configured := pol.Routes[path]
 	if configured {
 		name = path
-	} else if route, configured = pol.Routes[ep.Route]; configured {
+	} else if rp, configured = pol.Routes[ep.Route]; configured {
 		name = ep.Route
 	}
 
@@ -270,22 +234,20 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) 
 		writeError(w, up, status, msg)
 		return RouteRejected, nil
 	}
-	if px.opts.Tokens != nil && ep.TokenEndpoint && px.answerTokenCall(w, r, body) {
+	if px.opts.Tokens != nil && ep.TokenEndpoint && px.answerTokenCall(w, r, body, up) {
 		return ep.Route, nil // a token endpoint: one of a fixed few routes
 	}
-	if px.opts.Breakers != nil {
-		name = px.opts.Breakers.Route(name)
-	}
-	f := &retry.Facts{
+	f := &call.Facts{
 		API:           ep.Route,
-		Route:         name,
+		Route:         pol.table.name(name),
 		Upstream:      up,
 		TokenEndpoint: ep.TokenEndpoint,
 		Metered:       ep.Metered,
 		Body:          body,
 		Replayable:    notBuffered == "",
 		NotBuffered:   notBuffered,
-		Inject:        px.placement(r, ep),
+		Inject:        px.placement(r, ep, pol),
+		Policy:        rp,
 	}
 	if cb != nil && notBuffered != "" {
 		f.ClientBody = cb
@@ -301,17 +263,17 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request) (string, *retry.Facts) 
 	default:
 		f.Idempotent = ep.Read || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
 	}
-	if configured && route.Idempotent != nil {
-		f.Idempotent = *route.Idempotent
+	if rp != nil && rp.Idempotent != nil {
+		f.Idempotent = *rp.Idempotent
 	}
 	// From here on f does not change: every layer below reads it.
-	px.rp.ServeHTTP(w, r.WithContext(retry.WithFacts(r.Context(), f)))
-	return name, f
+	px.rp.ServeHTTP(w, r.WithContext(call.WithFacts(r.Context(), f)))
+	return f.Route, f
 }
 
 func (px *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	target := px.opts.OAPI
-	if f := retry.FactsFrom(pr.In.Context()); f != nil && f.Upstream == dingtalk.API {
+	if f := call.FactsFrom(pr.In.Context()); f != nil && f.Upstream == dingtalk.API {
 		target = px.opts.API
 	}
 	pr.SetURL(target)
@@ -364,7 +326,7 @@ func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
 // access_token (every robot without one shares the name of the empty one).
 func robotKey(rawQuery string) string {
 	var tok string
-	for _, v := range queryTokens(rawQuery) {
+	for _, v := range dingtalk.QueryTokens(rawQuery) {
 		tok = v
 		break
 	}

@@ -15,16 +15,17 @@ const (
 	staleMaxBytes = 32 << 20
 )
 
-type staleEntry struct {
-	status int
-	header http.Header
-	body   []byte
-	stored time.Time
+// Entry is a kept answer: the read cache's, or the stale fallbacks'.
+type Entry struct {
+	Status int
+	Header http.Header
+	Body   []byte
+	Stored time.Time
 }
 
-// staleCache keeps the last good answers for stale fallbacks, least recently
-// used first out, bounded in bytes.
-type staleCache struct {
+// LRU keeps answers, least recently used first out, bounded in the bytes
+// of their bodies: the read cache and the stale fallbacks each have one.
+type LRU struct {
 	max   int // bytes held at most
 	mu    sync.Mutex
 	ll    *list.List // of *staleItem, most recent at the front
@@ -34,49 +35,49 @@ type staleCache struct {
 
 type staleItem struct {
 	key [sha256.Size]byte
-	e   staleEntry
+	e   Entry
 }
 
-func newStaleCache() *staleCache { return newLRU(staleMaxBytes) }
-
-// newLRU is an answer cache of at most max bytes of bodies.
-func newLRU(max int) *staleCache {
-	return &staleCache{max: max, ll: list.New(), items: make(map[[sha256.Size]byte]*list.Element)}
+// NewLRU is an answer cache of at most max bytes of bodies.
+func NewLRU(max int) *LRU {
+	return &LRU{max: max, ll: list.New(), items: make(map[[sha256.Size]byte]*list.Element)}
 }
 
-func (c *staleCache) put(k [sha256.Size]byte, e staleEntry) {
+// Put keeps e under k. Entries age as their readers say (Get's ttl); the
+// LRU drops the least recently used past its bytes.
+func (c *LRU) Put(k [sha256.Size]byte, e Entry, _ time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[k]; ok {
 		it := el.Value.(*staleItem)
-		c.bytes -= len(it.e.body)
+		c.bytes -= len(it.e.Body)
 		it.e = e
-		c.bytes += len(e.body)
+		c.bytes += len(e.Body)
 		c.ll.MoveToFront(el)
 	} else {
 		c.items[k] = c.ll.PushFront(&staleItem{key: k, e: e})
-		c.bytes += len(e.body)
+		c.bytes += len(e.Body)
 	}
 	for c.bytes > c.max {
 		el := c.ll.Back()
 		it := el.Value.(*staleItem)
 		c.ll.Remove(el)
 		delete(c.items, it.key)
-		c.bytes -= len(it.e.body)
+		c.bytes -= len(it.e.Body)
 	}
 }
 
-// get returns the entry for k if it is no older than ttl.
-func (c *staleCache) get(k [sha256.Size]byte, ttl time.Duration) (staleEntry, bool) {
+// Peek returns the entry for k if it is no older than ttl.
+func (c *LRU) Peek(k [sha256.Size]byte, ttl time.Duration) (Entry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.items[k]
 	if !ok {
-		return staleEntry{}, false
+		return Entry{}, false
 	}
 	it := el.Value.(*staleItem)
-	if time.Since(it.e.stored) > ttl {
-		return staleEntry{}, false
+	if time.Since(it.e.Stored) > ttl {
+		return Entry{}, false
 	}
 	c.ll.MoveToFront(el)
 	return it.e, true

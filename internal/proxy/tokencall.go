@@ -14,7 +14,7 @@ import (
 // credentials from the shared cache, in DingTalk's own shape, so that SDKs
 // that insist on fetching tokens neither reach DingTalk nor get a token that
 // differs from the one injected. Calls with other credentials are forwarded.
-func (px *Proxy) answerTokenCall(w http.ResponseWriter, r *http.Request, body []byte) bool {
+func (px *Proxy) answerTokenCall(w http.ResponseWriter, r *http.Request, body []byte, up dingtalk.Upstream) bool {
 	var oauth2 bool
 	switch {
 	case r.Method == http.MethodGet && r.URL.Path == dingtalk.PathGetToken:
@@ -34,7 +34,6 @@ func (px *Proxy) answerTokenCall(w http.ResponseWriter, r *http.Request, body []
 	default:
 		return false
 	}
-	up := dingtalk.UpstreamFor(r.URL.Path)
 	w.Header().Set(HeaderAttempts, "0")
 	tok, err := px.opts.Tokens.Token(r.Context())
 	if err != nil {

@@ -57,19 +57,23 @@ func (e *Error) Error() string {
 		e.Route, e.RetryAfter.Round(time.Second))
 }
 
+// Observer is told of what the meter decides, outside its lock.
+type Observer interface {
+	// QuotaWarned: once a month, when the month's count passes WarnAt of
+	// the budget.
+	QuotaWarned(sent, budget int64)
+	// QuotaStopped: a route stopped for the month (DingTalk answered 90020
+	// there, here or on another proxy of the fleet), or resumed; st is the
+	// month as the meter knows it then.
+	QuotaStopped(route string, stopped bool, st State)
+	// QuotaSent: an attempt on a metered route was sent, and counted.
+	QuotaSent(route string)
+}
+
 // Meter counts and guards one month at a time. It is safe for concurrent
 // use.
 type Meter struct {
-	// OnWarn, if set (before use), is told once a month when the app's
-	// count passes WarnAt of the budget.
-	OnWarn func(sent, budget int64)
-	// OnStop, if set (before use), is told when a route stops for the month
-	// (DingTalk answered 90020) and when it resumes.
-	OnStop func(route string, stopped bool)
-	// Shared, if set, is the fleet's count of the month: the meter adds its
-	// sends to it and reads the fleet's total back (quota.Shared).
-	Shared Shared
-
+	obs      Observer
 	settings atomic.Pointer[Settings]
 
 	mu      sync.Mutex
@@ -81,9 +85,14 @@ type Meter struct {
 	limit   int64          // the organisation's quota as DingTalk said, -1 unknown
 	warned  bool
 	stopped map[string]*stop
-	// resumed are routes a month's turn resumed, for OnStop once m.mu is
-	// released (OnStop may ask the meter).
-	resumed []string
+	// told are the stops and resumptions to tell obs once m.mu is released
+	// (it may ask the meter).
+	told []stopNote
+}
+
+type stopNote struct {
+	route   string
+	stopped bool
 }
 
 type stop struct {
@@ -91,20 +100,13 @@ type stop struct {
 	probing   bool // a probe is out
 }
 
-// Shared is the month's count kept for a fleet. Neither method may wait:
-// Add adds this proxy's sends to month's count; Total is the fleet's count
-// as best known, -1 when it is not (alone then).
-type Shared interface {
-	Add(month string, n int64)
-	Total(month string) int64
-}
-
 // China is DingTalk's time zone, where its months turn.
 var China = time.FixedZone("CST", 8*3600)
 
-// New returns a Meter under s.
-func New(s Settings) *Meter {
-	m := &Meter{used: -1, limit: -1, stopped: make(map[string]*stop)}
+// New returns a Meter under s; obs (may be nil) hears of warnings, stops
+// and resumptions.
+func New(s Settings, obs Observer) *Meter {
+	m := &Meter{obs: obs, used: -1, limit: -1, stopped: make(map[string]*stop)}
 	m.Update(s)
 	return m
 }
@@ -134,19 +136,20 @@ func (m *Meter) rollLocked(now time.Time) {
 	m.month, m.sent, m.used, m.limit, m.warned = month, 0, -1, -1, false
 	for r := range m.stopped {
 		delete(m.stopped, r)
-		m.resumed = append(m.resumed, r)
+		m.told = append(m.told, stopNote{r, false})
 	}
 }
 
-// unlock releases m.mu, then tells OnStop of the routes a month's turn
-// resumed meanwhile.
+// unlock releases m.mu, then tells obs of the stops and resumptions noted
+// meanwhile.
 func (m *Meter) unlock() {
-	rs := m.resumed
-	m.resumed = nil
+	told := m.told
+	m.told = nil
 	m.mu.Unlock()
-	if m.OnStop != nil {
-		for _, r := range rs {
-			m.OnStop(r, false)
+	if m.obs != nil && len(told) > 0 {
+		st := m.State()
+		for _, t := range told {
+			m.obs.QuotaStopped(t.route, t.stopped, st)
 		}
 	}
 }
@@ -173,8 +176,8 @@ func (m *Meter) check(route string, metered, takeProbe bool) error {
 	m.mu.Lock()
 	defer m.unlock()
 	m.rollLocked(now)
-	if b := m.settings.Load().Budget; b > 0 && m.countLocked() >= b {
-		return &Error{Route: route, Budget: true, RetryAfter: m.turn.Sub(now)}
+	if err := m.spentLocked(route, m.sent, now); err != nil {
+		return err
 	}
 	st := m.stopped[route]
 	switch {
@@ -190,13 +193,39 @@ func (m *Meter) check(route string, metered, takeProbe bool) error {
 	return &Error{Route: route, RetryAfter: max(st.nextProbe.Sub(now), time.Second)}
 }
 
-// countLocked is the month's count this meter goes by: the fleet's when
-// shared, this proxy's alone.
-func (m *Meter) countLocked() int64 {
-	if m.Shared != nil {
-		return max(m.sent, m.Shared.Total(m.month))
+// spentLocked is the budget's answer for a month's count: an *Error when
+// count has reached quota.monthly_budget, else nil; m.mu must be held.
+func (m *Meter) spentLocked(route string, count int64, now time.Time) error {
+	if b := m.settings.Load().Budget; b > 0 && count >= b {
+		return &Error{Route: route, Budget: true, RetryAfter: m.turn.Sub(now)}
 	}
-	return m.sent
+	return nil
+}
+
+// Spent is the budget's answer for a call on route given the month's count
+// as the fleet knows it (count, which may be more than this proxy sent): an
+// *Error once it has reached quota.monthly_budget, else nil. Past WarnAt of
+// the budget it warns, once a month.
+func (m *Meter) Spent(route string, count int64) error {
+	now := time.Now()
+	m.mu.Lock()
+	m.rollLocked(now)
+	count = max(count, m.sent)
+	err := m.spentLocked(route, count, now)
+	warn := m.warnLocked(count)
+	m.unlock()
+	if warn != nil {
+		warn()
+	}
+	return err
+}
+
+// Month is the month being counted ("2026-12" in quota.timezone).
+func (m *Meter) Month() string {
+	m.mu.Lock()
+	defer m.unlock()
+	m.rollLocked(time.Now())
+	return m.month
 }
 
 // Sent counts one attempt sent on route (DingTalk meters retries too).
@@ -208,33 +237,34 @@ func (m *Meter) Sent(route string, metered bool) {
 	m.mu.Lock()
 	m.rollLocked(now)
 	m.sent++
-	if m.Shared != nil {
-		m.Shared.Add(m.month, 1)
-	}
-	warn := m.warnLocked()
+	warn := m.warnLocked(m.sent)
 	m.unlock()
 	if warn != nil {
 		warn()
 	}
+	if m.obs != nil {
+		m.obs.QuotaSent(route)
+	}
 }
 
-// warnLocked returns the warning to give once the count passes WarnAt of
-// the budget (once a month), or nil.
-func (m *Meter) warnLocked() func() {
+// warnLocked returns the warning to give once count passes WarnAt of the
+// budget (once a month), or nil.
+func (m *Meter) warnLocked(count int64) func() {
 	b := m.settings.Load().Budget
-	if b <= 0 || m.warned || float64(m.countLocked()) < WarnAt*float64(b) || m.OnWarn == nil {
+	if b <= 0 || m.warned || float64(count) < WarnAt*float64(b) || m.obs == nil {
 		return nil
 	}
 	m.warned = true
-	sent, on := m.countLocked(), m.OnWarn
-	return func() { on(sent, b) }
+	obs := m.obs
+	return func() { obs.QuotaWarned(count, b) }
 }
 
 // Answered tells the meter how DingTalk answered a call on route: a quota
 // answer (90020) stops the route for the month and teaches the
 // organisation's figures; any other answer DingTalk processed on a stopped
-// route (the probe, or a call in flight) resumes it.
-func (m *Meter) Answered(route string, r dingtalk.Result) {
+// route (the probe, or a call in flight) resumes it. It reports whether the
+// answer stopped the route (it was not stopped before).
+func (m *Meter) Answered(route string, r dingtalk.Result) bool {
 	now := time.Now()
 	m.mu.Lock()
 	m.rollLocked(now)
@@ -264,23 +294,27 @@ func (m *Meter) Answered(route string, r dingtalk.Result) {
 			st.probing = false
 		}
 	}
-	m.unlock()
-	if changed && m.OnStop != nil {
-		m.OnStop(route, stopped)
+	if changed {
+		m.told = append(m.told, stopNote{route, stopped})
 	}
+	m.unlock()
+	return changed && stopped
 }
 
-// StopShared stops route for the month because another proxy of the fleet
-// met 90020 there: as Answered with a quota answer, but OnStop is not told
-// (the news is the fleet's already), and it probes on its own hourly.
-func (m *Meter) StopShared(route string) {
+// Stop stops route for the month as a 90020 there would (met by another
+// proxy of the fleet), probing it hourly. It reports whether the route was
+// not stopped before.
+func (m *Meter) Stop(route string) bool {
 	now := time.Now()
 	m.mu.Lock()
-	defer m.unlock()
 	m.rollLocked(now)
-	if _, ok := m.stopped[route]; !ok {
+	_, was := m.stopped[route]
+	if !was {
 		m.stopped[route] = &stop{nextProbe: now.Add(ProbeEvery)}
+		m.told = append(m.told, stopNote{route, true})
 	}
+	m.unlock()
+	return !was
 }
 
 // MonthEnd is when the current month turns.
@@ -294,7 +328,8 @@ func (m *Meter) MonthEnd() time.Time {
 // State is what the meter knows of the month, for metrics.
 type State struct {
 	Month string
-	// Sent is this proxy's metered calls this month (the fleet's, shared).
+	// Sent is this proxy's metered calls this month (the fleet's, as the
+	// fleet's meter reports it).
 	Sent int64
 	// Used and Limit are the organisation's usage and quota as DingTalk
 	// last said them, -1 unknown.
@@ -311,6 +346,6 @@ func (m *Meter) State() State {
 	m.mu.Lock()
 	defer m.unlock()
 	m.rollLocked(now)
-	return State{Month: m.month, Sent: m.countLocked(), Used: m.used, Limit: m.limit,
+	return State{Month: m.month, Sent: m.sent, Used: m.used, Limit: m.limit,
 		Budget: m.settings.Load().Budget, Stopped: len(m.stopped)}
 }

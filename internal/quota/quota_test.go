@@ -26,7 +26,7 @@ var chinaTurn = time.Date(2000, 1, 31, 16, 0, 0, 0, time.UTC)
 // never stopped.
 func TestStoppedUntilTheMonthTurns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(Settings{})
+		m := New(Settings{}, nil)
 		if err := m.Admit(route, true); err != nil {
 			t.Fatal(err)
 		}
@@ -79,9 +79,8 @@ func TestStoppedUntilTheMonthTurns(t *testing.T) {
 // A probe that gets through resumes the route (a quota bought mid-month).
 func TestProbeResumes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var events []bool
-		m := New(Settings{})
-		m.OnStop = func(r string, stopped bool) { events = append(events, stopped) }
+		o := &testObserver{}
+		m := New(Settings{}, o)
 		m.Answered(route, quotaAnswer)
 		time.Sleep(ProbeEvery)
 		if err := m.Admit(route, true); err != nil {
@@ -93,8 +92,8 @@ func TestProbeResumes(t *testing.T) {
 				t.Fatalf("after a successful probe: %v", err)
 			}
 		}
-		if len(events) != 2 || !events[0] || events[1] {
-			t.Errorf("OnStop heard %v, want stopped then resumed", events)
+		if len(o.stops) != 2 || !o.stops[0] || o.stops[1] {
+			t.Errorf("the observer heard %v, want stopped then resumed", o.stops)
 		}
 	})
 }
@@ -103,17 +102,16 @@ func TestProbeResumes(t *testing.T) {
 // quota answer at 100 % until the month turns; unmetered calls go on.
 func TestBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var warned []int64
-		m := New(Settings{Budget: 10, Location: time.UTC})
-		m.OnWarn = func(sent, budget int64) { warned = append(warned, sent) }
+		o := &testObserver{}
+		m := New(Settings{Budget: 10, Location: time.UTC}, o)
 		for i := range 10 {
 			if err := m.Admit(route, true); err != nil {
 				t.Fatalf("call %d: %v", i, err)
 			}
 			m.Sent(route, true)
 		}
-		if len(warned) != 1 || warned[0] != 8 {
-			t.Errorf("warnings at %v, want one at 8 (80 %% of 10)", warned)
+		if len(o.warned) != 1 || o.warned[0] != 8 {
+			t.Errorf("warnings at %v, want one at 8 (80 %% of 10)", o.warned)
 		}
 		var qe *Error
 		if err := m.Admit("/other", true); !errors.As(err, &qe) || !qe.Budget {
@@ -137,7 +135,7 @@ func TestBudget(t *testing.T) {
 
 // Retries count: every attempt sent is metered.
 func TestEveryAttemptCounts(t *testing.T) {
-	m := New(Settings{})
+	m := New(Settings{}, nil)
 	for range 3 {
 		m.Sent(route, true)
 	}
@@ -147,26 +145,43 @@ func TestEveryAttemptCounts(t *testing.T) {
 	}
 }
 
-// OnStop may ask the meter: it is told of the routes the month's turn
-// resumes once the meter's lock is released (it used to be told under it,
-// and the proxy's handler, which reads State, hung every metered call).
-func TestMonthTurnTellsOnStopUnlocked(t *testing.T) {
+// The observer may ask the meter: it is told of the routes the month's
+// turn resumes once the meter's lock is released (it used to be told under
+// it, and the proxy's handler, which reads State, hung every metered call).
+func TestMonthTurnTellsObserverUnlocked(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(Settings{})
-		var resumed []string
-		m.OnStop = func(r string, stopped bool) {
-			_ = m.State() // the proxy's handler does
-			if !stopped {
-				resumed = append(resumed, r)
-			}
-		}
+		o := &testObserver{}
+		m := New(Settings{}, o)
+		o.m = m // it asks the meter, as the metrics do
 		m.Answered(route, quotaAnswer)
 		time.Sleep(time.Until(chinaTurn))
 		if err := m.Admit(route, true); err != nil {
 			t.Fatalf("in the new month: %v", err)
 		}
-		if len(resumed) != 1 || resumed[0] != route {
-			t.Errorf("OnStop heard %v resumed, want [%s]", resumed, route)
+		if len(o.resumed) != 1 || o.resumed[0] != route {
+			t.Errorf("the observer heard %v resumed, want [%s]", o.resumed, route)
 		}
 	})
+}
+
+// testObserver records what a meter tells; with m set it asks the meter
+// back, as the proxy's metrics do.
+type testObserver struct {
+	m       *Meter
+	stops   []bool
+	resumed []string
+	warned  []int64
+	sent    int
+}
+
+func (o *testObserver) QuotaWarned(sent, _ int64) { o.warned = append(o.warned, sent) }
+func (o *testObserver) QuotaSent(string)          { o.sent++ }
+func (o *testObserver) QuotaStopped(route string, stopped bool, _ State) {
+	if o.m != nil {
+		_ = o.m.State()
+	}
+	o.stops = append(o.stops, stopped)
+	if !stopped {
+		o.resumed = append(o.resumed, route)
+	}
 }

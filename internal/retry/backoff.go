@@ -2,6 +2,8 @@ package retry
 
 import (
 	"errors"
+
+	"github.com/dingproxy/dingproxy/internal/call"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -26,19 +28,16 @@ func Backoff(base, max time.Duration, n int) time.Duration {
 }
 
 // wait is the time to wait before retrying an attempt that came to o.
-// A throttle waits at least the penalty (or until DingTalk's stated end of it),
-// plus up to one base of jitter so that throttled callers do not return in
-// step; Retry-After, when the answer has one, is a floor for every wait.
-func (p *Policy) wait(o Outcome, n int, penaltyEnd time.Time, retryAfter time.Duration, now time.Time) time.Duration {
+// A throttle waits up to one base of jitter, so that throttled callers do
+// not return in step: DingTalk's penalty itself is pacing's to keep (the
+// throttled API is blocked until it ends, and the retry's turn comes after
+// it). Retry-After, when the answer has one, is a floor for every wait.
+func (p *Policy) wait(o call.Outcome, n int, retryAfter time.Duration) time.Duration {
 	d := Backoff(p.BackoffBase, p.BackoffMax, n)
-	if o == Throttled {
-		floor := p.ThrottlePenalty
-		if until := penaltyEnd.Sub(now); until > floor {
-			floor = until
-		}
-		d = floor + Backoff(p.BackoffBase, p.BackoffBase, 1)
+	if o == call.Throttled {
+		d = Backoff(p.BackoffBase, p.BackoffBase, 1)
 	}
-	if o == TokenInvalid {
+	if o == call.TokenInvalid {
 		d = 0
 	}
 	if retryAfter > d {

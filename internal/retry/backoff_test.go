@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
@@ -66,9 +67,10 @@ var chinaTime = time.FixedZone("UTC+8", 8*60*60)
 // TestThrottleWait: a throttled attempt is retried, even when not
 // idempotent, after at least the throttle penalty (or until the end of a
 // 90002 penalty DingTalk named, or Retry-After), plus at most one base of
-// jitter; Retry-After is a floor for every wait.
+// jitter; Retry-After is a floor for every wait. The penalty is pacing's
+// to keep: the loop runs over a pacer, as in the proxy.
 func TestThrottleWait(t *testing.T) {
-	const penalty, base = time.Second, 100 * time.Millisecond
+	const base = 100 * time.Millisecond
 	// throttle answers with status and body; the next attempt may come min
 	// after it at the earliest.
 	throttle := func(status int, body string, min time.Duration, header ...string) func(req *http.Request) (*http.Response, time.Time) {
@@ -124,9 +126,8 @@ func TestThrottleWait(t *testing.T) {
 					var earliest []time.Time
 					p := basePolicy()
 					p.MaxAttempts = 4
-					p.ThrottlePenalty = penalty
 					p.BackoffBase, p.BackoffMax = base, 10*base
-					tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+					tr := newTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
 						wroteHeaders(req)
 						if n < 3 {
 							resp, e := tt.answer(req)
@@ -135,14 +136,15 @@ func TestThrottleWait(t *testing.T) {
 						}
 						return ok(req)
 					}), p)
-					call := newCall(tt.idempotent)
-					resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
+					tr.Pacer = fastPacer()
+					tc := newCall(tt.idempotent)
+					resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, tc, nil))
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)
 					}
 					readAll(t, resp)
-					if call.Attempts != 3 || call.Outcome != retry.Success {
-						t.Fatalf("Attempts = %d, Outcome = %s, want 3, success", call.Attempts, call.Outcome)
+					if tc.Attempts != 3 || tc.Outcome != call.Success {
+						t.Fatalf("Attempts = %d, Outcome = %s, want 3, success", tc.Attempts, tc.Outcome)
 					}
 					for i, e := range earliest {
 						// At most one base of jitter for a throttle; retry

@@ -85,18 +85,18 @@ func TestEveryAttemptGetsAFreshBody(t *testing.T) {
 			}
 			return ok(req)
 		}))
-		call := newCall(true)
-		call.Body = payload
+		tc := newCall(true)
+		tc.Body = payload
 		client := &closeOnCloseReader{r: bytes.NewReader(payload)}
-		req := newRequest(t, t.Context(), http.MethodPost, call, client)
+		req := newRequest(t, t.Context(), http.MethodPost, tc, client)
 		req.ContentLength = -1 // the client's upload was chunked; the buffer's length is known
 		resp, err := do(tr, req)
 		if err != nil {
 			t.Fatalf("RoundTrip: %v", err)
 		}
 		readAll(t, resp)
-		if call.Attempts != 3 {
-			t.Fatalf("Attempts = %d, want 3", call.Attempts)
+		if tc.Attempts != 3 {
+			t.Fatalf("Attempts = %d, want 3", tc.Attempts)
 		}
 		want := []string{string(payload[:5]), string(payload), string(payload)}
 		if diff := cmp.Diff(want, got); diff != "" {
@@ -123,16 +123,16 @@ func TestStreamedBodyIsSentOnce(t *testing.T) {
 			resp, _ := jsonAnswer(req, 503, `{"errcode":-1,"errmsg":"busy"}`)
 			return resp, nil
 		}))
-		call := newCall(true)
-		call.Replayable = false
-		req := newRequest(t, t.Context(), http.MethodPost, call, &closeOnCloseReader{r: bytes.NewReader(payload)})
+		tc := newCall(true)
+		tc.Replayable = false
+		req := newRequest(t, t.Context(), http.MethodPost, tc, &closeOnCloseReader{r: bytes.NewReader(payload)})
 		resp, err := do(tr, req)
 		if err != nil {
 			t.Fatalf("RoundTrip: %v", err)
 		}
 		readAll(t, resp)
-		if call.Attempts != 1 || up.hits() != 1 {
-			t.Errorf("Attempts = %d, upstream saw %d, want 1", call.Attempts, up.hits())
+		if tc.Attempts != 1 || up.hits() != 1 {
+			t.Errorf("Attempts = %d, upstream saw %d, want 1", tc.Attempts, up.hits())
 		}
 		if !bytes.Equal(got, payload) {
 			t.Errorf("upstream got %d bytes, want the client's %d", len(got), len(payload))

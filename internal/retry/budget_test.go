@@ -218,8 +218,8 @@ func TestBudgetInTheLoop(t *testing.T) {
 					}
 					readAll(t, resp)
 				}
-				call := newCall(true)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
+				tc := newCall(true)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, tc, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -227,8 +227,8 @@ func TestBudgetInTheLoop(t *testing.T) {
 					t.Errorf("status = %d, want the last answer's 502", resp.StatusCode)
 				}
 				readAll(t, resp)
-				if call.Attempts != tt.wantAttempts || call.BudgetExhausted != tt.wantExhausted {
-					t.Errorf("Attempts = %d, BudgetExhausted = %v, want %d, %v", call.Attempts, call.BudgetExhausted, tt.wantAttempts, tt.wantExhausted)
+				if tc.Attempts != tt.wantAttempts || tc.BudgetExhausted != tt.wantExhausted {
+					t.Errorf("Attempts = %d, BudgetExhausted = %v, want %d, %v", tc.Attempts, tc.BudgetExhausted, tt.wantAttempts, tt.wantExhausted)
 				}
 			})
 		})
@@ -267,14 +267,14 @@ func TestBudgetRefund(t *testing.T) {
 			}))
 			tr.Budget = retry.NewBudget(0, 1) // one retry a second, unless refunded
 			for i := range 20 {
-				call := newCall(true)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
+				tc := newCall(true)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, tc, nil))
 				if err != nil {
 					t.Fatal(err)
 				}
 				readAll(t, resp)
-				if call.Attempts != 2 || call.BudgetExhausted {
-					t.Fatalf("call %d: attempts %d, exhausted %v; want a retry every time", i, call.Attempts, call.BudgetExhausted)
+				if tc.Attempts != 2 || tc.BudgetExhausted {
+					t.Fatalf("call %d: attempts %d, exhausted %v; want a retry every time", i, tc.Attempts, tc.BudgetExhausted)
 				}
 			}
 		})

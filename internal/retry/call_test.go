@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
@@ -41,7 +42,7 @@ func TestCallRecord(t *testing.T) {
 		budget        *retry.Budget
 		script        []func(*http.Request) (*http.Response, error)
 		wantErr       error // nil: an answer
-		want          retry.Report
+		want          call.Report
 		wantObserved  []observed
 		wantUpstream  int
 		wantBodyStart string
@@ -49,7 +50,7 @@ func TestCallRecord(t *testing.T) {
 		{
 			name: "idempotent: refused, busy, success", idempotent: true,
 			script: []func(*http.Request) (*http.Response, error){refused, busy, ok},
-			want:   retry.Report{Attempts: 3, Outcome: retry.Success, Reason: "success"},
+			want:   call.Report{Attempts: 3, Outcome: call.Success, Reason: "success"},
 			wantObserved: []observed{
 				{1, "dial_error", 0}, {2, "http_5xx", 200 * time.Millisecond}, {3, "success", 0},
 			},
@@ -58,7 +59,7 @@ func TestCallRecord(t *testing.T) {
 		{
 			name: "non-idempotent: refused, busy", idempotent: false,
 			script: []func(*http.Request) (*http.Response, error){refused, busy, ok},
-			want:   retry.Report{Attempts: 2, Outcome: retry.ServerError, Reason: "http_5xx"},
+			want:   call.Report{Attempts: 2, Outcome: call.ServerError, Reason: "http_5xx"},
 			wantObserved: []observed{
 				{1, "dial_error", 0}, {2, "http_5xx", 200 * time.Millisecond},
 			},
@@ -67,7 +68,7 @@ func TestCallRecord(t *testing.T) {
 		{
 			name: "business error", idempotent: true,
 			script:       []func(*http.Request) (*http.Response, error){business, ok},
-			want:         retry.Report{Attempts: 1, Outcome: retry.Business, Reason: "business_error"},
+			want:         call.Report{Attempts: 1, Outcome: call.Business, Reason: "business_error"},
 			wantObserved: []observed{{1, "business_error", 0}},
 			wantUpstream: 1,
 		},
@@ -75,14 +76,14 @@ func TestCallRecord(t *testing.T) {
 			name: "refused every time", idempotent: false,
 			script:       []func(*http.Request) (*http.Response, error){refused, refused, refused},
 			wantErr:      errRefused,
-			want:         retry.Report{Attempts: 3, Outcome: retry.NotSent, Reason: "dial_error"},
+			want:         call.Report{Attempts: 3, Outcome: call.NotSent, Reason: "dial_error"},
 			wantObserved: []observed{{1, "dial_error", 0}, {2, "dial_error", 0}, {3, "dial_error", 0}},
 			wantUpstream: 3,
 		},
 		{
 			name: "budget refuses the retry", idempotent: true, budget: retry.NewBudget(0, 0),
 			script:       []func(*http.Request) (*http.Response, error){busy, ok},
-			want:         retry.Report{Attempts: 1, Outcome: retry.ServerError, Reason: "http_5xx", BudgetExhausted: true},
+			want:         call.Report{Attempts: 1, Outcome: call.ServerError, Reason: "http_5xx", BudgetExhausted: true},
 			wantObserved: []observed{{1, "http_5xx", 200 * time.Millisecond}},
 			wantUpstream: 1,
 		},
@@ -90,7 +91,7 @@ func TestCallRecord(t *testing.T) {
 			name: "budget refuses a retry of nothing sent", idempotent: true, budget: retry.NewBudget(0, 0),
 			script:       []func(*http.Request) (*http.Response, error){refused, ok},
 			wantErr:      errRefused,
-			want:         retry.Report{Attempts: 1, Outcome: retry.NotSent, Reason: "dial_error", BudgetExhausted: true},
+			want:         call.Report{Attempts: 1, Outcome: call.NotSent, Reason: "dial_error", BudgetExhausted: true},
 			wantObserved: []observed{{1, "dial_error", 0}},
 			wantUpstream: 1,
 		},
@@ -105,14 +106,14 @@ func TestCallRecord(t *testing.T) {
 				}))
 				tr.Budget = tt.budget
 				obs := observe(tr)
-				call := newCall(tt.idempotent)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
+				tc := newCall(tt.idempotent)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, tc, nil))
 				if tt.wantErr != nil {
 					if !errors.Is(err, tt.wantErr) {
 						t.Errorf("err = %v, want it to wrap %v", err, tt.wantErr)
 					}
-					if re := asRetryError(t, err); re.Attempts != tt.want.Attempts || re.Outcome != tt.want.Outcome {
-						t.Errorf("error: outcome %s after %d attempts, want %s after %d", re.Outcome, re.Attempts, tt.want.Outcome, tt.want.Attempts)
+					if re := asRetryError(t, err); re.Report.Attempts != tt.want.Attempts || re.Outcome != tt.want.Outcome {
+						t.Errorf("error: outcome %s after %d attempts, want %s after %d", re.Outcome, re.Report.Attempts, tt.want.Outcome, tt.want.Attempts)
 					}
 				} else {
 					if err != nil {
@@ -120,7 +121,7 @@ func TestCallRecord(t *testing.T) {
 					}
 					readAll(t, resp)
 				}
-				got := retry.Report{Attempts: call.Attempts, Outcome: call.Outcome, Reason: call.Reason, BudgetExhausted: call.BudgetExhausted}
+				got := call.Report{Attempts: tc.Attempts, Outcome: tc.Outcome, Reason: tc.Reason, BudgetExhausted: tc.BudgetExhausted}
 				if diff := cmp.Diff(tt.want, got); diff != "" {
 					t.Errorf("Call (-want +got):\n%s", diff)
 				}

@@ -1,12 +1,16 @@
-// Package retry is dingproxy's attempt loop: an http.RoundTripper that sends a
-// request, reads what DingTalk answered (its errcode hides in HTTP 200 bodies),
-// and decides by SPEC's retry table whether another attempt is safe and useful;
-// plus the pieces that loop needs: full-jitter backoff with DingTalk's 1 s
-// throttle penalty and Retry-After as floors, and a retry budget.
+// Package retry is dingproxy's attempt loop: the layer that runs a call's
+// attempts through the layers below it, reads what DingTalk answered (its
+// errcode hides in HTTP 200 bodies), and decides by the retry table
+// (Retryable, README "Retry") whether another attempt is safe and useful;
+// plus the pieces that loop needs: full-jitter backoff with Retry-After as
+// a floor, a retry budget, and the bottom of the request path (Send): one
+// attempt on the wire through http.Transport, its body replayed, its answer
+// classified.
 //
-// It does not route, fetch tokens, pace or break circuits: the token arrives
-// through the Prepare hook on every attempt, and a rejected one leaves through
-// OnTokenInvalid. What a request is (its route, whether it is idempotent, its
-// buffered body) is decided by the caller and carried in a Call on the
-// request's context.
+// It does not route, fetch tokens, pace or break circuits: those are layers
+// of their own (internal/app's chain.go composes them). The loop asks them
+// only through small interfaces fixed when it is built: a Gate (is the
+// call's route still open?) and Turns (when could a retry go?). What a call
+// is comes decided in its call.Facts; what an attempt came to comes back as
+// a call.Report.
 package retry

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"testing/synctest"
 
-	"github.com/dingproxy/dingproxy/internal/retry"
+	"github.com/dingproxy/dingproxy/internal/call"
 )
 
 var errRouteOpen = errors.New("route open")
@@ -23,10 +23,10 @@ func TestGate(t *testing.T) {
 				resp, _ := jsonAnswer(req, 200, `{"errcode":0}`)
 				return resp, nil
 			}))
-			tr.Gate = func(*retry.Facts) error { return errRouteOpen }
+			tr.Gate = func(*call.Facts) error { return errRouteOpen }
 			_, err := do(tr, newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
-			var re *retry.Error
-			if !errors.As(err, &re) || !errors.Is(err, errRouteOpen) || re.Attempts != 0 || re.Outcome != retry.NotSent || re.Report.Reason != retry.ReasonClosed {
+			var re *call.Error
+			if !errors.As(err, &re) || !errors.Is(err, errRouteOpen) || re.Report.Attempts != 0 || re.Outcome != call.NotSent || re.Report.Reason != call.ReasonClosed {
 				t.Fatalf("err = %v, want a retry.Error of 0 attempts, not sent, reason closed, wrapping the gate's", err)
 			}
 			if up.hits() != 0 {
@@ -44,20 +44,20 @@ func TestGate(t *testing.T) {
 				resp, _ := jsonAnswer(req, 503, `{}`)
 				return resp, nil
 			}))
-			tr.Gate = func(*retry.Facts) error {
+			tr.Gate = func(*call.Facts) error {
 				if open.Load() {
 					return errRouteOpen
 				}
 				return nil
 			}
-			call := newCall(true)
-			resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
+			tc := newCall(true)
+			resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, tc, nil))
 			if err != nil {
 				t.Fatalf("err = %v, want the 503 in hand", err)
 			}
 			readAll(t, resp)
-			if resp.StatusCode != 503 || up.hits() != 1 || call.Attempts != 1 {
-				t.Errorf("status %d after %d attempts (%d upstream), want the 503 after 1, not retried into the open route", resp.StatusCode, call.Attempts, up.hits())
+			if resp.StatusCode != 503 || up.hits() != 1 || tc.Attempts != 1 {
+				t.Errorf("status %d after %d attempts (%d upstream), want the 503 after 1, not retried into the open route", resp.StatusCode, tc.Attempts, up.hits())
 			}
 		})
 	})

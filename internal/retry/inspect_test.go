@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/dingproxy/dingproxy/internal/retry"
+	"github.com/dingproxy/dingproxy/internal/call"
 )
 
 func gzipped(t *testing.T, s string) string {
@@ -53,17 +53,17 @@ func TestInspectGzip(t *testing.T) {
 					resp.Header.Set("Content-Encoding", "gzip")
 					return resp, nil
 				}))
-				call := newCall(tt.idempotent)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
+				tc := newCall(tt.idempotent)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, tc, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
 				got := readAll(t, resp)
-				if call.Attempts != tt.wantAttempts {
-					t.Errorf("Attempts = %d, want %d", call.Attempts, tt.wantAttempts)
+				if tc.Attempts != tt.wantAttempts {
+					t.Errorf("Attempts = %d, want %d", tc.Attempts, tt.wantAttempts)
 				}
-				if call.Outcome != retry.ServerError || call.Reason != "system_busy" {
-					t.Errorf("Outcome, Reason = %s, %q, want server_error, system_busy", call.Outcome, call.Reason)
+				if tc.Outcome != call.ServerError || tc.Reason != "system_busy" {
+					t.Errorf("Outcome, Reason = %s, %q, want server_error, system_busy", tc.Outcome, tc.Reason)
 				}
 				if got != sent[len(sent)-1] {
 					t.Errorf("client got %q, want the last answer's gzip bytes %q", got, sent[len(sent)-1])
@@ -103,7 +103,7 @@ func TestInspectLargeAnswer(t *testing.T) {
 				var bodies []*fakeBody
 				p := basePolicy()
 				p.InspectBytes = 64
-				tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+				tr := newTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
 					wroteHeaders(req)
 					if n == 1 {
 						resp, fb := jsonAnswer(req, 200, `{"errcode":-1,"errmsg":"系统繁忙"}`)
@@ -115,13 +115,13 @@ func TestInspectLargeAnswer(t *testing.T) {
 					bodies = append(bodies, fb)
 					return resp, nil
 				}), p)
-				call := newCall(true)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
+				tc := newCall(true)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, tc, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
-				if call.Attempts != 2 || call.Outcome != retry.Success {
-					t.Errorf("Attempts = %d, Outcome = %s, want 2, success", call.Attempts, call.Outcome)
+				if tc.Attempts != 2 || tc.Outcome != call.Success {
+					t.Errorf("Attempts = %d, Outcome = %s, want 2, success", tc.Attempts, tc.Outcome)
 				}
 				if resp.ContentLength != tt.contentLength {
 					t.Errorf("ContentLength = %d, want %d", resp.ContentLength, tt.contentLength)
@@ -174,8 +174,8 @@ func TestInspectSkipsEmptyAnswers(t *testing.T) {
 					resp, fb = answer(req, tt.status, "application/json", chunk{data: `{"errcode":-1,"errmsg":"busy"}`})
 					return resp, nil
 				}))
-				call := newCall(true)
-				resp, err := do(tr, newRequest(t, t.Context(), tt.method, call, nil))
+				tc := newCall(true)
+				resp, err := do(tr, newRequest(t, t.Context(), tt.method, tc, nil))
 				if err != nil {
 					t.Fatalf("RoundTrip: %v", err)
 				}
@@ -183,8 +183,8 @@ func TestInspectSkipsEmptyAnswers(t *testing.T) {
 				if got := fb.reads.Load(); got != 0 {
 					t.Errorf("the loop read the body %d times, want 0", got)
 				}
-				if call.Attempts != 1 || resp.StatusCode != tt.status {
-					t.Errorf("Attempts = %d, status %d, want 1, %d", call.Attempts, resp.StatusCode, tt.status)
+				if tc.Attempts != 1 || resp.StatusCode != tt.status {
+					t.Errorf("Attempts = %d, status %d, want 1, %d", tc.Attempts, resp.StatusCode, tt.status)
 				}
 			})
 		})
@@ -223,8 +223,8 @@ func TestInspectBrokenBody(t *testing.T) {
 					return resp, nil
 				}))
 				obs := observe(tr)
-				call := newCall(tt.idempotent)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
+				tc := newCall(tt.idempotent)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, tc, nil))
 				if tt.idempotent {
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)
@@ -232,12 +232,12 @@ func TestInspectBrokenBody(t *testing.T) {
 					readAll(t, resp)
 				} else {
 					re := asRetryError(t, err)
-					if re.Outcome != retry.AfterSend || !errors.Is(err, errReset) {
+					if re.Outcome != call.AfterSend || !errors.Is(err, errReset) {
 						t.Errorf("err = %v (outcome %s), want after_send wrapping the read error", err, re.Outcome)
 					}
 				}
-				if call.Attempts != tt.wantAttempts || up.hits() != tt.wantAttempts {
-					t.Errorf("Attempts = %d, upstream saw %d, want %d", call.Attempts, up.hits(), tt.wantAttempts)
+				if tc.Attempts != tt.wantAttempts || up.hits() != tt.wantAttempts {
+					t.Errorf("Attempts = %d, upstream saw %d, want %d", tc.Attempts, up.hits(), tt.wantAttempts)
 				}
 				if diff := cmp.Diff(tt.wantReasons, reasons(*obs)); diff != "" {
 					t.Errorf("observed reasons (-want +got):\n%s", diff)

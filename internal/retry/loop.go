@@ -3,7 +3,6 @@ package retry
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -13,7 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/call"
 )
 
 var (
@@ -23,118 +22,81 @@ var (
 	ErrAttemptTimeout = errors.New("retry: attempt timed out")
 )
 
-// Error is what the loop returns when it ends with no answer to forward.
-type Error struct {
-	// Attempts is how many attempts were made.
-	Attempts int
-	// Outcome is how the loop ended: the last attempt's, or Canceled when
-	// the client went away or retry.timeout passed between attempts.
-	Outcome Outcome
-	// Err is the last attempt's error, or why the loop ended.
-	Err error
-	// Report is what the loop learned: the last attempt's outcome and reason
-	// (which the breaker judges), whether the budget refused a retry.
-	Report Report
+// Turns says when an attempt could go at the earliest, without booking a
+// turn (pacing's estimate): a retry whose turn would come after the call's
+// deadline is not made.
+type Turns interface {
+	Next(f *call.Facts, earliest time.Time) time.Time
 }
 
-func (e *Error) Error() string {
-	return fmt.Sprintf("retry: %d attempt(s), last %s: %v", e.Attempts, e.Outcome, e.Err)
+// Observer is told what the loop does, for metrics and logs. Its methods
+// run outside every lock, and a panic in one never changes an answer.
+type Observer interface {
+	// Attempted: attempt n was sent (it reached the transport) and came to
+	// rep (Attempts 1, with its outcome, reason, result and duration).
+	Attempted(f *call.Facts, n int, rep call.Report)
+	// Retrying: the attempt that came to reason is repeated after wait.
+	Retrying(f *call.Facts, reason string, wait time.Duration)
+	// BudgetExhausted: the budget refused a wanted retry; rep's answer is
+	// handed on.
+	BudgetExhausted(f *call.Facts, rep call.Report)
 }
 
-func (e *Error) Unwrap() error { return e.Err }
-
-// Transport is the attempt loop. Its zero value is not usable: build it with
-// NewTransport.
-type Transport struct {
-	// Base sends each attempt.
-	Base http.RoundTripper
+// Options are the parts of a Loop fixed when it is built.
+type Options struct {
 	// Budget caps retries. Nil means no cap.
 	Budget *Budget
-	// Prepare, if set, readies each attempt's request (a clone, free to
-	// modify): it injects the token and returns the token it injected, or ""
-	// if none. An error ends the loop before anything is sent.
-	Prepare func(req *http.Request, f *Facts) (token string, err error)
-	// OnTokenInvalid, if set, is told of an injected token DingTalk rejected.
-	OnTokenInvalid func(token string)
-	// Pacer, if set, gives each attempt its turn under DingTalk's limits
-	// and is told how DingTalk answered it. Token endpoints are not paced.
-	Pacer Pacer
-	// OnAttempt, if set, is told of every attempt's outcome as a Report of
-	// that attempt alone (the fleet's failure count).
-	OnAttempt func(f *Facts, attempt Report)
-	// Gate, if set, says whether the call's route is still open to calls
-	// (its breaker, locally or for the fleet, and the IP ban): asked before
-	// each attempt, after its turn, and before deciding on a retry. A call
-	// whose route opened while it waited is not sent into the outage: the
-	// first attempt is answered with Gate's error; a retry is not made and
-	// the answer in hand is handed on.
-	Gate func(f *Facts) error
-	// Observe, if set, is told of every attempt's outcome once it is known:
-	// its number, reason, classification and duration.
-	Observe func(f *Facts, n int, reason string, r dingtalk.Result, d time.Duration)
-	// OnRetry, if set, is told of every retry about to be made: the reason
-	// of the attempt being repeated and the wait before the next one.
-	OnRetry func(f *Facts, reason string, wait time.Duration)
-	// OnBudgetExhausted, if set, is told of a retry the budget refused; the
-	// answer of the attempt it would have repeated is handed on.
-	OnBudgetExhausted func(f *Facts, rep Report)
+	// Gate, if set, is asked before a retry is decided: a call whose route
+	// closed meanwhile (breaker, IP ban, quota) is not retried, and the
+	// answer in hand is handed on.
+	Gate call.Gate
+	// Turns, if set, estimates when a retry's turn would come.
+	Turns Turns
+	// Observer, if set, is told of attempts, retries and refusals.
+	Observer Observer
 	// Logger gets one debug line per attempt and an info line per retry.
 	// Nil means no logs.
 	Logger *zap.Logger
+}
 
+// Loop is the attempt loop: the layer that runs a call's attempts through
+// the layers below it (pacing, the gates, the token, the send) and decides,
+// by the retry table (Retryable), whether another is safe and useful. Its
+// policy is swapped whole on reload (SetPolicy); its other parts are fixed.
+type Loop struct {
+	opts   Options
 	policy atomic.Pointer[Policy]
 }
 
-// Pacer gives attempts their turns on an API, and takes the feedback that
-// tunes them. Wait waits for a turn no earlier than earliest; an error means
-// there is none before deadline (zero: none) or ctx ended. Next estimates,
-// without booking, when a turn could come. Answered is told how DingTalk
-// answered each attempt (throttled, success, or anything else).
-type Pacer interface {
-	Wait(ctx context.Context, api string, earliest, deadline time.Time) error
-	Next(api string, earliest time.Time) time.Time
-	Answered(api string, r dingtalk.Result)
+// NewLoop returns an attempt loop under p.
+func NewLoop(p Policy, o Options) *Loop {
+	l := &Loop{opts: o}
+	l.SetPolicy(p)
+	return l
 }
 
-// NewTransport returns an attempt loop sending through base under p.
-func NewTransport(base http.RoundTripper, p Policy) *Transport {
-	t := &Transport{Base: base}
-	t.SetPolicy(p)
-	return t
-}
-
-// SetPolicy installs p for requests that start from now on.
-func (t *Transport) SetPolicy(p Policy) { t.policy.Store(&p) }
+// SetPolicy installs p for calls that start from now on.
+func (l *Loop) SetPolicy(p Policy) { l.policy.Store(&p) }
 
 // Policy returns the policy in force.
-func (t *Transport) Policy() Policy { return *t.policy.Load() }
+func (l *Loop) Policy() Policy { return *l.policy.Load() }
 
-// RoundTrip runs the attempt loop for req, as Do with the Facts on req's
-// context; without them, req is described by its path and method alone and
-// its body is sent once.
-func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	f := FactsFrom(req.Context())
-	if f == nil {
-		ep := dingtalk.Describe(req.URL.Path)
-		f = &Facts{
-			API:           ep.Route,
-			Route:         ep.Route,
-			Upstream:      ep.Upstream,
-			TokenEndpoint: ep.TokenEndpoint,
-			Idempotent:    req.Method == http.MethodGet || req.Method == http.MethodHead,
-			Replayable:    req.Body == nil || req.Body == http.NoBody,
-		}
-	}
-	resp, _, err := t.Do(req, f)
-	return resp, err
+// Budget is the loop's retry budget (nil: none).
+func (l *Loop) Budget() *Budget { return l.opts.Budget }
+
+// Layer is the loop as a layer over next, the path of one attempt.
+func (l *Loop) Layer(next call.Handler) call.Handler {
+	return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
+		return l.run(req, f, next)
+	})
 }
 
-// Do runs the attempt loop for req, which f describes, and returns the
-// answer to hand on with what the loop learned. With no answer, the error is
-// an *Error that carries the Report (or the client's context error).
-func (t *Transport) Do(req *http.Request, f *Facts) (*http.Response, Report, error) {
-	var rep Report
-	p := t.policy.Load()
+// run runs the attempt loop for req, which f describes, and returns the
+// answer to hand on with what the loop learned. With no answer, the error
+// is a *call.Error that carries the Report.
+func (l *Loop) run(req *http.Request, f *call.Facts, next call.Handler) (*http.Response, call.Report, error) {
+	var rep call.Report
+	p := l.policy.Load()
 	ctx, cancel := context.WithCancelCause(req.Context())
 	var deadline time.Time
 	var timer *time.Timer
@@ -162,128 +124,134 @@ func (t *Transport) Do(req *http.Request, f *Facts) (*http.Response, Report, err
 		stopTimer()
 		cancel(nil)
 	}
-	t.Budget.Request()
+	// Every attempt runs on the loop's context, which carries the deadline
+	// to the layers below (pacing).
+	areq := req.WithContext(call.WithDeadline(ctx, deadline))
+	budget := l.opts.Budget
+	budget.Request()
 	tokenRetried := false
-	charged := false       // this attempt is a retry the budget paid for
-	var earliest time.Time // of the next attempt
+	charged := false // this attempt is a retry the budget paid for
 	for n := 1; ; n++ {
-		if t.Pacer != nil && !f.TokenEndpoint {
-			if err := t.Pacer.Wait(ctx, f.API, earliest, deadline); err != nil {
-				// Whether the loop's context ended is asked before release
-				// ends it: asked after, every refusal looked like a client
-				// gone (and was answered 502 after 0 attempts).
-				ended := ctx.Err() != nil
-				release()
-				if ended {
-					return nil, rep, &Error{Attempts: n - 1, Outcome: Canceled, Err: cause(req, ctx), Report: rep}
-				}
-				rep.Outcome, rep.Reason = NotSent, ReasonPaced
-				return nil, rep, &Error{Attempts: n - 1, Outcome: NotSent, Err: err, Report: rep}
+		resp, one, err := next.Do(areq, f)
+		if one.Attempts == 0 {
+			// A layer below refused the attempt (no turn before the deadline,
+			// the route closed, no token): nothing was sent, nor would be.
+			ended := ctx.Err() != nil
+			release()
+			if ended {
+				return call.Ended(rep, call.Canceled, cause(req, ctx))
 			}
-		}
-		if t.Gate != nil {
-			if err := t.Gate(f); err != nil {
-				release()
-				rep.Outcome, rep.Reason = NotSent, ReasonClosed
-				return nil, rep, &Error{Attempts: n - 1, Outcome: NotSent, Err: err, Report: rep}
-			}
+			rep.Outcome, rep.Reason, rep.Result = one.Outcome, one.Reason, one.Result
+			return call.Fail(rep, unwrap(err))
 		}
 		rep.Attempts = n
-		a := t.attempt(ctx, req, f, n, p)
-		rep.Outcome, rep.Reason, rep.Result = a.outcome, a.reason, a.result
-		if t.OnAttempt != nil {
-			one := Report{Attempts: n, Outcome: a.outcome, Reason: a.reason, Result: a.result}
-			Bookkeep(t.Logger, "attempt", func() { t.OnAttempt(f, one) })
-		}
-		if charged && (a.outcome == Success || a.outcome == Business) {
-			t.Budget.Refund() // the retry was not wasted
+		rep.Outcome, rep.Reason, rep.Result, rep.Took = one.Outcome, one.Reason, one.Result, one.Took
+		l.observe(f, n, req.Method, resp, one, err)
+		if charged && (one.Outcome == call.Success || one.Outcome == call.Business) {
+			budget.Refund() // the retry was not wasted
 		}
 		charged = false
 
-		// A Prepare error ends the loop: nothing was sent, and nothing would be.
-		retry := !a.unprepared && Retryable(a.outcome, f.Idempotent) && f.Replayable && n < p.maxAttempts()
-		if a.outcome == TokenInvalid {
-			retry = retry && a.token != "" && !tokenRetried
+		retry := Retryable(one.Outcome, f.Idempotent) && f.Replayable && n < p.maxAttempts()
+		if one.Outcome == call.TokenInvalid {
+			// Once, and only for a token of the proxy's own: a client's own
+			// token DingTalk rejected is the client's answer.
+			retry = retry && f.Inject != 0 && !tokenRetried
 		}
 		var wait time.Duration
 		if retry {
 			now := time.Now()
 			var ra time.Duration
-			if a.resp != nil {
-				ra = RetryAfter(a.resp.Header, now)
+			if resp != nil {
+				ra = RetryAfter(resp.Header, now)
 			}
-			wait = p.wait(a.outcome, n, a.result.PenaltyEnd, ra, now)
+			wait = p.wait(one.Outcome, n, ra)
 			// A wait ending at the deadline leaves no time for the attempt.
 			if !deadline.IsZero() && !now.Add(wait).Before(deadline) {
 				retry = false
 			}
 		}
-		if retry && a.outcome != TokenInvalid {
-			if charged = t.Budget.Retry(); !charged {
+		if retry && one.Outcome != call.TokenInvalid {
+			if charged = budget.Retry(); !charged {
 				retry, rep.BudgetExhausted = false, true
-				if t.OnBudgetExhausted != nil {
-					Bookkeep(t.Logger, "budget", func() { t.OnBudgetExhausted(f, rep) })
+				if o := l.opts.Observer; o != nil {
+					call.Bookkeep(l.opts.Logger, "budget", func() { o.BudgetExhausted(f, rep) })
 				}
 			}
 		}
-		if retry && t.Gate != nil && t.Gate(f) != nil {
-			retry = false // the route opened meanwhile: this answer is the last
+		if retry && l.opts.Gate != nil && l.opts.Gate.Closed(f) != nil {
+			retry = false // the route closed meanwhile: this answer is the last
 		}
-		if retry && t.Pacer != nil && !f.TokenEndpoint && !deadline.IsZero() {
-			if at := t.Pacer.Next(f.API, time.Now().Add(wait)); at.After(deadline) {
+		if retry && l.opts.Turns != nil && !deadline.IsZero() {
+			if at := l.opts.Turns.Next(f, time.Now().Add(wait)); !at.Before(deadline) {
 				retry = false // no turn before the deadline: this answer is the last
 			}
 		}
 		if !retry {
-			if testHookBeforeForward != nil && a.resp != nil {
+			if testHookBeforeForward != nil && resp != nil {
 				testHookBeforeForward()
 			}
-			if a.resp != nil && !state.CompareAndSwap(loopRunning, loopForwarding) && !wholeBody(a.resp) {
+			if resp != nil && !state.CompareAndSwap(loopRunning, loopForwarding) && !wholeBody(resp) {
 				// retry.timeout ended the loop as this answer came: the
 				// rest of its body can no longer be read. Say so, rather
 				// than hand on an answer that breaks off mid-stream.
-				a.resp.Body.Close()
-				a.resp, a.outcome, a.reason, a.err = nil, Canceled, ReasonTimeout, ErrTimeout
-				rep.Outcome, rep.Reason = a.outcome, a.reason
+				resp.Body.Close()
+				resp, err = nil, ErrTimeout
+				rep.Outcome, rep.Reason = call.Canceled, call.ReasonTimeout
 			}
-			if a.resp != nil {
+			if resp != nil {
 				stopTimer()
-				a.resp.Body = &finalBody{ReadCloser: a.resp.Body, done: func() { a.cancel(nil); release() }}
-				return a.resp, rep, nil
+				forward(resp, release)
+				return resp, rep, nil
 			}
-			a.cancel(nil)
 			release()
-			if a.outcome == Canceled && context.Cause(ctx) == ErrTimeout {
-				a.err = ErrTimeout
+			err = unwrap(err)
+			if rep.Outcome == call.Canceled && context.Cause(ctx) == ErrTimeout {
+				err = ErrTimeout
 			}
-			return nil, rep, &Error{Attempts: n, Outcome: a.outcome, Err: a.err, Report: rep}
+			return call.Fail(rep, err)
 		}
-		Bookkeep(t.Logger, "retry", func() {
-			if t.OnRetry != nil {
-				t.OnRetry(f, a.reason, wait)
-			}
-			if t.Logger != nil {
-				if ce := t.Logger.Check(zapcore.InfoLevel, "retrying"); ce != nil {
-					ce.Write(append(attemptFields(f, n, req.Method, a), zap.Duration("wait", wait))...)
-				}
-			}
-		})
-		if a.outcome == TokenInvalid {
+		l.retrying(f, n, req.Method, one, wait)
+		if one.Outcome == call.TokenInvalid {
 			tokenRetried = true
-			if t.OnTokenInvalid != nil {
-				t.OnTokenInvalid(a.token)
-			}
 		}
-		if a.resp != nil {
-			a.resp.Body.Close()
+		if resp != nil {
+			resp.Body.Close()
 		}
-		a.cancel(nil)
-		earliest = time.Now().Add(wait)
-		if err := sleepUntil(ctx, earliest); err != nil {
+		if err := sleepUntil(ctx, time.Now().Add(wait)); err != nil {
 			release()
-			return nil, rep, &Error{Attempts: n, Outcome: Canceled, Err: cause(req, ctx), Report: rep}
+			return call.Ended(rep, call.Canceled, cause(req, ctx))
 		}
 	}
+}
+
+// observe tells the observer and the debug log of attempt n. Whatever goes
+// wrong in it, the answer stands.
+func (l *Loop) observe(f *call.Facts, n int, method string, resp *http.Response, one call.Report, err error) {
+	call.Bookkeep(l.opts.Logger, "attempt", func() {
+		if o := l.opts.Observer; o != nil {
+			o.Attempted(f, n, one)
+		}
+		if l.opts.Logger != nil {
+			if ce := l.opts.Logger.Check(zapcore.DebugLevel, "attempt"); ce != nil {
+				ce.Write(append(attemptFields(f, n, method, resp, one, err), zap.Duration("duration", one.Took))...)
+			}
+		}
+	})
+}
+
+// retrying tells the observer and the log of a retry about to be made.
+func (l *Loop) retrying(f *call.Facts, n int, method string, one call.Report, wait time.Duration) {
+	call.Bookkeep(l.opts.Logger, "retry", func() {
+		if o := l.opts.Observer; o != nil {
+			o.Retrying(f, one.Reason, wait)
+		}
+		if l.opts.Logger != nil {
+			if ce := l.opts.Logger.Check(zapcore.InfoLevel, "retrying"); ce != nil {
+				ce.Write(append(attemptFields(f, n, method, nil, one, nil), zap.Duration("wait", wait))...)
+			}
+		}
+	})
 }
 
 // States of the loop, as retry.timeout and a forwarded answer see it.
@@ -300,10 +268,24 @@ var testHookBeforeForward func()
 // wholeBody reports whether resp's body is already all in memory, so
 // that handing it on needs no more reading from DingTalk.
 func wholeBody(resp *http.Response) bool {
-	if pb, ok := resp.Body.(*prefixBody); ok {
+	b := resp.Body
+	if ab, ok := b.(*attemptBody); ok {
+		b = ab.ReadCloser
+	}
+	if pb, ok := b.(*prefixBody); ok {
 		return pb.Reader == io.Reader(&pb.prefix)
 	}
 	return resp.ContentLength == 0
+}
+
+// forward makes closing resp's body also run release, which ends the loop's
+// context: no timer of the loop cuts a body still being read.
+func forward(resp *http.Response, release func()) {
+	if ab, ok := resp.Body.(*attemptBody); ok {
+		ab.then = release
+		return
+	}
+	resp.Body = &attemptBody{ReadCloser: resp.Body, then: release}
 }
 
 // sleepUntil waits until t or until ctx ends, whichever is first.
@@ -322,6 +304,14 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	}
 }
 
+// unwrap is the cause a layer below gave for an attempt with no answer.
+func unwrap(err error) error {
+	if ce, ok := err.(*call.Error); ok {
+		return ce.Err
+	}
+	return err
+}
+
 // cause is why the loop's context ended: the client's own error if it went
 // away, else ErrTimeout.
 func cause(req *http.Request, ctx context.Context) error {
@@ -331,18 +321,24 @@ func cause(req *http.Request, ctx context.Context) error {
 	return context.Cause(ctx)
 }
 
-// finalBody releases the attempt's context and timers when the client's copy
-// of the answer is done, so no timer of the loop cuts a body still being read.
-type finalBody struct {
+// attemptBody is an attempt's answer body: closing it ends the attempt's
+// context, then (for the answer the loop hands on) the loop's.
+type attemptBody struct {
 	io.ReadCloser
-	once sync.Once
-	done func()
+	once   sync.Once
+	cancel context.CancelCauseFunc
+	then   func()
 }
 
-func (b *finalBody) Close() error {
+func (b *attemptBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.once.Do(b.done)
+	b.once.Do(func() {
+		if b.cancel != nil {
+			b.cancel(nil)
+		}
+		if b.then != nil {
+			b.then()
+		}
+	})
 	return err
 }
-
-var _ http.RoundTripper = (*Transport)(nil)

@@ -14,7 +14,9 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
@@ -183,18 +185,24 @@ func ok(req *http.Request) (*http.Response, error) {
 // basePolicy is a policy with small, deterministic-enough waits.
 func basePolicy() retry.Policy {
 	return retry.Policy{
-		MaxAttempts:     3,
-		BackoffBase:     100 * time.Millisecond,
-		BackoffMax:      time.Second,
-		ThrottlePenalty: time.Second,
+		MaxAttempts: 3,
+		BackoffBase: 100 * time.Millisecond,
+		BackoffMax:  time.Second,
 	}
 }
+
+// penalty is DingTalk's block after a throttle answer, which a retry waits
+// out in pacing (dingtalk.Penalty).
+const penalty = dingtalk.ThrottlePenalty * time.Second
+
+// fastPacer paces at rates no test reaches: only penalties hold calls.
+func fastPacer() *pacing.Pacer { return pacing.New(pacing.Settings{PerAPIQPS: 1e6, GlobalQPS: 1e6}) }
 
 // testCall is a request's facts and, once do has run it, the loop's
 // report of it.
 type testCall struct {
-	retry.Facts
-	retry.Report
+	call.Facts
+	call.Report
 }
 
 type testCallKey struct{}
@@ -204,7 +212,7 @@ type testCallKey struct{}
 func newRequest(t *testing.T, ctx context.Context, method string, c *testCall, body io.Reader) *http.Request {
 	t.Helper()
 	if c != nil {
-		ctx = context.WithValue(retry.WithFacts(ctx, &c.Facts), testCallKey{}, c)
+		ctx = context.WithValue(call.WithFacts(ctx, &c.Facts), testCallKey{}, c)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "https://oapi.dingtalk.com/topapi/v2/user/get", body)
 	if err != nil {
@@ -214,20 +222,115 @@ func newRequest(t *testing.T, ctx context.Context, method string, c *testCall, b
 }
 
 func newCall(idempotent bool) *testCall {
-	return &testCall{Facts: retry.Facts{API: "/topapi/v2/user/get", Route: "/topapi/v2/user/get", Upstream: dingtalk.OAPI, Idempotent: idempotent, Replayable: true}}
+	return &testCall{Facts: call.Facts{API: "/topapi/v2/user/get", Route: "/topapi/v2/user/get", Upstream: dingtalk.OAPI, Idempotent: idempotent, Replayable: true}}
 }
 
-// do runs req through tr's loop (as RoundTrip does, with the request's
-// facts) and keeps the loop's report in the request's testCall, if any.
-func do(tr *retry.Transport, req *http.Request) (*http.Response, error) {
+// do runs req through tr's loop with the request's facts (or, without a
+// testCall, the facts of a bodiless read) and keeps the loop's report in
+// the request's testCall, if any.
+func do(tr *transport, req *http.Request) (*http.Response, error) {
 	tc, _ := req.Context().Value(testCallKey{}).(*testCall)
 	if tc == nil {
-		return tr.RoundTrip(req)
+		f := &call.Facts{API: req.URL.Path, Route: req.URL.Path,
+			Idempotent: req.Method == http.MethodGet || req.Method == http.MethodHead,
+			Replayable: req.Body == nil || req.Body == http.NoBody}
+		resp, _, err := tr.path().Do(req, f)
+		return resp, err
 	}
-	resp, rep, err := tr.Do(req, &tc.Facts)
+	resp, rep, err := tr.path().Do(req, &tc.Facts)
 	tc.Report = rep
 	return resp, err
 }
+
+// transport is the attempt loop as the proxy runs it, over a fake upstream:
+// the loop layer over a stand-in for the token layer (Prepare), over the
+// send. Its fields are set before its first call.
+type transport struct {
+	rt     http.RoundTripper
+	policy retry.Policy
+	// Budget caps retries (nil: none).
+	Budget *retry.Budget
+	// Gate, if set, is the loop's gate and is asked before each attempt.
+	Gate func(*call.Facts) error
+	// Prepare, if set, readies each attempt (a clone of the request): it
+	// puts a token in and returns it, or fails, and nothing is sent.
+	Prepare func(req *http.Request, f *call.Facts) (token string, err error)
+	// OnTokenInvalid is told of a prepared token DingTalk rejected.
+	OnTokenInvalid func(tok string)
+	// Observe, if set, is told of every attempt sent.
+	Observe func(f *call.Facts, n int, reason string, r dingtalk.Result, d time.Duration)
+	// Pacer, if set, paces the attempts (below the loop, as in the proxy):
+	// a throttled API waits out DingTalk's penalty there.
+	Pacer *pacing.Pacer
+
+	once sync.Once
+	loop *retry.Loop
+	h    call.Handler
+}
+
+func newTestTransport(rt http.RoundTripper) *transport { return newTransport(rt, basePolicy()) }
+
+func newTransport(rt http.RoundTripper, p retry.Policy) *transport {
+	return &transport{rt: rt, policy: p}
+}
+
+func (tr *transport) SetPolicy(p retry.Policy) { tr.policy = p }
+func (tr *transport) Policy() retry.Policy     { return tr.policy }
+
+// path builds the chain on first use.
+func (tr *transport) path() call.Handler {
+	tr.once.Do(func() {
+		o := retry.Options{Budget: tr.Budget, Observer: testObserver{tr}}
+		var layers []call.Layer
+		if tr.Pacer != nil {
+			pace := pacing.NewLayer(tr.Pacer, nil, nil)
+			o.Turns = pace
+			layers = append(layers, pace.Wrap)
+		}
+		if tr.Gate != nil {
+			g := gateFunc(tr.Gate)
+			o.Gate = g
+			layers = append(layers, call.Recheck(g))
+		}
+		tr.loop = retry.NewLoop(tr.policy, o)
+		if tr.Prepare != nil {
+			layers = append(layers, tr.prepare)
+		}
+		tr.h = call.Chain(append([]call.Layer{tr.loop.Layer}, layers...)...)(tr.loop.Send(tr.rt))
+	})
+	return tr.h
+}
+
+// prepare is the stand-in for the token layer.
+func (tr *transport) prepare(next call.Handler) call.Handler {
+	return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
+		areq := req.Clone(req.Context())
+		tok, err := tr.Prepare(areq, f)
+		if err != nil {
+			return call.Fail(call.Refused(call.ReasonTokenUnavailable), err)
+		}
+		resp, rep, err := next.Do(areq, f)
+		if rep.Outcome == call.TokenInvalid && tok != "" && tr.OnTokenInvalid != nil {
+			tr.OnTokenInvalid(tok)
+		}
+		return resp, rep, err
+	})
+}
+
+type gateFunc func(*call.Facts) error
+
+func (g gateFunc) Closed(f *call.Facts) error { return g(f) }
+
+// testObserver hands attempts to the transport's Observe.
+type testObserver struct{ tr *transport }
+
+func (o testObserver) Attempted(f *call.Facts, n int, rep call.Report) {
+	if o.tr.Observe != nil {
+		o.tr.Observe(f, n, rep.Reason, rep.Result, rep.Took)
+	}
+}
+func (testObserver) Retrying(*call.Facts, string, time.Duration) {}
+func (testObserver) BudgetExhausted(*call.Facts, call.Report)    {}
 
 // readAll reads and closes resp's body, failing the test on a read error.
 func readAll(t *testing.T, resp *http.Response) string {
@@ -242,7 +345,7 @@ func readAll(t *testing.T, resp *http.Response) string {
 	return string(b)
 }
 
-// observed is one Observe call.
+// observed is one Observe tc.
 type observed struct {
 	Attempt int
 	Reason  string
@@ -250,10 +353,10 @@ type observed struct {
 }
 
 // observe installs an Observe hook on tr and returns what it saw.
-func observe(tr *retry.Transport) *[]observed {
+func observe(tr *transport) *[]observed {
 	var mu sync.Mutex
 	var got []observed
-	tr.Observe = func(_ *retry.Facts, n int, reason string, _ dingtalk.Result, d time.Duration) {
+	tr.Observe = func(_ *call.Facts, n int, reason string, _ dingtalk.Result, d time.Duration) {
 		mu.Lock()
 		got = append(got, observed{n, reason, d})
 		mu.Unlock()
@@ -269,16 +372,12 @@ func reasons(obs []observed) []string {
 	return r
 }
 
-// asRetryError returns err as a *retry.Error, failing the test if it is not.
-func asRetryError(t *testing.T, err error) *retry.Error {
+// asRetryError returns err as a *call.Error, failing the test if it is not.
+func asRetryError(t *testing.T, err error) *call.Error {
 	t.Helper()
-	var re *retry.Error
+	var re *call.Error
 	if !errors.As(err, &re) {
-		t.Fatalf("err = %v (%T), want a *retry.Error", err, err)
+		t.Fatalf("err = %v (%T), want a *call.Error", err, err)
 	}
 	return re
-}
-
-func newTestTransport(rt http.RoundTripper) *retry.Transport {
-	return retry.NewTransport(rt, basePolicy())
 }

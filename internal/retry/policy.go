@@ -3,75 +3,17 @@ package retry
 import (
 	"time"
 
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/call"
 )
 
-// Outcome is what one attempt came to.
-type Outcome uint8
-
-const (
-	// Success and the next five mirror dingtalk.Class: DingTalk answered.
-	Success Outcome = iota
-	Business
-	Throttled
-	TokenInvalid
-	ServerError
-	IPBan
-	// NotSent: no byte of the request left (dial, TLS, refused).
-	NotSent
-	// AfterSend: the connection broke or the attempt timed out after the
-	// request was (possibly) sent: it may have executed.
-	AfterSend
-	// Canceled: the client went away or the request's time ran out.
-	Canceled
-)
-
-var outcomeNames = [...]string{"success", "business_error", "throttled", "token_invalid", "server_error", "ip_ban", "not_sent", "after_send", "canceled"}
-
-func (o Outcome) String() string {
-	if int(o) < len(outcomeNames) {
-		return outcomeNames[o]
-	}
-	return "unknown"
-}
-
-func fromClass(c dingtalk.Class) Outcome {
-	switch c {
-	case dingtalk.Success:
-		return Success
-	case dingtalk.Throttled:
-		return Throttled
-	case dingtalk.TokenInvalid:
-		return TokenInvalid
-	case dingtalk.ServerError:
-		return ServerError
-	case dingtalk.IPBan:
-		return IPBan
-	}
-	return Business
-}
-
-// Reasons the loop gives for attempts that got no answer; answered attempts
-// take dingtalk.Result.Reason. Together they are a fixed vocabulary, fit for
-// a metric label.
-const (
-	ReasonDialError        = "dial_error"        // nothing was sent
-	ReasonReset            = "reset"             // the connection broke after sending
-	ReasonTimeout          = "timeout"           // per-try or overall timeout
-	ReasonCanceled         = "canceled"          // the client went away
-	ReasonTokenUnavailable = "token_unavailable" // Prepare could not get a token
-	ReasonPaced            = "paced"             // Pace found no turn before the deadline
-	ReasonClosed           = "closed"            // Gate: the route opened (breaker, IP ban) before the attempt
-)
-
-// Retryable is SPEC's retry table: whether an attempt that came to o may be
-// repeated, for an idempotent request or not. TokenInvalid is retryable once,
-// with a fresh token; the loop enforces the once.
-func Retryable(o Outcome, idempotent bool) bool {
+// Retryable is the retry table (README, "Retry"): whether an attempt that
+// came to o may be repeated, for an idempotent request or not. TokenInvalid
+// is retryable once, with a fresh token; the loop enforces the once.
+func Retryable(o call.Outcome, idempotent bool) bool {
 	switch o {
-	case NotSent, Throttled, TokenInvalid:
+	case call.NotSent, call.Throttled, call.TokenInvalid:
 		return true // nothing was executed
-	case AfterSend, ServerError:
+	case call.AfterSend, call.ServerError:
 		return idempotent // it may have executed
 	}
 	return false // success, business errors, the IP ban, cancellation
@@ -91,9 +33,9 @@ type Policy struct {
 	// It does not bound reading the final answer's body.
 	Timeout time.Duration
 	// BackoffBase and BackoffMax bound the full-jitter exponential backoff.
+	// A throttled attempt's retry also waits for its turn, after DingTalk's
+	// penalty: pacing keeps it.
 	BackoffBase, BackoffMax time.Duration
-	// ThrottlePenalty is the least wait after a throttle answer (DingTalk: 1 s).
-	ThrottlePenalty time.Duration
 	// InspectBytes is how much of an answer's (decoded) body is read to find
 	// its errcode. Zero means 64 KiB.
 	InspectBytes int

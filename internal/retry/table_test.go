@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/retry"
@@ -98,16 +99,15 @@ func TestSpecRetryTable(t *testing.T) {
 				if r.name == "timeout after sending" {
 					perTry = 2 * time.Second // long enough to reach the fake through a VM pause under -race
 				}
-				tr := retry.NewTransport(base, retry.Policy{
-					MaxAttempts:     max,
-					PerTryTimeout:   perTry,
-					Timeout:         30 * time.Second,
-					BackoffBase:     time.Millisecond,
-					BackoffMax:      2 * time.Millisecond,
-					ThrottlePenalty: time.Millisecond,
+				tr := newTransport(base, retry.Policy{
+					MaxAttempts:   max,
+					PerTryTimeout: perTry,
+					Timeout:       30 * time.Second,
+					BackoffBase:   time.Millisecond,
+					BackoffMax:    2 * time.Millisecond,
 				})
 				var rejected []string
-				tr.Prepare = func(req *http.Request, f *retry.Facts) (string, error) {
+				tr.Prepare = func(req *http.Request, f *call.Facts) (string, error) {
 					if f.Upstream == dingtalk.API {
 						req.Header.Set(dingtalk.HeaderAccessToken, tok)
 					} else {
@@ -124,15 +124,19 @@ func TestSpecRetryTable(t *testing.T) {
 					fake.Script(r.path, script...)
 				}
 				body := []byte(`{"userid":"u1","msg":"hello"}`)
-				call := &testCall{Facts: retry.Facts{API: r.path, Route: r.path, Upstream: dingtalk.UpstreamFor(r.path), Idempotent: idem, Body: body, Replayable: true}}
-				req, _ := http.NewRequestWithContext(context.WithValue(retry.WithFacts(context.Background(), &call.Facts), testCallKey{}, call), http.MethodPost, target+r.path, bytes.NewReader(body))
+				inject := dingtalk.PlaceQuery
+				if dingtalk.UpstreamFor(r.path) == dingtalk.API {
+					inject = dingtalk.PlaceHeader
+				}
+				tc := &testCall{Facts: call.Facts{API: r.path, Route: r.path, Upstream: dingtalk.UpstreamFor(r.path), Idempotent: idem, Body: body, Replayable: true, Inject: inject}}
+				req, _ := http.NewRequestWithContext(context.WithValue(call.WithFacts(context.Background(), &tc.Facts), testCallKey{}, tc), http.MethodPost, target+r.path, bytes.NewReader(body))
 				resp, err := do(tr, req)
 				if err == nil {
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 				}
-				if call.Attempts != want {
-					t.Errorf("attempts = %d, want %d (last outcome %s, err %v)", call.Attempts, want, call.Outcome, err)
+				if tc.Attempts != want {
+					t.Errorf("attempts = %d, want %d (last outcome %s, err %v)", tc.Attempts, want, tc.Outcome, err)
 				}
 				if !r.dead {
 					if got := fake.Hits(r.path); got != want {
@@ -140,8 +144,8 @@ func TestSpecRetryTable(t *testing.T) {
 					}
 				}
 				wantRejected := 0
-				if want == 2 && r.idempotent == 2 {
-					wantRejected = 1
+				if r.idempotent == 2 { // a token row: each attempt's token was rejected
+					wantRejected = want
 				}
 				if len(rejected) != wantRejected {
 					t.Errorf("OnTokenInvalid called %d times, want %d", len(rejected), wantRejected)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
@@ -39,15 +40,15 @@ func TestPerTryTimeout(t *testing.T) {
 		first        func(*http.Request) (*http.Response, error)
 		later        func(*http.Request) (*http.Response, error)
 		wantAttempts int
-		wantOutcome  retry.Outcome // of the loop's end; an error when not Success
+		wantOutcome  call.Outcome // of the loop's end; an error when not Success
 		wantReasons  []string
 	}{
-		{"idempotent, no answer", true, stallHeaders, ok, 2, retry.Success, []string{"timeout", "success"}},
-		{"idempotent, body stalls", true, stallBody, ok, 2, retry.Success, []string{"timeout", "success"}},
-		{"non-idempotent, no answer", false, stallHeaders, ok, 1, retry.AfterSend, []string{"timeout"}},
-		{"non-idempotent, body stalls", false, stallBody, ok, 1, retry.AfterSend, []string{"timeout"}},
-		{"non-idempotent, dial stalls", false, stallDial, ok, 2, retry.Success, []string{"timeout", "success"}},
-		{"non-idempotent, dial always stalls", false, stallDial, stallDial, 3, retry.NotSent, []string{"timeout", "timeout", "timeout"}},
+		{"idempotent, no answer", true, stallHeaders, ok, 2, call.Success, []string{"timeout", "success"}},
+		{"idempotent, body stalls", true, stallBody, ok, 2, call.Success, []string{"timeout", "success"}},
+		{"non-idempotent, no answer", false, stallHeaders, ok, 1, call.AfterSend, []string{"timeout"}},
+		{"non-idempotent, body stalls", false, stallBody, ok, 1, call.AfterSend, []string{"timeout"}},
+		{"non-idempotent, dial stalls", false, stallDial, ok, 2, call.Success, []string{"timeout", "success"}},
+		{"non-idempotent, dial always stalls", false, stallDial, stallDial, 3, call.NotSent, []string{"timeout", "timeout", "timeout"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,7 +59,7 @@ func TestPerTryTimeout(t *testing.T) {
 				var bodies []*fakeBody
 				p := basePolicy()
 				p.PerTryTimeout = perTry
-				tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+				tr := newTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
 					h := tt.later
 					if n == 1 {
 						h = tt.first
@@ -73,12 +74,12 @@ func TestPerTryTimeout(t *testing.T) {
 					return resp, err
 				}), p)
 				obs := observe(tr)
-				call := newCall(tt.idempotent)
+				tc := newCall(tt.idempotent)
 				start := time.Now()
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, tc, nil))
 				elapsed := time.Since(start)
 
-				if tt.wantOutcome == retry.Success {
+				if tt.wantOutcome == call.Success {
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)
 					}
@@ -87,8 +88,8 @@ func TestPerTryTimeout(t *testing.T) {
 					}
 				} else {
 					re := asRetryError(t, err)
-					if re.Outcome != tt.wantOutcome || re.Attempts != tt.wantAttempts {
-						t.Errorf("error: outcome %s after %d attempts, want %s after %d", re.Outcome, re.Attempts, tt.wantOutcome, tt.wantAttempts)
+					if re.Outcome != tt.wantOutcome || re.Report.Attempts != tt.wantAttempts {
+						t.Errorf("error: outcome %s after %d attempts, want %s after %d", re.Outcome, re.Report.Attempts, tt.wantOutcome, tt.wantAttempts)
 					}
 					if !errors.Is(err, retry.ErrAttemptTimeout) {
 						t.Errorf("err = %v, want it to wrap ErrAttemptTimeout", err)
@@ -98,11 +99,11 @@ func TestPerTryTimeout(t *testing.T) {
 						t.Errorf("RoundTrip took %v, want about %v", elapsed, want)
 					}
 				}
-				if call.Attempts != tt.wantAttempts || up.hits() != tt.wantAttempts {
-					t.Errorf("Attempts = %d, upstream saw %d, want %d", call.Attempts, up.hits(), tt.wantAttempts)
+				if tc.Attempts != tt.wantAttempts || up.hits() != tt.wantAttempts {
+					t.Errorf("Attempts = %d, upstream saw %d, want %d", tc.Attempts, up.hits(), tt.wantAttempts)
 				}
-				if call.Outcome != tt.wantOutcome {
-					t.Errorf("Outcome = %s, want %s", call.Outcome, tt.wantOutcome)
+				if tc.Outcome != tt.wantOutcome {
+					t.Errorf("Outcome = %s, want %s", tc.Outcome, tt.wantOutcome)
 				}
 				if diff := cmp.Diff(tt.wantReasons, reasons(*obs)); diff != "" {
 					t.Errorf("observed reasons (-want +got):\n%s", diff)
@@ -188,7 +189,7 @@ func TestFinalBodyOutlivesTimeouts(t *testing.T) {
 				p.PerTryTimeout = time.Second
 				p.Timeout = 3 * time.Second
 				p.InspectBytes = 32
-				tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+				tr := newTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
 					wroteHeaders(req)
 					last = req
 					return tt.answer(n, req), nil
@@ -257,22 +258,21 @@ func TestTimeout(t *testing.T) {
 		name         string
 		timeout      time.Duration
 		perTry       time.Duration
-		penalty      time.Duration
 		idempotent   bool
 		h            handler
 		wantAttempts int
 		wantStatus   int // 0: an error wrapping ErrTimeout
 		wantElapsed  time.Duration
 	}{
-		// Throttle penalty 5 s, deadline 2 s: the answer, at once.
-		{"penalty past the deadline", 2 * time.Second, 0, 5 * time.Second, false, throttle, 1, 429, 0},
-		{"Retry-After past the deadline", 2 * time.Second, 0, time.Second, true, busyRetryAfter, 1, 503, 0},
-		// 1 s waits: attempts at 0, 1 and 2 s; a third wait would end at 3 s.
-		{"waits that fit are made", 2500 * time.Millisecond, 0, time.Second, false, throttle, 3, 429, 2 * time.Second},
-		// A wait ending exactly at the deadline leaves no time for an attempt.
-		{"wait ending at the deadline", 2 * time.Second, 0, time.Second, false, throttle, 2, 429, time.Second},
-		{"hang past the timeout", 2 * time.Second, 0, time.Second, true, sentHang, 1, 0, 2 * time.Second},
-		{"per-try timeouts then the timeout", 2500 * time.Millisecond, time.Second, time.Second, true, sentHang, 3, 0, 2500 * time.Millisecond},
+		// Throttle penalty 1 s, deadline 0.5 s: the answer, at once.
+		{"penalty past the deadline", 500 * time.Millisecond, 0, false, throttle, 1, 429, 0},
+		{"Retry-After past the deadline", 2 * time.Second, 0, true, busyRetryAfter, 1, 503, 0},
+		// 1 s penalties: attempts at 0, 1 and 2 s; a third would go at 3 s.
+		{"waits that fit are made", 2500 * time.Millisecond, 0, false, throttle, 3, 429, 2 * time.Second},
+		// A turn exactly at the deadline leaves no time for an attempt.
+		{"wait ending at the deadline", 2 * time.Second, 0, false, throttle, 2, 429, time.Second},
+		{"hang past the timeout", 2 * time.Second, 0, true, sentHang, 1, 0, 2 * time.Second},
+		{"per-try timeouts then the timeout", 2500 * time.Millisecond, time.Second, true, sentHang, 3, 0, 2500 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -282,28 +282,28 @@ func TestTimeout(t *testing.T) {
 				p := basePolicy()
 				p.MaxAttempts = 10
 				p.BackoffBase, p.BackoffMax = 0, 0 // waits are exactly the penalty or Retry-After
-				p.ThrottlePenalty = tt.penalty
 				p.Timeout = tt.timeout
 				p.PerTryTimeout = tt.perTry
-				tr := retry.NewTransport(up.rt(tt.h), p)
-				call := newCall(tt.idempotent)
+				tr := newTransport(up.rt(tt.h), p)
+				tr.Pacer = fastPacer()
+				tc := newCall(tt.idempotent)
 				start := time.Now()
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, tc, nil))
 				if elapsed := time.Since(start); elapsed != tt.wantElapsed {
 					t.Errorf("RoundTrip returned after %v, want %v", elapsed, tt.wantElapsed)
 				}
-				if call.Attempts != tt.wantAttempts || up.hits() != tt.wantAttempts {
-					t.Errorf("Attempts = %d, upstream saw %d, want %d", call.Attempts, up.hits(), tt.wantAttempts)
+				if tc.Attempts != tt.wantAttempts || up.hits() != tt.wantAttempts {
+					t.Errorf("Attempts = %d, upstream saw %d, want %d", tc.Attempts, up.hits(), tt.wantAttempts)
 				}
 				if tt.wantStatus == 0 {
 					if !errors.Is(err, retry.ErrTimeout) {
 						t.Fatalf("err = %v, want it to wrap ErrTimeout", err)
 					}
-					if re := asRetryError(t, err); re.Outcome != retry.Canceled || re.Attempts != tt.wantAttempts {
-						t.Errorf("error: outcome %s after %d attempts, want canceled after %d", re.Outcome, re.Attempts, tt.wantAttempts)
+					if re := asRetryError(t, err); re.Outcome != call.Canceled || re.Report.Attempts != tt.wantAttempts {
+						t.Errorf("error: outcome %s after %d attempts, want canceled after %d", re.Outcome, re.Report.Attempts, tt.wantAttempts)
 					}
-					if call.Reason != "timeout" {
-						t.Errorf("Reason = %q, want timeout", call.Reason)
+					if tc.Reason != "timeout" {
+						t.Errorf("Reason = %q, want timeout", tc.Reason)
 					}
 					return
 				}
@@ -345,32 +345,32 @@ func TestClientGoesAway(t *testing.T) {
 				var up upstream
 				var bodies []*fakeBody
 				p := basePolicy()
-				p.ThrottlePenalty = 5 * time.Second
 				p.Timeout = time.Minute
-				tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+				tr := newTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
 					resp, err := tt.h(n, req)
 					if resp != nil {
 						bodies = append(bodies, resp.Body.(*fakeBody))
 					}
 					return resp, err
 				}), p)
+				tr.Pacer = fastPacer() // a throttle's retry waits out the 1 s penalty there
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
-				time.AfterFunc(2*time.Second, cancel)
-				call := newCall(true)
+				time.AfterFunc(500*time.Millisecond, cancel)
+				tc := newCall(true)
 				start := time.Now()
-				_, err := do(tr, newRequest(t, ctx, http.MethodGet, call, nil))
-				if elapsed := time.Since(start); elapsed != 2*time.Second {
-					t.Errorf("RoundTrip returned %v after start, want at once when the client left (2s)", elapsed)
+				_, err := do(tr, newRequest(t, ctx, http.MethodGet, tc, nil))
+				if elapsed := time.Since(start); elapsed != 500*time.Millisecond {
+					t.Errorf("RoundTrip returned %v after start, want at once when the client left (0.5s)", elapsed)
 				}
 				if !errors.Is(err, context.Canceled) {
 					t.Errorf("err = %v, want it to wrap context.Canceled", err)
 				}
-				if re := asRetryError(t, err); re.Outcome != retry.Canceled {
+				if re := asRetryError(t, err); re.Outcome != call.Canceled {
 					t.Errorf("error outcome = %s, want canceled", re.Outcome)
 				}
-				if call.Attempts != 1 || up.hits() != 1 {
-					t.Errorf("Attempts = %d, upstream saw %d, want 1", call.Attempts, up.hits())
+				if tc.Attempts != 1 || up.hits() != 1 {
+					t.Errorf("Attempts = %d, upstream saw %d, want 1", tc.Attempts, up.hits())
 				}
 				for _, b := range bodies {
 					if !b.closed.Load() {
@@ -402,7 +402,7 @@ func TestTimeoutAsAnswerIsHandedOn(t *testing.T) {
 				p := basePolicy()
 				p.Timeout = time.Second
 				p.InspectBytes = 64
-				tr := retry.NewTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+				tr := newTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
 					wroteHeaders(req)
 					resp, _ := answer(req, 200, "application/json", chunk{data: tc.body})
 					return resp, nil
@@ -410,8 +410,8 @@ func TestTimeoutAsAnswerIsHandedOn(t *testing.T) {
 				// The loop's timer fires between the answer and its hand-over.
 				retry.SetTestHookBeforeForward(func() { time.Sleep(2 * time.Second) })
 				defer retry.SetTestHookBeforeForward(nil)
-				call := newCall(false)
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, call, nil))
+				c := newCall(false)
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodPost, c, nil))
 				if tc.wantBody {
 					if err != nil {
 						t.Fatalf("RoundTrip: %v", err)
@@ -424,8 +424,8 @@ func TestTimeoutAsAnswerIsHandedOn(t *testing.T) {
 				if !errors.Is(err, retry.ErrTimeout) || resp != nil {
 					t.Fatalf("RoundTrip = %v, %v; want no answer and ErrTimeout", resp, err)
 				}
-				if call.Outcome != retry.Canceled || call.Reason != retry.ReasonTimeout {
-					t.Errorf("call: %s/%s, want canceled/timeout", call.Outcome, call.Reason)
+				if c.Outcome != call.Canceled || c.Reason != call.ReasonTimeout {
+					t.Errorf("call: %s/%s, want canceled/timeout", c.Outcome, c.Reason)
 				}
 			})
 		})

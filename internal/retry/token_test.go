@@ -10,16 +10,18 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
 const tokenInvalid = `{"errcode":40014,"errmsg":"不合法的access_token"}`
 
-// TestTokenInvalid: an answer rejecting the token the loop injected is
-// retried exactly once, with a fresh token, for any request; the rejected
-// token goes to OnTokenInvalid. A client's own token ("" from Prepare, or no
-// Prepare at all) is not the loop's to refresh.
+// TestTokenInvalid: an answer rejecting the token the proxy injected is
+// retried exactly once, with a fresh token, for any request; every rejected
+// token goes to OnTokenInvalid (the token layer drops it). A client's own
+// token ("" from Prepare, or no Prepare at all) is not the proxy's to
+// refresh.
 func TestTokenInvalid(t *testing.T) {
 	tests := []struct {
 		name         string
@@ -30,13 +32,13 @@ func TestTokenInvalid(t *testing.T) {
 		wantAttempts int
 		wantTokens   []string // sent on the attempts
 		wantRejected []string
-		wantOutcome  retry.Outcome
+		wantOutcome  call.Outcome
 	}{
-		{"injected, then accepted", false, true, false, true, 2, []string{"tok-1", "tok-2"}, []string{"tok-1"}, retry.Success},
-		{"injected, rejected twice, idempotent", true, true, false, false, 2, []string{"tok-1", "tok-2"}, []string{"tok-1"}, retry.TokenInvalid},
-		{"injected, rejected twice, non-idempotent", false, true, false, false, 2, []string{"tok-1", "tok-2"}, []string{"tok-1"}, retry.TokenInvalid},
-		{"client's own token", true, true, true, true, 1, []string{"client"}, nil, retry.TokenInvalid},
-		{"no Prepare hook", true, false, true, true, 1, []string{"client"}, nil, retry.TokenInvalid},
+		{"injected, then accepted", false, true, false, true, 2, []string{"tok-1", "tok-2"}, []string{"tok-1"}, call.Success},
+		{"injected, rejected twice, idempotent", true, true, false, false, 2, []string{"tok-1", "tok-2"}, []string{"tok-1", "tok-2"}, call.TokenInvalid},
+		{"injected, rejected twice, non-idempotent", false, true, false, false, 2, []string{"tok-1", "tok-2"}, []string{"tok-1", "tok-2"}, call.TokenInvalid},
+		{"client's own token", true, true, true, true, 1, []string{"client"}, nil, call.TokenInvalid},
+		{"no Prepare hook", true, false, true, true, 1, []string{"client"}, nil, call.TokenInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,7 +60,7 @@ func TestTokenInvalid(t *testing.T) {
 				tr.SetPolicy(p)
 				issued := 0
 				if tt.prepare {
-					tr.Prepare = func(req *http.Request, f *retry.Facts) (string, error) {
+					tr.Prepare = func(req *http.Request, f *call.Facts) (string, error) {
 						if tt.clientToken {
 							return "", nil
 						}
@@ -70,8 +72,11 @@ func TestTokenInvalid(t *testing.T) {
 				}
 				var rejected []string
 				tr.OnTokenInvalid = func(tok string) { rejected = append(rejected, tok) }
-				call := newCall(tt.idempotent)
-				req := newRequest(t, t.Context(), http.MethodPost, call, nil)
+				tc := newCall(tt.idempotent)
+				if tt.prepare && !tt.clientToken {
+					tc.Inject = dingtalk.PlaceQuery // the proxy's own token
+				}
+				req := newRequest(t, t.Context(), http.MethodPost, tc, nil)
 				if tt.clientToken {
 					req.URL.RawQuery = dingtalk.QueryAccessToken + "=client"
 				}
@@ -80,11 +85,11 @@ func TestTokenInvalid(t *testing.T) {
 					t.Fatalf("RoundTrip: %v", err)
 				}
 				body := readAll(t, resp)
-				if tt.wantOutcome == retry.TokenInvalid && body != tokenInvalid {
+				if tt.wantOutcome == call.TokenInvalid && body != tokenInvalid {
 					t.Errorf("body = %q, want the rejection forwarded", body)
 				}
-				if call.Attempts != tt.wantAttempts || call.Outcome != tt.wantOutcome {
-					t.Errorf("Attempts = %d, Outcome = %s, want %d, %s", call.Attempts, call.Outcome, tt.wantAttempts, tt.wantOutcome)
+				if tc.Attempts != tt.wantAttempts || tc.Outcome != tt.wantOutcome {
+					t.Errorf("Attempts = %d, Outcome = %s, want %d, %s", tc.Attempts, tc.Outcome, tt.wantAttempts, tt.wantOutcome)
 				}
 				if diff := cmp.Diff(tt.wantTokens, sentTokens); diff != "" {
 					t.Errorf("tokens sent (-want +got):\n%s", diff)
@@ -109,15 +114,15 @@ func TestPrepareError(t *testing.T) {
 				var up upstream
 				tr := newTestTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) { return ok(req) }))
 				prepared := 0
-				tr.Prepare = func(req *http.Request, f *retry.Facts) (string, error) {
+				tr.Prepare = func(req *http.Request, f *call.Facts) (string, error) {
 					prepared++
 					return "", fmt.Errorf("proxy: no access token: %w", errNoToken)
 				}
 				budget := retry.NewBudget(0, 1)
 				tr.Budget = budget
-				call := newCall(idempotent)
+				tc := newCall(idempotent)
 				start := time.Now()
-				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, call, nil))
+				resp, err := do(tr, newRequest(t, t.Context(), http.MethodGet, tc, nil))
 				if err == nil {
 					resp.Body.Close()
 					t.Fatal("RoundTrip succeeded, want Prepare's error")
@@ -128,8 +133,8 @@ func TestPrepareError(t *testing.T) {
 				if up.hits() != 0 {
 					t.Errorf("upstream saw %d attempts, want none", up.hits())
 				}
-				if prepared != 1 || call.Attempts != 1 {
-					t.Errorf("Prepare called %d times, Attempts = %d, want 1, 1", prepared, call.Attempts)
+				if prepared != 1 || tc.Attempts != 0 {
+					t.Errorf("Prepare called %d times, Attempts = %d, want 1, 0 (none was sent)", prepared, tc.Attempts)
 				}
 				if d := time.Since(start); d != 0 {
 					t.Errorf("RoundTrip took %v, want no wait", d)

@@ -21,7 +21,7 @@ const maxAnswer = 64 << 10
 // NewOAuth2Fetcher fetches with POST {apiBase}/v1.0/oauth2/accessToken.
 func NewOAuth2Fetcher(rt http.RoundTripper, apiBase, appKey, appSecret string) Fetcher {
 	endpoint := strings.TrimRight(apiBase, "/") + dingtalk.PathOAuth2Token
-	return func(ctx context.Context) (string, time.Duration, error) {
+	return FetcherFunc(func(ctx context.Context) (string, time.Duration, error) {
 		body, err := json.Marshal(struct {
 			AppKey    string `json:"appKey"`
 			AppSecret string `json:"appSecret"`
@@ -52,14 +52,14 @@ func NewOAuth2Fetcher(rt http.RoundTripper, apiBase, appKey, appSecret string) F
 			return "", 0, fmt.Errorf("token: fetch: HTTP %d %s: %s", status, ans.Code, ans.Message)
 		}
 		return ans.AccessToken, lifetime(ans.ExpireIn), nil
-	}
+	})
 }
 
 // NewGetTokenFetcher fetches with GET {oapiBase}/gettoken?appkey=&appsecret=.
 func NewGetTokenFetcher(rt http.RoundTripper, oapiBase, appKey, appSecret string) Fetcher {
 	q := url.Values{"appkey": {appKey}, "appsecret": {appSecret}}
 	endpoint := strings.TrimRight(oapiBase, "/") + dingtalk.PathGetToken + "?" + q.Encode()
-	return func(ctx context.Context) (string, time.Duration, error) {
+	return FetcherFunc(func(ctx context.Context) (string, time.Duration, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 		if err != nil {
 			return "", 0, fmt.Errorf("token: fetch: %w", Redact(err))
@@ -81,7 +81,7 @@ func NewGetTokenFetcher(rt http.RoundTripper, oapiBase, appKey, appSecret string
 			return "", 0, fmt.Errorf("token: fetch: HTTP %d errcode %s: %s", status, ans.Errcode, ans.Errmsg)
 		}
 		return ans.AccessToken, lifetime(ans.ExpiresIn), nil
-	}
+	})
 }
 
 // send makes the request and reads a bounded answer. Its errors never carry

@@ -121,7 +121,7 @@ func TestOAuth2FetcherRequest(t *testing.T) {
 		io.WriteString(w, `{"accessToken":"at-1","expireIn":7200}`)
 	})
 	for _, b := range []string{base, base + "/"} {
-		tok, ttl, err := NewOAuth2Fetcher(tr, b, testKey, testSecret)(fetchCtx(t))
+		tok, ttl, err := NewOAuth2Fetcher(tr, b, testKey, testSecret).Fetch(fetchCtx(t))
 		if err != nil || tok != "at-1" || ttl != 7200*time.Second {
 			t.Errorf("fetch(base %q) = %q, %v, %v, want %q, 2h0m0s, nil", b, tok, ttl, err, "at-1")
 		}
@@ -148,7 +148,7 @@ func TestGetTokenFetcherRequest(t *testing.T) {
 		io.WriteString(w, `{"errcode":0,"errmsg":"ok","access_token":"gt-1","expires_in":3600}`)
 	})
 	for _, b := range []string{base, base + "/"} {
-		tok, ttl, err := NewGetTokenFetcher(tr, b, testKey, testSecret)(fetchCtx(t))
+		tok, ttl, err := NewGetTokenFetcher(tr, b, testKey, testSecret).Fetch(fetchCtx(t))
 		if err != nil || tok != "gt-1" || ttl != time.Hour {
 			t.Errorf("fetch(base %q) = %q, %v, %v, want %q, 1h0m0s, nil", b, tok, ttl, err, "gt-1")
 		}
@@ -183,7 +183,7 @@ func TestFetcherLifetime(t *testing.T) {
 				base, tr := newServer(t, func(w http.ResponseWriter, r *http.Request) {
 					io.WriteString(w, ep.ok("t-"+tt.name, tt.ttl))
 				})
-				tok, ttl, err := ep.new(tr, base, testKey, testSecret)(fetchCtx(t))
+				tok, ttl, err := ep.new(tr, base, testKey, testSecret).Fetch(fetchCtx(t))
 				if err != nil || tok != "t-"+tt.name || ttl != tt.want {
 					t.Errorf("fetch = %q, %v, %v, want %q, %v, nil", tok, ttl, err, "t-"+tt.name, tt.want)
 				}
@@ -278,7 +278,7 @@ func TestFetcherErrorAnswers(t *testing.T) {
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)
 			})
-			tok, _, err := tt.new(tr, base, testKey, testSecret)(fetchCtx(t))
+			tok, _, err := tt.new(tr, base, testKey, testSecret).Fetch(fetchCtx(t))
 			if err == nil || tok != "" {
 				t.Fatalf("fetch = %q, %v, want an error", tok, err)
 			}
@@ -364,7 +364,7 @@ func TestFetcherTransportErrors(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(ep.name+"/"+tt.name, func(t *testing.T) {
 				rt, base := tt.rt(t)
-				tok, _, err := ep.new(rt, base, testKey, testSecret)(fetchCtx(t))
+				tok, _, err := ep.new(rt, base, testKey, testSecret).Fetch(fetchCtx(t))
 				if err == nil || tok != "" {
 					t.Fatalf("fetch = %q, %v, want an error", tok, err)
 				}
@@ -403,7 +403,7 @@ func TestFetcherHonoursContext(t *testing.T) {
 				<-arrived
 				cancel()
 			}()
-			_, _, err := ep.new(tr, base, testKey, testSecret)(ctx)
+			_, _, err := ep.new(tr, base, testKey, testSecret).Fetch(ctx)
 			if !errors.Is(err, context.Canceled) {
 				t.Errorf("fetch after cancel = %v, want context.Canceled", err)
 			}

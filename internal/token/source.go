@@ -14,8 +14,24 @@ import (
 // the next fetch is not yet allowed.
 var ErrUnavailable = errors.New("token: unavailable")
 
-// Fetcher gets a new token from DingTalk and its lifetime.
-type Fetcher func(ctx context.Context) (token string, ttl time.Duration, err error)
+// Fetcher gets a new token and its lifetime: from DingTalk, or from the
+// fleet that shares it.
+type Fetcher interface {
+	Fetch(ctx context.Context) (token string, ttl time.Duration, err error)
+}
+
+// FetcherFunc is a function as a Fetcher.
+type FetcherFunc func(ctx context.Context) (token string, ttl time.Duration, err error)
+
+// Fetch calls f.
+func (f FetcherFunc) Fetch(ctx context.Context) (string, time.Duration, error) { return f(ctx) }
+
+// Dropper is a Fetcher that shares the token beyond this process (the
+// fleet's): the Source tells it of every token it drops (Invalidate), so
+// that the others drop it too.
+type Dropper interface {
+	Dropped(tok string)
+}
 
 // Options configure a Source.
 type Options struct {
@@ -32,8 +48,14 @@ type Options struct {
 	MaxBackoff time.Duration
 	// Logger gets refreshes and failures. Nil means no logs.
 	Logger *zap.Logger
-	// OnFetch, if set, is told of every fetch's result.
-	OnFetch func(err error, expires time.Time)
+	// Observer, if set, is told of every fetch's result.
+	Observer Observer
+}
+
+// Observer is told of every fetch's result (nil error: a token came, which
+// expires then), for metrics. It runs outside the source's lock.
+type Observer interface {
+	TokenFetched(err error, expires time.Time)
 }
 
 // State is what a Source holds, for /readyz and metrics.
@@ -165,7 +187,7 @@ func (s *Source) startLocked(now time.Time) chan struct{} {
 func (s *Source) run(ch chan struct{}) {
 	defer s.fetchers.Done()
 	ctx, cancel := context.WithTimeout(s.base, s.opts.FetchTimeout)
-	tok, ttl, err := s.fetch(ctx)
+	tok, ttl, err := s.fetch.Fetch(ctx)
 	cancel()
 	if err == nil && tok == "" {
 		err = errors.New("token: fetch: empty token")
@@ -191,8 +213,8 @@ func (s *Source) run(ch chan struct{}) {
 	expires := s.expires
 	s.mu.Unlock()
 	close(ch)
-	if s.opts.OnFetch != nil {
-		s.opts.OnFetch(err, expires)
+	if s.opts.Observer != nil {
+		s.opts.Observer.TokenFetched(err, expires)
 	}
 	if l := s.opts.Logger; l != nil {
 		if err != nil {
@@ -205,14 +227,19 @@ func (s *Source) run(ch chan struct{}) {
 
 // Invalidate drops tok if it is still the current token, so that the next
 // Token call fetches a new one. A burst of callers rejected with the same
-// token causes one fetch. It reports whether tok was dropped.
+// token causes one fetch. It reports whether tok was dropped; a Fetcher
+// that is a Dropper hears of it (outside the source's lock).
 func (s *Source) Invalidate(tok string) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if tok == "" || tok != s.token {
+		s.mu.Unlock()
 		return false
 	}
 	s.token, s.expires = "", time.Time{}
+	s.mu.Unlock()
+	if d, ok := s.fetch.(Dropper); ok {
+		d.Dropped(tok)
+	}
 	return true
 }
 

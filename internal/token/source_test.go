@@ -121,7 +121,7 @@ func TestTokenConcurrentCallersOneFetch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		release := make(chan error)
 		f := gated(time.Hour, release)
-		s := NewSource(f.Fetch, Options{})
+		s := NewSource(FetcherFunc(f.Fetch), Options{})
 		defer s.Close()
 
 		const callers = 200
@@ -169,7 +169,7 @@ func TestTokenDuringRefreshReturnsCurrentToken(t *testing.T) {
 			}
 			return gated(2*time.Hour, release).script(ctx, n)
 		}}
-		s := NewSource(f.Fetch, Options{RefreshBefore: 10 * time.Minute})
+		s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: 10 * time.Minute})
 		stop := startRun(s)
 		defer stop()
 
@@ -230,7 +230,7 @@ func TestRunRefreshSchedule(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				t0 := time.Now()
 				f := instant(tt.ttl)
-				s := NewSource(f.Fetch, Options{RefreshBefore: tt.refreshBefore})
+				s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: tt.refreshBefore})
 				stop := startRun(s)
 				defer stop()
 
@@ -277,7 +277,7 @@ func TestRunFollowsFetchOutsideRun(t *testing.T) {
 			}
 			return tokN(n), 30 * time.Minute, nil
 		}}
-		s := NewSource(f.Fetch, Options{RefreshBefore: 10 * time.Minute})
+		s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: 10 * time.Minute})
 		stop := startRun(s)
 		defer stop()
 
@@ -310,7 +310,7 @@ func TestInvalidate(t *testing.T) {
 			t.Run(fmt.Sprint("after ", after), func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					f := instant(time.Hour)
-					s := NewSource(f.Fetch, Options{})
+					s := NewSource(FetcherFunc(f.Fetch), Options{})
 					defer s.Close()
 					old, err := s.Token(context.Background())
 					if err != nil {
@@ -355,7 +355,7 @@ func TestInvalidate(t *testing.T) {
 	t.Run("stale token is a no-op", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := instant(time.Hour)
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			defer s.Close()
 			if s.Invalidate("") || s.Invalidate("tok-1") {
 				t.Error("Invalidate on an empty source = true, want false")
@@ -399,7 +399,7 @@ func TestInvalidate(t *testing.T) {
 				}
 				return gated(time.Hour, release).script(ctx, n)
 			}}
-			s := NewSource(f.Fetch, Options{RefreshBefore: 10 * time.Minute})
+			s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: 10 * time.Minute})
 			stop := startRun(s)
 			defer stop()
 			sleepUntil(t0.Add(50 * time.Minute))
@@ -430,7 +430,7 @@ func TestBackoffTokenCallers(t *testing.T) {
 		f := &fakeFetcher{script: func(context.Context, int) (string, time.Duration, error) {
 			return "", 0, errBoom
 		}}
-		s := NewSource(f.Fetch, Options{})
+		s := NewSource(FetcherFunc(f.Fetch), Options{})
 		defer s.Close()
 		// Every call here must fail at once; the deadline only keeps a
 		// broken Source from waiting forever.
@@ -485,7 +485,7 @@ func TestBackoffRunAndRecovery(t *testing.T) {
 			}
 			return tokN(n), time.Hour, nil
 		}}
-		s := NewSource(f.Fetch, Options{RefreshBefore: 10 * time.Minute})
+		s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: 10 * time.Minute})
 		stop := startRun(s)
 		defer stop()
 
@@ -552,7 +552,7 @@ func TestBackoffOptions(t *testing.T) {
 				f := &fakeFetcher{script: func(context.Context, int) (string, time.Duration, error) {
 					return "", 0, errBoom
 				}}
-				s := NewSource(f.Fetch, tt.opts)
+				s := NewSource(FetcherFunc(f.Fetch), tt.opts)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second-time.Nanosecond)
 				defer cancel()
 				s.Run(ctx)
@@ -589,7 +589,7 @@ func TestFailedRefreshKeepsToken(t *testing.T) {
 			}
 			return tokN(n), time.Hour, nil
 		}}
-		s := NewSource(f.Fetch, Options{RefreshBefore: 10 * time.Minute})
+		s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: 10 * time.Minute})
 		stop := startRun(s)
 		defer stop()
 
@@ -624,7 +624,7 @@ func TestTokenExpiredWhileRefreshFails(t *testing.T) {
 			}
 			return tokN(n), time.Minute, nil
 		}}
-		s := NewSource(f.Fetch, Options{RefreshBefore: 10 * time.Second, MaxBackoff: 16 * time.Second})
+		s := NewSource(FetcherFunc(f.Fetch), Options{RefreshBefore: 10 * time.Second, MaxBackoff: 16 * time.Second})
 		stop := startRun(s)
 		defer stop()
 
@@ -658,7 +658,7 @@ func TestTokenContext(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			release := make(chan error)
 			f := gated(time.Hour, release)
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			defer s.Close()
 
 			ctx, cancel := context.WithCancel(context.Background())
@@ -693,7 +693,7 @@ func TestTokenContext(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			t0 := time.Now()
 			f := gated(time.Hour, make(chan error))
-			s := NewSource(f.Fetch, Options{FetchTimeout: time.Minute})
+			s := NewSource(FetcherFunc(f.Fetch), Options{FetchTimeout: time.Minute})
 			defer s.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
@@ -710,7 +710,7 @@ func TestTokenContext(t *testing.T) {
 	t.Run("cancel while waiting for MinInterval", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := instant(time.Hour)
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			defer s.Close()
 			if _, err := s.Token(context.Background()); err != nil {
 				t.Fatal(err)
@@ -745,7 +745,7 @@ func TestTokenContext(t *testing.T) {
 				fetchErr = ctx.Err()
 				return "", 0, ctx.Err()
 			}}
-			s := NewSource(f.Fetch, Options{FetchTimeout: 5 * time.Second})
+			s := NewSource(FetcherFunc(f.Fetch), Options{FetchTimeout: 5 * time.Second})
 			defer s.Close()
 			_, err := s.Token(context.Background())
 			if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
@@ -766,7 +766,7 @@ func TestEmptyTokenIsAnError(t *testing.T) {
 		f := &fakeFetcher{script: func(context.Context, int) (string, time.Duration, error) {
 			return "", time.Hour, nil
 		}}
-		s := NewSource(f.Fetch, Options{})
+		s := NewSource(FetcherFunc(f.Fetch), Options{})
 		defer s.Close()
 		tok, err := s.Token(context.Background())
 		if !errors.Is(err, ErrUnavailable) || tok != "" {
@@ -788,7 +788,7 @@ func TestClose(t *testing.T) {
 				fetchErr <- ctx.Err()
 				return "", 0, ctx.Err()
 			}}
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			ch := tokenAsync(context.Background(), s)
 			synctest.Wait()
 			s.Close() // returns only once the fetch has ended
@@ -812,7 +812,7 @@ func TestClose(t *testing.T) {
 	t.Run("stops Run", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := gated(time.Hour, make(chan error))
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			done := make(chan struct{})
 			go func() {
 				s.Run(context.Background())
@@ -836,7 +836,7 @@ func TestClose(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			// This fetcher ignores ctx, so only the Source can refuse to fetch.
 			f := instant(time.Minute)
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			if _, err := s.Token(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -869,7 +869,7 @@ func TestClose(t *testing.T) {
 func TestRunStopsWithContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		for _, f := range []*fakeFetcher{instant(time.Hour), gated(time.Hour, make(chan error))} {
-			s := NewSource(f.Fetch, Options{})
+			s := NewSource(FetcherFunc(f.Fetch), Options{})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() {
@@ -899,7 +899,7 @@ func TestStateAndPeek(t *testing.T) {
 			}
 			return tokN(n), time.Hour, nil
 		}}
-		s := NewSource(f.Fetch, Options{})
+		s := NewSource(FetcherFunc(f.Fetch), Options{})
 		defer s.Close()
 
 		if diff := cmp.Diff(State{}, s.State()); diff != "" {
@@ -941,7 +941,12 @@ func TestStateAndPeek(t *testing.T) {
 	})
 }
 
-func TestOnFetch(t *testing.T) {
+// fetchObserver is a function as an Observer.
+type fetchObserver func(err error, expires time.Time)
+
+func (f fetchObserver) TokenFetched(err error, expires time.Time) { f(err, expires) }
+
+func TestObserverTold(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		t0 := time.Now()
 		type call struct {
@@ -955,9 +960,9 @@ func TestOnFetch(t *testing.T) {
 			}
 			return tokN(n), time.Hour, nil
 		}}
-		s := NewSource(f.Fetch, Options{OnFetch: func(err error, expires time.Time) {
+		s := NewSource(FetcherFunc(f.Fetch), Options{Observer: fetchObserver(func(err error, expires time.Time) {
 			calls = append(calls, call{err, expires})
-		}})
+		})})
 		defer s.Close()
 		s.Token(context.Background())
 		synctest.Wait()
@@ -974,7 +979,7 @@ func TestOnFetch(t *testing.T) {
 			{nil, t0.Add(2*time.Second + time.Hour)},
 		}
 		if diff := cmp.Diff(want, calls, cmpopts.EquateErrors()); diff != "" {
-			t.Errorf("OnFetch calls (-want +got):\n%s", diff)
+			t.Errorf("Observer calls (-want +got):\n%s", diff)
 		}
 	})
 }
@@ -997,8 +1002,8 @@ func TestLogsNeverCarrySecretsOrTokens(t *testing.T) {
 		})
 		var fetchErrs []error
 		s := NewSource(NewGetTokenFetcher(rt, oapi, testKey, testSecret), Options{
-			Logger:  zap.New(core),
-			OnFetch: func(err error, _ time.Time) { fetchErrs = append(fetchErrs, err) },
+			Logger:   zap.New(core),
+			Observer: fetchObserver(func(err error, _ time.Time) { fetchErrs = append(fetchErrs, err) }),
 		})
 		defer s.Close()
 		var tokenErrs []error
@@ -1015,7 +1020,7 @@ func TestLogsNeverCarrySecretsOrTokens(t *testing.T) {
 			time.Sleep(2 * time.Second)
 		}
 		if len(tokenErrs) != 2 || len(fetchErrs) != 3 || logs.Len() != 3 {
-			t.Fatalf("got %d Token errors, %d OnFetch calls, %d log entries; want 2, 3, 3", len(tokenErrs), len(fetchErrs), logs.Len())
+			t.Fatalf("got %d Token errors, %d Observer calls, %d log entries; want 2, 3, 3", len(tokenErrs), len(fetchErrs), logs.Len())
 		}
 		if !strings.Contains(states[1].LastError, "40096") {
 			t.Errorf("State().LastError = %q, want DingTalk's code 40096", states[1].LastError)

@@ -6,33 +6,36 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
+
+	"github.com/dingproxy/dingproxy/internal/call"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
-// attempt is one try's result.
-type attempt struct {
-	resp    *http.Response
-	err     error
-	outcome Outcome
-	reason  string
-	result  dingtalk.Result
-	token   string
-	cancel  context.CancelCauseFunc
-	// unprepared: Prepare failed and nothing was sent.
-	unprepared bool
+// Send is the bottom of the request path: one attempt through base (the
+// http.Transport), the call's body replayed byte for byte, under the
+// loop's per-try timeout, and enough of DingTalk's answer read to classify
+// it. Its Report counts the one attempt (Attempts 1) with its outcome,
+// reason, classification and duration. Headers in DingTalk's answer that
+// claim to be dingproxy's own (X-Dingproxy-*) are dropped: those names are
+// the proxy's word to its client.
+func (l *Loop) Send(base http.RoundTripper) call.Handler {
+	return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
+		return l.send(base, req, f)
+	})
 }
 
-// attempt makes one try and reads enough of its answer to classify it.
-func (t *Transport) attempt(ctx context.Context, req *http.Request, f *Facts, n int, p *Policy) attempt {
+func (l *Loop) send(base http.RoundTripper, req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
+	p := l.policy.Load()
 	start := time.Now()
+	ctx := req.Context()
 	actx, cancel := context.WithCancelCause(ctx)
-	a := attempt{cancel: cancel}
+	rep := call.Report{Attempts: 1}
 	// The per-try clock is how long DingTalk takes to answer. A body that
 	// streams from the client is sent at the client's pace (bounded by the
 	// proxy's body limits), so for it the clock starts once it is all sent.
@@ -46,7 +49,10 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, f *Facts, n 
 	if streamed {
 		trace.WroteRequest = func(httptrace.WroteRequestInfo) { timer.start() }
 	}
-	areq := req.Clone(httptrace.WithClientTrace(actx, trace))
+	// A shallow copy: nothing below writes to the request's header or URL
+	// (the token layer copies what it changes), and the body is the
+	// attempt's own.
+	areq := req.WithContext(httptrace.WithClientTrace(actx, trace))
 	switch {
 	case f.Body != nil:
 		body := f.Body
@@ -60,78 +66,59 @@ func (t *Transport) attempt(ctx context.Context, req *http.Request, f *Facts, n 
 		// probes the body, finds it empty, and sends no body at all.
 		areq.Body, areq.GetBody, areq.ContentLength = emptyBody{}, nil, 0
 	}
-	if t.Prepare != nil {
-		tok, err := t.Prepare(areq, f)
-		if err != nil {
-			timer.stop()
-			a.err, a.outcome, a.reason, a.unprepared = err, NotSent, ReasonTokenUnavailable, true
-			return a
-		}
-		a.token = tok
-	}
-	resp, err := t.Base.RoundTrip(areq)
+	resp, err := base.RoundTrip(areq)
 	if err == nil {
-		a.resp = resp
-		a.result, err = inspect(resp, areq.Method, p.inspectBytes())
+		rep.Result, err = inspect(resp, areq.Method, p.inspectBytes())
 		if err != nil {
 			resp.Body.Close()
-			a.resp = nil
+			resp = nil
 		}
 	}
 	timer.stop()
+	rep.Took = time.Since(start)
 	if err != nil {
-		a.err = err
 		switch {
 		case f.ClientBody != nil && f.ClientBody.Failed() != nil:
 			// The client's body failed (stalled, too large, cut off): the
 			// attempt failed on the client's side, not DingTalk's. Not a
 			// breaker failure, and no retry (a streamed body has none).
-			a.outcome, a.reason = Canceled, ReasonCanceled
-		case req.Context().Err() != nil:
-			a.outcome, a.reason = Canceled, ReasonCanceled
+			rep.Outcome, rep.Reason = call.Canceled, call.ReasonCanceled
 		case context.Cause(ctx) == ErrTimeout:
-			a.outcome, a.reason = Canceled, ReasonTimeout
+			rep.Outcome, rep.Reason = call.Canceled, call.ReasonTimeout
+		case ctx.Err() != nil: // the client went away
+			rep.Outcome, rep.Reason = call.Canceled, call.ReasonCanceled
 		case context.Cause(actx) == ErrAttemptTimeout:
-			a.err, a.reason = ErrAttemptTimeout, ReasonTimeout
-			a.outcome = AfterSend
+			err, rep.Reason = ErrAttemptTimeout, call.ReasonTimeout
+			rep.Outcome = call.AfterSend
 			if !wrote.Load() {
-				a.outcome = NotSent
+				rep.Outcome = call.NotSent
 			}
 		case !wrote.Load():
-			a.outcome, a.reason = NotSent, ReasonDialError
+			rep.Outcome, rep.Reason = call.NotSent, call.ReasonDialError
 		default:
-			a.outcome, a.reason = AfterSend, ReasonReset
+			rep.Outcome, rep.Reason = call.AfterSend, call.ReasonReset
 		}
-	} else {
-		a.outcome, a.reason = fromClass(a.result.Class), a.result.Reason
+		cancel(nil)
+		return call.Fail(rep, err)
 	}
-	d := time.Since(start)
-	// After a sent attempt: whatever goes wrong in its bookkeeping (pacing
-	// feedback, metrics, logs), the answer stands.
-	Bookkeep(t.Logger, "attempt", func() {
-		if t.Pacer != nil && !f.TokenEndpoint {
-			t.Pacer.Answered(f.API, a.result)
+	rep.Outcome, rep.Reason = call.FromClass(rep.Result.Class), rep.Result.Reason
+	for k := range resp.Header {
+		if len(k) >= len(call.HeaderPrefix) && strings.EqualFold(k[:len(call.HeaderPrefix)], call.HeaderPrefix) {
+			delete(resp.Header, k)
 		}
-		if t.Observe != nil {
-			t.Observe(f, n, a.reason, a.result, d)
-		}
-		if t.Logger != nil {
-			if ce := t.Logger.Check(zapcore.DebugLevel, "attempt"); ce != nil {
-				ce.Write(append(attemptFields(f, n, req.Method, a), zap.Duration("duration", d))...)
-			}
-		}
-	})
-	return a
+	}
+	resp.Body = &attemptBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp, rep, nil
 }
 
 // attemptFields are the fixed log fields of an attempt. Errors are logged
-// through token.Redact's rule: the query of a URL in them is dropped.
-func attemptFields(f *Facts, n int, method string, a attempt) []zap.Field {
+// through dingtalk.RedactError: the query of a URL in them is dropped.
+func attemptFields(f *call.Facts, n int, method string, resp *http.Response, one call.Report, err error) []zap.Field {
 	status := 0
-	requestID := a.result.RequestID
-	if a.resp != nil {
-		status = a.resp.StatusCode
-		if id := a.resp.Header.Get("X-Acs-Request-Id"); id != "" && requestID == "" {
+	requestID := one.Result.RequestID
+	if resp != nil {
+		status = resp.StatusCode
+		if id := resp.Header.Get("X-Acs-Request-Id"); id != "" && requestID == "" {
 			requestID = id
 		}
 	}
@@ -139,18 +126,18 @@ func attemptFields(f *Facts, n int, method string, a attempt) []zap.Field {
 	fields = append(fields,
 		zap.String("route", f.Route), zap.Stringer("upstream", f.Upstream),
 		zap.String("method", method), zap.Int("status", status),
-		zap.Int("attempt", n), zap.String("reason", a.reason))
-	if a.result.Errcode != 0 {
-		fields = append(fields, zap.Int("errcode", a.result.Errcode))
+		zap.Int("attempt", n), zap.String("reason", one.Reason))
+	if one.Result.Errcode != 0 {
+		fields = append(fields, zap.Int("errcode", one.Result.Errcode))
 	}
-	if a.result.Code != "" {
-		fields = append(fields, zap.String("code", a.result.Code))
+	if one.Result.Code != "" {
+		fields = append(fields, zap.String("code", one.Result.Code))
 	}
 	if requestID != "" {
 		fields = append(fields, zap.String("request_id", requestID))
 	}
-	if a.err != nil {
-		fields = append(fields, zap.Error(dingtalk.RedactError(a.err)))
+	if err != nil {
+		fields = append(fields, zap.Error(dingtalk.RedactError(unwrap(err))))
 	}
 	return fields
 }

@@ -1,0 +1,173 @@
+package app
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/breaker"
+	"github.com/dingproxy/dingproxy/internal/call"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/metrics"
+	"github.com/dingproxy/dingproxy/internal/quota"
+)
+
+// observer turns what the layers tell into metrics and log lines. It is
+// every layer's observer (each sees it through its own small interface),
+// fixed when the layers are built. Route labels are the route table's
+// names, from the call's facts: nothing here makes a route.
+type observer struct {
+	m   *metrics.Metrics
+	log *zap.Logger
+	// series are each route's series on the common path, resolved once.
+	series sync.Map // route -> *routeSeries
+	// Attempt latency by upstream, resolved once.
+	oapiAttempts, apiAttempts prometheus.Observer
+	// testHookAttempted, when set (by tests, before the app is used), runs
+	// first in Attempted.
+	testHookAttempted func()
+}
+
+func newObserver(m *metrics.Metrics, log *zap.Logger) *observer {
+	return &observer{m: m, log: log,
+		oapiAttempts: m.AttemptDuration.WithLabelValues(dingtalk.OAPI.String()),
+		apiAttempts:  m.AttemptDuration.WithLabelValues(dingtalk.API.String()),
+	}
+}
+
+// routeSeries are a route's series on the common path, resolved once:
+// WithLabelValues hashes its labels and takes a lock on every call.
+type routeSeries struct {
+	ok       prometheus.Counter  // requests_total{code="200"}
+	duration prometheus.Observer // request_duration_seconds
+	success  prometheus.Counter  // upstream_attempts_total{result="success"}
+	metered  prometheus.Counter  // quota_calls_total
+}
+
+// seriesFor returns route's resolved series. Routes are bounded by the
+// proxy's route table, so the map is too.
+func (o *observer) seriesFor(route string) *routeSeries {
+	if v, ok := o.series.Load(route); ok {
+		return v.(*routeSeries)
+	}
+	m := o.m
+	v, _ := o.series.LoadOrStore(route, &routeSeries{
+		ok:       m.Requests.WithLabelValues(route, "200"),
+		duration: m.RequestDuration.WithLabelValues(route),
+		success:  m.Attempts.WithLabelValues(route, dingtalk.ReasonSuccess),
+		metered:  m.QuotaCalls.WithLabelValues(route),
+	})
+	return v.(*routeSeries)
+}
+
+// Attempted counts each attempt and times it by upstream (retry.Observer).
+func (o *observer) Attempted(f *call.Facts, _ int, rep call.Report) {
+	if o.testHookAttempted != nil {
+		o.testHookAttempted()
+	}
+	if rep.Reason == dingtalk.ReasonSuccess {
+		o.seriesFor(f.Route).success.Inc()
+	} else {
+		o.m.Attempts.WithLabelValues(f.Route, rep.Reason).Inc()
+	}
+	if f.Upstream == dingtalk.API {
+		o.apiAttempts.Observe(rep.Took.Seconds())
+	} else {
+		o.oapiAttempts.Observe(rep.Took.Seconds())
+	}
+}
+
+// Retrying counts a retry (retry.Observer).
+func (o *observer) Retrying(f *call.Facts, reason string, _ time.Duration) {
+	o.m.Retries.WithLabelValues(f.Route, reason).Inc()
+}
+
+// BudgetExhausted counts and logs a retry the budget refused (retry.Observer).
+func (o *observer) BudgetExhausted(f *call.Facts, rep call.Report) {
+	o.m.BudgetExhausted.WithLabelValues(f.Route).Inc()
+	o.log.Warn("retry budget exhausted: answer forwarded without retry", zap.String("route", f.Route),
+		zap.String("reason", rep.Reason), zap.Int("attempt", rep.Attempts))
+}
+
+// RateChanged sets a route's learned rate (pacing.RateObserver).
+func (o *observer) RateChanged(route string, from, to float64) {
+	o.m.PacingRate.WithLabelValues(route).Set(to)
+	if to > 2*from || to < from/2 {
+		o.log.Info("pacing: learned rate changed", zap.String("route", route),
+			zap.Float64("from", from), zap.Float64("to", to))
+	}
+}
+
+// BreakerChanged sets a route's breaker state (breaker.Observer).
+func (o *observer) BreakerChanged(route string, _, to breaker.State) {
+	o.m.BreakerState.WithLabelValues(route).Set(float64(to))
+	o.m.BreakerTransits.WithLabelValues(route, to.String()).Inc()
+}
+
+// QuotaWarned logs the budget's warning (quota.Observer).
+func (o *observer) QuotaWarned(sent, budget int64) {
+	o.log.Warn("quota: this app has spent 80% of its monthly budget", zap.Int64("sent", sent), zap.Int64("monthly_budget", budget))
+}
+
+// QuotaStopped logs a route's stop or resumption (quota.Observer).
+func (o *observer) QuotaStopped(route string, stopped bool, st quota.State) {
+	if stopped {
+		o.log.Warn("quota: DingTalk answered 90020: the route is not called again this month (one probe an hour)",
+			zap.String("route", route), zap.Int64("org_used", st.Used), zap.Int64("org_quota", st.Limit))
+	} else {
+		o.log.Info("quota: the route is called again", zap.String("route", route), zap.String("month", st.Month))
+	}
+}
+
+// QuotaSent counts a metered attempt (quota.Observer).
+func (o *observer) QuotaSent(route string) { o.seriesFor(route).metered.Inc() }
+
+// CacheResult counts a read cache hit or miss (proxy.CacheObserver).
+func (o *observer) CacheResult(route, result string) {
+	o.m.CacheRequests.WithLabelValues(route, result).Inc()
+}
+
+// Served counts an answered request, and logs the fallbacks
+// (proxy.Observer).
+func (o *observer) Served(route string, status int, fallback string, f *call.Facts, d time.Duration) {
+	m := o.m
+	rs := o.seriesFor(route)
+	rs.duration.Observe(d.Seconds())
+	if fallback != "" {
+		m.Fallbacks.WithLabelValues(route, fallback).Inc()
+		o.log.Info("fallback served", zap.String("route", route), zap.String("kind", fallback), zap.Int("status", status))
+	}
+	if f != nil && f.NotBuffered != "" {
+		m.Unreplayable.WithLabelValues(route, f.NotBuffered).Inc()
+	}
+	// Last: whoever sees the request counted sees all of the above.
+	if status == http.StatusOK {
+		rs.ok.Inc()
+	} else {
+		m.Requests.WithLabelValues(route, metrics.Code(status)).Inc()
+	}
+}
+
+// TokenFetched counts a token fetch (token.Observer).
+func (o *observer) TokenFetched(err error, _ time.Time) {
+	if err != nil {
+		o.m.TokenRefreshes.WithLabelValues(metrics.ResultFailure).Inc()
+	} else {
+		o.m.TokenRefreshes.WithLabelValues(metrics.ResultSuccess).Inc()
+	}
+}
+
+// RedisUp sets the fleet's Redis gauge (fleet.Observer).
+func (o *observer) RedisUp(up bool) {
+	if up {
+		o.m.FleetRedisUp.Set(1)
+	} else {
+		o.m.FleetRedisUp.Set(0)
+	}
+}
+
+// RedisFailed counts a failed Redis operation (fleet.Observer).
+func (o *observer) RedisFailed(op string) { o.m.FleetErrors.WithLabelValues(op).Inc() }

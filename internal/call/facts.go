@@ -1,0 +1,114 @@
+package call
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+)
+
+// Facts are what a call is, decided once when it arrives (by the proxy,
+// from dingtalk.Describe and the route's configuration) and never changed
+// after: every layer reads them, none writes them. Layers pass them to each
+// other explicitly; the request's context carries them only across
+// httputil.ReverseProxy, between its handler and its transport, where
+// nothing else can.
+type Facts struct {
+	// API is the API's route template (dingtalk.Endpoint.Route), or a
+	// custom robot's pacing name: the unit DingTalk rate-limits, whatever
+	// ids the request path carries. Pacing is keyed by it.
+	API string
+	// Route names the call's route for breakers, logs and metrics: a
+	// configured path, the API, or the overflow route past
+	// breaker.max_routes. The proxy's route table bounds it.
+	Route string
+	// Upstream is the DingTalk host the request goes to.
+	Upstream dingtalk.Upstream
+	// TokenEndpoint: the call issues a token; it is not paced, metered or
+	// injected.
+	TokenEndpoint bool
+	// Idempotent says a repeat cannot do harm: the method, the catalogue of
+	// reads that use POST, an idempotency key, or the route's own flag (see
+	// the README, "Idempotency").
+	Idempotent bool
+	// Metered: DingTalk may count the call against the organisation's
+	// monthly quota (dingtalk.Endpoint.Metered), and it is not a token call.
+	Metered bool
+	// Body is the buffered request body, replayed byte for byte on every
+	// attempt. Nil when the request has none or it was too large to buffer.
+	Body []byte
+	// Replayable is false when the body is streamed once: one attempt only.
+	Replayable bool
+	// NotBuffered says why a body was streamed once instead of buffered
+	// ("too_large": over retry.max_body_bytes; "buffer_cap": the global
+	// retry.max_buffered_bytes was reached); empty otherwise.
+	NotBuffered string
+	// Inject says where the shared token goes on each attempt.
+	Inject dingtalk.Placement
+	// Policy is the route's configured policy; nil when the route has none.
+	Policy *RoutePolicy
+	// ClientBody, when set, is the client's body as it streams upstream.
+	// Its Failed error (the client stalled, or sent too much) makes a failed
+	// attempt the client's doing, whatever the connection to DingTalk says.
+	ClientBody interface{ Failed() error }
+}
+
+// RoutePolicy is a route's configured policy (routes[] in the
+// configuration), found once at the door.
+type RoutePolicy struct {
+	// Idempotent, when non-nil, overrides dingproxy's own judgement.
+	Idempotent *bool
+	// Fallback, when non-nil, is what the route answers while its breaker
+	// is open instead of the default.
+	Fallback *Fallback
+	// Cache, when positive, serves repeats of a successful idempotent call
+	// from the read cache for that long.
+	Cache time.Duration
+}
+
+// Fallback is what a route answers while its breaker is open.
+type Fallback struct {
+	// Status, Header and Body are the configured answer; Status 0 means none
+	// (only Stale, then the default).
+	Status int
+	Header http.Header
+	Body   []byte
+	// Stale, when positive, serves the last good answer to the same request
+	// up to this age first (idempotent requests only).
+	Stale time.Duration
+}
+
+// CacheTTL is how long the call's answer may be served again from the read
+// cache: the route's cache, for an idempotent call whose body was read
+// whole; 0 for none.
+func (f *Facts) CacheTTL(method string) time.Duration {
+	if f.Policy == nil || f.Policy.Cache <= 0 || !f.Idempotent || !f.Replayable || f.TokenEndpoint || method == http.MethodHead {
+		return 0
+	}
+	return f.Policy.Cache
+}
+
+// StaleFor is how old a kept answer the route may serve as its fallback
+// while open; 0 for none.
+func (f *Facts) StaleFor() time.Duration {
+	if f.Policy == nil || f.Policy.Fallback == nil || !f.Idempotent {
+		return 0
+	}
+	return f.Policy.Fallback.Stale
+}
+
+type factsKey struct{}
+
+// WithFacts returns ctx carrying f, which must not change afterwards. Only
+// the proxy's handler uses it, to reach its transport through
+// httputil.ReverseProxy.
+func WithFacts(ctx context.Context, f *Facts) context.Context {
+	return context.WithValue(ctx, factsKey{}, f)
+}
+
+// FactsFrom returns the Facts in ctx, or nil.
+func FactsFrom(ctx context.Context) *Facts {
+	f, _ := ctx.Value(factsKey{}).(*Facts)
+	return f
+}
