@@ -64,6 +64,7 @@ type deployment struct {
 
 type podSpec struct {
 	TerminationGracePeriodSeconds *int64      `yaml:"terminationGracePeriodSeconds"`
+	SecurityContext               *runAs      `yaml:"securityContext"`
 	InitContainers                []container `yaml:"initContainers"`
 	Containers                    []container `yaml:"containers"`
 	Volumes                       []struct {
@@ -102,6 +103,7 @@ type container struct {
 		Limits   map[string]string `yaml:"limits"`
 	} `yaml:"resources"`
 	SecurityContext *struct {
+		runAs                    `yaml:",inline"`
 		RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
 		ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
 		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
@@ -118,6 +120,12 @@ type container struct {
 		SubPath   string `yaml:"subPath"`
 		ReadOnly  bool   `yaml:"readOnly"`
 	} `yaml:"volumeMounts"`
+}
+
+// runAs is the user and group of a pod's or a container's securityContext.
+type runAs struct {
+	RunAsUser  *int64 `yaml:"runAsUser"`
+	RunAsGroup *int64 `yaml:"runAsGroup"`
 }
 
 type probe struct {
@@ -687,8 +695,8 @@ func TestDockerfile(t *testing.T) {
 			exposed = append(exposed, strings.Fields(in.args)...)
 		}
 	}
-	if u, _, _ := strings.Cut(user, ":"); u != "nonroot" && u != "65532" {
-		t.Errorf("final stage USER %q: want nonroot", user)
+	if _, _, err := numericUser(user); err != nil {
+		t.Errorf("final stage USER %q: %v", user, err)
 	}
 	var ep []string
 	if err := json.Unmarshal([]byte(entrypoint), &ep); err != nil || len(ep) == 0 || ep[0] != "/dingproxy" {
@@ -699,6 +707,94 @@ func TestDockerfile(t *testing.T) {
 			!strings.Contains(" "+strings.Join(exposed, " ")+" ", " "+p+"/tcp ") {
 			t.Errorf("final stage does not EXPOSE %s", p)
 		}
+	}
+}
+
+// numericUser reads a Dockerfile USER of the form uid:gid, both numbers
+// other than 0 (root).
+func numericUser(user string) (uid, gid int64, err error) {
+	u, g, ok := strings.Cut(user, ":")
+	if !ok {
+		return 0, 0, errors.New("want uid:gid, both numbers (a group too, or the image's passwd decides it)")
+	}
+	if uid, err = strconv.ParseInt(u, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("user %q is not a number: kubelet cannot verify runAsNonRoot against a name", u)
+	}
+	if gid, err = strconv.ParseInt(g, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("group %q is not a number", g)
+	}
+	if uid == 0 || gid == 0 {
+		return 0, 0, errors.New("user and group must not be 0 (root)")
+	}
+	return uid, gid, nil
+}
+
+// finalUser is the USER of the Dockerfile's last stage.
+func finalUser(t *testing.T) string {
+	t.Helper()
+	user := ""
+	for _, in := range readDockerfile(t) {
+		switch in.cmd {
+		case "FROM":
+			user = "" // a new stage
+		case "USER":
+			user = in.args
+		}
+	}
+	return user
+}
+
+// The sidecar runs with runAsNonRoot, which kubelet can only verify against a
+// numeric user: the image's USER is uid:gid in numbers, and the sidecar's
+// securityContext (or the pod's) states the same uid and gid, so the image
+// starts on any cluster and the two cannot drift apart.
+func TestNumericNonRootUser(t *testing.T) {
+	uid, gid, err := numericUser(finalUser(t))
+	if err != nil {
+		t.Fatalf("Dockerfile: final stage USER %q: %v", finalUser(t), err)
+	}
+	s := load(t)
+	var eff runAs
+	if p := s.pod.SecurityContext; p != nil {
+		eff = *p
+	}
+	sc := s.sidecar.SecurityContext
+	if sc == nil {
+		t.Fatal("sidecar has no securityContext")
+	}
+	// A container's own setting wins over the pod's.
+	if sc.RunAsUser != nil {
+		eff.RunAsUser = sc.RunAsUser
+	}
+	if sc.RunAsGroup != nil {
+		eff.RunAsGroup = sc.RunAsGroup
+	}
+	if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Error("sidecar securityContext: want runAsNonRoot: true")
+	}
+	check := func(field string, got *int64, want int64) {
+		t.Helper()
+		switch {
+		case got == nil:
+			t.Errorf("sidecar %s not set: kubelet verifies runAsNonRoot against a number; want %d as the Dockerfile's USER", field, want)
+		case *got == 0:
+			t.Errorf("sidecar %s is 0 (root)", field)
+		case *got != want:
+			t.Errorf("sidecar %s = %d, but the Dockerfile's USER has %d", field, *got, want)
+		}
+	}
+	check("runAsUser", eff.RunAsUser, uid)
+	check("runAsGroup", eff.RunAsGroup, gid)
+}
+
+func TestNumericUserRejects(t *testing.T) {
+	for _, user := range []string{"nonroot:nonroot", "nonroot", "65532", "0:0", "65532:0", "0:65532", "65532:nonroot", ""} {
+		if _, _, err := numericUser(user); err == nil {
+			t.Errorf("numericUser(%q) accepted it", user)
+		}
+	}
+	if uid, gid, err := numericUser("65532:65532"); err != nil || uid != 65532 || gid != 65532 {
+		t.Errorf("numericUser(65532:65532) = %d, %d, %v", uid, gid, err)
 	}
 }
 
