@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path"
@@ -513,6 +514,68 @@ func TestServiceAndServiceMonitor(t *testing.T) {
 	}
 	if e := sm.Spec.Endpoints[0]; e.Port != adminPortKey || e.Path != "/metrics" || e.Interval == "" {
 		t.Errorf("ServiceMonitor endpoint = %+v, want port %q, path /metrics and an interval", e, adminPortKey)
+	}
+}
+
+// readmeLabelsHeading is the k8s README's section that names the labels a
+// user's pod template must carry.
+const readmeLabelsHeading = "## What to copy into your pod template"
+
+// readmePodLabels returns the labels of the first yaml block in the k8s
+// README's section readmeLabelsHeading.
+func readmePodLabels(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("k8s", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n"+readmeLabelsHeading+"\n")
+	if !ok {
+		t.Fatalf("k8s/README.md has no section %q", readmeLabelsHeading)
+	}
+	if i := strings.Index(section, "\n## "); i >= 0 {
+		section = section[:i]
+	}
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	if !ok {
+		t.Fatalf("k8s/README.md, %q: no yaml block", readmeLabelsHeading)
+	}
+	block, _, ok = strings.Cut(block, "```")
+	if !ok {
+		t.Fatalf("k8s/README.md, %q: the yaml block is not closed", readmeLabelsHeading)
+	}
+	var doc struct {
+		Metadata meta `yaml:"metadata"`
+	}
+	if err := yaml.Unmarshal([]byte(block), &doc); err != nil {
+		t.Fatalf("k8s/README.md, %q: %v", readmeLabelsHeading, err)
+	}
+	if len(doc.Metadata.Labels) == 0 {
+		t.Fatalf("k8s/README.md, %q: the yaml block names no metadata.labels", readmeLabelsHeading)
+	}
+	return doc.Metadata.Labels
+}
+
+// The labels the README tells users to put on their pod template are
+// exactly those the metrics Service selects on, and the example Deployment
+// carries them: a user who follows the README gets scraped.
+func TestReadmeNamesTheServiceSelector(t *testing.T) {
+	s := load(t)
+	var svc struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+		} `yaml:"spec"`
+	}
+	only(t, s.ms, "Service", &svc)
+	want := readmePodLabels(t)
+	if !maps.Equal(svc.Spec.Selector, want) {
+		t.Errorf("the Service selects %v, but k8s/README.md (%q) tells users to copy %v", svc.Spec.Selector, readmeLabelsHeading, want)
+	}
+	podLabels := s.dep.Spec.Template.Metadata.Labels
+	for k, v := range want {
+		if got, ok := podLabels[k]; !ok || got != v {
+			t.Errorf("the example Deployment's pod template lacks the README's label %s: %q", k, v)
+		}
 	}
 }
 
