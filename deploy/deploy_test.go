@@ -24,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
 const (
@@ -90,6 +91,11 @@ type container struct {
 				Key      string `yaml:"key"`
 				Optional bool   `yaml:"optional"`
 			} `yaml:"secretKeyRef"`
+			ResourceFieldRef *struct {
+				ContainerName string `yaml:"containerName"`
+				Resource      string `yaml:"resource"`
+				Divisor       any    `yaml:"divisor"` // a number or a quantity
+			} `yaml:"resourceFieldRef"`
 		} `yaml:"valueFrom"`
 	} `yaml:"env"`
 	Ports []struct {
@@ -682,6 +688,144 @@ func TestConfigMapValidates(t *testing.T) {
 	}
 	if !found {
 		t.Error("no route for /topapi/message/corpconversation/asyncsend_v2")
+	}
+}
+
+// quantityBytes reads a Kubernetes memory quantity (256Mi, 1G, 268435456)
+// as bytes.
+func quantityBytes(q string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+		{"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
+	num, mult := q, int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(q, u.suffix); ok {
+			num, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("memory quantity %q: want a positive whole number with an optional Ki/Mi/Gi/Ti or k/M/G/T suffix", q)
+	}
+	return n * mult, nil
+}
+
+func TestQuantityBytes(t *testing.T) {
+	for q, want := range map[string]int64{"256Mi": 256 << 20, "1Gi": 1 << 30, "512Ki": 512 << 10, "300M": 300e6, "268435456": 268435456} {
+		if got, err := quantityBytes(q); err != nil || got != want {
+			t.Errorf("quantityBytes(%q) = %d, %v; want %d", q, got, err, want)
+		}
+	}
+	for _, q := range []string{"", "Mi", "-1Mi", "0", "1.5Gi", "256MB"} {
+		if got, err := quantityBytes(q); err == nil {
+			t.Errorf("quantityBytes(%q) = %d, want an error", q, got)
+		}
+	}
+}
+
+// What the proxy's memory holds beyond its capped buffers and caches.
+const (
+	// staleCacheBytes is the stale answers' cache in all (internal/proxy's
+	// staleMaxBytes; the README: "answers up to 256 KiB are kept, 32 MiB in
+	// all"), held only when a route has fallback.stale.
+	staleCacheBytes = 32 << 20
+	// baselineBytes is everything else: the idle process (about 16 MiB
+	// resident, 12 MiB from the Go runtime, measured on the binary with this
+	// ConfigMap), net/http's buffers per connection (about 29 MiB with 500
+	// uploads in flight, BENCHMARKS "Memory under slow uploads"), goroutine
+	// stacks, and room for the collector to work below GOMEMLIMIT.
+	baselineBytes = 64 << 20
+)
+
+// The sidecar's Go runtime knows the container's memory limit (GOMEMLIMIT,
+// in bytes, from limits.memory), and that limit holds everything the proxy
+// may keep at once: the request bodies buffered for retries
+// (retry.max_buffered_bytes, as the ConfigMap sets it or its default), the
+// read cache (proxy.CacheMaxBytes), the stale cache when a route uses it,
+// and the baseline.
+func TestMemoryLimitHoldsTheCaps(t *testing.T) {
+	clearEnv(t)
+	s := load(t)
+	c := s.sidecar
+
+	// GOMEMLIMIT from the limit, in bytes.
+	found := false
+	for _, e := range c.Env {
+		if e.Name != "GOMEMLIMIT" {
+			continue
+		}
+		found = true
+		if e.Value != "" {
+			t.Errorf("GOMEMLIMIT has a literal value %q: take it from the container's limit (valueFrom.resourceFieldRef), so the two cannot drift apart", e.Value)
+		}
+		if e.ValueFrom == nil || e.ValueFrom.ResourceFieldRef == nil {
+			t.Fatal("GOMEMLIMIT: want valueFrom.resourceFieldRef")
+		}
+		ref := e.ValueFrom.ResourceFieldRef
+		if ref.Resource != "limits.memory" {
+			t.Errorf("GOMEMLIMIT: resourceFieldRef.resource = %q, want limits.memory", ref.Resource)
+		}
+		if ref.ContainerName != "" && ref.ContainerName != sidecarName {
+			t.Errorf("GOMEMLIMIT: resourceFieldRef.containerName = %q, want the sidecar's own (%s, or none)", ref.ContainerName, sidecarName)
+		}
+		switch d := ref.Divisor; d {
+		case nil, 1, "1":
+		default:
+			t.Errorf("GOMEMLIMIT: resourceFieldRef.divisor = %v: the value would be a bare count of that unit, which Go reads as bytes; leave the divisor out", d)
+		}
+	}
+	if !found {
+		t.Fatal("the sidecar has no GOMEMLIMIT: the Go runtime does not know the container's memory limit")
+	}
+
+	limitQ := c.Resources.Limits["memory"]
+	limit, err := quantityBytes(limitQ)
+	if err != nil {
+		t.Fatalf("sidecar limits.memory: %v", err)
+	}
+
+	// The caps, as the ConfigMap's configuration sets them.
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, s.ms, "ConfigMap", &cm)
+	file := filepath.Join(t.TempDir(), configKey)
+	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatalf("the ConfigMap's %s: %v", configKey, err)
+	}
+	type share struct {
+		what  string
+		bytes int64
+	}
+	parts := []share{
+		{"retry.max_buffered_bytes", cfg.Retry.MaxBufferedBytes},
+		{"read cache (proxy.CacheMaxBytes)", proxy.CacheMaxBytes},
+	}
+	for _, r := range cfg.Routes {
+		if r.Fallback != nil && r.Fallback.Stale > 0 {
+			parts = append(parts, share{"stale cache (a route has fallback.stale)", staleCacheBytes})
+			break
+		}
+	}
+	parts = append(parts, share{"baseline", baselineBytes})
+	var sum int64
+	var lines []string
+	for _, p := range parts {
+		sum += p.bytes
+		lines = append(lines, fmt.Sprintf("  %-42s %4d MiB", p.what, p.bytes>>20))
+	}
+	lines = append(lines, fmt.Sprintf("  %-42s %4d MiB of limits.memory %s", "total", sum>>20, limitQ))
+	if sum > limit {
+		t.Errorf("the sidecar's memory limit %s (%d MiB) does not hold what the proxy may keep:\n%s", limitQ, limit>>20, strings.Join(lines, "\n"))
+	} else {
+		t.Logf("memory budget:\n%s", strings.Join(lines, "\n"))
 	}
 }
 
