@@ -585,6 +585,90 @@ func TestReadmeNamesTheServiceSelector(t *testing.T) {
 	}
 }
 
+// serviceLinkEnv is what kubelet puts in the environment of every container
+// of the namespace for a Service (unless the pod sets enableServiceLinks:
+// false): NAME_SERVICE_HOST, NAME_SERVICE_PORT, NAME_SERVICE_PORT_<port name>,
+// and the Docker-link NAME_PORT, NAME_PORT_<port>_<PROTO> and its _PROTO,
+// _PORT and _ADDR, NAME being the Service's name upper-cased with dashes as
+// underscores.
+func serviceLinkEnv(name, ip string, ports []servicePort) map[string]string {
+	env := map[string]string{}
+	if len(ports) == 0 {
+		return env
+	}
+	up := func(s string) string { return strings.ToUpper(strings.ReplaceAll(s, "-", "_")) }
+	n := up(name)
+	proto := func(p servicePort) string {
+		if p.Protocol == "" {
+			return "TCP"
+		}
+		return strings.ToUpper(p.Protocol)
+	}
+	env[n+"_SERVICE_HOST"] = ip
+	env[n+"_SERVICE_PORT"] = strconv.Itoa(ports[0].Port)
+	env[n+"_PORT"] = fmt.Sprintf("%s://%s:%d", strings.ToLower(proto(ports[0])), ip, ports[0].Port)
+	for _, p := range ports {
+		if p.Name != "" {
+			env[n+"_SERVICE_PORT_"+up(p.Name)] = strconv.Itoa(p.Port)
+		}
+		pre := fmt.Sprintf("%s_PORT_%d_%s", n, p.Port, proto(p))
+		env[pre] = fmt.Sprintf("%s://%s:%d", strings.ToLower(proto(p)), ip, p.Port)
+		env[pre+"_PROTO"] = strings.ToLower(proto(p))
+		env[pre+"_PORT"] = strconv.Itoa(p.Port)
+		env[pre+"_ADDR"] = ip
+	}
+	return env
+}
+
+type servicePort struct {
+	Name     string `yaml:"name"`
+	Port     int    `yaml:"port"`
+	Protocol string `yaml:"protocol"`
+}
+
+// The manifests' Services are named dingproxy-*, so kubelet gives the
+// sidecar DINGPROXY_METRICS_SERVICE_HOST, DINGPROXY_REDIS_PORT and the like.
+// dingproxy refuses a DINGPROXY_* variable that is no key's: these must not
+// be refused, or the sidecar would not start next to its own Services.
+func TestServiceVariablesDoNotStopTheSidecar(t *testing.T) {
+	clearEnv(t)
+	s := load(t)
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, s.ms, "ConfigMap", &cm)
+	file := filepath.Join(t.TempDir(), configKey)
+	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set := 0
+	for i, m := range s.ms {
+		if m.head.Kind != "Service" {
+			continue
+		}
+		var svc struct {
+			Spec struct {
+				Ports []servicePort `yaml:"ports"`
+			} `yaml:"spec"`
+		}
+		if err := m.node.Decode(&svc); err != nil {
+			t.Fatalf("%s: %v", m.file, err)
+		}
+		for k, v := range serviceLinkEnv(m.head.Metadata.Name, fmt.Sprintf("10.96.0.%d", 10+i), svc.Spec.Ports) {
+			t.Setenv(k, v)
+			if strings.HasPrefix(k, "DINGPROXY_") {
+				set++
+			}
+		}
+	}
+	if set == 0 {
+		t.Fatal("no Service named dingproxy-*: nothing tested")
+	}
+	if _, err := config.Load(file); err != nil {
+		t.Errorf("with the variables kubelet sets for the manifests' Services, the sidecar would not start:\n%v", err)
+	}
+}
+
 // clearEnv unsets every DINGPROXY_* variable for the test: config.Load reads
 // them over the file. An empty variable counts as unset.
 func clearEnv(t *testing.T) {
