@@ -701,6 +701,13 @@ func TestBinaryNoServe(t *testing.T) {
 			wantStdout: "configuration is valid\n",
 		},
 		{
+			name:       "fleet URL without a scheme checked",
+			args:       []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
+			env:        []string{"DINGPROXY_FLEET_REDIS_URL=:" + testSecret + "@localhost:6379"},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + `  fleet.redis_url: ":xxxxx@localhost:6379" has no scheme: write redis://:xxxxx@localhost:6379/0 (or rediss:// for TLS)` + "\n",
+		},
+		{
 			name:       "valid config checked",
 			args:       []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
 			wantCode:   exitOK,
