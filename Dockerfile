@@ -26,10 +26,14 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/dingproxy ./cmd/dingproxy
 
-# Distroless static: CA certificates and tzdata, no shell, runs as uid 65532.
+# Distroless static: CA certificates and tzdata, no shell.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/dingproxy /dingproxy
-USER nonroot:nonroot
+# Numeric, not the name nonroot: with runAsNonRoot and no runAsUser, kubelet
+# refuses an image whose user it cannot verify as non-root without reading the
+# image's /etc/passwd. The pod sets runAsUser/runAsGroup 65532 as well
+# (deploy/k8s/deployment.yaml).
+USER 65532:65532
 # 8080: the proxy; 9090: /metrics, /healthz, /readyz.
 EXPOSE 8080 9090
 ENTRYPOINT ["/dingproxy"]

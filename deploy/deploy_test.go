@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path"
@@ -23,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
 const (
@@ -64,6 +66,7 @@ type deployment struct {
 
 type podSpec struct {
 	TerminationGracePeriodSeconds *int64      `yaml:"terminationGracePeriodSeconds"`
+	SecurityContext               *runAs      `yaml:"securityContext"`
 	InitContainers                []container `yaml:"initContainers"`
 	Containers                    []container `yaml:"containers"`
 	Volumes                       []struct {
@@ -88,6 +91,11 @@ type container struct {
 				Key      string `yaml:"key"`
 				Optional bool   `yaml:"optional"`
 			} `yaml:"secretKeyRef"`
+			ResourceFieldRef *struct {
+				ContainerName string `yaml:"containerName"`
+				Resource      string `yaml:"resource"`
+				Divisor       any    `yaml:"divisor"` // a number or a quantity
+			} `yaml:"resourceFieldRef"`
 		} `yaml:"valueFrom"`
 	} `yaml:"env"`
 	Ports []struct {
@@ -102,6 +110,7 @@ type container struct {
 		Limits   map[string]string `yaml:"limits"`
 	} `yaml:"resources"`
 	SecurityContext *struct {
+		runAs                    `yaml:",inline"`
 		RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
 		ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
 		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
@@ -118,6 +127,12 @@ type container struct {
 		SubPath   string `yaml:"subPath"`
 		ReadOnly  bool   `yaml:"readOnly"`
 	} `yaml:"volumeMounts"`
+}
+
+// runAs is the user and group of a pod's or a container's securityContext.
+type runAs struct {
+	RunAsUser  *int64 `yaml:"runAsUser"`
+	RunAsGroup *int64 `yaml:"runAsGroup"`
 }
 
 type probe struct {
@@ -463,8 +478,13 @@ func TestServiceAndServiceMonitor(t *testing.T) {
 		if target == nil {
 			target = p.Port
 		}
-		if got := s.sidecar.port(target); got != s.admin {
-			t.Errorf("Service port %q targets %v (%d), want the admin port %d", p.Name, target, got, s.admin)
+		// A number: a named targetPort on an init container (a native
+		// sidecar) is not resolved by the clusters the README supports.
+		n, ok := target.(int)
+		if !ok {
+			t.Errorf("Service port %q targets %q: want the admin container port's number %d, not a name", p.Name, target, s.admin)
+		} else if n != s.admin {
+			t.Errorf("Service port %q targets %d, want the admin container port %d", p.Name, n, s.admin)
 		}
 	}
 	if !found {
@@ -500,6 +520,152 @@ func TestServiceAndServiceMonitor(t *testing.T) {
 	}
 	if e := sm.Spec.Endpoints[0]; e.Port != adminPortKey || e.Path != "/metrics" || e.Interval == "" {
 		t.Errorf("ServiceMonitor endpoint = %+v, want port %q, path /metrics and an interval", e, adminPortKey)
+	}
+}
+
+// readmeLabelsHeading is the k8s README's section that names the labels a
+// user's pod template must carry.
+const readmeLabelsHeading = "## What to copy into your pod template"
+
+// readmePodLabels returns the labels of the first yaml block in the k8s
+// README's section readmeLabelsHeading.
+func readmePodLabels(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("k8s", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n"+readmeLabelsHeading+"\n")
+	if !ok {
+		t.Fatalf("k8s/README.md has no section %q", readmeLabelsHeading)
+	}
+	if i := strings.Index(section, "\n## "); i >= 0 {
+		section = section[:i]
+	}
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	if !ok {
+		t.Fatalf("k8s/README.md, %q: no yaml block", readmeLabelsHeading)
+	}
+	block, _, ok = strings.Cut(block, "```")
+	if !ok {
+		t.Fatalf("k8s/README.md, %q: the yaml block is not closed", readmeLabelsHeading)
+	}
+	var doc struct {
+		Metadata meta `yaml:"metadata"`
+	}
+	if err := yaml.Unmarshal([]byte(block), &doc); err != nil {
+		t.Fatalf("k8s/README.md, %q: %v", readmeLabelsHeading, err)
+	}
+	if len(doc.Metadata.Labels) == 0 {
+		t.Fatalf("k8s/README.md, %q: the yaml block names no metadata.labels", readmeLabelsHeading)
+	}
+	return doc.Metadata.Labels
+}
+
+// The labels the README tells users to put on their pod template are
+// exactly those the metrics Service selects on, and the example Deployment
+// carries them: a user who follows the README gets scraped.
+func TestReadmeNamesTheServiceSelector(t *testing.T) {
+	s := load(t)
+	var svc struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+		} `yaml:"spec"`
+	}
+	only(t, s.ms, "Service", &svc)
+	want := readmePodLabels(t)
+	if !maps.Equal(svc.Spec.Selector, want) {
+		t.Errorf("the Service selects %v, but k8s/README.md (%q) tells users to copy %v", svc.Spec.Selector, readmeLabelsHeading, want)
+	}
+	podLabels := s.dep.Spec.Template.Metadata.Labels
+	for k, v := range want {
+		if got, ok := podLabels[k]; !ok || got != v {
+			t.Errorf("the example Deployment's pod template lacks the README's label %s: %q", k, v)
+		}
+	}
+}
+
+// serviceLinkEnv is what kubelet puts in the environment of every container
+// of the namespace for a Service (unless the pod sets enableServiceLinks:
+// false): NAME_SERVICE_HOST, NAME_SERVICE_PORT, NAME_SERVICE_PORT_<port name>,
+// and the Docker-link NAME_PORT, NAME_PORT_<port>_<PROTO> and its _PROTO,
+// _PORT and _ADDR, NAME being the Service's name upper-cased with dashes as
+// underscores.
+func serviceLinkEnv(name, ip string, ports []servicePort) map[string]string {
+	env := map[string]string{}
+	if len(ports) == 0 {
+		return env
+	}
+	up := func(s string) string { return strings.ToUpper(strings.ReplaceAll(s, "-", "_")) }
+	n := up(name)
+	proto := func(p servicePort) string {
+		if p.Protocol == "" {
+			return "TCP"
+		}
+		return strings.ToUpper(p.Protocol)
+	}
+	env[n+"_SERVICE_HOST"] = ip
+	env[n+"_SERVICE_PORT"] = strconv.Itoa(ports[0].Port)
+	env[n+"_PORT"] = fmt.Sprintf("%s://%s:%d", strings.ToLower(proto(ports[0])), ip, ports[0].Port)
+	for _, p := range ports {
+		if p.Name != "" {
+			env[n+"_SERVICE_PORT_"+up(p.Name)] = strconv.Itoa(p.Port)
+		}
+		pre := fmt.Sprintf("%s_PORT_%d_%s", n, p.Port, proto(p))
+		env[pre] = fmt.Sprintf("%s://%s:%d", strings.ToLower(proto(p)), ip, p.Port)
+		env[pre+"_PROTO"] = strings.ToLower(proto(p))
+		env[pre+"_PORT"] = strconv.Itoa(p.Port)
+		env[pre+"_ADDR"] = ip
+	}
+	return env
+}
+
+type servicePort struct {
+	Name     string `yaml:"name"`
+	Port     int    `yaml:"port"`
+	Protocol string `yaml:"protocol"`
+}
+
+// The manifests' Services are named dingproxy-*, so kubelet gives the
+// sidecar DINGPROXY_METRICS_SERVICE_HOST, DINGPROXY_REDIS_PORT and the like.
+// dingproxy refuses a DINGPROXY_* variable that is no key's: these must not
+// be refused, or the sidecar would not start next to its own Services.
+func TestServiceVariablesDoNotStopTheSidecar(t *testing.T) {
+	clearEnv(t)
+	s := load(t)
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, s.ms, "ConfigMap", &cm)
+	file := filepath.Join(t.TempDir(), configKey)
+	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set := 0
+	for i, m := range s.ms {
+		if m.head.Kind != "Service" {
+			continue
+		}
+		var svc struct {
+			Spec struct {
+				Ports []servicePort `yaml:"ports"`
+			} `yaml:"spec"`
+		}
+		if err := m.node.Decode(&svc); err != nil {
+			t.Fatalf("%s: %v", m.file, err)
+		}
+		for k, v := range serviceLinkEnv(m.head.Metadata.Name, fmt.Sprintf("10.96.0.%d", 10+i), svc.Spec.Ports) {
+			t.Setenv(k, v)
+			if strings.HasPrefix(k, "DINGPROXY_") {
+				set++
+			}
+		}
+	}
+	if set == 0 {
+		t.Fatal("no Service named dingproxy-*: nothing tested")
+	}
+	if _, err := config.Load(file); err != nil {
+		t.Errorf("with the variables kubelet sets for the manifests' Services, the sidecar would not start:\n%v", err)
 	}
 }
 
@@ -609,6 +775,144 @@ func TestConfigMapValidates(t *testing.T) {
 	}
 }
 
+// quantityBytes reads a Kubernetes memory quantity (256Mi, 1G, 268435456)
+// as bytes.
+func quantityBytes(q string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+		{"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
+	num, mult := q, int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(q, u.suffix); ok {
+			num, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("memory quantity %q: want a positive whole number with an optional Ki/Mi/Gi/Ti or k/M/G/T suffix", q)
+	}
+	return n * mult, nil
+}
+
+func TestQuantityBytes(t *testing.T) {
+	for q, want := range map[string]int64{"256Mi": 256 << 20, "1Gi": 1 << 30, "512Ki": 512 << 10, "300M": 300e6, "268435456": 268435456} {
+		if got, err := quantityBytes(q); err != nil || got != want {
+			t.Errorf("quantityBytes(%q) = %d, %v; want %d", q, got, err, want)
+		}
+	}
+	for _, q := range []string{"", "Mi", "-1Mi", "0", "1.5Gi", "256MB"} {
+		if got, err := quantityBytes(q); err == nil {
+			t.Errorf("quantityBytes(%q) = %d, want an error", q, got)
+		}
+	}
+}
+
+// What the proxy's memory holds beyond its capped buffers and caches.
+const (
+	// staleCacheBytes is the stale answers' cache in all (internal/proxy's
+	// staleMaxBytes; the README: "answers up to 256 KiB are kept, 32 MiB in
+	// all"), held only when a route has fallback.stale.
+	staleCacheBytes = 32 << 20
+	// baselineBytes is everything else: the idle process (about 16 MiB
+	// resident, 12 MiB from the Go runtime, measured on the binary with this
+	// ConfigMap), net/http's buffers per connection (about 29 MiB with 500
+	// uploads in flight, BENCHMARKS "Memory under slow uploads"), goroutine
+	// stacks, and room for the collector to work below GOMEMLIMIT.
+	baselineBytes = 64 << 20
+)
+
+// The sidecar's Go runtime knows the container's memory limit (GOMEMLIMIT,
+// in bytes, from limits.memory), and that limit holds everything the proxy
+// may keep at once: the request bodies buffered for retries
+// (retry.max_buffered_bytes, as the ConfigMap sets it or its default), the
+// read cache (proxy.CacheMaxBytes), the stale cache when a route uses it,
+// and the baseline.
+func TestMemoryLimitHoldsTheCaps(t *testing.T) {
+	clearEnv(t)
+	s := load(t)
+	c := s.sidecar
+
+	// GOMEMLIMIT from the limit, in bytes.
+	found := false
+	for _, e := range c.Env {
+		if e.Name != "GOMEMLIMIT" {
+			continue
+		}
+		found = true
+		if e.Value != "" {
+			t.Errorf("GOMEMLIMIT has a literal value %q: take it from the container's limit (valueFrom.resourceFieldRef), so the two cannot drift apart", e.Value)
+		}
+		if e.ValueFrom == nil || e.ValueFrom.ResourceFieldRef == nil {
+			t.Fatal("GOMEMLIMIT: want valueFrom.resourceFieldRef")
+		}
+		ref := e.ValueFrom.ResourceFieldRef
+		if ref.Resource != "limits.memory" {
+			t.Errorf("GOMEMLIMIT: resourceFieldRef.resource = %q, want limits.memory", ref.Resource)
+		}
+		if ref.ContainerName != "" && ref.ContainerName != sidecarName {
+			t.Errorf("GOMEMLIMIT: resourceFieldRef.containerName = %q, want the sidecar's own (%s, or none)", ref.ContainerName, sidecarName)
+		}
+		switch d := ref.Divisor; d {
+		case nil, 1, "1":
+		default:
+			t.Errorf("GOMEMLIMIT: resourceFieldRef.divisor = %v: the value would be a bare count of that unit, which Go reads as bytes; leave the divisor out", d)
+		}
+	}
+	if !found {
+		t.Fatal("the sidecar has no GOMEMLIMIT: the Go runtime does not know the container's memory limit")
+	}
+
+	limitQ := c.Resources.Limits["memory"]
+	limit, err := quantityBytes(limitQ)
+	if err != nil {
+		t.Fatalf("sidecar limits.memory: %v", err)
+	}
+
+	// The caps, as the ConfigMap's configuration sets them.
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, s.ms, "ConfigMap", &cm)
+	file := filepath.Join(t.TempDir(), configKey)
+	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatalf("the ConfigMap's %s: %v", configKey, err)
+	}
+	type share struct {
+		what  string
+		bytes int64
+	}
+	parts := []share{
+		{"retry.max_buffered_bytes", cfg.Retry.MaxBufferedBytes},
+		{"read cache (proxy.CacheMaxBytes)", proxy.CacheMaxBytes},
+	}
+	for _, r := range cfg.Routes {
+		if r.Fallback != nil && r.Fallback.Stale > 0 {
+			parts = append(parts, share{"stale cache (a route has fallback.stale)", staleCacheBytes})
+			break
+		}
+	}
+	parts = append(parts, share{"baseline", baselineBytes})
+	var sum int64
+	var lines []string
+	for _, p := range parts {
+		sum += p.bytes
+		lines = append(lines, fmt.Sprintf("  %-42s %4d MiB", p.what, p.bytes>>20))
+	}
+	lines = append(lines, fmt.Sprintf("  %-42s %4d MiB of limits.memory %s", "total", sum>>20, limitQ))
+	if sum > limit {
+		t.Errorf("the sidecar's memory limit %s (%d MiB) does not hold what the proxy may keep:\n%s", limitQ, limit>>20, strings.Join(lines, "\n"))
+	} else {
+		t.Logf("memory budget:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
 // dockerInstruction is one Dockerfile instruction, continuation lines joined.
 type dockerInstruction struct {
 	cmd  string // upper-cased
@@ -687,8 +991,8 @@ func TestDockerfile(t *testing.T) {
 			exposed = append(exposed, strings.Fields(in.args)...)
 		}
 	}
-	if u, _, _ := strings.Cut(user, ":"); u != "nonroot" && u != "65532" {
-		t.Errorf("final stage USER %q: want nonroot", user)
+	if _, _, err := numericUser(user); err != nil {
+		t.Errorf("final stage USER %q: %v", user, err)
 	}
 	var ep []string
 	if err := json.Unmarshal([]byte(entrypoint), &ep); err != nil || len(ep) == 0 || ep[0] != "/dingproxy" {
@@ -699,6 +1003,94 @@ func TestDockerfile(t *testing.T) {
 			!strings.Contains(" "+strings.Join(exposed, " ")+" ", " "+p+"/tcp ") {
 			t.Errorf("final stage does not EXPOSE %s", p)
 		}
+	}
+}
+
+// numericUser reads a Dockerfile USER of the form uid:gid, both numbers
+// other than 0 (root).
+func numericUser(user string) (uid, gid int64, err error) {
+	u, g, ok := strings.Cut(user, ":")
+	if !ok {
+		return 0, 0, errors.New("want uid:gid, both numbers (a group too, or the image's passwd decides it)")
+	}
+	if uid, err = strconv.ParseInt(u, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("user %q is not a number: kubelet cannot verify runAsNonRoot against a name", u)
+	}
+	if gid, err = strconv.ParseInt(g, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("group %q is not a number", g)
+	}
+	if uid == 0 || gid == 0 {
+		return 0, 0, errors.New("user and group must not be 0 (root)")
+	}
+	return uid, gid, nil
+}
+
+// finalUser is the USER of the Dockerfile's last stage.
+func finalUser(t *testing.T) string {
+	t.Helper()
+	user := ""
+	for _, in := range readDockerfile(t) {
+		switch in.cmd {
+		case "FROM":
+			user = "" // a new stage
+		case "USER":
+			user = in.args
+		}
+	}
+	return user
+}
+
+// The sidecar runs with runAsNonRoot, which kubelet can only verify against a
+// numeric user: the image's USER is uid:gid in numbers, and the sidecar's
+// securityContext (or the pod's) states the same uid and gid, so the image
+// starts on any cluster and the two cannot drift apart.
+func TestNumericNonRootUser(t *testing.T) {
+	uid, gid, err := numericUser(finalUser(t))
+	if err != nil {
+		t.Fatalf("Dockerfile: final stage USER %q: %v", finalUser(t), err)
+	}
+	s := load(t)
+	var eff runAs
+	if p := s.pod.SecurityContext; p != nil {
+		eff = *p
+	}
+	sc := s.sidecar.SecurityContext
+	if sc == nil {
+		t.Fatal("sidecar has no securityContext")
+	}
+	// A container's own setting wins over the pod's.
+	if sc.RunAsUser != nil {
+		eff.RunAsUser = sc.RunAsUser
+	}
+	if sc.RunAsGroup != nil {
+		eff.RunAsGroup = sc.RunAsGroup
+	}
+	if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Error("sidecar securityContext: want runAsNonRoot: true")
+	}
+	check := func(field string, got *int64, want int64) {
+		t.Helper()
+		switch {
+		case got == nil:
+			t.Errorf("sidecar %s not set: kubelet verifies runAsNonRoot against a number; want %d as the Dockerfile's USER", field, want)
+		case *got == 0:
+			t.Errorf("sidecar %s is 0 (root)", field)
+		case *got != want:
+			t.Errorf("sidecar %s = %d, but the Dockerfile's USER has %d", field, *got, want)
+		}
+	}
+	check("runAsUser", eff.RunAsUser, uid)
+	check("runAsGroup", eff.RunAsGroup, gid)
+}
+
+func TestNumericUserRejects(t *testing.T) {
+	for _, user := range []string{"nonroot:nonroot", "nonroot", "65532", "0:0", "65532:0", "0:65532", "65532:nonroot", ""} {
+		if _, _, err := numericUser(user); err == nil {
+			t.Errorf("numericUser(%q) accepted it", user)
+		}
+	}
+	if uid, gid, err := numericUser("65532:65532"); err != nil || uid != 65532 || gid != 65532 {
+		t.Errorf("numericUser(65532:65532) = %d, %d, %v", uid, gid, err)
 	}
 }
 

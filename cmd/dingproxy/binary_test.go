@@ -677,6 +677,37 @@ func TestBinaryNoServe(t *testing.T) {
 			wantStderr: invalidHeader + "  retry.max_attempts: must be between 1 and 10, got 0\n",
 		},
 		{
+			name:       "misspelt environment variable",
+			env:        []string{"DINGPROXY_RETRY_MAX_ATTEMPS=3"},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + "  DINGPROXY_RETRY_MAX_ATTEMPS: unknown variable (did you mean DINGPROXY_RETRY_MAX_ATTEMPTS?)\n",
+		},
+		{
+			name:       "misspelt environment variable checked",
+			args:       []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
+			env:        []string{"DINGPROXY_APP_SECRETT=" + testSecret},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + "  DINGPROXY_APP_SECRETT: unknown variable (did you mean DINGPROXY_APP_SECRET?)\n",
+		},
+		{
+			// What kubelet sets for the manifests' Services dingproxy-redis
+			// and dingproxy-metrics is not the proxy's, and not refused.
+			name: "Kubernetes service variables checked",
+			args: []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
+			env: []string{"DINGPROXY_REDIS_SERVICE_HOST=10.96.0.7", "DINGPROXY_REDIS_SERVICE_PORT=6379",
+				"DINGPROXY_REDIS_PORT=tcp://10.96.0.7:6379", "DINGPROXY_REDIS_PORT_6379_TCP_ADDR=10.96.0.7",
+				"DINGPROXY_METRICS_SERVICE_PORT_ADMIN=9090", "DINGPROXY_METRICS_PORT_9090_TCP=tcp://10.96.0.8:9090"},
+			wantCode:   exitOK,
+			wantStdout: "configuration is valid\n",
+		},
+		{
+			name:       "fleet URL without a scheme checked",
+			args:       []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
+			env:        []string{"DINGPROXY_FLEET_REDIS_URL=:" + testSecret + "@localhost:6379"},
+			wantCode:   exitBadConfig,
+			wantStderr: invalidHeader + `  fleet.redis_url: ":xxxxx@localhost:6379" has no scheme: write redis://:xxxxx@localhost:6379/0 (or rediss:// for TLS)` + "\n",
+		},
+		{
 			name:       "valid config checked",
 			args:       []string{"-check-config", "-config", filepath.Join("..", "..", "configs", "dingproxy.yaml")},
 			wantCode:   exitOK,

@@ -7,10 +7,12 @@
 // and UnmarshalExact decodes the merged settings into a Config, rejecting
 // unknown keys. Its decode hook converts each value to its field's type
 // (durations, the Secret, the routes list given as YAML or JSON text) and
-// refuses, in FieldError's words, what the field cannot hold. Then Validate
-// checks each value and the rules between values. Every problem is reported
-// at once, each a *FieldError naming the key; cmd/dingproxy exits with status
-// 2 on them at start.
+// refuses, in FieldError's words, what the field cannot hold. A DINGPROXY_*
+// variable that is no key's is refused too (an *EnvError), as an unknown key
+// in the file is. Then Validate checks each value and the rules between
+// values. Every problem is reported at once, each a *FieldError naming the
+// key or an *EnvError naming the variable; cmd/dingproxy exits with status 2
+// on them at start.
 //
 // The reload:"restart" tag on a Config field marks a key that changes only
 // with a restart; RestartOnly and KeepRestartOnly read it for a reload. Watch

@@ -29,13 +29,21 @@ const envPrefix = "DINGPROXY"
 // the default; a null section is an error, because it would hide the
 // defaults and environment variables of the keys inside it.
 //
+// A non-empty DINGPROXY_* variable that is no key's is refused as an unknown
+// key in the file is, an *EnvError naming it and, when one is close, the
+// variable meant (DINGPROXY_RETRY_MAX_ATTEMPS: did you mean
+// DINGPROXY_RETRY_MAX_ATTEMPTS?). The variables Kubernetes sets for a Service
+// named dingproxy-* (DINGPROXY_REDIS_SERVICE_HOST, DINGPROXY_REDIS_PORT=
+// tcp://...) are not refused.
+//
 // When the file cannot be read or is not YAML, Load returns that error alone.
 // Otherwise it reports every problem at once: unknown keys, values of the
-// wrong type, and what Validate finds, each a *FieldError naming the key,
-// joined with errors.Join. The file's problems come first, then the
-// environment's (their messages end "(from DINGPROXY_...)"), then Validate's
-// for the keys whose own value was usable. The error never contains
-// app.secret's value.
+// wrong type, unknown variables and what Validate finds, each a *FieldError
+// naming the key or an *EnvError naming the variable, joined with
+// errors.Join. The file's problems come first, then the environment's (their
+// messages end "(from DINGPROXY_...)"), then the unknown variables, then
+// Validate's for the keys whose own value was usable. The error never
+// contains app.secret's value, nor any unknown variable's.
 //
 // One viper instance does the reading, in one pass: the defaults are set on
 // it, it reads the file through yamlFile and the environment by AutomaticEnv,
@@ -81,6 +89,7 @@ func Load(path string) (*Config, error) {
 		errs = append(errs, err)
 	}
 	errs = append(errs, fromEnv...)
+	errs = append(errs, unknownEnv(os.Environ())...)
 	if len(errs) == 0 {
 		if err := cfg.readSecretFile(); err != nil {
 			errs = append(errs, err)

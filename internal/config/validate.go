@@ -303,6 +303,8 @@ func (v *validator) fleet(f Fleet) {
 	if f.RedisURL != "" {
 		u, err := url.Parse(f.RedisURL.Reveal())
 		switch {
+		case !strings.Contains(f.RedisURL.Reveal(), "://"):
+			v.add("fleet.redis_url", "%s", noScheme(f.RedisURL.Reveal()))
 		case err != nil:
 			v.add("fleet.redis_url", "must be a redis:// or rediss:// URL: it does not parse")
 		case u.Scheme != "redis" && u.Scheme != "rediss":
@@ -323,4 +325,21 @@ func (v *validator) fleet(f Fleet) {
 	if v.positive("fleet.timeout", f.Timeout) && f.Timeout > 5*time.Second {
 		v.add("fleet.timeout", "must be at most 5s, got %s", f.Timeout)
 	}
+}
+
+// noScheme is fleet.redis_url's message for a URL written without its
+// scheme (localhost:6379): it shows the value and the URL to write instead,
+// each with a password replaced by "xxxxx", or neither when the value does
+// not read as host:port even with the scheme (it might be all password).
+func noScheme(raw string) string {
+	const tail = " (or rediss:// for TLS)"
+	u, err := url.Parse("redis://" + raw)
+	if err != nil || u.Host == "" || u.Opaque != "" {
+		return "has no scheme: write redis://host:port/0" + tail
+	}
+	shown := strings.TrimPrefix(u.Redacted(), "redis://")
+	if u.Path == "" {
+		u.Path = "/0"
+	}
+	return fmt.Sprintf("%q has no scheme: write %s%s", shown, u.Redacted(), tail)
 }
