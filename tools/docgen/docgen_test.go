@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"unicode"
+
+	"github.com/dingproxy/dingproxy/internal/resilience"
 )
 
 // root is the repository's root, seen from this package's directory.
@@ -366,5 +368,24 @@ func TestLinksParser(t *testing.T) {
 	}
 	if want := []string{"docs/a.md#x", "../b.md", "https://example.com", "c.md"}; !slices.Equal(targets, want) {
 		t.Errorf("links = %v, want %v", targets, want)
+	}
+}
+
+// TestScenarioCount: what README.md and BENCHMARKS.md say make resilience
+// runs is the length of resilience.Scenarios.
+func TestScenarioCount(t *testing.T) {
+	t.Parallel()
+	n := len(resilience.Scenarios)
+	for file, phrase := range map[string]string{
+		"README.md":     fmt.Sprintf("`make resilience` runs %d harder scenarios", n),
+		"BENCHMARKS.md": fmt.Sprintf("`make resilience` runs **%d scenarios**", n),
+	} {
+		src, err := os.ReadFile(filepath.Join(root, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(strings.Join(strings.Fields(string(src)), " "), phrase) {
+			t.Errorf("%s does not say %q: internal/resilience has %d scenarios; update its text", file, phrase, n)
+		}
 	}
 }
