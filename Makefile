@@ -98,3 +98,10 @@ staticcheck: ## staticcheck, pinned, installed into bin/tools from the module pr
 	./bin/tools/staticcheck ./...
 
 .PHONY: fuzz loadtest help demo demo-fleet resilience test test-fleet soak test-short build docker run fake check-config examples bench lint tidy staticcheck
+
+# The configuration key table and the metric table in docs/ are written
+# from the code; make test fails when the committed ones differ.
+docs: ## regenerate the generated tables in docs/ (configuration keys, metrics) from the code
+	$(GO) run ./tools/docgen
+
+.PHONY: docs

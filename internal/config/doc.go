@@ -1,6 +1,6 @@
 // Package config is dingproxy's configuration: the Config types that mirror
-// SPEC's YAML schema, the built-in defaults (Default), Load, Validate and
-// Watch.
+// the YAML schema users write (docs/configuration.md), the built-in defaults
+// (Default), Load, Validate, Watch and Reference.
 //
 // Load reads in one pass, with a viper instance of its own: the defaults are
 // set on it, it reads the YAML file and the DINGPROXY_* environment over them,
@@ -18,7 +18,13 @@
 // with a restart; RestartOnly and KeepRestartOnly read it for a reload. Watch
 // calls back when the file's content changes.
 //
+// Reference lists every key with its environment variable, type, default
+// and whether a reload applies it live; tools/docgen writes it into
+// docs/configuration.md.
+//
 // It does not apply a configuration or hold the running one: internal/app
-// does, and Load returns a new value each call and keeps no state. It imports
-// no other dingproxy package.
+// does, and Load returns a new value each call and keeps no state. Of
+// dingproxy's packages it imports only internal/dingtalk, which holds
+// DingTalk's wire facts and does no I/O: Validate asks its catalogue
+// (dingtalk.Describe) whether a route given a cache is a read.
 package config
