@@ -454,6 +454,29 @@ func TestAttemptsHeaderOnEveryAnswer(t *testing.T) {
 	}
 }
 
+// A call that cannot go for want of a token (DingTalk refuses the app's
+// credentials) is answered 503 TokenUnavailable and says that no attempt
+// was sent: X-Dingproxy-Attempts counts attempts sent, not tried for.
+func TestTokenUnavailableSaysNoAttempt(t *testing.T) {
+	s := newStack(t, nil, func(c *config.Config) { c.App.Secret = "not-the-secret" })
+	for _, path := range []string{dingtalktest.PathUserGet, dingtalktest.PathAPIEcho} {
+		before := s.fake.Hits(path)
+		resp, body := s.do(http.MethodPost, path, []byte(`{"userid":"u1"}`))
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "no access token") {
+			t.Errorf("%s: %d %s, want 503: no access token", path, resp.StatusCode, body)
+		}
+		if got := attempts(t, resp); got != 0 {
+			t.Errorf("%s: X-Dingproxy-Attempts = %d, want 0", path, got)
+		}
+		if n := s.fake.Hits(path) - before; n != 0 {
+			t.Errorf("%s: DingTalk saw %d calls, want none", path, n)
+		}
+	}
+	if strings.Contains(fmt.Sprint(s.app.Tokens().State()), "not-the-secret") {
+		t.Error("the token state quotes the secret")
+	}
+}
+
 func TestUnreachableUpstreamGetsDingTalkShaped502(t *testing.T) {
 	dead := dingtalktest.DeadAddr(t)
 	s := newStack(t, nil, func(c *config.Config) { c.App = config.App{}; c.Upstreams.OAPI = "http://" + dead })

@@ -303,10 +303,10 @@ func TestFleetCountsFailuresTogether(t *testing.T) {
 	fl := fleetOf(t, 4, fake, srv.URL(), breakerSettings(20, time.Minute), func(c *config.Config) { c.Retry.MaxAttempts = 1 })
 	fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
 	for _, s := range fl {
-		for range 6 { // 24 failures in all, 6 a proxy: under min_requests each
+		for range 5 { // 20 failures in all, 5 a proxy: under min_requests each
 			resp, _ := s.do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
 			if resp.Header.Get(proxy.HeaderFallback) != "" {
-				t.Fatalf("a breaker opened alone after fewer than min_requests calls")
+				t.Fatalf("the route opened before the fleet's failures reached min_requests")
 			}
 		}
 	}
@@ -318,6 +318,91 @@ func TestFleetCountsFailuresTogether(t *testing.T) {
 	if resp.Header.Get(proxy.HeaderFallback) != breaker.KindCircuitOpen || fake.Hits(dingtalktest.PathDeptListSub) != hits {
 		t.Errorf("after the fleet's trip: %d %q, want circuit-open without a call", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback))
 	}
+}
+
+// One trip rule, alone and shared: a route opens at the same count of
+// failed calls (calls after their retries, not attempts) whether one proxy
+// makes them all or two proxies of a fleet share them.
+func TestBreakerOpensAtTheSameCountAloneAndShared(t *testing.T) {
+	const minRequests, attempts = 6, 3
+	srv := redistest.Start(t)
+	opts := []stackOpt{breakerSettings(minRequests, time.Minute), func(c *config.Config) {
+		c.Retry.MaxAttempts = attempts
+		c.Retry.Backoff.Base, c.Retry.Backoff.Max = time.Millisecond, 2*time.Millisecond
+		c.Retry.Budget.MinPerSecond = 100 // every retry is made
+	}}
+	const path = dingtalktest.PathDeptListSub // a read: a 503 is retried
+	body := []byte(`{"dept_id":1}`)
+	// opensAt makes failing calls through the stacks in turn and returns
+	// the count after which the route is open on every one of them;
+	// settled waits until what the stacks know of the count is final.
+	opensAt := func(t *testing.T, stacks []*stack, settled func(calls int)) int {
+		t.Helper()
+		fake := stacks[0].fake
+		fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+		for n := 1; n <= 2*minRequests; n++ {
+			before := fake.Hits(path)
+			resp, _ := stacks[n%len(stacks)].do(http.MethodPost, path, body)
+			if resp.Header.Get(proxy.HeaderFallback) != "" {
+				t.Fatalf("call %d answered %q before the route was seen open", n, resp.Header.Get(proxy.HeaderFallback))
+			}
+			if got := fake.Hits(path) - before; got != attempts {
+				t.Fatalf("call %d made %d attempts, want %d", n, got, attempts)
+			}
+			settled(n)
+			open := 0
+			for _, s := range stacks {
+				if openHere(s) {
+					open++
+				}
+			}
+			if open == len(stacks) {
+				return n
+			}
+			if open != 0 {
+				t.Fatalf("after %d calls the route is open on %d of %d proxies", n, open, len(stacks))
+			}
+		}
+		t.Fatalf("the route never opened in %d failed calls", 2*minRequests)
+		return 0
+	}
+	alone := opensAt(t, []*stack{newStack(t, nil, opts...)}, func(int) {})
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fl := fleetOf(t, 2, fake, srv.URL(), opts...)
+	cfg := fl[0].app.Config()
+	key := cfg.Fleet.KeyPrefix + ":" + cfg.App.Key + ":brk:" + fleet.Digest(path)
+	shared := opensAt(t, fl, func(calls int) {
+		// Each proxy reports its window within 100 ms: wait until the
+		// fleet's sum holds every call made, then until it has tripped (or
+		// a flush more has passed).
+		waitFor(t, fmt.Sprintf("the fleet's count to hold %d calls", calls), func() bool {
+			return fleetFailures(t, srv, key) >= calls
+		})
+		if calls >= minRequests {
+			waitFor(t, "the fleet to open the route", func() bool { return openHere(fl[0]) && openHere(fl[1]) })
+		}
+	})
+	if alone != minRequests || shared != alone {
+		t.Errorf("the route opened after %d failed calls alone and %d shared; want min_requests (%d) both", alone, shared, minRequests)
+	}
+}
+
+// fleetFailures is the failures the proxies reported under key: each
+// proxy's report is "failures successes unix-ms", and the values come
+// joined by spaces.
+func fleetFailures(t *testing.T, srv *redistest.Server, key string) int {
+	t.Helper()
+	out, err := srv.Do("HVALS", key)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for i, v := range strings.Fields(out) {
+		if f, err := strconv.Atoi(v); err == nil && i%3 == 0 {
+			n += f
+		}
+	}
+	return n
 }
 
 // A Redis that hangs (SIGSTOP) costs the calls in flight at most

@@ -523,3 +523,64 @@ func (a applyFuncs) Banned(until time.Time) {
 
 func (applyFuncs) Penalized(string, time.Time)    {}
 func (applyFuncs) QuotaStopped(string, time.Time) {}
+
+// Shared pacing admits what pacing alone admits: the same calls, offered
+// to one proxy alone and to a fleet of two (taking turns), get the same
+// answers within one call. A burst within the limit goes at once in both
+// modes (DingTalk's 20 a second: 18 at once), and a steady overload is
+// held to the same 18 in any second.
+func TestSharedAdmitsAsAlone(t *testing.T) {
+	srv := redistest.Start(t)
+	s := pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}
+	alone := pacing.New(s)
+	fleet := []*Pacer{decorate(newFleet(t, srv.URL(), testSecret, nil), s).Pacer, decorate(newFleet(t, srv.URL(), testSecret, nil), s).Pacer}
+	admit := func(p pacing.Turns, api string) bool {
+		err := p.Wait(context.Background(), api, time.Time{}, time.Now().Add(20*time.Millisecond))
+		var pe *pacing.PacedError
+		if err != nil && !errors.As(err, &pe) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	t.Run("a burst", func(t *testing.T) {
+		const api = "/topapi/v2/user/get"
+		var a, f int
+		for i := range 30 {
+			if admit(alone, api) {
+				a++
+			}
+			if admit(fleet[i%2], api) {
+				f++
+			}
+		}
+		if a != 18 || f < 17 || f > 19 {
+			t.Errorf("30 calls at once: %d admitted alone, %d shared; want 18 both (within one)", a, f)
+		}
+	})
+	t.Run("a steady overload", func(t *testing.T) {
+		const api = "/topapi/v2/department/get"
+		var a, f, differ int
+		tick := time.NewTicker(25 * time.Millisecond) // 40 calls a second into a limit of 18
+		defer tick.Stop()
+		for i := range 100 {
+			<-tick.C
+			ya, yf := admit(alone, api), admit(fleet[i%2], api)
+			if ya {
+				a++
+			}
+			if yf {
+				f++
+			}
+			if ya != yf {
+				differ++
+			}
+		}
+		if d := a - f; d < -1 || d > 1 {
+			t.Errorf("100 calls over 2.5 s: %d admitted alone, %d shared; want the same within one", a, f)
+		}
+		if a > 90 {
+			t.Errorf("%d admitted of 100 offered at 40 a second into 18: the test is not testing the limit", a)
+		}
+		t.Logf("admitted alone %d, shared %d; %d calls answered differently", a, f, differ)
+	})
+}

@@ -18,191 +18,200 @@ import (
 
 // Shared pacing: every proxy of the app books its turns in Redis, one round
 // trip per call (the take script), so the fleet together stays under
-// per_api_qps on each API and global_qps in all. The engine is GCRA, as in
-// github.com/go-redis/redis_rate, but in a script of our own: redis_rate
-// answers allow/deny for one key, while a call here needs the later of two
-// keys' turns (its API's and the global one), a penalty end, the learned
-// rate's climb, and a booked turn it can sleep until rather than a retry
-// loop of its own. Robots are a sliding log instead (a sorted set of send
-// times): DingTalk's 20 a minute holds in any minute, which GCRA's burst
-// would overshoot. A throttle answer (the penalty script, only then) blocks
-// the API for every proxy and lowers the shared learned rate, by the same
-// curve as the local pacer's (pacing.TheShape), from what the fleet sent in
-// the current second.
+// per_api_qps on each API and global_qps in all. The admission rule is the
+// local pacer's, not a second one: each API, robot and the global budget is
+// a sliding window of at most n calls in any span, with n and span from
+// pacing.Window (so a burst within the limit goes at once, as alone), kept
+// as a log of booked turns (a sorted set) instead of in memory. An API's
+// and a robot's turns are handed out in order; the global log is booked out
+// of order (an API's queue or penalty books turns far ahead, and the other
+// APIs fill the gaps), as the local global window is.
+//
+// What a throttle teaches is learned once for the fleet: the penalty
+// script blocks the API for every proxy and records the ceiling the
+// fleet's sends in the current second measure; the rate after it is
+// computed here, by the local pacer's own curve (pacing.Learned), from that
+// ceiling and the penalty's end, which each take returns. A take made with
+// an outdated ceiling is not booked: the proxy computes again with the
+// ceiling Redis holds.
 
-// takeScript books one turn. KEYS: the API's hash (or the robot's sorted
-// set), the robot's block key (robots only), the global hash.
-// ARGV: kind ("api" | "robot"), earliest (ms from now), most wait (ms;
-// -1: none), the API's configured rate, the global rate, the robot's n a
-// minute, beta, floor, margin, K, C, hold, a unique member (robots).
-// Returns {1, wait ms} for a turn booked wait ms from now, or {0, wait ms}
-// when the turn would come past the most wait (nothing booked).
+// takeScript books one turn. KEYS: the API's (or robot's) state hash, its
+// log, the global log. ARGV: earliest (µs from now), most wait (µs; -1:
+// none), the API's n and span (µs), the global n and span, a unique member,
+// the ceiling's start the rate was computed from (ms; 0: none), the rate
+// used (calls/s, stored for the penalty's measure), clear (1: the climb
+// reached the configured rate, forget the ceiling), count (1: count the
+// turn in its second, for the penalty's measure).
+// Returns {status, wait µs, ceiling in milli-calls/s, ceiling start ms,
+// now ms}: status 1 booked wait µs from now, 0 none before the most wait
+// (nothing booked), 2 the ceiling changed (nothing booked: compute again).
 var takeScript = redis.NewScript(`
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local kind = ARGV[1]
-local at = now + tonumber(ARGV[2])
-local most = tonumber(ARGV[3])
-local cfg = tonumber(ARGV[4])
-local grate = tonumber(ARGV[5])
-local beta, floor, margin = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local K, C, hold = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-
-local function burst(rate, per)
-  return math.max(1, math.floor(rate - math.floor(per)))
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nowms = math.floor(now / 1000)
+local at = now + tonumber(ARGV[1])
+local most = tonumber(ARGV[2])
+local n, span = tonumber(ARGV[3]), tonumber(ARGV[4])
+local gn, gspan = tonumber(ARGV[5]), tonumber(ARGV[6])
+local p = redis.call('HMGET', KEYS[1], 'blk', 'last', 'ceil', 'from', 'sec', 'n', 'psec', 'pn')
+local ceil, from = tonumber(p[3]) or 0, tonumber(p[4]) or 0
+if from ~= tonumber(ARGV[8]) then
+  return {2, 0, math.floor(ceil * 1000), from, nowms}
+end
+if ARGV[10] == '1' and from ~= 0 then
+  redis.call('HDEL', KEYS[1], 'ceil', 'from')
 end
 
--- the global GCRA's earliest turn at or after at
-local g = redis.call('HMGET', KEYS[3], 'tat')
-local gper = grate * margin
-local gT = 1000 / gper
-local gtat = tonumber(g[1]) or 0
-local gtau = (burst(grate, gper) - 1) * gT
-
-if kind == 'robot' then
-  local blk = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if blk > at then at = blk end
-  local n = tonumber(ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  local c = redis.call('ZCARD', KEYS[1])
+-- an API's (or robot's) window: its turns go in order
+local function fifo(at)
+  local c = redis.call('ZCARD', KEYS[2])
   if c >= n then
-    local kth = redis.call('ZRANGE', KEYS[1], c - n, c - n, 'WITHSCORES')
-    local free = tonumber(kth[2]) + 60000
+    local kth = redis.call('ZRANGE', KEYS[2], c - n, c - n, 'WITHSCORES')
+    local free = tonumber(kth[2]) + span
     if free > at then at = free end
   end
-  if gtat - gtau > at then at = gtat - gtau end
-  if most >= 0 and at - now > most then return {0, at - now} end
-  redis.call('ZADD', KEYS[1], at, ARGV[13])
-  redis.call('PEXPIRE', KEYS[1], 120000)
-  redis.call('HSET', KEYS[3], 'tat', math.max(gtat, at) + gT)
-  redis.call('PEXPIRE', KEYS[3], 60000)
-  return {1, at - now}
+  return at
 end
 
-local p = redis.call('HMGET', KEYS[1], 'tat', 'blk', 'ceil', 'from', 'sec', 'n', 'psec', 'pn')
-local tat = tonumber(p[1]) or 0
-local blk = tonumber(p[2]) or 0
-local rate = cfg
-local ceil = tonumber(p[3])
-if ceil then
-  local x = (now - tonumber(p[4])) / 1000
-  local top = ceil * hold
-  local r
-  if x < 0 then
-    r = ceil * beta
-  elseif x < K then
-    local d = 1 - x / K
-    r = top - (top - ceil * beta) * d * d * d
-  else
-    local d = x - K
-    r = top * (1 + C * d * d * d)
+-- the global window: the earliest turn from at on that no span holds
+-- together with gn turns already booked
+local function global(at)
+  for _ = 1, 64 do
+    local r = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. (at - gspan), '(' .. (at + gspan), 'WITHSCORES')
+    local free = at
+    for i = 2, #r - 2 * (gn - 1), 2 do
+      local first, last = tonumber(r[i]), tonumber(r[i + 2 * (gn - 1)])
+      if last - at >= gspan then break end
+      if last < at then last = at end
+      if first > at then first = at end
+      if last - first < gspan then free = tonumber(r[i]) + gspan end
+    end
+    if free <= at then return at end
+    at = free
   end
-  if r >= cfg then
-    redis.call('HDEL', KEYS[1], 'ceil', 'from')
-  else
-    rate = math.max(floor, r)
-  end
+  return at
 end
-local per = rate * margin
-local T = 1000 / per
-local tau = (burst(rate, per) - 1) * T
+
+local blk = (tonumber(p[1]) or 0) * 1000
 if blk > at then at = blk end
--- the later of the API's and the global turn; each moves the other
-for i = 1, 4 do
-  local from = at
-  if tat - tau > at then at = tat - tau end
-  if gtat - gtau > at then at = gtat - gtau end
-  if at == from then break end
+local last = tonumber(p[2]) or 0
+if last > at then at = last end
+for _ = 1, 8 do
+  local before = at
+  at = global(fifo(at))
+  if at == before then break end
 end
-if most >= 0 and at - now > most then return {0, at - now} end
-local sec = math.floor(at / 1000)
-local psec, ps, pn, n = tonumber(p[7]) or 0, tonumber(p[5]) or 0, tonumber(p[8]) or 0, tonumber(p[6]) or 0
-if sec == ps then
-  n = n + 1
-elseif sec > ps then
-  if sec == ps + 1 then psec, pn = ps, n else psec, pn = 0, 0 end
-  ps, n = sec, 1
+if most >= 0 and at - now > most then
+  return {0, at - now, math.floor(ceil * 1000), from, nowms}
 end
-redis.call('HSET', KEYS[1], 'tat', math.max(tat, at) + T, 'sec', ps, 'n', n, 'psec', psec, 'pn', pn, 'rate', rate)
+redis.call('ZADD', KEYS[2], at, ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - span)
+redis.call('PEXPIRE', KEYS[2], math.ceil((at - now + span) / 1000) + 60000)
+redis.call('ZADD', KEYS[3], at, ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - gspan)
+redis.call('PEXPIRE', KEYS[3], math.ceil((at - now + gspan) / 1000) + 60000)
+local fields = {'last', at, 'rate', ARGV[9]}
+if ARGV[11] == '1' then
+  -- the turns booked in the turn's second and the one before, for the
+  -- penalty's measure of what the fleet sent
+  local sec = math.floor(at / 1000000)
+  local ps, cnt, psec, pn = tonumber(p[5]) or 0, tonumber(p[6]) or 0, tonumber(p[7]) or 0, tonumber(p[8]) or 0
+  if sec == ps then
+    cnt = cnt + 1
+  elseif sec > ps then
+    if sec == ps + 1 then psec, pn = ps, cnt else psec, pn = 0, 0 end
+    ps, cnt = sec, 1
+  end
+  for _, v in ipairs({'sec', ps, 'n', cnt, 'psec', psec, 'pn', pn}) do fields[#fields + 1] = v end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], 600000)
-redis.call('HSET', KEYS[3], 'tat', math.max(gtat, at) + gT)
-redis.call('PEXPIRE', KEYS[3], 60000)
-return {1, at - now}
+return {1, at - now, math.floor(ceil * 1000), from, nowms}
 `)
 
 // penaltyScript records a throttle answer for the fleet. KEYS: the API's
-// hash (or the robot's block key). ARGV: kind ("rate": 90018 and kin, the
-// rate is learned; "block": a per-minute limit or a robot's block, only
+// (or robot's) state hash, its log. ARGV: kind ("rate": 90018 and kin, the
+// ceiling is learned; "block": a per-minute limit or a robot's block, only
 // blocked), the penalty (ms from now), the API's configured rate, beta,
-// floor, margin, min measured, the channel, this proxy's id, the API's name.
-// Calls within a penalty already only extend it. Returns the penalty's end
-// (ms from now) and the learned rate (0: none).
+// floor, margin, min measured, the channel, this proxy's id, the API's
+// name. Calls within a penalty already only extend it. The turns booked
+// past now are voided (their callers book again after the penalty). Returns
+// {penalty's end ms from now, ceiling in milli-calls/s, ceiling start ms,
+// now ms}.
 var penaltyScript = redis.NewScript(`
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local kind = ARGV[1]
-local untl = now + tonumber(ARGV[2])
+local untl = nowms + tonumber(ARGV[2])
 local cfg, beta, floor, margin, minm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local p = redis.call('HMGET', KEYS[1], 'blk', 'ceil', 'sec', 'n', 'psec', 'pn', 'rate', 'from', 'last')
+local blk = tonumber(p[1]) or 0
+local ceil, from = tonumber(p[2]) or 0, tonumber(p[8]) or 0
 local function publish()
   redis.call('PUBLISH', ARGV[8], 'pen ' .. ARGV[9] .. ' ' .. untl .. ' ' .. ARGV[10])
 end
-if kind == 'robot' then
-  local blk = tonumber(redis.call('GET', KEYS[1]) or '0')
+if nowms < blk then
   if untl > blk then
-    redis.call('SET', KEYS[1], untl, 'PX', untl - now + 1000)
+    redis.call('HSET', KEYS[1], 'blk', untl)
     publish()
   end
-  return {untl - now, 0}
+  return {math.max(untl, blk) - nowms, math.floor(ceil * 1000), from, nowms}
 end
-local p = redis.call('HMGET', KEYS[1], 'blk', 'ceil', 'sec', 'n', 'psec', 'pn', 'tat', 'rate')
-local blk = tonumber(p[1]) or 0
-local tat = tonumber(p[7]) or 0
-if now < blk then
-  if untl > blk then
-    redis.call('HSET', KEYS[1], 'blk', untl, 'tat', math.max(tat, untl))
-    publish()
-  end
-  return {math.max(untl, blk) - now, tonumber(p[2]) or 0}
-end
-local ceil = 0
 if kind == 'rate' then
   -- what the fleet sent: in the current second once half of it passed,
   -- else in the last whole one
-  local sec = math.floor(now / 1000)
+  local sec = math.floor(nowms / 1000)
   local measured = nil
-  if tonumber(p[3]) == sec and now - sec * 1000 >= 500 and (tonumber(p[4]) or 0) >= minm then
+  if tonumber(p[3]) == sec and nowms - sec * 1000 >= 500 and (tonumber(p[4]) or 0) >= minm then
     measured = tonumber(p[4])
   elseif tonumber(p[3]) == sec and tonumber(p[5]) == sec - 1 and (tonumber(p[6]) or 0) >= minm then
     measured = tonumber(p[6])
   elseif tonumber(p[3]) == sec - 1 and (tonumber(p[4]) or 0) >= minm then
     measured = tonumber(p[4])
   end
-  local cur = tonumber(p[8]) or cfg
+  local cur = tonumber(p[7]) or cfg
   if cur > cfg then cur = cfg end
   ceil = cur
   if measured and measured / margin < ceil then ceil = measured / margin end
   if ceil < floor then ceil = floor end
-  redis.call('HSET', KEYS[1], 'ceil', ceil, 'from', untl)
+  from = untl
+  redis.call('HSET', KEYS[1], 'ceil', ceil, 'from', from)
 end
-redis.call('HSET', KEYS[1], 'blk', untl, 'tat', math.max(tat, untl))
-redis.call('PEXPIRE', KEYS[1], 600000)
+local fields = {'blk', untl}
+local last = tonumber(p[9]) or 0
+if last > nowms * 1000 then fields[3], fields[4] = 'last', nowms * 1000 end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '(' .. (nowms * 1000), '+inf')
+redis.call('PEXPIRE', KEYS[1], math.max(600000, untl - nowms + 60000))
 publish()
-return {untl - now, ceil}
+return {untl - nowms, math.floor(ceil * 1000), from, nowms}
 `)
 
 // Pacer paces through Redis while it answers, and through Local (this
 // proxy's own pacer, which keeps learning from every answer) while it does
-// not. It is a retry.Pacer.
+// not. It is the pacing layer's pacing.Turns.
 type Pacer struct {
 	Local *pacing.Pacer
 	fleet *Fleet
 	set   atomic.Pointer[pacing.Settings]
 	seq   atomic.Uint64
-	// apiKeys holds the Redis keys of the APIs seen (a digest and three
-	// strings each), so a call does not hash its route again; at most
-	// maxKeyed of them.
-	apiKeys sync.Map // api -> []string
-	keyed   atomic.Int64
+	// apis holds what is kept of each API seen: its Redis keys (so a call
+	// does not hash its name again) and the fleet's ceiling as last read;
+	// at most maxKeyed of them.
+	apis  sync.Map // api -> *sharedAPI
+	keyed atomic.Int64
+}
+
+// sharedAPI is what a proxy keeps of an API's shared pacing.
+type sharedAPI struct {
+	robot bool
+	keys  []string // state hash, log, global log
+	mu    sync.Mutex
+	// ceil is the fleet's learned ceiling (0: none), learned from a
+	// penalty that ended at from (Redis's ms) and, here, at fromLocal.
+	ceil      float64
+	from      int64
+	fromLocal time.Time
 }
 
 // maxKeyed bounds the APIs whose keys are kept.
@@ -221,23 +230,59 @@ func (p *Pacer) Update(s pacing.Settings) {
 	p.Local.Update(s)
 }
 
-func (p *Pacer) keys(api string) (kind string, keys []string) {
+// api returns what is kept of api (made anew, and kept while there is room).
+func (p *Pacer) api(name string) *sharedAPI {
+	if v, ok := p.apis.Load(name); ok {
+		return v.(*sharedAPI)
+	}
 	f := p.fleet
-	global := f.key("pace", "global")
-	if rest, ok := strings.CutPrefix(api, pacing.RobotPrefix); ok {
-		return "robot", []string{f.key("robot", rest), f.key("robotblk", rest), global}
+	a := &sharedAPI{}
+	global := f.key("pace", "global", "log")
+	if rest, ok := strings.CutPrefix(name, pacing.RobotPrefix); ok {
+		a.robot = true
+		a.keys = []string{f.key("robotpace", rest), f.key("robotpace", rest, "log"), global}
+	} else {
+		d := Digest(name)
+		a.keys = []string{f.key("pace", d), f.key("pace", d, "log"), global}
 	}
-	if v, ok := p.apiKeys.Load(api); ok {
-		return "api", v.([]string)
-	}
-	d := Digest(api)
-	keys = []string{f.key("pace", d), f.key("pace", d, "unused"), global}
 	if p.keyed.Load() < maxKeyed {
-		if _, loaded := p.apiKeys.LoadOrStore(api, keys); !loaded {
-			p.keyed.Add(1)
+		if v, loaded := p.apis.LoadOrStore(name, a); loaded {
+			return v.(*sharedAPI)
 		}
+		p.keyed.Add(1)
 	}
-	return "api", keys
+	return a
+}
+
+// learn keeps the fleet's ceiling as a reply gave it (milli-calls/s, its
+// start in Redis's ms, Redis's now in ms).
+func (a *sharedAPI) learn(ceilMilli, from, nowMS int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ceil, a.from = float64(ceilMilli)/1000, from
+	a.fromLocal = time.Now().Add(time.Duration(from-nowMS) * time.Millisecond)
+}
+
+// window is the window api's turns run in now: (n, span), the rate, the
+// ceiling's start it was computed from, and whether the climb reached the
+// configured rate (the ceiling is to be forgotten).
+func (a *sharedAPI) window(s *pacing.Settings) (n int, span time.Duration, rate float64, from int64, clear bool) {
+	if a.robot {
+		n = s.RobotPerMinute
+		if n <= 0 {
+			n = dingtalk.RobotPerMinute
+		}
+		return n, time.Minute, float64(n) / 60, 0, false
+	}
+	a.mu.Lock()
+	ceil, from, fromLocal := a.ceil, a.from, a.fromLocal
+	a.mu.Unlock()
+	rate, learned := s.PerAPIQPS, false
+	if ceil > 0 {
+		rate, learned = pacing.Learned(ceil, time.Since(fromLocal).Seconds(), s.PerAPIQPS)
+	}
+	n, span = pacing.Window(rate, learned)
+	return n, span, rate, from, ceil > 0 && !learned
 }
 
 // Wait books a turn in Redis (one round trip) and waits for it; with Redis
@@ -274,42 +319,57 @@ func (p *Pacer) Wait(ctx context.Context, api string, earliest, deadline time.Ti
 }
 
 // take runs the take script: the wait until the booked turn, or a
-// *pacing.PacedError, or another error (Redis down: alone).
+// *pacing.PacedError, or another error (Redis down: alone). A reply that
+// the ceiling changed is computed again once more.
 func (p *Pacer) take(ctx context.Context, api string, earliest, deadline time.Time) (time.Duration, error) {
 	s := p.set.Load()
-	sh := pacing.TheShape
-	now := time.Now()
-	from := max(0, earliest.Sub(now).Milliseconds())
-	most := int64(-1)
-	if !deadline.IsZero() {
-		most = max(0, deadline.Sub(now).Milliseconds())
+	a := p.api(api)
+	gn, gspan := pacing.Window(s.GlobalQPS, false)
+	for range 3 {
+		n, span, rate, from, clear := a.window(s)
+		now := time.Now()
+		at := max(0, earliest.Sub(now).Microseconds())
+		most := int64(-1)
+		if !deadline.IsZero() {
+			most = max(0, deadline.Sub(now).Microseconds())
+		}
+		count := "1"
+		if a.robot {
+			count = "0"
+		}
+		member := strconv.FormatUint(p.seq.Add(1), 36) + p.fleet.events.id
+		var res []int64
+		err := p.fleet.do(ctx, OpPace, func(ctx context.Context) (err error) {
+			res, err = takeScript.Run(ctx, p.fleet.rdb, a.keys, at, most, n, span.Microseconds(), gn, gspan.Microseconds(),
+				member, from, strconv.FormatFloat(rate, 'f', 3, 64), flag(clear), count).Int64Slice()
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+		if len(res) != 5 {
+			return 0, fmt.Errorf("fleet: take: unexpected reply %v", res)
+		}
+		wait := time.Duration(res[1]) * time.Microsecond
+		switch res[0] {
+		case 1:
+			if clear {
+				a.learn(0, 0, res[4])
+			}
+			return wait, nil
+		case 0:
+			return 0, &pacing.PacedError{Path: api, Wait: wait}
+		}
+		a.learn(res[2], res[3], res[4]) // the ceiling changed: again
 	}
-	robotN := s.RobotPerMinute
-	if robotN <= 0 {
-		robotN = dingtalk.RobotPerMinute
+	return 0, fmt.Errorf("fleet: take: the ceiling of %s keeps changing", api)
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
 	}
-	kind, keys := p.keys(api)
-	member := "" // a robot's send, in its sorted set
-	if kind == "robot" {
-		member = strconv.FormatUint(p.seq.Add(1), 36) + p.fleet.events.id
-	}
-	var res []int64
-	err := p.fleet.do(ctx, OpPace, func(ctx context.Context) (err error) {
-		res, err = takeScript.Run(ctx, p.fleet.rdb, keys, kind, from, most, s.PerAPIQPS, s.GlobalQPS, robotN,
-			sh.Beta, sh.Floor, sh.Margin, sh.K, sh.C, sh.Hold, member).Int64Slice()
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	if len(res) != 2 {
-		return 0, fmt.Errorf("fleet: take: unexpected reply %v", res)
-	}
-	wait := time.Duration(res[1]) * time.Millisecond
-	if res[0] == 0 {
-		return 0, &pacing.PacedError{Path: api, Wait: wait}
-	}
-	return wait, nil
+	return "0"
 }
 
 // Next is Local's estimate: a retry that would wait past its deadline is
@@ -319,17 +379,15 @@ func (p *Pacer) Next(api string, earliest time.Time) time.Time {
 }
 
 // Answered tells Local (always) and, for a throttle, the fleet: the
-// penalty blocks the API for every proxy and lowers the shared rate.
+// penalty blocks the API for every proxy and teaches the fleet its ceiling.
 func (p *Pacer) Answered(api string, r dingtalk.Result) pacing.Change {
 	c := p.Local.Answered(api, r)
 	var kind string
 	switch r.Reason {
 	case dingtalk.ReasonRateLimited, dingtalk.ReasonHTTP429:
 		kind = "rate"
-	case dingtalk.ReasonMinuteLimit:
+	case dingtalk.ReasonMinuteLimit, dingtalk.ReasonRobotThrottled:
 		kind = "block"
-	case dingtalk.ReasonRobotThrottled:
-		kind = "robot"
 	default:
 		return c
 	}
@@ -339,17 +397,19 @@ func (p *Pacer) Answered(api string, r dingtalk.Result) pacing.Change {
 	d := time.Until(dingtalk.Penalty(r, time.Now()))
 	s := p.set.Load()
 	sh := pacing.TheShape
-	_, keys := p.keys(api)
-	key := keys[0]
-	if kind == "robot" {
-		key = keys[1]
-	}
-	err := p.fleet.do(context.Background(), OpPenalty, func(ctx context.Context) error {
-		return penaltyScript.Run(ctx, p.fleet.rdb, []string{key}, kind, d.Milliseconds(), s.PerAPIQPS,
-			sh.Beta, sh.Floor, sh.Margin, sh.MinMeasured, p.fleet.key("events"), p.fleet.events.id, api).Err()
+	a := p.api(api)
+	var res []int64
+	err := p.fleet.do(context.Background(), OpPenalty, func(ctx context.Context) (err error) {
+		res, err = penaltyScript.Run(ctx, p.fleet.rdb, a.keys[:2], kind, d.Milliseconds(), s.PerAPIQPS,
+			sh.Beta, sh.Floor, sh.Margin, sh.MinMeasured, p.fleet.key("events"), p.fleet.events.id, api).Int64Slice()
+		return err
 	})
 	if err != nil {
 		p.fleet.log.Debug("fleet: could not share a penalty", zap.String("error", redactErr(err)))
+		return c
+	}
+	if len(res) == 4 && kind == "rate" {
+		a.learn(res[1], res[2], res[3])
 	}
 	return c
 }

@@ -36,15 +36,43 @@ const (
 	rebookStep = 1.05
 )
 
-// Shape is the learning's constants, for a shared pacer that keeps the
-// fleet's measure elsewhere (the fleet's Redis script).
+// Shape is the learning's constants that a shared pacer's Redis script
+// needs to take the fleet's measure when a throttle comes (the fleet's
+// penalty script); the curve itself runs here only (Learned).
 type Shape struct {
-	Beta, Floor, Margin, K, C, Hold float64
-	MinMeasured                     int
+	Beta, Floor, Margin float64
+	MinMeasured         int
 }
 
-// TheShape is the curve this package runs.
-var TheShape = Shape{Beta: beta, Floor: floorRate, Margin: margin, K: cubicK, C: cubicC, Hold: hold, MinMeasured: minMeasured}
+// TheShape is the learning's constants.
+var TheShape = Shape{Beta: beta, Floor: floorRate, Margin: margin, MinMeasured: minMeasured}
+
+// Learned is the rate of a path whose throttle taught it ceiling, t
+// seconds after the penalty's end (negative: during it), under the
+// configured rate cfg: β·ceiling during the penalty, then the climb,
+// never under floorRate. learned is false once the climb reaches cfg:
+// nothing learned holds then. The local pacer and the fleet's run this
+// one curve.
+func Learned(ceiling, t, cfg float64) (rate float64, learned bool) {
+	r := ceiling * beta
+	if t >= 0 {
+		r = climb(ceiling, t)
+	}
+	if r >= cfg {
+		return cfg, false
+	}
+	return max(floorRate, r), true
+}
+
+// Window is the sliding window a rate runs as: at most n calls in any
+// span, n·(1 s/span) being rate·margin a second; even, one call every
+// 1/(rate·margin) seconds (a learned rate). The local pacer's windows and
+// the fleet's Redis logs are both this.
+func Window(rate float64, even bool) (n int, span time.Duration) {
+	w := &window{}
+	w.set(rate, even)
+	return w.n, w.span
+}
 
 // climb is the rate t seconds after a penalty's end on a path whose
 // ceiling estimate is ceiling: β·ceiling at 0, up a concave curve to
@@ -203,14 +231,14 @@ func (p *Pacer) succeeded(name string) (from, rate float64, raised bool) {
 	if t < 0 {
 		return e.rate, e.rate, false
 	}
-	w := min(full, climb(e.ceiling, t))
+	w, learned := Learned(e.ceiling, t, full)
 	if w <= e.rate {
 		return e.rate, e.rate, false
 	}
 	from = e.rate
 	e.rate = w
 	e.lastRaise = now
-	if e.rate >= full {
+	if !learned {
 		e.learned = false // back at the configured rate: nothing learned holds
 		e.win.setRate(e.rate)
 	} else {
