@@ -18,7 +18,7 @@ import (
 )
 
 // TestBadAnswers: whatever DingTalk answers, the proxy forwards it or
-// answers a clear 502, classifies it as SPEC says (bodies that are not JSON
+// answers a clear 502, classifies it as the README's "Retry" says (bodies that are not JSON
 // by status alone; an errcode string like a number), retries only what may
 // be retried, never repeats a send, and goes on serving.
 func TestBadAnswers(t *testing.T) {
@@ -45,7 +45,7 @@ func TestBadAnswers(t *testing.T) {
 		{"empty 200", dingtalktest.Body(200, "application/json", ``), 200, 1, 200, 1, ``},
 		{"binary 200", dingtalktest.Body(200, "", "\x00\xff\xfe{\"errcode\":-1"), 200, 1, 200, 1, "\x00\xff\xfe{\"errcode\":-1"},
 		{"non-JSON 502", dingtalktest.Body(502, "text/html", "<html>bad gateway</html>"), 200, 2, 502, 1, "<html>bad gateway</html>"},
-		// An HTML page on a 200 is DingTalk's IP ban (DINGTALK.md): nothing
+		// An HTML page on a 200 is DingTalk's IP ban (docs/dingtalk.md, "Limits"): nothing
 		// is sent for the ban's length; the client is told so.
 		{"HTML 200", dingtalktest.Body(200, "text/html", "<html>oops</html>"), 503, 1, 503, 0, ""},
 		{"connection closed mid-body", dingtalktest.CloseMidBody(), 200, 2, 502, 1, ""},

@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// Config is dingproxy's whole configuration: SPEC's YAML schema. Every key can
+// Config is dingproxy's whole configuration: the YAML schema of
+// docs/configuration.md. Every key can
 // also come from the environment as DINGPROXY_ + the key upper-cased with dots
 // as underscores. Zero values are never defaults: Default returns those.
 //
@@ -314,7 +315,8 @@ func (s Secret) MarshalText() ([]byte, error) { return []byte(Redacted), nil }
 // Reveal returns the secret itself, for the one place that must send it.
 func (s Secret) Reveal() string { return string(s) }
 
-// Default returns the built-in configuration: SPEC's example.
+// Default returns the built-in configuration (docs/configuration.md's
+// defaults).
 func Default() Config {
 	f := false
 	return Config{

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 
 func ptr[T any](v T) *T { return &v }
 
-// TestKeys pins the public key names (SPEC's schema) that leaves derives from
+// TestKeys pins the public key names (docs/configuration.md, "Every key") that leaves derives from
 // the mapstructure tags.
 func TestKeys(t *testing.T) {
 	t.Parallel()
@@ -475,7 +475,7 @@ func TestLoadEnvEveryKey(t *testing.T) {
 	}
 }
 
-// SPEC: credentials from the environment alone. AutomaticEnv needs the keys
+// docs/configuration.md: credentials from the environment alone. AutomaticEnv needs the keys
 // seeded with defaults for this to work.
 func TestLoadEnvAppCredentialsNoFile(t *testing.T) {
 	t.Setenv("DINGPROXY_APP_KEY", "dingabc")

@@ -184,9 +184,9 @@ func Describe(path string) Endpoint {
 }
 
 // unmeteredPrefixes are the route prefixes of the APIs DingTalk leaves out
-// of the monthly quota (DINGTALK.md §3.5: "Token, SSO and contacts APIs
-// excluded"): sign-in and SSO, and the address book (users, departments,
-// roles, external contacts) on both hosts.
+// of the monthly quota (docs/dingtalk.md, "Monthly quota": token, SSO and
+// contacts APIs are excluded): sign-in and SSO, and the address book
+// (users, departments, roles, external contacts) on both hosts.
 var unmeteredPrefixes = []string{
 	"/sso/", "/sns/", "/v1.0/oauth2/", "/v1.0/sso/",
 	"/user/", "/topapi/user/", "/topapi/v2/user/",

@@ -1,5 +1,6 @@
 // Package metrics holds dingproxy's Prometheus metrics, on a registry of its
-// own: SPEC's names, bounded labels, and what an operator needs beyond them.
+// own: the public names of docs/metrics.md, bounded labels, and what an
+// operator needs beyond them.
 //
 // Label values are bounded by construction: route is a name from the
 // proxy's route table (a configured path, one of at most breaker.max_routes

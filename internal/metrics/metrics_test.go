@@ -12,7 +12,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/metrics"
 )
 
-// spec is SPEC's metric table: name, type, and the labels it must have at
+// spec is the public metric table (docs/metrics.md): name, type, and the labels it must have at
 // least. These names are public: dashboards and alerts depend on them.
 type metricDef struct {
 	name   string
@@ -35,7 +35,7 @@ var spec = []metricDef{
 	{"dingproxy_cache_requests_total", dto.MetricType_COUNTER, []string{"route", "result"}},
 }
 
-// extra are the operator metrics beyond SPEC's table.
+// extra are the operator metrics beyond the public table.
 var extra = []metricDef{
 	{"dingproxy_upstream_attempt_duration_seconds", dto.MetricType_HISTOGRAM, []string{"upstream"}},
 	{"dingproxy_breaker_transitions_total", dto.MetricType_COUNTER, []string{"route", "to"}},

@@ -16,7 +16,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/retry"
 )
 
-// TestSpecRetryTable is SPEC's retry table, every row for an idempotent and a
+// TestSpecRetryTable is the README's retry table ("Retry"), every row for an idempotent and a
 // non-idempotent request, sent through the real attempt loop to the fake
 // DingTalk over loopback. Each scripted fault repeats for every attempt, so
 // the number of attempts the fake sees says whether the row retries:
