@@ -53,8 +53,8 @@ func TestDemoPromise(t *testing.T) {
 	if got := proxy.ReadSuccess(); got < want {
 		t.Errorf("reads through dingproxy: %.1f%% ok, want >= %.0f%%", 100*got, 100*want)
 	}
-	if proxy.DuplicateSends != 0 {
-		t.Errorf("dingproxy duplicated %d sends", proxy.DuplicateSends)
+	if proxy.Duplicates != 0 {
+		t.Errorf("dingproxy duplicated %d sends", proxy.Duplicates)
 	}
 	if got := direct.ReadSuccess(); got > 0.95 {
 		t.Errorf("direct reads %.1f%% ok: the faults were not injected", 100*got)
@@ -91,9 +91,9 @@ func TestDemoOutage(t *testing.T) {
 	// machine: a plain call to the fake can take 2 s there), the outage's
 	// calls can all be in flight before that, and it opens late or not at
 	// all; the retry budget alone bounds attempts then (tested elsewhere).
-	fast := proxy.P50 < time.Second
+	fast := proxy.P50During < time.Second
 	if !fast {
-		t.Logf("median call during the outage %v: the breaker's part is not checked", proxy.P50)
+		t.Logf("median call during the outage %v: the breaker's part is not checked", proxy.P50During)
 	}
 	if fast && proxy.Fallbacks == 0 {
 		t.Error("dingproxy answered no fallback during the outage")
