@@ -6,15 +6,15 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 help: ## list targets
 	@awk 'BEGIN{FS=":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; prints a table (about 20 s)
+demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; two tables, the faults and an outage (about 40 s)
 	$(GO) run ./cmd/dingdemo
 
-resilience: ## the resilience benchmark: sixteen scenarios, the clients side by side, one table and issues 14-16's targets (about 3 minutes, loopback only; the fleet's five need redis-server)
+resilience: ## the resilience benchmark: the faults, pacing, fleet, and quota and cache scenarios, the clients side by side, one table and the targets (about 3 minutes, loopback only; the fleet group needs redis-server)
 	$(GO) run ./cmd/resilience
 
-demo-fleet: ## four dingproxies alone beside four sharing through a local redis-server, in issue 15's five scenarios (about 1 minute; needs redis-server on the PATH)
+demo-fleet: ## dingproxies alone beside dingproxies sharing through a local redis-server, in the fleet scenarios (about 1 minute; needs redis-server on the PATH)
 	@command -v redis-server >/dev/null || { echo "demo-fleet needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }
-	$(GO) run ./cmd/resilience -only shared-throttle,shared-tokens,shared-outage,shared-ban,redis-killed
+	$(GO) run ./cmd/resilience -group fleet
 
 test: ## go vet, then every test that a slow machine cannot break, with the race detector, shuffled (see soak)
 	$(GO) vet ./...
@@ -30,7 +30,7 @@ SOAK_FLAGS ?= -race
 SOAK_FILES = $(shell find internal cmd -name '*soak_test.go')
 SOAK_TESTS = $(shell sed -n 's/^func \(Test[A-Za-z0-9_]*\)(t \*testing\.T).*/\1/p' $(SOAK_FILES) | paste -sd'|' -)
 SOAK_PKGS = $(sort $(patsubst %/,./%,$(dir $(SOAK_FILES))))
-soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises, load runs, timeouts (about 3 min)
+soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises and targets, load runs, timeouts (about 3 min; a run too slow to check a promise is made again, a few times at most)
 	$(GO) vet -tags soak $(SOAK_PKGS)
 	$(GO) test -tags soak $(SOAK_FLAGS) -count=1 -p 1 -timeout 30m -run '^($(SOAK_TESTS))$$' $(SOAK_PKGS)
 
@@ -69,7 +69,7 @@ bench: ## benchmarks (10 runs each, into bench/new.txt; compare with benchstat),
 	$(GO) test -run='^$$' -bench=. -benchmem -count=10 ./... | tee bench/new.txt
 	$(GO) run ./cmd/loadtest
 
-loadtest: ## added latency at 500 and 1,000 calls/s, open loop, loopback (about 25 s)
+loadtest: ## the latency dingproxy adds at the load scenario's rates, open loop, loopback (about 25 s)
 	$(GO) run ./cmd/loadtest
 
 # Counts, not durations: with -fuzztime=10s a slow machine can cut a worker

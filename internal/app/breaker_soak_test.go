@@ -15,10 +15,13 @@ import (
 )
 
 // TestOutageOpensBreaker is a full outage of one path under 100 calls/s for
-// 10 s: the breaker opens after min_requests, the fake then sees no call on
-// that path until open_timeout passes, other paths keep working, the upstream
-// sees at most 1.2 attempts per client call, and once the fake recovers the
-// half-open probes close the breaker.
+// 5 s, then 5 s of recovery: the breaker opens after min_requests, the fake
+// then sees no call on that path until open_timeout passes, other paths
+// keep working, the upstream sees at most 1.2 attempts per client call, and
+// once the fake recovers the half-open probes close the breaker. The calls
+// go one at a time, so a saturated machine may not make min_requests of
+// them in 5 s: the outage lasts until it has made enough for the breaker
+// to decide (bounded by a deadline, past which the test fails).
 func TestOutageOpensBreaker(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10 s of load")
@@ -29,8 +32,14 @@ func TestOutageOpensBreaker(t *testing.T) {
 	down := dingtalktest.PathUserGet
 	s.fake.SetChaos(dingtalktest.Chaos{Paths: []string{down}, Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(503), P: 1}}})
 
-	const rate, duration = 100, 10 * time.Second
-	recoverAt := 5 * time.Second
+	const rate = 100
+	// The outage lasts at least minOutage and until enough calls on the
+	// path were made (min_requests and a margin); the recovery then runs
+	// for afterRecovery. A machine that cannot make them by deadline fails
+	// the test.
+	const minOutage, afterRecovery, deadline = 5 * time.Second, 5 * time.Second, 2 * time.Minute
+	const enough = 25
+	var recoverAt time.Duration // since begin
 	begin := time.Now()
 	var (
 		clientCalls, fallbacks, otherFailures int
@@ -43,11 +52,14 @@ func TestOutageOpensBreaker(t *testing.T) {
 		watching                              bool // the breaker is open, and hitsWhileOpen its count then
 		hitsWhileOpen                         int
 	)
-	for i := 0; time.Since(begin) < duration; i++ {
+	for i := 0; !recovered || time.Since(begin) < recoverAt+afterRecovery; i++ {
+		if time.Since(begin) > deadline {
+			t.Fatalf("%d calls on the path in %v: the machine is too slow to bring the breaker min_requests calls", clientCalls, deadline)
+		}
 		time.Sleep(time.Until(begin.Add(time.Duration(i) * time.Second / rate))) // pacing the load, not synchronisation
-		if !recovered && time.Since(begin) >= recoverAt {
+		if !recovered && time.Since(begin) >= minOutage && clientCalls >= enough {
 			s.fake.SetChaos(dingtalktest.Chaos{})
-			recovered = true
+			recovered, recoverAt = true, time.Since(begin)
 			hitsAtRecovery, callsAtRecovery = s.fake.Hits(down), clientCalls
 		}
 		if i%5 == 4 { // another path keeps working throughout
@@ -93,23 +105,20 @@ func TestOutageOpensBreaker(t *testing.T) {
 		lastUp = resp.StatusCode == 200 && resp.Header.Get(proxy.HeaderFallback) == ""
 	}
 	if opened.IsZero() {
-		if callsAtRecovery < 25 {
-			// One call at a time: a saturated machine may not make
-			// min_requests of them in the 5 s outage.
-			t.Skipf("only %d calls on the path during the 5 s outage, too few to open the breaker: the machine is too slow for this test", callsAtRecovery)
-		}
-		t.Fatalf("the breaker never opened (%d calls on the path during the outage)", callsAtRecovery)
+		t.Fatalf("the breaker never opened (%d calls on the path during the %v outage)", callsAtRecovery, recoverAt.Round(time.Millisecond))
 	}
 	if otherFailures > 0 {
 		t.Errorf("%d calls on a healthy path failed during the outage", otherFailures)
 	}
 	perCall := float64(s.fake.Hits(down)) / float64(clientCalls)
-	t.Logf("outage: %d client calls, %d upstream attempts (%.2f per call over 10 s), %d fallbacks", clientCalls, s.fake.Hits(down), perCall, fallbacks)
+	t.Logf("outage: %d client calls, %d upstream attempts (%.2f per call over %v), %d fallbacks", clientCalls, s.fake.Hits(down), perCall,
+		time.Since(begin).Round(time.Millisecond), fallbacks)
 	t.Logf("before the breaker opened (%v): %d calls, %.2f upstream attempts per call", opened.Sub(begin).Round(time.Millisecond),
 		callsAtOpen, float64(hitsAtOpen)/float64(callsAtOpen))
 	t.Logf("open until the fake recovered: %d calls, %.2f upstream attempts per call (half-open probes)",
 		callsAtRecovery-callsAtOpen, float64(hitsAtRecovery-hitsAtOpen)/float64(callsAtRecovery-callsAtOpen))
-	t.Logf("first success %v after the fake recovered (open_timeout %v)", closedAgain.Sub(begin.Add(recoverAt)).Round(time.Millisecond), openTimeout)
+	t.Logf("first success %v after the fake recovered at %v (open_timeout %v)", closedAgain.Sub(begin.Add(recoverAt)).Round(time.Millisecond),
+		recoverAt.Round(time.Millisecond), openTimeout)
 	if perCall > 1.2 {
 		t.Errorf("upstream attempts per client call = %.2f, want <= 1.2", perCall)
 	}

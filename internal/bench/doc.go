@@ -1,6 +1,9 @@
 // Package bench is dingproxy's one benchmark engine, of which the demo
 // (internal/demo), the resilience benchmark (internal/resilience) and the
-// load tool (internal/loadtest) are views. It has three parts:
+// load tool (internal/loadtest) are views; what they run (workloads, faults,
+// clients, targets) is data, the rows of one scenario table
+// (internal/scenario), which knows how to run a row on this engine. The
+// engine itself knows no workload. It has three parts:
 //
 //   - one client model: a [Client] is a [Mode] (its name in the tables), a
 //     [Via] (how its calls reach the fake DingTalk: [Straight] with a token

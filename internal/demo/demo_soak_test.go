@@ -53,8 +53,8 @@ func TestDemoPromise(t *testing.T) {
 	if got := proxy.ReadSuccess(); got < want {
 		t.Errorf("reads through dingproxy: %.1f%% ok, want >= %.0f%%", 100*got, 100*want)
 	}
-	if proxy.DuplicateSends != 0 {
-		t.Errorf("dingproxy duplicated %d sends", proxy.DuplicateSends)
+	if proxy.Duplicates != 0 {
+		t.Errorf("dingproxy duplicated %d sends", proxy.Duplicates)
 	}
 	if got := direct.ReadSuccess(); got > 0.95 {
 		t.Errorf("direct reads %.1f%% ok: the faults were not injected", 100*got)
@@ -71,45 +71,62 @@ func TestDemoPromise(t *testing.T) {
 
 // TestDemoOutage checks the outage phase: dingproxy answers fallbacks while
 // the API is down, costs DingTalk at most 1.5 attempts per client call over
-// this short (4 s) outage, where the calls made before the breaker trips
-// weigh more than over the 10 s outage of the resilience benchmark (<= 1.2
+// this short outage, where the calls made before the breaker trips weigh
+// more than over the longer outage of the resilience benchmark (<= 1.2
 // there), and recovers after the API does.
+//
+// The breaker opens once it has seen min_requests (20) calls end, and then
+// keeps attempts down. When calls take seconds (a loaded CI machine: a
+// plain call to the fake can take 2 s there), the outage's calls can all
+// be in flight before that, and the run says nothing of the breaker: such a
+// run (median call during the outage 1 s or more) is made again with fresh
+// load, up to freshRuns runs, and the test fails if none was fast enough.
 func TestDemoOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a few seconds of load")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	const freshRuns = 3
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	rs, err := RunOutage(ctx, OutageOptions{After: 4 * time.Second, Modes: []bench.Mode{bench.Direct, bench.Proxy}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	direct, proxy := rs[0], rs[1]
-	t.Logf("outage: %+v", rs)
-	// The breaker opens once it has seen min_requests (20) calls end, and
-	// then keeps attempts down. When calls take seconds (a loaded CI
-	// machine: a plain call to the fake can take 2 s there), the outage's
-	// calls can all be in flight before that, and it opens late or not at
-	// all; the retry budget alone bounds attempts then (tested elsewhere).
-	fast := proxy.P50 < time.Second
-	if !fast {
-		t.Logf("median call during the outage %v: the breaker's part is not checked", proxy.P50)
-	}
-	if fast && proxy.Fallbacks == 0 {
-		t.Error("dingproxy answered no fallback during the outage")
-	}
-	if got := proxy.AttemptsPerCall(); fast && got > 1.5 {
-		t.Errorf("dingproxy: %.2f upstream attempts per call during the outage, want <= 1.5", got)
-	}
-	if direct.Fallbacks != 0 || direct.AttemptsPerCall() < 0.99 {
-		t.Errorf("direct client: %d fallbacks, %.2f attempts per call: the outage was not injected", direct.Fallbacks, direct.AttemptsPerCall())
-	}
-	if proxy.Recovery < 0 || fast && proxy.Recovery > 3500*time.Millisecond {
-		t.Errorf("dingproxy recovered %v after the API, want within open_timeout and a probe", proxy.Recovery)
-	}
-	var buf bytes.Buffer
-	PrintOutageTable(&buf, rs)
-	if !strings.Contains(buf.String(), "answered by a fallback") {
-		t.Errorf("outage table:\n%s", buf.String())
+	o := OutageOptions{After: 4 * time.Second, Modes: []bench.Mode{bench.Direct, bench.Proxy}}
+	down := o.Scenario().Faults.Outage.For
+	open := o.Scenario().Tune.OpenTimeout
+	for try := 1; ; try++ {
+		rs, err := RunOutage(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		direct, proxy := rs[0], rs[1]
+		var buf bytes.Buffer
+		PrintOutageTable(&buf, rs)
+		t.Logf("outage (run %d), median call through dingproxy during it %v:\n%s", try, proxy.P50During, buf.String())
+		if !strings.Contains(buf.String(), "answered by a fallback") {
+			t.Errorf("outage table:\n%s", buf.String())
+		}
+		if direct.Fallbacks != 0 || direct.AttemptsPerCall() < 0.99 || direct.CallsDuring == 0 {
+			t.Errorf("direct client: %d fallbacks, %.2f attempts per call over %d calls: the outage was not injected",
+				direct.Fallbacks, direct.AttemptsPerCall(), direct.CallsDuring)
+		}
+		if !proxy.Recovered || proxy.Recovery < 0 {
+			t.Errorf("dingproxy did not recover after the API (down %v)", down)
+		}
+		if proxy.P50During >= time.Second {
+			if try == freshRuns {
+				t.Fatalf("median call during the outage %v in %d runs: the machine is too slow for the breaker to open within the %v outage, and its part was not checked",
+					proxy.P50During, try, down)
+			}
+			t.Logf("median call during the outage %v: the breaker could not open in time; run again with fresh load", proxy.P50During)
+			continue
+		}
+		if proxy.Fallbacks == 0 {
+			t.Error("dingproxy answered no fallback during the outage")
+		}
+		if got := proxy.AttemptsPerCall(); got > 1.5 {
+			t.Errorf("dingproxy: %.2f upstream attempts per call during the outage, want <= 1.5", got)
+		}
+		if proxy.Recovery > open+1500*time.Millisecond {
+			t.Errorf("dingproxy recovered %v after the API, want within open_timeout (%v) and a probe", proxy.Recovery, open)
+		}
+		return
 	}
 }

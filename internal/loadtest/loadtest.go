@@ -4,31 +4,51 @@
 // dingproxy, at the same moment, so both see the same machine; the added
 // latency of a turn is the difference of the pair, and its percentiles are
 // reported with those of each path. Every run is bounded in calls and time.
+// The workload, the rates and dingproxy's configuration are the load
+// scenario's, a row of the scenario table (internal/scenario).
 package loadtest
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/bench"
-	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/scenario"
 )
 
-// Options bound a run.
+// Options bound a run; a zero field keeps the load scenario's
+// (scenario.Load).
 type Options struct {
 	// Rates are the dingproxy calls per second to measure at (the fake
-	// sees twice as many: the direct twin of each). Default 500 and 1000.
+	// sees twice as many: the direct twin of each).
 	Rates []int
-	// Duration is how long each rate runs. Default 10 s.
+	// Duration is how long each rate runs.
 	Duration time.Duration
-	// Warmup runs before each measured phase and is not counted. Default
-	// 1 s; negative means none.
+	// Warmup runs before each measured phase and is not counted; negative
+	// means none.
 	Warmup time.Duration
+}
+
+// Scenario is the load scenario with o's changes.
+func (o Options) Scenario() scenario.Scenario {
+	sc := scenario.Must(scenario.Load)
+	if len(o.Rates) > 0 {
+		sc.Rates = nil
+		for _, r := range o.Rates {
+			sc.Rates = append(sc.Rates, float64(r))
+		}
+	}
+	if o.Duration > 0 {
+		sc.Duration = o.Duration
+	}
+	if o.Warmup != 0 {
+		sc.Warmup = max(o.Warmup, 0)
+	}
+	return sc
 }
 
 // Row is one rate's result. The arrays hold p50, p99 and p99.9.
@@ -47,16 +67,12 @@ type Row struct {
 // Quantiles are the percentiles reported, in Row's arrays' order.
 var Quantiles = [3]float64{0.50, 0.99, 0.999}
 
-// Run measures each rate.
+// Run measures each rate of the load scenario, on one fake and one
+// dingproxy: its two clients, a call of each at every turn.
 func Run(ctx context.Context, o Options) ([]Row, error) {
-	if len(o.Rates) == 0 {
-		o.Rates = []int{500, 1000}
-	}
-	if o.Duration <= 0 {
-		o.Duration = 10 * time.Second
-	}
-	if o.Warmup == 0 {
-		o.Warmup = time.Second
+	sc := o.Scenario()
+	if len(sc.Clients) != 2 {
+		return nil, fmt.Errorf("loadtest: the load scenario pairs two clients, not %v", sc.Clients)
 	}
 	fake := dingtalktest.New(dingtalktest.Options{Seed: 1})
 	if err := fake.Start("127.0.0.1:0"); err != nil {
@@ -65,29 +81,25 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	defer fake.Close()
 	hc := bench.HTTPClient(10*time.Second, 512, 512)
 	defer hc.CloseIdleConnections()
-	direct, err := bench.Open(ctx, bench.Client{Mode: bench.Direct, Via: bench.Straight{}}, fake, hc)
+	direct, err := sc.Open(ctx, sc.Clients[0], fake, hc)
 	if err != nil {
 		return nil, err
 	}
 	defer direct.Close()
-	// Pacing is raised above the load: DingTalk's 20 calls/s per API would
-	// make the schedule, not dingproxy, the thing measured.
-	via, err := bench.Open(ctx, bench.Client{Mode: bench.Proxy, Via: bench.ThroughProxy{Tune: []func(*config.Config){func(c *config.Config) {
-		c.Pacing.PerAPIQPS, c.Pacing.GlobalQPS = 1e6, 1e6
-	}}}}, fake, hc)
+	via, err := sc.Open(ctx, sc.Clients[1], fake, hc)
 	if err != nil {
 		return nil, err
 	}
 	defer via.Close()
-	req := bench.Request{Method: http.MethodPost, Path: dingtalktest.PathUserGet, Body: []byte(`{"userid":"manager4220","language":"zh_CN"}`)}
+	call := sc.Work.Calls(1, 1)
 	var rows []Row
-	for _, rate := range o.Rates {
-		if o.Warmup > 0 {
-			if _, err := phase(ctx, direct, via, req, rate, o.Warmup); err != nil {
+	for _, rate := range sc.Rates {
+		if sc.Warmup > 0 {
+			if _, err := phase(ctx, direct, via, call, int(rate), sc.Warmup); err != nil {
 				return rows, err
 			}
 		}
-		row, err := phase(ctx, direct, via, req, rate, o.Duration)
+		row, err := phase(ctx, direct, via, call, int(rate), sc.Duration)
 		if err != nil {
 			return rows, err
 		}
@@ -99,17 +111,21 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 // phase sends rate pairs per second for d. Latency runs from each turn's
 // due time, so a stalled sender shows in the percentiles instead of hiding
 // (coordinated omission); the pair's difference cancels it.
-func phase(ctx context.Context, direct, via *bench.Caller, req bench.Request, rate int, d time.Duration) (Row, error) {
+func phase(ctx context.Context, direct, via *bench.Caller, call func(int) bench.Request, rate int, d time.Duration) (Row, error) {
 	type pair struct {
 		direct, via time.Duration
 		failed      bool
 	}
 	pairs := make([]pair, int(float64(rate)*d.Seconds()))
+	reqs := make([]bench.Request, len(pairs))
+	for i := range reqs {
+		reqs[i] = call(i)
+	}
 	t, err := bench.Schedule{Rate: float64(rate), Calls: len(pairs)}.Run(ctx, func(i int, due time.Time) {
 		var wg sync.WaitGroup
 		var dc bench.Outcome
-		wg.Go(func() { dc = direct.Do(ctx, i, req) })
-		vc := via.Do(ctx, i, req)
+		wg.Go(func() { dc = direct.Do(ctx, i, reqs[i]) })
+		vc := via.Do(ctx, i, reqs[i])
 		wg.Wait()
 		pairs[i] = pair{dc.End().Sub(due), vc.End().Sub(due), !dc.OK || !vc.OK}
 	})
