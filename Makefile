@@ -37,10 +37,10 @@ soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo 
 test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP (CI runs it to show they ran)
 	@command -v redis-server >/dev/null || { echo "test-fleet needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }
 	mkdir -p bin
-	$(GO) test -race -count=1 -v -run '^(TestFleet.*|TestToken.*|TestRedisGoneAndBack|TestSharedPacingHoldsTheFleet|TestThrottleSharedAcrossTheFleet|TestSharedRobotBudget|TestOpeningsAndBansShared)$$' ./internal/fleet ./internal/app > bin/test-fleet.log 2>&1 || { cat bin/test-fleet.log; exit 1; }
+	$(GO) test -race -count=1 -v -run '^(TestFleet.*|TestToken.*|TestRedisGoneAndBack|TestRedisFailureNamed|TestSharedPacingHoldsTheFleet|TestSharedAdmitsAsAlone|TestThrottleSharedAcrossTheFleet|TestSharedRobotBudget|TestOpeningsAndBansShared|TestBreakerOpensAtTheSameCountAloneAndShared)$$' ./internal/fleet ./internal/app > bin/test-fleet.log 2>&1 || { cat bin/test-fleet.log; exit 1; }
 	@grep -E '^(--- |ok|FAIL)' bin/test-fleet.log
 	@! grep -q -- '--- SKIP' bin/test-fleet.log || { echo "fleet tests skipped"; exit 1; }
-	@test "$$(grep -c -- '--- PASS' bin/test-fleet.log)" -ge 15 || { echo "fewer fleet tests ran than expected"; exit 1; }
+	@test "$$(grep -c -- '--- PASS' bin/test-fleet.log)" -ge 18 || { echo "fewer fleet tests ran than expected"; exit 1; }
 
 test-short: ## quick loop: no race detector, long tests skipped
 	$(GO) test -short ./...

@@ -20,6 +20,8 @@
 // paths and robots are forgotten, so memory does not grow with distinct
 // ones.
 //
-// It does not classify answers or retry: the attempt loop tells it what
-// DingTalk answered and asks it for turns.
+// Layer is pacing in the request path, below the attempt loop: each attempt
+// waits for its turn there, and DingTalk's answer to it is fed back. It
+// does not classify answers or retry. The fleet's pacer decorates Pacer
+// with the same rule (Window) and the same curve (Learned), kept in Redis.
 package pacing
