@@ -136,6 +136,9 @@ func (l *Loop) run(req *http.Request, f *call.Facts, next call.Handler) (*http.R
 		if one.Attempts == 0 {
 			// A layer below refused the attempt (no turn before the deadline,
 			// the route closed, no token): nothing was sent, nor would be.
+			if resp != nil {
+				resp.Body.Close() // a refusal has no answer to hand on
+			}
 			ended := ctx.Err() != nil
 			release()
 			if ended {
