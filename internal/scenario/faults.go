@@ -60,7 +60,7 @@ func (f Faults) validate() error {
 	case f.Ban != nil && (f.Outage != nil || len(f.Chaos.Faults) > 0):
 		return errors.New("a ban and other faults at once")
 	case f.RedisDown != nil && f.RedisDown.Back <= f.RedisDown.At:
-		return errors.New("Redis back before it went down")
+		return errors.New("redis back before it went down")
 	}
 	return nil
 }
