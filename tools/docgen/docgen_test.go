@@ -221,7 +221,9 @@ func TestNothingPointsOutside(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, bad := range []string{"../shared", "/work/", "SPEC.md", "DINGTALK.md"} {
+		// The folder beside the repository is spelled in two parts, so that
+		// this file does not itself mention it.
+		for _, bad := range []string{".." + "/shared", "/work/", "SPEC.md", "DINGTALK.md"} {
 			if i := strings.Index(string(src), bad); i >= 0 {
 				line := strings.Count(string(src[:i]), "\n") + 1
 				t.Errorf("%s:%d: mentions %q, a document outside the repository", strings.TrimPrefix(f, root+"/"), line, bad)
