@@ -34,6 +34,7 @@ func requestPath(cfg *config.Config, p parts, tokens *token.Source, send http.Ro
 		Logger:   log.Named("retry"),
 	})
 	reads := proxy.NewReadCache(cfg.App.Key, p.store, obs, log.Named("cache"))
+	inject := token.Inject(tokenLayerSource(tokens), log)
 	path := call.Chain(
 		reads.Layer,                 // a repeat of a cached read is answered from memory
 		quota.Admit(p.meter),        // a call past the month's quota is refused at once
@@ -42,7 +43,7 @@ func requestPath(cfg *config.Config, p parts, tokens *token.Source, send http.Ro
 		pace.Wrap,                   // each attempt waits for its turn under DingTalk's limits
 		call.Recheck(gates),         // a route that closed while the attempt waited is not called
 		quota.Count(p.meter, log),   // every attempt sent counts against the month; a 90020 stops the route
-		token.Inject(tokenLayerSource(tokens), log), // the shared token, fresh on every attempt
+		inject,                      // the shared token, fresh on every attempt
 	)(loop.Send(send)) // one attempt on the wire, its answer classified
 	return path, loop
 }

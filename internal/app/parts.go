@@ -116,7 +116,7 @@ func (l fleetLink) Mode() (string, *bool) {
 	return "shared", &up
 }
 
-// tokenSource is the shared token source over fetcher, or nil in
+// newTokenSource is the shared token source over fetcher, or nil in
 // pass-through mode.
 func newTokenSource(cfg *config.Config, fetcher token.Fetcher, obs *observer, log *zap.Logger) *token.Source {
 	if fetcher == nil {

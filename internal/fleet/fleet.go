@@ -87,7 +87,7 @@ type Fleet struct {
 	timeout time.Duration
 
 	up      atomic.Bool
-	upMu    sync.Mutex // orders the transitions' logs and OnUp calls
+	upMu    sync.Mutex // orders the transitions' logs and the observer's RedisUp
 	upKnown bool
 
 	sealer *sealer // nil in pass-through mode
