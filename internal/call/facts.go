@@ -32,8 +32,11 @@ type Facts struct {
 	// reads that use POST, an idempotency key, or the route's own flag (see
 	// the README, "Idempotency").
 	Idempotent bool
-	// Metered: DingTalk may count the call against the organisation's
-	// monthly quota (dingtalk.Endpoint.Metered), and it is not a token call.
+	// Metered: the call spends the app's month: DingTalk may count it
+	// against the organisation's monthly quota (dingtalk.Endpoint.Metered)
+	// and it carries the app's own token (the proxy injects it). A call
+	// with a client's own token is that client's business: it is neither
+	// counted nor refused for the app.
 	Metered bool
 	// Body is the buffered request body, replayed byte for byte on every
 	// attempt. Nil when the request has none or it was too large to buffer.

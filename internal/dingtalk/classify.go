@@ -43,7 +43,8 @@ type Result struct {
 	Class Class
 	// Reason refines Class in a fixed vocabulary fit for a metric label:
 	// success, business_error, quota, rate_limited, http_429, token_invalid,
-	// system_busy, http_5xx, ip_ban.
+	// system_busy, http_5xx, ip_ban, rate_limited_minute, robot_throttled,
+	// unknown_api.
 	Reason string
 	// Errcode is the oapi errcode, or for an 88 the sub_code when numeric.
 	// Zero when the answer had none.
@@ -82,7 +83,18 @@ const (
 	// ReasonRobotThrottled: a custom robot past its 20 messages a minute,
 	// blocked for 10 minutes (130101, 410100, 660026). Not retried.
 	ReasonRobotThrottled = "robot_throttled"
+	// ReasonUnknownAPI: DingTalk's gateway knows no such API or method
+	// (errcode 404 "请求的URI地址不存在", 22 "Invalid method"; HTTP 404 or
+	// 405): refused before anything was executed or metered. Not retried.
+	ReasonUnknownAPI = "unknown_api"
 )
+
+// Executed says whether DingTalk may have executed (and metered) the call
+// an answer is to: false for a token it refused and an API it does not
+// know, which its gateway answers before any API runs.
+func (r Result) Executed() bool {
+	return r.Class != TokenInvalid && r.Reason != ReasonUnknownAPI
+}
 
 // Classify reads an answer: its HTTP status, Content-Type and (a prefix of)
 // its decoded body. Bodies that are not JSON are classified by status alone,
@@ -182,6 +194,8 @@ func classifyErrcode(n int, f fields) Result {
 		return Result{Class: Business, Reason: ReasonMinuteLimit, Errcode: n}
 	case n == ErrcodeRobotTooFast || n == ErrcodeRobotTooFastDoc || n == ErrcodeRobotTooMany:
 		return Result{Class: Business, Reason: ReasonRobotThrottled, Errcode: n}
+	case n == ErrcodeUnknownPath || n == ErrcodeInvalidMethod:
+		return Result{Class: Business, Reason: ReasonUnknownAPI, Errcode: n}
 	}
 	return Result{Class: Business, Reason: ReasonBusiness, Errcode: n}
 }
@@ -209,7 +223,10 @@ func classifyCode(status int, code string) Result {
 	}
 	r := byStatus(status)
 	r.Code = code
-	if r.Class == Success { // an error code on a 2xx: a business answer
+	if r.Class == Success || r.Reason == ReasonUnknownAPI && !unknownAPICode(code) {
+		// An error code on a 2xx is a business answer; so is one on a 404
+		// (an API that exists answering "no such user", say): only the
+		// gateway's own 404 says the API is unknown.
 		r.Class, r.Reason = Business, ReasonBusiness
 	}
 	return r
@@ -226,8 +243,16 @@ func byStatus(status int) Result {
 		return Result{Class: ServerError, Reason: ReasonHTTP5xx}
 	case status >= 200 && status < 300:
 		return Result{Class: Success, Reason: ReasonSuccess}
+	case status == 404 || status == 405:
+		return Result{Class: Business, Reason: ReasonUnknownAPI}
 	}
 	return Result{Class: Business, Reason: ReasonBusiness}
+}
+
+// unknownAPICode reports whether an api 404's code is the gateway's "no such
+// API": NotFound, or the Alibaba Cloud gateway's InvalidAction.NotFound.
+func unknownAPICode(code string) bool {
+	return code == CodeNotFound || code == CodeInvalidActionNotFound
 }
 
 func isThrottleErrcode(n int) bool {

@@ -44,6 +44,8 @@ const (
 	ErrcodeQPSSuiteAPI   = 90019 // ISV per app per corp per API QPS limit
 	ErrcodeMonthlyQuota  = 90020 // monthly API quota exhausted: not transient
 	ErrcodeRobotNoToken  = 300005
+	ErrcodeUnknownPath   = 404   // 请求的URI地址不存在: the gateway knows no such path
+	ErrcodeInvalidMethod = 22    // Invalid method: no such topapi method
 	ErrcodeQPMAppAPI     = 90006 // per app per API per minute (1,500/min in an older doc)
 	ErrcodeQPMCorpAPI    = 90005 // per corp per API per minute
 	// A custom robot past 20 messages a minute is blocked for 10 minutes:
@@ -67,6 +69,10 @@ const (
 	CodeInvalidClient         = "invalidClientIdOrSecret"
 	CodeInvalidParameter      = "invalidParameter"
 	CodeUnknownError          = "unknownError"
+	// CodeNotFound and CodeInvalidActionNotFound, on a 404, are the
+	// gateway's "no such API".
+	CodeNotFound              = "NotFound"
+	CodeInvalidActionNotFound = "InvalidAction.NotFound"
 )
 
 // IPBanStatus is the "status" of the JSON answer to an egress IP over its limit:

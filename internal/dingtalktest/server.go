@@ -28,6 +28,12 @@ type Options struct {
 	// quota in its message, as DingTalk words it. SetMonthlyQuota changes it
 	// (a quota bought mid-month).
 	MonthlyQuota int
+	// ForeignToken, when set, is an access token of another organisation:
+	// valid on every API, and that organisation's monthly quota is spent,
+	// so every call carrying it is answered 90020 (api: 403
+	// ApiCountLimitForOrg). It never counts towards this organisation's
+	// quota.
+	ForeignToken string
 	// TokenTTL is the lifetime of issued tokens; default 2h, DingTalk's 7200 s.
 	TokenTTL time.Duration
 	// Seed seeds the chaos RNG; 0 means 1.

@@ -237,17 +237,20 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request, up dingtalk.Upstream) (
 	if px.opts.Tokens != nil && ep.TokenEndpoint && px.answerTokenCall(w, r, body, up) {
 		return ep.Route, nil // a token endpoint: one of a fixed few routes
 	}
+	inject := px.placement(r, ep, pol)
 	f := &call.Facts{
 		API:           ep.Route,
 		Route:         pol.table.name(name),
 		Upstream:      up,
 		TokenEndpoint: ep.TokenEndpoint,
-		Metered:       ep.Metered,
-		Body:          body,
-		Replayable:    notBuffered == "",
-		NotBuffered:   notBuffered,
-		Inject:        px.placement(r, ep, pol),
-		Policy:        rp,
+		// Only the app's own calls spend the app's month: a client's own
+		// token is that client's (and its organisation's) business.
+		Metered:     ep.Metered && inject != dingtalk.PlaceNone,
+		Body:        body,
+		Replayable:  notBuffered == "",
+		NotBuffered: notBuffered,
+		Inject:      inject,
+		Policy:      rp,
 	}
 	if cb != nil && notBuffered != "" {
 		f.ClientBody = cb

@@ -51,17 +51,18 @@ type gate struct{ m Meters }
 func (g gate) Closed(f *call.Facts) error { return g.m.Refused(f.Route, f.Metered) }
 
 // Count is the layer that meters each attempt, below the attempt loop:
-// every attempt sent on a metered route counts against the month (retries
-// too: DingTalk meters them), and every answer teaches the meter.
+// every attempt of the app's own sent on a metered route counts against the
+// month (retries too: DingTalk meters them), and its answer teaches the
+// meter. An answer that says DingTalk executed nothing (a token it refused,
+// an API it does not know) neither counts nor teaches, and a call with a
+// client's own token (not Metered) never reaches the meter.
 func Count(m Meters, log *zap.Logger) call.Layer {
 	return func(next call.Handler) call.Handler {
 		return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
 			resp, rep, err := next.Do(req, f)
-			if rep.Attempts > 0 {
+			if rep.Attempts > 0 && f.Metered && rep.Outcome != call.NotSent && rep.Result.Executed() {
 				call.Bookkeep(log, "quota", func() {
-					if rep.Outcome != call.NotSent {
-						m.Sent(f.Route, f.Metered)
-					}
+					m.Sent(f.Route, true)
 					if rep.Result.Reason != "" {
 						m.Answered(f.Route, rep.Result)
 					}
