@@ -99,6 +99,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		AppSecret: cfg.App.Secret.Reveal(),
 		Logger:    log.Named("proxy"),
 		Observer:  obs,
+		Routes:    routeJanitor{obs: obs, breakers: a.parts.breakers},
 	}, ProxyPolicy(cfg))
 	a.metrics.InflightFrom(a.inflight.Load)
 	if a.tokens != nil {

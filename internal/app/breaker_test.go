@@ -3,6 +3,7 @@ package app_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net/http"
 	"strconv"
 	"strings"
@@ -181,34 +182,63 @@ func TestIPBanOpensEveryRoute(t *testing.T) {
 	}
 }
 
+// Routes are kept by evidence: 3,000 paths DingTalk does not know keep no
+// route of their own (nor breakers, nor metric series), a real API first
+// called after them gets its own, and the overflow route the calls past
+// max_routes run on decides nothing: its failures open no breaker.
 func TestBreakerRoutesBounded(t *testing.T) {
-	s := newStack(t, nil, func(c *config.Config) { c.Breaker.MaxRoutes = 50 })
-	// The route table fills in the proxy's handler, before any upstream
-	// call; an IP ban keeps the 2,000 calls off the fake to save time.
-	s.app.Breakers().Ban(time.Now().Add(time.Hour)) // outlasts the test on a loaded machine
+	s := newStack(t, nil, func(c *config.Config) {
+		c.Routes = nil
+		c.Breaker.MaxRoutes = 3
+		c.Breaker.MinRequests = 5
+		c.Retry.MaxAttempts = 1
+	})
 	var wg sync.WaitGroup
 	paths := make(chan string)
 	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for p := range paths {
-				if resp, _ := s.do(http.MethodGet, p, nil); resp.Header.Get(proxy.HeaderFallback) != breaker.KindIPBan {
-					t.Errorf("%s: not stopped by the ban", p)
+				if resp, _ := s.do(http.MethodGet, p, nil); resp.Header.Get(proxy.HeaderFallback) != "" {
+					t.Errorf("%s: answered %q, want DingTalk's own answer", p, resp.Header.Get(proxy.HeaderFallback))
 				}
 			}
-		}()
+		})
 	}
-	const distinct = 2000
+	const distinct = 3000
 	for i := range distinct {
 		paths <- fmt.Sprintf("/topapi/unknown/%d", i)
 	}
 	close(paths)
 	wg.Wait()
-	if got := s.app.Routes(); got != 50 {
-		t.Errorf("routes = %d after %d distinct paths, want max_routes = 50", got, distinct)
+	if got := s.app.Routes(); got != 0 {
+		t.Errorf("routes = %d after %d unknown paths, want none kept", got, distinct)
 	}
-	if got := s.app.Breakers().Len(); got > 51 {
-		t.Errorf("breakers = %d after %d distinct paths, want at most max_routes+1 = 51", got, distinct)
+	if got := s.app.Breakers().Len(); got != 0 {
+		t.Errorf("breakers = %d after %d unknown paths, want none kept", got, distinct)
+	}
+	if got := metricRoutes(t, s.app, "/topapi/unknown/"); len(got) != 0 {
+		t.Errorf("%d unknown paths still have metric series, want none", len(got))
+	}
+	// A real API, first called now, gets its own route.
+	for range 2 {
+		if resp, body := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
+			t.Fatalf("a real API after the junk: %d %s", resp.StatusCode, body)
+		}
+	}
+	if got := testutil.ToFloat64(s.app.Metrics().Requests.WithLabelValues(dingtalktest.PathDeptList, "200")); got != 2 || s.app.Routes() != 1 {
+		t.Errorf("requests on the API's own route = %v, routes %d; want 2 and 1", got, s.app.Routes())
+	}
+	// Past max_routes, failures on the overflow route open nothing.
+	s.fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+	for i := range 20 {
+		if resp, _ := s.do(http.MethodGet, fmt.Sprintf("/topapi/other/%d", i), nil); resp.Header.Get(proxy.HeaderFallback) != "" {
+			t.Fatalf("call %d answered %q: a breaker opened for the overflow route", i, resp.Header.Get(proxy.HeaderFallback))
+		}
+	}
+	if got := testutil.ToFloat64(s.app.Metrics().Requests.WithLabelValues(proxy.Overflow, "503")); got < 15 {
+		t.Errorf("%v calls on the overflow route, want the 18 past max_routes", got)
+	}
+	if s.app.Check(proxy.Overflow) != nil || s.app.Breakers().State(proxy.Overflow) != breaker.StateClosed {
+		t.Error("the overflow route has an open breaker")
 	}
 }

@@ -171,3 +171,17 @@ func (o *observer) RedisUp(up bool) {
 
 // RedisFailed counts a failed Redis operation (fleet.Observer).
 func (o *observer) RedisFailed(op string) { o.m.FleetErrors.WithLabelValues(op).Inc() }
+
+// routeJanitor lets go of what was kept by a route's name once the route
+// table gives the route up (a path DingTalk does not know): its series and
+// its breaker (proxy.RouteObserver).
+type routeJanitor struct {
+	obs      *observer
+	breakers *breaker.Set
+}
+
+func (j routeJanitor) RouteReleased(route string) {
+	j.obs.series.Delete(route)
+	j.obs.m.ForgetRoute(route)
+	j.breakers.Forget(route)
+}

@@ -390,3 +390,13 @@ func (s *Set) Counts(route string) (failures, successes uint64) {
 	c := e.cb.Counts()
 	return uint64(c.TotalFailures), uint64(c.TotalSuccesses)
 }
+
+// Forget drops route's breaker while it is closed (the route table gave
+// the route up): a breaker that is open or probing is kept.
+func (s *Set) Forget(route string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.routes[route]; ok && e.cb.State() == gobreaker.StateClosed {
+		delete(s.routes, route)
+	}
+}

@@ -33,7 +33,15 @@ type Guard interface {
 func Layer(g Guard, log *zap.Logger) call.Layer {
 	return func(next call.Handler) call.Handler {
 		return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
-			done, err := g.Allow(f.Route)
+			done := ignore
+			var err error
+			if f.Route == call.OverflowRoute {
+				// APIs without a route of their own share no breaker: only
+				// the IP ban stops them.
+				err = g.Check(f.Route)
+			} else {
+				done, err = g.Allow(f.Route)
+			}
 			if err != nil {
 				return call.Fail(call.Refused(call.ReasonClosed), err)
 			}
@@ -55,6 +63,9 @@ func Layer(g Guard, log *zap.Logger) call.Layer {
 		})
 	}
 }
+
+// ignore is the verdict taker of a call no breaker judges.
+func ignore(Verdict) bool { return false }
 
 // Gate is g as a gate of the attempt loop: a call whose route opened while
 // it waited is not sent, nor retried.

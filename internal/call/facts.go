@@ -20,8 +20,8 @@ type Facts struct {
 	// ids the request path carries. Pacing is keyed by it.
 	API string
 	// Route names the call's route for breakers, logs and metrics: a
-	// configured path, the API, or the overflow route past
-	// breaker.max_routes. The proxy's route table bounds it.
+	// configured path, the API, or OverflowRoute. The proxy's route table
+	// bounds it.
 	Route string
 	// Upstream is the DingTalk host the request goes to.
 	Upstream dingtalk.Upstream
@@ -56,6 +56,11 @@ type Facts struct {
 	// attempt the client's doing, whatever the connection to DingTalk says.
 	ClientBody interface{ Failed() error }
 }
+
+// OverflowRoute is the route of calls whose API has no route of its own
+// (past breaker.max_routes). It decides nothing for them: no breaker of its
+// own, no quota stop; only its metrics are shared.
+const OverflowRoute = "_other"
 
 // RoutePolicy is a route's configured policy (routes[] in the
 // configuration), found once at the door.

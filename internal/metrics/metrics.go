@@ -315,3 +315,15 @@ func (m *Metrics) InitCache(route string) {
 		m.CacheRequests.WithLabelValues(route, r)
 	}
 }
+
+// ForgetRoute drops every series of route: the route table gave it up (a
+// path DingTalk does not know), so its label is not kept.
+func (m *Metrics) ForgetRoute(route string) {
+	l := prometheus.Labels{"route": route}
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.Requests, m.RequestDuration, m.Attempts, m.Retries, m.BudgetExhausted, m.BreakerState,
+		m.BreakerTransits, m.Fallbacks, m.PacingRate, m.Unreplayable, m.QuotaCalls, m.CacheRequests} {
+		v.DeletePartialMatch(l)
+	}
+}

@@ -117,8 +117,22 @@ func (p *Pacer) Answered(name string, r dingtalk.Result) Change {
 		p.MinuteLimited(name)
 	case dingtalk.ReasonRobotThrottled:
 		p.Block(name, dingtalk.Penalty(r, time.Now()))
+	case dingtalk.ReasonUnknownAPI:
+		p.forget(name)
 	}
 	return Change{}
+}
+
+// forget drops name's pacing state when DingTalk knows no such API and the
+// state holds nothing learned, so that paths it does not know do not fill
+// the pacer (past maxPaths, paths share one window).
+func (p *Pacer) forget(name string) {
+	full := p.settings.Load().PerAPIQPS
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e, ok := p.paths[name]; ok && !e.learned && e.rate >= full && !time.Now().Before(e.blockedUntil) {
+		delete(p.paths, name)
+	}
 }
 
 // Throttled tells the pacer DingTalk throttled a call on name. The path

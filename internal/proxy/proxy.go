@@ -39,6 +39,8 @@ type Options struct {
 	Logger *zap.Logger
 	// Observer, if set, is told of every answered request.
 	Observer Observer
+	// Routes, if set, is told of every route the route table gives up.
+	Routes RouteObserver
 }
 
 // Observer is told of every request once its handler returns: its route
@@ -154,6 +156,9 @@ func (px *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if status == 0 {
 				status = http.StatusOK
 			}
+			if f != nil && !px.policy.Load().table.has(route) {
+				route = Overflow // the table gave the route up during the call
+			}
 			call.Bookkeep(px.log, "served", func() {
 				o.Served(route, status, sw.Header().Get(HeaderFallback), f, time.Since(start))
 			})
@@ -240,7 +245,7 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request, up dingtalk.Upstream) (
 	inject := px.placement(r, ep, pol)
 	f := &call.Facts{
 		API:           ep.Route,
-		Route:         pol.table.name(name),
+		Route:         pol.table.name(name, time.Now()),
 		Upstream:      up,
 		TokenEndpoint: ep.TokenEndpoint,
 		// Only the app's own calls spend the app's month: a client's own

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/dingproxy/dingproxy/internal/call"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
 // transport is ReverseProxy's Transport: it runs the call its facts
@@ -27,6 +28,9 @@ func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errNoFacts
 	}
 	resp, rep, err := t.px.opts.Path.Do(req, f)
+	if rep.Attempts > 0 && f.Route != Overflow {
+		t.px.settle(f.Route, rep.Result)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -38,4 +42,12 @@ func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		call.Bookkeep(t.px.log, "stale", func() { t.px.keepForStale(req, f, resp) })
 	}
 	return resp, nil
+}
+
+// settle tells the route table how DingTalk answered a call on route; a
+// route it gives back is told to the Routes observer.
+func (px *Proxy) settle(route string, r dingtalk.Result) {
+	if px.policy.Load().table.settle(route, r) && px.opts.Routes != nil {
+		call.Bookkeep(px.log, "routes", func() { px.opts.Routes.RouteReleased(route) })
+	}
 }

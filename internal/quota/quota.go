@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
@@ -276,6 +277,9 @@ func (m *Meter) Answered(route string, r dingtalk.Result) bool {
 		}
 		if r.QuotaLimit >= 0 {
 			m.limit = r.QuotaLimit
+		}
+		if route == call.OverflowRoute {
+			break // it holds APIs of every kind: a stop there would stop them all
 		}
 		st := m.stopped[route]
 		if st == nil {

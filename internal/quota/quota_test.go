@@ -6,6 +6,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
@@ -183,5 +184,20 @@ func (o *testObserver) QuotaStopped(route string, stopped bool, _ State) {
 	o.stops = append(o.stops, stopped)
 	if !stopped {
 		o.resumed = append(o.resumed, route)
+	}
+}
+
+// The overflow route holds APIs of every kind: a 90020 there teaches the
+// organisation's figures and stops nothing.
+func TestOverflowNotStopped(t *testing.T) {
+	m := New(Settings{}, nil)
+	if m.Answered(call.OverflowRoute, quotaAnswer) {
+		t.Error("the overflow route was stopped")
+	}
+	if err := m.Admit(call.OverflowRoute, true); err != nil {
+		t.Errorf("a call on the overflow route after a 90020 there: %v", err)
+	}
+	if st := m.State(); st.Stopped != 0 || st.Used < 0 {
+		t.Errorf("state %+v, want nothing stopped and the figures learned", st)
 	}
 }
