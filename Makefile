@@ -20,7 +20,7 @@ test: ## go vet, then every test that a slow machine cannot break, with the race
 	$(GO) vet ./...
 	$(GO) test -race -shuffle=on -count=1 ./...
 	# The heap test measures memory, which the race detector distorts: it runs without.
-	$(GO) test -count=1 -run 'TestSlowUploadsStayUnderBufferCap' -v ./internal/app
+	$(GO) test -count=1 -run '^(TestSlowUploadsStayUnderBufferCap|TestLRUBoundedInMemory)$$' -v ./internal/app ./internal/proxy
 
 # Tests whose verdict depends on the machine's speed live in *soak_test.go
 # files behind the build tag soak, so make test leaves them out. make soak
@@ -33,6 +33,8 @@ SOAK_PKGS = $(sort $(patsubst %/,./%,$(dir $(SOAK_FILES))))
 soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises and targets, load runs, timeouts (about 3 min; a run too slow to check a promise is made again, a few times at most)
 	$(GO) vet -tags soak $(SOAK_PKGS)
 	$(GO) test -tags soak $(SOAK_FLAGS) -count=1 -p 1 -timeout 30m -run '^($(SOAK_TESTS))$$' $(SOAK_PKGS)
+	# Memory under 400,000 distinct cached reads: measured without the race detector.
+	$(GO) test -tags soak -count=1 -timeout 10m -run '^TestDistinctCachedReadsStayBounded$$' -v ./internal/app
 
 test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP (CI runs it to show they ran)
 	@command -v redis-server >/dev/null || { echo "test-fleet needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }

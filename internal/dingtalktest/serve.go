@@ -2,11 +2,13 @@ package dingtalktest
 
 import (
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -180,7 +182,48 @@ func (s *Server) normal(w http.ResponseWriter, r *http.Request, body []byte) {
 		s.answerError(w, path, errNotFound)
 		return
 	}
+	if s.opts.Gzip && strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		rec := &recorder{header: http.Header{}}
+		h(s, rec, r, body, func() { s.execute(path, body, send) })
+		rec.gzipTo(w)
+		return
+	}
 	h(s, w, r, body, func() { s.execute(path, body, send) })
+}
+
+// recorder keeps an answer to send it compressed.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+}
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.body.Write(b)
+}
+
+// gzipTo writes the kept answer to w, gzip-compressed.
+func (r *recorder) gzipTo(w http.ResponseWriter) {
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(r.body.Bytes())
+	zw.Close()
+	for k, vv := range r.header {
+		w.Header()[k] = vv
+	}
+	w.Header().Set("Content-Encoding", "gzip")
+	w.Header().Set("Content-Length", strconv.Itoa(z.Len()))
+	w.WriteHeader(r.status)
+	w.Write(z.Bytes())
 }
 
 // robotSend is the custom robot webhook: its own token, msgUuid idempotency.

@@ -34,6 +34,10 @@ type Options struct {
 	// ApiCountLimitForOrg). It never counts towards this organisation's
 	// quota.
 	ForeignToken string
+	// Gzip, when set, compresses an API's answer with gzip when the
+	// request's Accept-Encoding takes it (Content-Encoding: gzip), as web
+	// gateways do.
+	Gzip bool
 	// TokenTTL is the lifetime of issued tokens; default 2h, DingTalk's 7200 s.
 	TokenTTL time.Duration
 	// Seed seeds the chaos RNG; 0 means 1.

@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,36 +133,56 @@ func (fs *flights) leave(k [sha256.Size]byte, fl *flight) {
 	close(fl.done)
 }
 
-// key identifies "the same read" for the cache (see above).
+// key identifies "the same read" for the cache (see above): every token
+// value the proxy would act on is in it (as a digest), and so are the
+// request's Accept-Encoding (the answer's bytes depend on it) and
+// Content-Type (the same bytes as JSON or as a form are another call).
 func (c *ReadCache) key(req *http.Request, f *call.Facts) [sha256.Size]byte {
 	h := sha256.New()
 	io.WriteString(h, req.Method)
 	h.Write([]byte{0})
 	io.WriteString(h, req.URL.Path)
 	h.Write([]byte{0})
-	app := c.appKey
+	var own []string // the client's own token values, when it sent its own
 	for part := range strings.SplitSeq(req.URL.RawQuery, "&") {
 		name, val, _ := strings.Cut(part, "=")
-		if name == dingtalk.QueryAccessToken {
-			if val != "" && f.Inject == dingtalk.PlaceNone {
-				app = "token:" + digest(val) // the client's own token: its app's answer
-			}
+		if name == dingtalk.QueryAccessToken || strings.Contains(name, "%") && isTokenParam(name) {
+			own = append(own, val)
 			continue
 		}
 		io.WriteString(h, part)
 		h.Write([]byte{'&'})
 	}
 	h.Write([]byte{0})
-	if tok := req.Header.Get(dingtalk.HeaderAccessToken); tok != "" && f.Inject == dingtalk.PlaceNone {
-		app = "token:" + digest(tok)
+	own = append(own, req.Header.Values(dingtalk.HeaderAccessToken)...)
+	if f.Inject == dingtalk.PlaceNone && len(own) > 0 {
+		// The client's own token: its app's answer, not this app's.
+		for _, tok := range own {
+			io.WriteString(h, "token:"+digest(tok))
+			h.Write([]byte{0})
+		}
+	} else {
+		io.WriteString(h, "app:"+c.appKey)
+		h.Write([]byte{0})
 	}
-	io.WriteString(h, app)
-	h.Write([]byte{0})
+	for _, name := range [...]string{"Accept-Encoding", "Content-Type"} {
+		for _, v := range req.Header.Values(name) {
+			io.WriteString(h, strings.ToLower(strings.TrimSpace(v)))
+			h.Write([]byte{','})
+		}
+		h.Write([]byte{0})
+	}
 	body := sha256.Sum256(f.Body)
 	h.Write(body[:])
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
 	return k
+}
+
+// isTokenParam reports whether a raw query name decodes to access_token.
+func isTokenParam(name string) bool {
+	n, err := url.QueryUnescape(name)
+	return err == nil && n == dingtalk.QueryAccessToken
 }
 
 func digest(s string) string {
@@ -222,11 +245,17 @@ func (c *ReadCache) through(req *http.Request, f *call.Facts, ttl time.Duration,
 	// one longer than maxCachedBody goes on as it came.
 	var buf bytes.Buffer
 	n, rerr := io.CopyN(&buf, resp.Body, maxCachedBody+1)
-	if rerr == io.EOF { // whole: keep it
+	if rerr == io.EOF && wholeJSON(resp.Header, buf.Bytes()) { // whole, and all of it: keep it
 		h := resp.Header.Clone()
 		h.Del(HeaderAttempts)
 		h.Del(HeaderCache)
 		c.store.Put(k, Entry{Status: resp.StatusCode, Header: h, Body: bytes.Clone(buf.Bytes()), Stored: time.Now()}, ttl)
+		resp.Body.Close()
+		resp.Body = io.NopCloser(bytes.NewReader(buf.Bytes()))
+		resp.ContentLength = n
+		return resp, rep, nil
+	}
+	if rerr == io.EOF { // whole, but not an answer to keep: hand it on
 		resp.Body.Close()
 		resp.Body = io.NopCloser(bytes.NewReader(buf.Bytes()))
 		resp.ContentLength = n
@@ -243,6 +272,24 @@ func (c *ReadCache) through(req *http.Request, f *call.Facts, ttl time.Duration,
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(buf.Bytes()), rest), resp.Body}
 	return resp, rep, nil
+}
+
+// wholeJSON reports whether body (in the encoding header names) is one
+// whole JSON document: an answer cut short, or in an encoding the proxy
+// cannot read, is not kept (it might be kept as a success for a whole TTL).
+func wholeJSON(header http.Header, body []byte) bool {
+	switch header.Get("Content-Encoding") {
+	case "", "identity":
+		return json.Valid(body)
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(bytes.NewReader(body))
+		if err != nil {
+			return false
+		}
+		plain, err := io.ReadAll(io.LimitReader(zr, maxCachedBody+1))
+		return err == nil && len(plain) <= maxCachedBody && json.Valid(plain)
+	}
+	return false
 }
 
 type errReader struct{ err error }

@@ -206,6 +206,12 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request, up dingtalk.Upstream) (
 		writeError(w, up, http.StatusBadRequest, "dingproxy: "+msg)
 		return RouteRejected, nil
 	}
+	if len(r.Header.Values(dingtalk.HeaderAccessToken)) > 1 {
+		// Which token would DingTalk take? The proxy will not guess: the
+		// shared token, a cached answer, or the client's own.
+		writeError(w, up, http.StatusBadRequest, "dingproxy: more than one "+dingtalk.HeaderAccessToken+" header: send one")
+		return RouteRejected, nil
+	}
 	pol := px.policy.Load()
 	path := r.URL.Path
 	// The request's facts, decided once: upstream, API, route, token
