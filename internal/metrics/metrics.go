@@ -98,7 +98,7 @@ func New(version string) *Metrics {
 	}, []string{"route"})
 	m.Attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "upstream_attempts_total",
-		Help: "Attempts sent (or tried) upstream, by route and result: success, business_error, quota, rate_limited, http_429, token_invalid, system_busy, http_5xx, ip_ban, dial_error, reset, timeout, canceled, token_unavailable.",
+		Help: "Attempts sent (or tried) upstream, by route and result: success, business_error, quota, rate_limited, http_429, token_invalid, system_busy, http_5xx, ip_ban, rate_limited_minute, robot_throttled, unknown_api, dial_error, reset, timeout, canceled.",
 	}, []string{"route", "result"})
 	m.AttemptDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "upstream_attempt_duration_seconds",
