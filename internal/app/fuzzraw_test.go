@@ -91,6 +91,11 @@ func FuzzRawRequest(f *testing.F) {
 		"GET /v1.0/contact/users/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n",
 		"GET /department/list HTTP/1.1\r\nHost: x\r\n\r\nGET /v1.0/contact/users/u2 HTTP/1.1\r\nHost: x\r\n\r\n",
 		"GET /" + strings.Repeat("a/", 40) + " HTTP/1.1\r\nHost: x\r\n\r\n",
+		// Hostile clients: ambiguous credentials, a bogus own token on a
+		// metered path, a path DingTalk does not know.
+		"GET /v1.0/contact/users/u1 HTTP/1.1\r\nHost: x\r\nx-acs-dingtalk-access-token: \r\nx-acs-dingtalk-access-token: BogusTokenXYZ\r\n\r\n",
+		"POST /topapi/attendance/list?access_token=Bogus&access_token= HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+		"GET /topapi/unknown/1 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
