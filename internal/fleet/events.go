@@ -6,19 +6,28 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// Breaker openings and IP bans are shared as transitions, not per call: the
-// proxy whose breaker opens (or that meets the ban) writes a key with the
-// opening's expiry and publishes it on <prefix>:<app>:events; every proxy
-// listens on that channel in the background and opens the route (or stops
-// everything) until then. A proxy that (re)connects reads the keys, so a
-// late joiner or a Redis restart misses nothing that is still in force.
-// Calls pay nothing for it: no Redis on the hot path.
+// Breaker openings, IP bans and quota stops are shared as transitions, not
+// per call: the proxy whose breaker opens (or that meets the ban, or a
+// 90020) records it in Redis with its end and publishes it on
+// <prefix>:<app>:events; every proxy listens on that channel in the
+// background and opens the route (or stops everything, or stops the route)
+// until then. Calls pay nothing for it: no Redis on the hot path.
+//
+// What is in force is kept in three known keys, sorted sets, one per kind
+// (<prefix>:<app>:state:open, :state:ban and :state:quota), each member a
+// route ("ban" for the ban) scored by its end in unix ms. A write trims the
+// members that ended and keeps at most maxHeld, and sets the key's expiry
+// to its last member's end. A proxy that (re)connects reads the three in
+// one round trip of bounded cost, whatever else the database holds: a late
+// joiner or a Redis restart misses nothing that is still in force, and the
+// read never scans the keyspace.
 
 const (
 	kindOpen = "open"
@@ -42,6 +51,8 @@ type events struct {
 	cancel context.CancelFunc
 	ps     *redis.PubSub // the subscription in use, closed by close to end its read
 	kick   chan struct{} // a resync is due
+
+	syncs atomic.Uint64 // resyncs made (tests)
 }
 
 func newEvents(f *Fleet) *events {
@@ -104,7 +115,53 @@ func (f *Fleet) PublishBan(d time.Duration) {
 	f.publish(kindBan, "", d)
 }
 
-// publish writes the transition's key and message in one round trip. It
+// maxHeld bounds each kind's sorted set (the routes opened or stopped at
+// once), and so what a resync reads.
+const maxHeld = 1024
+
+// stateKeep bounds a state key's expiry: no transition lasts longer (a
+// quota stop lasts the month).
+const stateKeep = 40 * 24 * time.Hour
+
+// banMember is the ban's member in its sorted set.
+const banMember = "ban"
+
+// stateScript records a transition in its kind's sorted set and publishes
+// it. KEYS: the sorted set. ARGV: the member, its end (unix ms), the
+// channel, the message, maxHeld, the longest expiry (ms). A key of another
+// type (not the fleet's) is replaced. Returns 1 if it was, else 0.
+var stateScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bad = 0
+local ty = redis.call('TYPE', KEYS[1]).ok
+if ty ~= 'none' and ty ~= 'zset' then
+  redis.call('DEL', KEYS[1])
+  bad = 1
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+local most = tonumber(ARGV[5])
+if n > most then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - most - 1)
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then
+  local keep = tonumber(last[2]) - now
+  local cap = tonumber(ARGV[6])
+  if keep ~= keep or keep > cap then keep = cap end
+  if keep < 1 then keep = 1 end
+  redis.call('PEXPIRE', KEYS[1], math.ceil(keep))
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return bad
+`)
+
+// stateKey is the sorted set of kind's transitions in force.
+func (f *Fleet) stateKey(kind string) string { return f.key("state", kind) }
+
+// publish records the transition and publishes it in one round trip. It
 // runs in its own goroutine: a breaker's state change must not wait on
 // Redis.
 func (f *Fleet) publish(kind, route string, d time.Duration) {
@@ -112,21 +169,18 @@ func (f *Fleet) publish(kind, route string, d time.Duration) {
 		return
 	}
 	until := time.Now().Add(d)
-	key := f.key(kindBan)
-	if kind != kindBan {
-		key = f.key(kind, Digest(route))
+	member := route
+	if kind == kindBan {
+		member = banMember
 	}
-	val := strconv.FormatInt(until.UnixMilli(), 10) + " " + route
-	msg := kind + " " + f.events.id + " " + val
+	ms := strconv.FormatInt(until.UnixMilli(), 10)
+	msg := kind + " " + f.events.id + " " + ms + " " + route
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
 		_ = f.do(context.Background(), OpPublish, func(ctx context.Context) error {
-			p := f.rdb.Pipeline()
-			p.Set(ctx, key, val, d)
-			p.Publish(ctx, f.key("events"), msg)
-			_, err := p.Exec(ctx)
-			return err
+			return stateScript.Run(ctx, f.rdb, []string{f.stateKey(kind)}, member, ms, f.key("events"), msg,
+				maxHeld, stateKeep.Milliseconds()).Err()
 		})
 	}()
 }
@@ -197,39 +251,61 @@ func (e *events) wait(d time.Duration) bool {
 	return true
 }
 
-// sync reads the openings and the ban in force, for a proxy that was not
-// listening when they were published.
+// syncScript reads the transitions in force, those ending after now, at
+// most ARGV[1] of each kind. KEYS: the sorted sets of the openings, the ban
+// and the quota stops. A key of another type (not the fleet's) is deleted.
+// Returns {keys deleted, {member, end, ...} for each key}.
+var syncScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {0}
+for i, k in ipairs(KEYS) do
+  local ty = redis.call('TYPE', k).ok
+  if ty == 'zset' then
+    out[i + 1] = redis.call('ZRANGEBYSCORE', k, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+  else
+    if ty ~= 'none' then
+      redis.call('DEL', k)
+      out[1] = out[1] + 1
+    end
+    out[i + 1] = {}
+  end
+end
+return out
+`)
+
+// syncKinds are the kinds a resync reads, in syncScript's order.
+var syncKinds = []string{kindOpen, kindBan, kindQuota}
+
+// sync reads the openings, the ban and the quota stops in force, for a
+// proxy that was not listening when they were published: one round trip,
+// whatever the database holds besides.
 func (e *events) sync() {
 	f := e.f
-	var vals []string
-	err := f.do(e.ctx, OpSync, func(ctx context.Context) error {
-		var keys, kinds []string
-		for _, kind := range []string{kindOpen, kindQuota} {
-			iter := f.rdb.Scan(ctx, 0, f.key(kind, "*"), 512).Iterator()
-			for iter.Next(ctx) {
-				keys, kinds = append(keys, iter.Val()), append(kinds, kind)
-			}
-			if err := iter.Err(); err != nil {
-				return err
-			}
-		}
-		keys, kinds = append(keys, f.key(kindBan)), append(kinds, kindBan)
-		res, err := f.rdb.MGet(ctx, keys...).Result()
-		if err != nil {
-			return err
-		}
-		for i, r := range res {
-			if s, ok := r.(string); ok {
-				vals = append(vals, kinds[i]+" - "+s)
-			}
-		}
-		return nil
+	keys := make([]string, len(syncKinds))
+	for i, k := range syncKinds {
+		keys[i] = f.stateKey(k)
+	}
+	var res []any
+	err := f.do(e.ctx, OpSync, func(ctx context.Context) (err error) {
+		res, err = syncScript.Run(ctx, f.rdb, keys, maxHeld).Slice()
+		return err
 	})
-	if err != nil {
+	e.syncs.Add(1)
+	if err != nil || len(res) != len(syncKinds)+1 {
 		return
 	}
-	for _, v := range vals {
-		e.handle(v)
+	for i, kind := range syncKinds {
+		pairs, _ := res[i+1].([]any)
+		for j := 0; j+1 < len(pairs); j += 2 {
+			member, _ := pairs[j].(string)
+			score, _ := pairs[j+1].(string)
+			route := member
+			if kind == kindBan {
+				route = ""
+			}
+			e.handle(kind + " - " + score + " " + route)
+		}
 	}
 }
 
