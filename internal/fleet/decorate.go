@@ -62,7 +62,8 @@ type applier struct {
 	b *Breakers
 }
 
-func (a applier) Opened(route string, until time.Time)   { a.b.hold(route, until) }
-func (a applier) Banned(until time.Time)                 { a.l.Breakers.Ban(until) }
-func (a applier) Penalized(api string, until time.Time)  { a.l.Pacer.Block(api, until) }
-func (a applier) QuotaStopped(route string, _ time.Time) { a.l.Quota.Stop(route) }
+func (a applier) Opened(route string, until time.Time)       { a.b.hold(route, until) }
+func (a applier) Banned(until time.Time)                     { a.l.Breakers.Ban(until) }
+func (a applier) Penalized(api string, until time.Time)      { a.l.Pacer.Block(api, until) }
+func (a applier) QuotaStopped(route string, until time.Time) { a.l.Quota.StopUntil(route, until) }
+func (a applier) QuotaResumed(route string)                  { a.l.Quota.Resume(route) }

@@ -36,6 +36,9 @@ const (
 	kindPenalty = "pen"
 	// kindQuota: a route answered 90020 (shared.go).
 	kindQuota = "quota"
+	// kindResume: a route stopped for the month answered (its probe got
+	// through): the stop is lifted.
+	kindResume = "resume"
 )
 
 type events struct {
@@ -90,12 +93,14 @@ func (e *events) resync() {
 
 // Applier applies here what another proxy of the fleet met: a route's
 // breaker opening, the egress IP's ban, an API's penalty, a route's
-// monthly quota spent. Each holds until until.
+// monthly quota spent, each holding until until; a route's quota stop
+// lifted.
 type Applier interface {
 	Opened(route string, until time.Time)
 	Banned(until time.Time)
 	Penalized(api string, until time.Time)
 	QuotaStopped(route string, until time.Time)
+	QuotaResumed(route string)
 }
 
 // applyTo makes a the applier of the others' transitions (before Start).
@@ -126,10 +131,11 @@ const stateKeep = 40 * 24 * time.Hour
 // banMember is the ban's member in its sorted set.
 const banMember = "ban"
 
-// stateScript records a transition in its kind's sorted set and publishes
-// it. KEYS: the sorted set. ARGV: the member, its end (unix ms), the
-// channel, the message, maxHeld, the longest expiry (ms). A key of another
-// type (not the fleet's) is replaced. Returns 1 if it was, else 0.
+// stateScript records a transition in its kind's sorted set, or removes
+// one (a lifted stop), and publishes it. KEYS: the sorted set. ARGV: "add"
+// or "rem", the member, its end (unix ms), the channel, the message,
+// maxHeld, the longest expiry (ms). A key of another type (not the
+// fleet's) is replaced. Returns 1 if it was, else 0.
 var stateScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -139,22 +145,26 @@ if ty ~= 'none' and ty ~= 'zset' then
   redis.call('DEL', KEYS[1])
   bad = 1
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if ARGV[1] == 'add' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+else
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
-local most = tonumber(ARGV[5])
+local most = tonumber(ARGV[6])
 if n > most then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - most - 1)
 end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if last[2] then
   local keep = tonumber(last[2]) - now
-  local cap = tonumber(ARGV[6])
+  local cap = tonumber(ARGV[7])
   if keep ~= keep or keep > cap then keep = cap end
   if keep < 1 then keep = 1 end
   redis.call('PEXPIRE', KEYS[1], math.ceil(keep))
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return bad
 `)
 
@@ -173,13 +183,28 @@ func (f *Fleet) publish(kind, route string, d time.Duration) {
 	if kind == kindBan {
 		member = banMember
 	}
+	f.record("add", kind, kind, member, route, until)
+}
+
+// publishResume lifts route's quota stop for the fleet: its record is
+// removed, and every proxy told.
+func (f *Fleet) publishResume(route string) {
+	if !f.Up() {
+		return
+	}
+	f.record("rem", kindQuota, kindResume, route, route, time.Now())
+}
+
+// record runs stateScript in the background: op ("add" or "rem") member in
+// the sorted set of kind, and publish the message of kind msgKind.
+func (f *Fleet) record(op, kind, msgKind, member, route string, until time.Time) {
 	ms := strconv.FormatInt(until.UnixMilli(), 10)
-	msg := kind + " " + f.events.id + " " + ms + " " + route
+	msg := msgKind + " " + f.events.id + " " + ms + " " + route
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
 		_ = f.do(context.Background(), OpPublish, func(ctx context.Context) error {
-			return stateScript.Run(ctx, f.rdb, []string{f.stateKey(kind)}, member, ms, f.key("events"), msg,
+			return stateScript.Run(ctx, f.rdb, []string{f.stateKey(kind)}, op, member, ms, f.key("events"), msg,
 				maxHeld, stateKeep.Milliseconds()).Err()
 		})
 	}()
@@ -321,14 +346,20 @@ func (e *events) handle(msg string) {
 	if err != nil {
 		return
 	}
-	until := time.UnixMilli(n)
-	if !until.After(time.Now()) {
-		return
-	}
 	e.mu.Lock()
 	to := e.to
 	e.mu.Unlock()
 	if to == nil {
+		return
+	}
+	if kind == kindResume {
+		if route != "" {
+			to.QuotaResumed(route)
+		}
+		return
+	}
+	until := time.UnixMilli(n)
+	if !until.After(time.Now()) {
 		return
 	}
 	switch kind {

@@ -2,11 +2,15 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
+	"github.com/dingproxy/dingproxy/internal/quota"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
 
@@ -64,6 +68,12 @@ func (h *heard) QuotaStopped(route string, until time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.quota[route] = until
+}
+
+func (h *heard) QuotaResumed(route string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.quota, route)
 }
 
 func (h *heard) open(route string) (time.Time, bool) {
@@ -166,5 +176,79 @@ func TestResyncReadsKnownKeysOnly(t *testing.T) {
 	}
 	if n := obs.get(OpSync); n != 0 {
 		t.Errorf("%d resyncs failed with 300k other keys", n)
+	}
+}
+
+// subscribed waits until n proxies listen on the fleet's channel.
+func subscribed(t *testing.T, srv *redistest.Server, n int) {
+	t.Helper()
+	want := "dp:" + testKey + ":events " + strconv.Itoa(n)
+	waitFor(t, "the proxies to subscribe", func() bool {
+		got, _ := srv.Do("PUBSUB", "NUMSUB", "dp:"+testKey+":events")
+		return got == want
+	})
+}
+
+var (
+	quotaSpent = dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: 90020, QuotaUsed: -1, QuotaLimit: -1}
+	succeeded  = dingtalk.Result{Class: dingtalk.Success, Reason: dingtalk.ReasonSuccess}
+)
+
+// A route's quota stop is shared both ways: stopped on every proxy when
+// one meets 90020, lifted on every proxy when one's call there gets
+// through, and its record removed, so a proxy that joins later is not
+// stopped by a stop already lifted. A joiner reads a stop in force with
+// its end, not "an hour from now".
+func TestQuotaStopsSharedBothWays(t *testing.T) {
+	srv := redistest.Start(t)
+	s := pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}
+	a := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	b := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	subscribed(t, srv, 2)
+	const route = "/topapi/attendance/list"
+	if !a.Quota.Answered(route, quotaSpent) {
+		t.Fatal("90020 did not stop the route")
+	}
+	waitFor(t, "b to stop the route", func() bool { return b.Quota.local.IsStopped(route) })
+	var qe *quota.Error
+	if err := b.Quota.Admit(route, true); !errors.As(err, &qe) || qe.RetryAfter < 50*time.Minute {
+		t.Errorf("b's Admit on the stopped route = %v, want a quota refusal until the hour's probe", err)
+	}
+	if n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", route); n == "" {
+		t.Errorf("the stop is not recorded for joiners")
+	}
+
+	// a's probe gets through: lifted everywhere, the record removed.
+	a.Quota.Answered(route, succeeded)
+	if a.Quota.local.IsStopped(route) {
+		t.Fatal("a success did not lift the stop here")
+	}
+	waitFor(t, "b to lift the stop", func() bool { return !b.Quota.local.IsStopped(route) })
+	if err := b.Quota.Admit(route, true); err != nil {
+		t.Errorf("b's Admit after the lift = %v, want nil", err)
+	}
+	waitFor(t, "the stop's record removed", func() bool {
+		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", route)
+		return n == ""
+	})
+	c := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	subscribed(t, srv, 3)
+	if c.Quota.local.IsStopped(route) {
+		t.Error("a proxy joining after the lift starts stopped")
+	}
+
+	// A stop in force, read by a joiner, with its end: the joiner probes
+	// then, not an hour later.
+	const other = "/topapi/processinstance/get"
+	fa := a.Breakers.f
+	fa.publish(kindQuota, other, 3*time.Second)
+	waitFor(t, "the stop recorded", func() bool {
+		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", other)
+		return n != ""
+	})
+	d := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	waitFor(t, "the joiner to read the stop", func() bool { return d.Quota.local.IsStopped(other) })
+	if err := d.Quota.Admit(other, true); !errors.As(err, &qe) || qe.RetryAfter > 3*time.Second {
+		t.Errorf("the joiner's Admit = %v, want a refusal until the stop's end (3 s), not the hour's probe", err)
 	}
 }

@@ -523,6 +523,7 @@ func (a applyFuncs) Banned(until time.Time) {
 
 func (applyFuncs) Penalized(string, time.Time)    {}
 func (applyFuncs) QuotaStopped(string, time.Time) {}
+func (applyFuncs) QuotaResumed(string)            {}
 
 // Shared pacing admits what pacing alone admits: the same calls, offered
 // to one proxy alone and to a fleet of two (taking turns), get the same

@@ -142,11 +142,19 @@ func (q *Quota) Sent(route string, metered bool) {
 	}
 }
 
-// Answered learns here; a route it stops is stopped for the fleet.
+// Answered learns here; a route it stops is stopped for the fleet, and a
+// route whose stop it lifts (its probe got through) is resumed for the
+// fleet. The overflow route holds different APIs on each proxy: its stop
+// is not shared.
 func (q *Quota) Answered(route string, r dingtalk.Result) bool {
+	was := q.local.IsStopped(route)
 	stopped := q.local.Answered(route, r)
-	if stopped {
+	switch {
+	case route == proxy.Overflow:
+	case stopped:
 		q.f.publish(kindQuota, route, time.Until(q.local.MonthEnd()))
+	case was && !q.local.IsStopped(route):
+		q.f.publishResume(route)
 	}
 	return stopped
 }
