@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,6 +28,12 @@ import (
 // and fetches; the others wait for it and read the new one. A lock holder
 // that dies frees the lock when it expires; a Redis that is gone makes each
 // proxy fetch its own.
+//
+// A lock is never trusted to end by itself: one without an expiry, or with
+// a longer one than a fetch takes (no proxy sets such a lock: an operator's
+// mistake, a restore, another program), is broken by the next proxy that
+// wants it, and a proxy that has waited half its fetch's time for another
+// to fetch fetches its own. Both are counted (token_lock_stale).
 
 // hkdfInfo names what the derived key is for (and its version).
 const hkdfInfo = "dingproxy fleet token v1"
@@ -94,6 +101,22 @@ func due(now, fetched, expires time.Time, refreshBefore time.Duration) bool {
 	return !now.Before(expires.Add(-before))
 }
 
+// lockScript takes the lock KEYS[1] for ARGV[1] (this proxy's id) for
+// ARGV[2] ms, breaking a lock that has no expiry or a longer one than that
+// (no proxy sets one). Returns 1 taken, 2 taken after breaking such a
+// lock, 0 held by another.
+var lockScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0`)
+
 // casDelete deletes KEYS[1] only while it holds ARGV[1].
 var casDelete = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -133,6 +156,10 @@ func (sf *Fetcher) Dropped(tok string) { sf.f.InvalidateToken(tok) }
 func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 	f, inner, refreshBefore, fetchTimeout := sf.f, sf.inner, sf.refreshBefore, sf.fetchTimeout
 	lockKey, tokKey := f.key("token", "lock"), f.key("token")
+	var (
+		waitingSince time.Time
+		waitMost     time.Duration
+	)
 	for {
 		if !f.Up() {
 			return f.alone(ctx, inner)
@@ -153,23 +180,39 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 				f.fromRedis.Store(true)
 				return tok, left, nil
 			}
+		case isWrongType(err):
+			// Not the fleet's value (counted): fetched anew, and
+			// replaced, under the lock.
 		case !errors.Is(err, redis.Nil):
 			return f.alone(ctx, inner)
 		}
 		// Missing, due or unreadable: the proxy that takes the lock fetches.
-		var got bool
+		var got int64
 		id := lockID()
 		err = f.do(ctx, OpTokenLock, func(ctx context.Context) (err error) {
-			got, err = f.rdb.SetNX(ctx, lockKey, id, lockTTL(fetchTimeout)).Result()
+			got, err = lockScript.Run(ctx, f.rdb, []string{lockKey}, id, lockTTL(fetchTimeout).Milliseconds()).Int64()
 			return err
 		})
 		if err != nil {
 			return f.alone(ctx, inner)
 		}
-		if got {
+		if got == 2 {
+			f.failed(OpTokenLockStale)
+			f.log.Warn("fleet: the token lock had no expiry, or a longer one than a fetch takes: broken")
+		}
+		if got > 0 {
 			return f.fetchShared(ctx, inner, tokKey, lockKey, id)
 		}
-		// Another proxy fetches: read again shortly.
+		// Another proxy fetches: read again shortly, but not for longer
+		// than half of what this fetch has.
+		now := time.Now()
+		if waitingSince.IsZero() {
+			waitingSince, waitMost = now, patience(ctx, fetchTimeout)
+		} else if now.Sub(waitingSince) >= waitMost {
+			f.failed(OpTokenLockStale)
+			f.log.Warn("fleet: another proxy holds the token lock but no token came: fetching alone")
+			return f.alone(ctx, inner)
+		}
 		t := time.NewTimer(25 * time.Millisecond)
 		select {
 		case <-t.C:
@@ -178,6 +221,24 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 			return "", 0, ctx.Err()
 		}
 	}
+}
+
+// patience is how long a proxy waits for another to fetch the token: half
+// of what its own fetch may take (fetchTimeout, or ctx's deadline if
+// sooner), so that it can still fetch its own.
+func patience(ctx context.Context, fetchTimeout time.Duration) time.Duration {
+	d := fetchTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl))
+	}
+	return d / 2
+}
+
+// isWrongType says whether err is Redis's WRONGTYPE: the key holds a value
+// of another type, not the fleet's.
+func isWrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
 }
 
 // alone fetches for this proxy only, as without a fleet.
@@ -190,7 +251,7 @@ func (f *Fleet) alone(ctx context.Context, inner token.Fetcher) (string, time.Du
 // fetchShared fetches under the lock and shares the result.
 func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id string) (string, time.Duration, error) {
 	tok, ttl, err := inner.Fetch(ctx)
-	if err == nil && tok != "" {
+	if err == nil && tok != "" && ttl > 0 {
 		now := time.Now()
 		v := f.sealer.seal(tok, now, now.Add(ttl))
 		if serr := f.do(context.WithoutCancel(ctx), OpTokenStore, func(ctx context.Context) error {
