@@ -103,19 +103,24 @@ func due(now, fetched, expires time.Time, refreshBefore time.Duration) bool {
 
 // lockScript takes the lock KEYS[1] for ARGV[1] (this proxy's id) for
 // ARGV[2] ms, breaking a lock that has no expiry or a longer one than that
-// (no proxy sets one). Returns 1 taken, 2 taken after breaking such a
-// lock, 0 held by another.
+// (no proxy sets one). Returns {1 taken, 2 taken after breaking such a
+// lock, 0 held by another; the token KEYS[2] holds now, or false}: another
+// proxy may have stored one since this one looked.
 var lockScript = redis.NewScript(`
+local function token()
+  if redis.call('TYPE', KEYS[2]).ok == 'string' then return redis.call('GET', KEYS[2]) end
+  return false
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
+  return {1, token()}
 end
 local left = redis.call('PTTL', KEYS[1])
 if left == -1 or left > tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
+  return {2, token()}
 end
-return 0`)
+return {0, false}`)
 
 // casDelete deletes KEYS[1] only while it holds ARGV[1].
 var casDelete = redis.NewScript(`
@@ -188,9 +193,14 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 		}
 		// Missing, due or unreadable: the proxy that takes the lock fetches.
 		var got int64
+		var current string // the token stored when the lock was taken
 		id := lockID()
-		err = f.do(ctx, OpTokenLock, func(ctx context.Context) (err error) {
-			got, err = lockScript.Run(ctx, f.rdb, []string{lockKey}, id, lockTTL(fetchTimeout).Milliseconds()).Int64()
+		err = f.do(ctx, OpTokenLock, func(ctx context.Context) error {
+			res, err := lockScript.Run(ctx, f.rdb, []string{lockKey, tokKey}, id, lockTTL(fetchTimeout).Milliseconds()).Slice()
+			if err == nil && len(res) == 2 {
+				got, _ = res[0].(int64)
+				current, _ = res[1].(string)
+			}
 			return err
 		})
 		if err != nil {
@@ -201,6 +211,12 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 			f.log.Warn("fleet: the token lock had no expiry, or a longer one than a fetch takes: broken")
 		}
 		if got > 0 {
+			if tok, left, ok := f.fresh(current, stored, refreshBefore); ok {
+				// Another proxy stored a token between the read and
+				// the lock: take it, and free the lock.
+				f.unlock(ctx, lockKey, id)
+				return tok, left, nil
+			}
 			return f.fetchShared(ctx, inner, tokKey, lockKey, id)
 		}
 		// Another proxy fetches: read again shortly, but not for longer
@@ -221,6 +237,30 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 			return "", 0, ctx.Err()
 		}
 	}
+}
+
+// fresh opens v, a token stored by another proxy since this one read
+// before: the token and its time left, if it is in use (not due, not
+// dropped here).
+func (f *Fleet) fresh(v, before string, refreshBefore time.Duration) (string, time.Duration, bool) {
+	if v == "" || v == before {
+		return "", 0, false
+	}
+	tok, fetched, exp, err := f.sealer.open(v)
+	now := time.Now()
+	if err != nil || due(now, fetched, exp, refreshBefore) || tok == f.invalidated() {
+		return "", 0, false
+	}
+	f.remember(tok, v)
+	f.fromRedis.Store(true)
+	return tok, exp.Sub(now), true
+}
+
+// unlock frees the lock if this proxy (id) still holds it.
+func (f *Fleet) unlock(ctx context.Context, lockKey, id string) {
+	_ = f.do(context.WithoutCancel(ctx), OpTokenLock, func(ctx context.Context) error {
+		return casDelete.Run(ctx, f.rdb, []string{lockKey}, id).Err()
+	})
 }
 
 // patience is how long a proxy waits for another to fetch the token: half
@@ -264,9 +304,7 @@ func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lo
 		}
 	}
 	f.fromRedis.Store(false)
-	_ = f.do(context.WithoutCancel(ctx), OpTokenLock, func(ctx context.Context) error {
-		return casDelete.Run(ctx, f.rdb, []string{lockKey}, id).Err()
-	})
+	f.unlock(ctx, lockKey, id)
 	return tok, ttl, err
 }
 
