@@ -2,10 +2,15 @@ package fleet
 
 import (
 	"context"
+	"errors"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
 
@@ -116,5 +121,145 @@ func TestTokenKeyOfAnotherType(t *testing.T) {
 	}
 	if errs.get(OpTokenRead) != 1 {
 		t.Errorf("token_read errors %d, want the WRONGTYPE counted once", errs.get(OpTokenRead))
+	}
+}
+
+// Pacing state no proxy wrote: numbers that are not finite or out of
+// bounds in the API's hash (Lua reads "nan" and "inf" as numbers), log
+// entries far ahead, keys of another type, none with an expiry. Each case:
+// the values are dropped and counted, and the API is paced for the fleet
+// as with a clean state: a burst of 30 at once through two proxies admits
+// 18 in all (DingTalk's 20 a second, less the margin), not none (paced
+// forever) and not more (pacing off, or each proxy pacing alone); and
+// every key the take touched is left with an expiry.
+func TestPacingStateOutOfBounds(t *testing.T) {
+	srv := redistest.Start(t)
+	const api = "/topapi/v2/user/get"
+	pfx := "dp:" + testKey + ":"
+	hash, log, global := pfx+"pace:"+Digest(api), pfx+"pace:"+Digest(api)+":log", pfx+"pace:global:log"
+	nowMS := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	cases := []struct {
+		name string
+		cmds [][]string
+	}{
+		{"blk far ahead", [][]string{{"HSET", hash, "blk", "1e15"}}},
+		{"blk nan", [][]string{{"HSET", hash, "blk", "nan"}}},
+		{"blk inf", [][]string{{"HSET", hash, "blk", "inf"}}},
+		{"last nan", [][]string{{"HSET", hash, "last", "nan"}}},
+		{"last far ahead", [][]string{{"HSET", hash, "last", "1e30"}}},
+		{"last negative", [][]string{{"HSET", hash, "last", "-5"}}},
+		{"ceil negative", [][]string{{"HSET", hash, "ceil", "-5", "from", nowMS}}},
+		{"ceil nan", [][]string{{"HSET", hash, "ceil", "nan", "from", nowMS}}},
+		{"from nan", [][]string{{"HSET", hash, "ceil", "5", "from", "nan"}}},
+		{"from far ahead", [][]string{{"HSET", hash, "ceil", "5", "from", "1e18"}}},
+		{"counters garbage", [][]string{{"HSET", hash, "sec", "nan", "n", "inf", "psec", "-1", "pn", "x"}}},
+		{"log far ahead", [][]string{{"ZADD", log, "1e18", "junk"}, {"ZADD", log, "+inf", "junk2"}}},
+		{"log full of garbage", [][]string{{"ZADD", log, "1", "a", "1e17", "b", "-inf", "c"}}},
+		{"global log far ahead", [][]string{{"ZADD", global, "+inf", "junk"}, {"ZADD", global, "1e18", "junk2"}}},
+		{"hash of another type", [][]string{{"SET", hash, "garbage"}}},
+		{"log of another type", [][]string{{"SET", log, "garbage"}}},
+		{"global log of another type", [][]string{{"HSET", global, "a", "b"}}},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := srv.Do("FLUSHALL"); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range tc.cmds {
+				if _, err := srv.Do(c...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var errs errCounts
+			f := newFleet(t, srv.URL(), testSecret, &errs)
+			s := pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}
+			pacers := []*Pacer{decorate(f, s).Pacer, decorate(newFleet(t, srv.URL(), testSecret, &errs), s).Pacer}
+			admitted := 0
+			for j := range 30 {
+				err := pacers[j%2].Wait(context.Background(), api, time.Time{}, time.Now().Add(20*time.Millisecond))
+				var pe *pacing.PacedError
+				switch {
+				case err == nil:
+					admitted++
+				case !errors.As(err, &pe):
+					t.Fatalf("Wait: %v", err)
+				}
+			}
+			if admitted != 18 {
+				t.Errorf("case %d: a burst of 30 admitted %d, want 18 as with a clean state", i, admitted)
+			}
+			if n := errs.get(OpPace); n < 1 {
+				t.Errorf("the values out of bounds were not counted (pace errors %d)", n)
+			}
+			if !f.Up() {
+				t.Error("Redis marked down")
+			}
+			for _, k := range []string{hash, log, global} {
+				if ttl, _ := srv.Do("PTTL", k); ttl == "-1" {
+					t.Errorf("%s has no expiry", k)
+				}
+			}
+		})
+	}
+}
+
+// The penalty script checks what it reads as the take script does, and
+// holds a penalty to the longest DingTalk gives (a robot's 10 minutes),
+// whatever the answer's message names: what it records is finite and
+// within bounds, and the key keeps an expiry.
+func TestPenaltyStateOutOfBounds(t *testing.T) {
+	srv := redistest.Start(t)
+	const api = "/topapi/v2/user/get"
+	hash := "dp:" + testKey + ":pace:" + Digest(api)
+	throttled := dingtalk.Result{Class: dingtalk.Throttled, Reason: dingtalk.ReasonRateLimited}
+	for _, tc := range []struct {
+		name string
+		set  []string
+		r    dingtalk.Result
+		bad  bool
+	}{
+		{"rate nan", []string{"HSET", hash, "rate", "nan"}, throttled, true},
+		{"rate negative", []string{"HSET", hash, "rate", "-20"}, throttled, true},
+		{"counters inf", []string{"HSET", hash, "sec", "inf", "n", "inf"}, throttled, true},
+		{"blk far ahead", []string{"HSET", hash, "blk", "1e15"}, throttled, true},
+		{"another type", []string{"SADD", hash, "x"}, throttled, true},
+		{"a penalty a year long", nil, dingtalk.Result{Class: dingtalk.Throttled, Reason: dingtalk.ReasonRateLimited,
+			PenaltyEnd: time.Now().AddDate(1, 0, 0)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := srv.Do("FLUSHALL"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.set != nil {
+				if _, err := srv.Do(tc.set...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var errs errCounts
+			p := decorate(newFleet(t, srv.URL(), testSecret, &errs), pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}).Pacer
+			p.Answered(api, tc.r)
+			if got := errs.get(OpPenalty) > 0; got != tc.bad {
+				t.Errorf("penalty errors counted: %v, want %v", got, tc.bad)
+			}
+			vals, err := srv.Do("HMGET", hash, "blk", "ceil", "from")
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := strings.Fields(vals)
+			if len(f) != 3 {
+				t.Fatalf("HMGET blk ceil from = %q", vals)
+			}
+			blk, _ := strconv.ParseFloat(f[0], 64)
+			ceil, _ := strconv.ParseFloat(f[1], 64)
+			if left := time.Until(time.UnixMilli(int64(blk))); left <= 0 || left > maxPenalty {
+				t.Errorf("blk ends in %v, want a penalty of at most %v", left, maxPenalty)
+			}
+			if !(ceil >= 0.2 && ceil <= 20) {
+				t.Errorf("ceil = %q, want a rate within [0.2, 20]", f[1])
+			}
+			if ttl, _ := srv.Do("PTTL", hash); ttl == "-1" {
+				t.Error("the hash has no expiry")
+			}
+		})
 	}
 }
