@@ -121,21 +121,45 @@ func (b *Breakers) heldOpen(route string) error {
 }
 
 // hold opens route here until until: another proxy opened it, or the
-// fleet's count tripped it. Expired holds are dropped as new ones come.
+// fleet's count tripped it. Expired holds are dropped as new ones come. At
+// most maxReported routes are held, of which at most maxHeldUnseen on
+// routes this proxy has no breaker for (never called here): openings heard
+// on junk routes cannot crowd out those on routes in use.
 func (b *Breakers) hold(route string, until time.Time) {
+	known := b.local.Known(route)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
+	unseen := 0
 	for r, u := range b.held {
-		if !u.After(now) {
+		switch {
+		case !u.After(now):
 			delete(b.held, r)
+		case !b.local.Known(r):
+			unseen++
 		}
 	}
-	if until.After(b.held[route]) && len(b.held) < maxReported {
+	_, there := b.held[route]
+	room := there || len(b.held) < maxReported && (known || unseen < maxHeldUnseen)
+	if !room && known && len(b.held) >= maxReported {
+		// Full: a route in use here takes the place of one that is not.
+		for r := range b.held {
+			if !b.local.Known(r) {
+				delete(b.held, r)
+				room = true
+				break
+			}
+		}
+	}
+	if room && until.After(b.held[route]) {
 		b.held[route] = until
 	}
 	b.heldN.Store(int32(len(b.held)))
 }
+
+// maxHeldUnseen bounds the openings held on routes this proxy has never
+// called.
+const maxHeldUnseen = 256
 
 // flush reports the failing routes' windows and trips those the fleet's
 // sum condemns (every flushEvery, in the background).

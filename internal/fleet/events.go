@@ -3,14 +3,13 @@ package fleet
 import (
 	"context"
 	"errors"
+	"math"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 )
 
 // Breaker openings, IP bans and quota stops are shared as transitions, not
@@ -55,12 +54,17 @@ type events struct {
 	ps     *redis.PubSub // the subscription in use, closed by close to end its read
 	kick   chan struct{} // a resync is due
 
+	// lim bounds what a burst of messages applies and logs (heard.go).
+	lim limiter
+
 	syncs atomic.Uint64 // resyncs made (tests)
 }
 
 func newEvents(f *Fleet) *events {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &events{f: f, id: lockID(), ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
+	e := &events{f: f, id: lockID(), ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
+	f.every(time.Second, e.summary)
+	return e
 }
 
 func (e *events) close() {
@@ -320,66 +324,25 @@ func (e *events) sync() {
 	if err != nil || len(res) != len(syncKinds)+1 {
 		return
 	}
+	if bad, _ := res[0].(int64); bad > 0 {
+		f.failed(OpSync) // keys of another type at the state's names, deleted
+	}
 	for i, kind := range syncKinds {
 		pairs, _ := res[i+1].([]any)
 		for j := 0; j+1 < len(pairs); j += 2 {
 			member, _ := pairs[j].(string)
 			score, _ := pairs[j+1].(string)
+			ms, err := strconv.ParseFloat(score, 64)
+			if err != nil || math.IsNaN(ms) || math.IsInf(ms, 0) {
+				f.failed(OpEvent)
+				continue
+			}
 			route := member
 			if kind == kindBan {
 				route = ""
 			}
-			e.handle(kind + " - " + score + " " + route)
+			e.accept(event{kind: kind, route: route, until: time.UnixMilli(int64(ms))}, true)
 		}
-	}
-}
-
-// handle applies one message: "<kind> <proxy id> <until ms> <route>".
-func (e *events) handle(msg string) {
-	kind, rest, _ := strings.Cut(msg, " ")
-	id, rest, _ := strings.Cut(rest, " ")
-	if id == e.id {
-		return
-	}
-	ms, route, _ := strings.Cut(rest, " ")
-	n, err := strconv.ParseInt(ms, 10, 64)
-	if err != nil {
-		return
-	}
-	e.mu.Lock()
-	to := e.to
-	e.mu.Unlock()
-	if to == nil {
-		return
-	}
-	if kind == kindResume {
-		if route != "" {
-			to.QuotaResumed(route)
-		}
-		return
-	}
-	until := time.UnixMilli(n)
-	if !until.After(time.Now()) {
-		return
-	}
-	switch kind {
-	case kindPenalty:
-		if route != "" {
-			to.Penalized(route, until)
-		}
-	case kindQuota:
-		if route != "" {
-			e.f.log.Warn("fleet: route stopped for the month, as another proxy met 90020", zap.String("route", route))
-			to.QuotaStopped(route, until)
-		}
-	case kindOpen:
-		if route != "" {
-			e.f.log.Info("fleet: breaker opened by another proxy", zap.String("route", route), zap.Time("until", until))
-			to.Opened(route, until)
-		}
-	case kindBan:
-		e.f.log.Warn("fleet: egress IP banned, as another proxy met", zap.Time("until", until))
-		to.Banned(until)
 	}
 }
 

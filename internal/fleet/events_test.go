@@ -4,12 +4,19 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/quota"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
@@ -251,4 +258,173 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 	if err := d.Quota.Admit(other, true); !errors.As(err, &qe) || qe.RetryAfter > 3*time.Second {
 		t.Errorf("the joiner's Admit = %v, want a refusal until the stop's end (3 s), not the hour's probe", err)
 	}
+}
+
+// hostileFleet is a decorated proxy of app testKey on url whose log lines
+// are kept, with the failed operations counted.
+func hostileFleet(t *testing.T, url string) (*Fleet, Shared, *errCounts, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zap.InfoLevel)
+	errs := &errCounts{}
+	f, err := New(Options{URL: url, KeyPrefix: "dp", AppKey: testKey, AppSecret: testSecret, Timeout: 500 * time.Millisecond,
+		ProbeEvery: 50 * time.Millisecond, Logger: zap.New(core), Observer: errs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := decorate(f, pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000})
+	f.Start()
+	t.Cleanup(f.Close)
+	return f, s, errs, logs
+}
+
+// publishRaw publishes msg on the fleet's channel, as a party with Redis
+// access may.
+func publishRaw(t *testing.T, srv *redistest.Server, msg string) {
+	t.Helper()
+	if _, err := srv.Do("PUBLISH", "dp:"+testKey+":events", msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heldOpen is how long route is held open here by the fleet, 0 if not.
+func heldOpen(b *Breakers, route string) time.Duration {
+	var oe *breaker.OpenError
+	if err := b.heldOpen(route); errors.As(err, &oe) {
+		return oe.RetryAfter
+	}
+	return 0
+}
+
+// Messages heard are bounded: an end later than any proxy would give is
+// cut to the longest legitimate one (and counted); a message that is not a
+// transition a proxy publishes (unknown kind, junk, no end, invalid or
+// overflow route, oversized) is refused, counted, and changes nothing.
+func TestEventsBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	_, s, errs, _ := hostileFleet(t, srv.URL())
+	subscribed(t, srv, 1)
+	const api = "/topapi/v2/user/get"
+	// This proxy paces api: a penalty heard on it applies here.
+	if err := s.Pacer.Wait(context.Background(), api, time.Time{}, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	tenYears := strconv.FormatInt(time.Now().AddDate(10, 0, 0).UnixMilli(), 10)
+	inAMinute := strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)
+
+	publishRaw(t, srv, "open x "+tenYears+" "+api)
+	waitFor(t, "the opening applied", func() bool { return heldOpen(s.Breakers, api) > 0 })
+	if d := heldOpen(s.Breakers, api); d > 5*time.Second {
+		t.Errorf("an opening heard for 10 years holds %v, want at most breaker.open_timeout (5s)", d)
+	}
+	publishRaw(t, srv, "ban x "+tenYears+" ")
+	waitFor(t, "the ban applied", func() bool { return s.Breakers.local.Banned() > 0 })
+	if d := s.Breakers.local.Banned(); d > maxBan {
+		t.Errorf("a ban heard for 10 years holds %v, want at most %v", d, maxBan)
+	}
+	publishRaw(t, srv, "pen x "+tenYears+" "+api)
+	waitFor(t, "the penalty applied", func() bool { return s.Pacer.Local.BlockedUntil(api).After(time.Now()) })
+	if d := time.Until(s.Pacer.Local.BlockedUntil(api)); d > maxPenalty {
+		t.Errorf("a penalty heard for 10 years blocks %v, want at most %v", d, maxPenalty)
+	}
+	if n := errs.get(OpEvent); n != 3 {
+		t.Errorf("%d events counted, want the 3 cut short", n)
+	}
+
+	junk := []string{
+		"open x " + inAMinute + " " + proxy.Overflow,
+		"quota x " + inAMinute + " " + proxy.Overflow,
+		"open x " + inAMinute + " /a\x01b",
+		"open x " + inAMinute + " ",
+		"open x " + inAMinute,
+		"open x soon /topapi/v2/department/get",
+		"open x nan /topapi/v2/department/get",
+		"close x " + inAMinute + " /topapi/v2/department/get",
+		"garbage",
+		"",
+		"quota x " + inAMinute + " /" + strings.Repeat("a", 2*maxEventLen),
+	}
+	before := errs.get(OpEvent)
+	for _, m := range junk {
+		publishRaw(t, srv, m)
+	}
+	waitFor(t, "the junk counted", func() bool { return errs.get(OpEvent) >= before+len(junk) })
+	if n := errs.get(OpEvent) - before; n != len(junk) {
+		t.Errorf("%d junk messages counted, want %d", n, len(junk))
+	}
+	if heldOpen(s.Breakers, "/topapi/v2/department/get") > 0 || heldOpen(s.Breakers, proxy.Overflow) > 0 {
+		t.Error("a junk opening was applied")
+	}
+	if st := s.Quota.local.State(); st.Stopped != 0 {
+		t.Errorf("%d routes stopped by junk", st.Stopped)
+	}
+}
+
+// Openings heard on routes this proxy has never called (600 junk routes,
+// read at once at a resync, past the rate) hold at most maxHeldUnseen
+// places, and an opening on a route in use here is still held.
+func TestJunkOpeningsBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	f, s, _, _ := hostileFleet(t, srv.URL())
+	until := strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)
+	args := []string{"ZADD", "dp:" + testKey + ":state:open"}
+	for i := range 600 {
+		args = append(args, until, "/junk/"+strconv.Itoa(i))
+	}
+	if _, err := srv.Do(args...); err != nil {
+		t.Fatal(err)
+	}
+	f.events.sync()
+	s.Breakers.mu.RLock()
+	n := len(s.Breakers.held)
+	s.Breakers.mu.RUnlock()
+	if n != maxHeldUnseen {
+		t.Errorf("600 junk openings hold %d places, want maxHeldUnseen (%d)", n, maxHeldUnseen)
+	}
+	const route = "/topapi/v2/user/get"
+	done, err := s.Breakers.local.Allow(route) // called here: in use
+	if err != nil {
+		t.Fatal(err)
+	}
+	done(breaker.Success)
+	s.Breakers.hold(route, time.Now().Add(time.Minute))
+	if heldOpen(s.Breakers, route) == 0 {
+		t.Error("an opening on a route in use here was not held past the junk")
+	}
+}
+
+// A burst of 20,000 junk quota messages, each naming another route: at
+// most eventsPerSecond are applied a second, the stops they make are
+// bounded (quota.MaxHeard), and the log holds at most logsPerSecond lines
+// and one summary a second, not a line per message.
+func TestQuotaFloodBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	_, s, errs, logs := hostileFleet(t, srv.URL())
+	subscribed(t, srv, 1)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	start := time.Now()
+	const n = 20000
+	until := strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
+	pipe := rdb.Pipeline()
+	for i := range n {
+		pipe.Publish(ctx, "dp:"+testKey+":events", "quota x "+until+" /junk/"+strconv.Itoa(i))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Every message heard: applied, or dropped over the rate (counted).
+	waitFor(t, "the flood heard", func() bool { return errs.get(OpEvent)+s.Quota.local.State().Stopped >= n })
+	elapsed := time.Since(start)
+	secs := int(elapsed/time.Second) + 2
+	if st := s.Quota.local.State().Stopped; st > eventsPerSecond*secs || st > quota.MaxHeard {
+		t.Errorf("%d routes stopped in %v, want at most %d a second and %d in all", st, elapsed, eventsPerSecond, quota.MaxHeard)
+	}
+	if lines := logs.Len(); lines > (logsPerSecond+1)*secs {
+		t.Errorf("%d log lines for %d messages in %v, want at most %d a second and a summary", lines, n, elapsed, logsPerSecond)
+	}
+	waitFor(t, "the summary line", func() bool {
+		return logs.FilterMessageSnippet("a burst of messages").Len() > 0
+	})
+	t.Logf("%d messages in %v: %d routes stopped, %d log lines", n, elapsed, s.Quota.local.State().Stopped, logs.Len())
 }
