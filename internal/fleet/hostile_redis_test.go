@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
 
@@ -261,5 +263,64 @@ func TestPenaltyStateOutOfBounds(t *testing.T) {
 				t.Error("the hash has no expiry")
 			}
 		})
+	}
+}
+
+// A sealed value opens only under the key it was sealed for: a cached
+// answer copied to another answer's key is not served there, and one
+// copied into the token key is not used as the token (the proxy fetches
+// its own). Each is counted.
+func TestSealedValuesBoundToTheirKey(t *testing.T) {
+	srv := redistest.Start(t)
+	var errs errCounts
+	f := newFleet(t, srv.URL(), testSecret, &errs)
+	s := decorate(f, pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000})
+	cache := s.Cache.(*Cache)
+	keyA, keyB := [32]byte{1}, [32]byte{2}
+	cache.Put(keyA, proxy.Entry{Status: 200, Body: []byte(`{"errcode":0,"secret":"a"}`), Stored: time.Now()}, time.Minute)
+	keyOf := func(k [32]byte) string { return "dp:" + testKey + ":cache:" + hex.EncodeToString(k[:]) }
+	waitFor(t, "the answer in Redis", func() bool {
+		v, _ := srv.Do("EXISTS", keyOf(keyA))
+		return v == "1"
+	})
+	// Another proxy (an empty local store) reads it under its own key.
+	other := decorate(newFleet(t, srv.URL(), testSecret, &errs), pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}).Cache
+	if e, ok := other.Get(context.Background(), keyA, time.Minute); !ok || string(e.Body) != `{"errcode":0,"secret":"a"}` {
+		t.Fatalf("the answer under its own key: %v %q", ok, e.Body)
+	}
+	sealed, err := srv.Do("GET", keyOf(keyA))
+	if err != nil || sealed == "" {
+		t.Fatal(err)
+	}
+	if _, err := srv.Do("SET", keyOf(keyB), sealed, "EX", "60"); err != nil {
+		t.Fatal(err)
+	}
+	before := errs.get(OpCache)
+	if e, ok := other.Get(context.Background(), keyB, time.Minute); ok {
+		t.Errorf("an answer copied to another key was served there: %q", e.Body)
+	}
+	if errs.get(OpCache) != before+1 {
+		t.Errorf("the copied answer was not counted (cache errors %d, were %d)", errs.get(OpCache), before)
+	}
+
+	// Into the token key: not used as the token.
+	if _, err := srv.Do("SET", "dp:"+testKey+":token", sealed, "EX", "3600"); err != nil {
+		t.Fatal(err)
+	}
+	var fetches atomic.Int32
+	tok, _, err := f.TokenFetcher(countingFetcher(&fetches, 2*time.Hour), 10*time.Minute, 2*time.Second).Fetch(context.Background())
+	if err != nil || fetches.Load() != 1 || strings.Contains(tok, "errcode") {
+		t.Errorf("with an answer in the token key: token %q, %v, %d fetches; want one fetched anew", tok, err, fetches.Load())
+	}
+	if errs.get(OpTokenRead) != 1 {
+		t.Errorf("token_read errors %d, want the value that does not open counted", errs.get(OpTokenRead))
+	}
+	// And the token into an answer's key: no answer.
+	stok, _ := srv.Do("GET", "dp:"+testKey+":token")
+	if _, err := srv.Do("SET", keyOf(keyB), stok, "EX", "60"); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := other.Get(context.Background(), keyB, time.Minute); ok {
+		t.Errorf("the token copied to an answer's key was served as an answer: %q", e.Body)
 	}
 }

@@ -170,7 +170,8 @@ func (q *Quota) State() quota.State {
 // store: a miss here asks Redis (once for all concurrent misses: the read
 // cache's flight leader), and an answer kept here is kept there too.
 // Answers are sealed with the token's key (AES-GCM from the app secret),
-// under digests of their keys.
+// under digests of their keys, bound to those keys (associated data): an
+// answer copied to another key does not open there.
 type Cache struct {
 	f        *Fleet
 	local    proxy.Store
@@ -210,15 +211,17 @@ type cachedAnswer struct {
 // get returns the answer kept in Redis under key if it is no older than ttl.
 func (c *Cache) get(ctx context.Context, key [32]byte, ttl time.Duration) (proxy.Entry, bool) {
 	var v string
+	name := hex.EncodeToString(key[:])
 	err := c.f.do(ctx, OpCache, func(ctx context.Context) (err error) {
-		v, err = c.f.rdb.Get(ctx, c.f.key("cache", hex.EncodeToString(key[:]))).Result()
+		v, err = c.f.rdb.Get(ctx, c.f.key("cache", name)).Result()
 		return err
 	})
 	if err != nil {
 		return proxy.Entry{}, false
 	}
-	plain, _, _, err := c.f.sealer.open(v)
+	plain, _, _, err := c.f.sealer.open(c.ad(name), v)
 	if err != nil {
+		c.f.failed(OpCache) // not sealed for this key: not used
 		return proxy.Entry{}, false
 	}
 	var a cachedAnswer
@@ -234,24 +237,28 @@ func (c *Cache) get(ctx context.Context, key [32]byte, ttl time.Duration) (proxy
 
 // put keeps an answer in Redis under key for ttl, in the background.
 func (c *Cache) put(key [32]byte, e proxy.Entry, ttl time.Duration) {
-	if !c.f.Up() || c.inflight.Load() >= maxCachePuts {
+	if ttl <= 0 || !c.f.Up() || c.inflight.Load() >= maxCachePuts {
 		return
 	}
 	b, err := json.Marshal(cachedAnswer{Status: e.Status, Header: e.Header, Body: e.Body, Stored: e.Stored.UnixMilli()})
 	if err != nil {
 		return
 	}
-	v := c.f.sealer.seal(string(b), e.Stored, e.Stored.Add(ttl))
+	name := hex.EncodeToString(key[:])
+	v := c.f.sealer.seal(c.ad(name), string(b), e.Stored, e.Stored.Add(ttl))
 	c.inflight.Add(1)
 	c.f.wg.Add(1)
 	go func() {
 		defer c.f.wg.Done()
 		defer c.inflight.Add(-1)
 		_ = c.f.do(context.Background(), OpCache, func(ctx context.Context) error {
-			return c.f.rdb.Set(ctx, c.f.key("cache", hex.EncodeToString(key[:])), v, ttl).Err()
+			return c.f.rdb.Set(ctx, c.f.key("cache", name), v, ttl).Err()
 		})
 	}()
 }
+
+// ad is the associated data of the answer kept under cache:<name>.
+func (c *Cache) ad(name string) []byte { return c.f.sealer.ad(purposeCache, "cache:"+name) }
 
 // maxCachePuts bounds the background writes of the shared cache at once.
 const maxCachePuts = 64

@@ -22,8 +22,10 @@ import (
 
 // The shared token: one fetch per lifetime for the whole fleet. The token
 // is kept under <prefix>:<app>:token, sealed with AES-GCM under a key
-// derived from the app secret (HKDF-SHA256) with the app key as associated
-// data, so Redis alone does not reveal it. The proxy that finds it missing
+// derived from the app secret (HKDF-SHA256), so Redis alone does not reveal
+// it; the associated data names the app key, the purpose and the key, so a
+// sealed value moved to another key (a cached answer into the token, one
+// answer into another's key) does not open. The proxy that finds it missing
 // or due for refresh takes <prefix>:<app>:token:lock (SET NX with expiry)
 // and fetches; the others wait for it and read the new one. A lock holder
 // that dies frees the lock when it expires; a Redis that is gone makes each
@@ -40,7 +42,21 @@ const hkdfInfo = "dingproxy fleet token v1"
 
 type sealer struct {
 	aead cipher.AEAD
-	ad   []byte
+	app  string
+}
+
+// What a sealed value is for, in its associated data.
+const (
+	purposeToken = "token"
+	purposeCache = "cache"
+)
+
+// ad is the associated data of a value sealed for purpose under name, the
+// key's part after <prefix>:<app>: ("token", "cache:<digest>"). The parts
+// hold no NUL but the app key may: read from the right, they are
+// unambiguous.
+func (s *sealer) ad(purpose, name string) []byte {
+	return []byte("dingproxy fleet v2\x00" + s.app + "\x00" + purpose + "\x00" + name)
 }
 
 func newSealer(secret, appKey string) (*sealer, error) {
@@ -56,12 +72,12 @@ func newSealer(secret, appKey string) (*sealer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: token cipher: %w", err)
 	}
-	return &sealer{aead: aead, ad: []byte(appKey)}, nil
+	return &sealer{aead: aead, app: appKey}, nil
 }
 
 // seal returns base64(nonce | AES-GCM(fetched and expiry in unix ms |
-// token)).
-func (s *sealer) seal(tok string, fetched, expires time.Time) string {
+// token)), with associated data ad.
+func (s *sealer) seal(ad []byte, tok string, fetched, expires time.Time) string {
 	plain := make([]byte, 16, 16+len(tok))
 	binary.BigEndian.PutUint64(plain, uint64(fetched.UnixMilli()))
 	binary.BigEndian.PutUint64(plain[8:], uint64(expires.UnixMilli()))
@@ -70,18 +86,19 @@ func (s *sealer) seal(tok string, fetched, expires time.Time) string {
 	if _, err := rand.Read(nonce); err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
-	return base64.RawStdEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, s.ad))
+	return base64.RawStdEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, ad))
 }
 
-var errSealed = errors.New("fleet: the shared token does not open (another app secret?)")
+var errSealed = errors.New("fleet: the sealed value does not open (another app secret, or moved from another key?)")
 
-func (s *sealer) open(v string) (tok string, fetched, expires time.Time, err error) {
+// open opens v, sealed with associated data ad.
+func (s *sealer) open(ad []byte, v string) (tok string, fetched, expires time.Time, err error) {
 	b, err := base64.RawStdEncoding.DecodeString(v)
 	n := s.aead.NonceSize()
 	if err != nil || len(b) < n+s.aead.Overhead()+16 {
 		return "", time.Time{}, time.Time{}, errSealed
 	}
-	plain, err := s.aead.Open(nil, b[:n], b[n:], s.ad)
+	plain, err := s.aead.Open(nil, b[:n], b[n:], ad)
 	if err != nil || len(plain) <= 16 {
 		return "", time.Time{}, time.Time{}, errSealed
 	}
@@ -176,10 +193,11 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 		})
 		switch {
 		case err == nil:
-			tok, fetched, exp, oerr := f.sealer.open(stored)
+			tok, fetched, exp, oerr := f.sealer.open(f.tokenAD(), stored)
 			now := time.Now()
 			if oerr != nil {
-				f.log.Warn("fleet: the shared token does not open with this app's secret: fetching a new one")
+				f.failed(OpTokenRead)
+				f.log.Warn("fleet: the shared token does not open with this app's secret and key: fetching a new one")
 			} else if left := exp.Sub(now); !due(now, fetched, exp, refreshBefore) && tok != f.invalidated() {
 				f.remember(tok, stored)
 				f.fromRedis.Store(true)
@@ -239,6 +257,9 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 	}
 }
 
+// tokenAD is the token's associated data.
+func (f *Fleet) tokenAD() []byte { return f.sealer.ad(purposeToken, "token") }
+
 // fresh opens v, a token stored by another proxy since this one read
 // before: the token and its time left, if it is in use (not due, not
 // dropped here).
@@ -246,7 +267,7 @@ func (f *Fleet) fresh(v, before string, refreshBefore time.Duration) (string, ti
 	if v == "" || v == before {
 		return "", 0, false
 	}
-	tok, fetched, exp, err := f.sealer.open(v)
+	tok, fetched, exp, err := f.sealer.open(f.tokenAD(), v)
 	now := time.Now()
 	if err != nil || due(now, fetched, exp, refreshBefore) || tok == f.invalidated() {
 		return "", 0, false
@@ -293,7 +314,7 @@ func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lo
 	tok, ttl, err := inner.Fetch(ctx)
 	if err == nil && tok != "" && ttl > 0 {
 		now := time.Now()
-		v := f.sealer.seal(tok, now, now.Add(ttl))
+		v := f.sealer.seal(f.tokenAD(), tok, now, now.Add(ttl))
 		if serr := f.do(context.WithoutCancel(ctx), OpTokenStore, func(ctx context.Context) error {
 			return f.rdb.Set(ctx, tokKey, v, ttl).Err()
 		}); serr == nil {
