@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/pacing"
 	"github.com/dingproxy/dingproxy/internal/proxy"
@@ -322,5 +323,111 @@ func TestSealedValuesBoundToTheirKey(t *testing.T) {
 	}
 	if e, ok := other.Get(context.Background(), keyB, time.Minute); ok {
 		t.Errorf("the token copied to an answer's key was served as an answer: %q", e.Body)
+	}
+}
+
+// A route's failure reports that no proxy made: a report from the future
+// (it would count for ever) or with counts past 32 bits is ignored; a key
+// of another type, or a hash of more reports than a fleet has proxies, is
+// replaced (and counted). In each case the route does not open on two
+// failures here, and this proxy's own report is in.
+func TestFailureReportsOutOfBounds(t *testing.T) {
+	srv := redistest.Start(t)
+	const route = "/topapi/v2/user/get"
+	key := "dp:" + testKey + ":brk:" + Digest(route)
+	future := strconv.FormatInt(time.Now().AddDate(1, 0, 0).UnixMilli(), 10)
+	nowMS := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	many := []string{"HSET", key}
+	for i := range 1000 {
+		many = append(many, "p"+strconv.Itoa(i), "0 0 0")
+	}
+	for _, tc := range []struct {
+		name     string
+		set      []string
+		replaced bool
+	}{
+		{"a report from the future", []string{"HSET", key, "ghost", "1000000 0 " + future}, false},
+		{"counts past 32 bits", []string{"HSET", key, "ghost", "99999999999 0 " + nowMS}, false},
+		{"another type", []string{"SET", key, "garbage"}, true},
+		{"a thousand reports", many, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := srv.Do("FLUSHALL"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := srv.Do(tc.set...); err != nil {
+				t.Fatal(err)
+			}
+			var errs errCounts
+			f := newFleet(t, srv.URL(), testSecret, &errs)
+			b := decorate(f, pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}).Breakers
+			for range 2 {
+				done, err := b.Allow(route)
+				if err != nil {
+					t.Fatal(err)
+				}
+				done(breaker.Failure)
+			}
+			b.flush()
+			if heldOpen(b, route) > 0 || b.Check(route) != nil {
+				t.Error("the route opened on 2 failures and a report no proxy made")
+			}
+			if v, _ := srv.Do("HGET", key, f.events.id); v == "" {
+				t.Error("this proxy's report is not in")
+			}
+			if got := errs.get(OpVerdicts) > 0; got != tc.replaced {
+				t.Errorf("verdicts errors counted: %v, want %v", got, tc.replaced)
+			}
+			if ttl, _ := srv.Do("PTTL", key); ttl == "-1" {
+				t.Error("the reports have no expiry")
+			}
+		})
+	}
+}
+
+// The month's count holding what is not a count (letters, a negative or
+// fractional number, another type) is replaced by what this proxy sent,
+// and counted; the budget is judged on that, not on the garbage.
+func TestMonthCountOutOfBounds(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tc := range []struct {
+		name string
+		set  func(key string) []string
+	}{
+		{"letters", func(k string) []string { return []string{"SET", k, "lots"} }},
+		{"negative", func(k string) []string { return []string{"SET", k, "-1000000"} }},
+		{"fractional", func(k string) []string { return []string{"SET", k, "1e18"} }},
+		{"too large", func(k string) []string { return []string{"SET", k, "9223372036854775800"} }},
+		{"another type", func(k string) []string { return []string{"LPUSH", k, "x"} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := srv.Do("FLUSHALL"); err != nil {
+				t.Fatal(err)
+			}
+			var errs errCounts
+			f := newFleet(t, srv.URL(), testSecret, &errs)
+			q := decorate(f, pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}).Quota
+			month := q.local.Month()
+			key := "dp:" + testKey + ":month:" + month
+			if _, err := srv.Do(tc.set(key)...); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				q.Sent("/topapi/attendance/list", true)
+			}
+			q.count.flush()
+			if v, _ := srv.Do("GET", key); v != "3" {
+				t.Errorf("the month's count = %q after 3 sends, want 3", v)
+			}
+			if total := q.count.Total(month); total != 3 {
+				t.Errorf("the fleet's count as known = %d, want 3", total)
+			}
+			if errs.get(OpQuota) != 1 {
+				t.Errorf("quota errors %d, want the replaced value counted once", errs.get(OpQuota))
+			}
+			if ttl, _ := srv.Do("PTTL", key); ttl == "-1" {
+				t.Error("the count has no expiry")
+			}
+		})
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/quota"
@@ -77,20 +79,17 @@ func (q *QuotaCount) flush() {
 	if month == "" || !read || !q.f.Up() {
 		return
 	}
-	var total int64
-	err := q.f.do(context.Background(), OpQuota, func(ctx context.Context) error {
-		key := q.f.key("month", month)
-		p := q.f.rdb.Pipeline()
-		incr := p.IncrBy(ctx, key, n)
-		p.Expire(ctx, key, 40*24*time.Hour)
-		if _, err := p.Exec(ctx); err != nil {
-			return err
-		}
-		total = incr.Val()
-		return nil
+	var res []int64
+	err := q.f.do(context.Background(), OpQuota, func(ctx context.Context) (err error) {
+		res, err = countScript.Run(ctx, q.f.rdb, []string{q.f.key("month", month)}, n, (40 * 24 * time.Hour).Milliseconds()).Int64Slice()
+		return err
 	})
-	if err != nil {
+	if err != nil || len(res) != 2 {
 		return // kept pending: added at the next flush that gets through
+	}
+	total := res[0]
+	if res[1] != 0 {
+		q.f.failed(OpQuota) // not a count: replaced
 	}
 	q.mu.Lock()
 	if q.month == month {
@@ -99,6 +98,26 @@ func (q *QuotaCount) flush() {
 	}
 	q.mu.Unlock()
 }
+
+// countScript adds ARGV[1] to the month's count KEYS[1] and keeps it
+// ARGV[2] ms. A value that is not a count (another type, not a whole
+// number, negative, past 2^53) is not the fleet's: it is replaced, the
+// count starting again from what this proxy adds. Returns {the count, 1 if
+// replaced else 0}.
+var countScript = redis.NewScript(`
+local bad = 0
+local ty = redis.call('TYPE', KEYS[1]).ok
+if ty == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  if not string.match(v, '^%d+$') or #v > 15 then bad = 1 end
+elseif ty ~= 'none' then
+  bad = 1
+end
+if bad == 1 then redis.call('DEL', KEYS[1]) end
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {total, bad}
+`)
 
 // Quota is the fleet's monthly quota meter: the local quota.Meter,
 // decorated so that the month's count is the fleet's (quota.monthly_budget
