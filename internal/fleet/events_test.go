@@ -393,7 +393,7 @@ func TestJunkOpeningsBounded(t *testing.T) {
 }
 
 // A burst of 20,000 junk quota messages, each naming another route: at
-// most eventsPerSecond are applied a second, the stops they make are
+// most rarePerSecond are applied a second, the stops they make are
 // bounded (quota.MaxHeard), and the log holds at most logsPerSecond lines
 // and one summary a second, not a line per message.
 func TestQuotaFloodBounded(t *testing.T) {
@@ -417,8 +417,8 @@ func TestQuotaFloodBounded(t *testing.T) {
 	waitFor(t, "the flood heard", func() bool { return errs.get(OpEvent)+s.Quota.local.State().Stopped >= n })
 	elapsed := time.Since(start)
 	secs := int(elapsed/time.Second) + 2
-	if st := s.Quota.local.State().Stopped; st > eventsPerSecond*secs || st > quota.MaxHeard {
-		t.Errorf("%d routes stopped in %v, want at most %d a second and %d in all", st, elapsed, eventsPerSecond, quota.MaxHeard)
+	if st := s.Quota.local.State().Stopped; st > rarePerSecond*secs || st > quota.MaxHeard {
+		t.Errorf("%d routes stopped in %v, want at most %d a second and %d in all", st, elapsed, rarePerSecond, quota.MaxHeard)
 	}
 	if lines := logs.Len(); lines > (logsPerSecond+1)*secs {
 		t.Errorf("%d log lines for %d messages in %v, want at most %d a second and a summary", lines, n, elapsed, logsPerSecond)

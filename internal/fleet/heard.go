@@ -19,7 +19,8 @@ import (
 // proxy to proxy) and an end no later than the longest a proxy would give
 // it itself; a later end is cut to that, and counted. At most
 // eventsPerSecond messages are applied in a second and logsPerSecond of
-// them logged; the rest of a burst is counted, summed up in one line a
+// them logged (rarePerSecond for the kinds that the parts they change log
+// themselves); the rest of a burst is counted, summed up in one line a
 // second, and, for the kinds kept in Redis (openings, the ban, quota
 // stops), read again at a resync. What the appliers keep is bounded too:
 // openings on routes this proxy has not seen (Breakers.hold), penalties on
@@ -39,6 +40,11 @@ const (
 	quotaPastMonth = 24 * time.Hour
 	// eventsPerSecond bounds the messages applied in a second.
 	eventsPerSecond = 100
+	// rarePerSecond bounds, within it, the bans, quota stops and
+	// resumptions applied in a second: each is logged by the part it
+	// changes, and a fleet meets them rarely (the ban once, a stop once
+	// per route and month; those dropped are read again at a resync).
+	rarePerSecond = 10
 	// logsPerSecond bounds the transitions heard that are logged one by
 	// one in a second; the rest are summed up in one line.
 	logsPerSecond = 5
@@ -203,6 +209,7 @@ func (e *events) summary() {
 type limiter struct {
 	mu                        sync.Mutex
 	applied, logged, unlogged int
+	rare                      int
 	refused, dropped          int
 	resync                    bool
 }
@@ -211,7 +218,8 @@ type limiter struct {
 func (l *limiter) take(kind string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.applied >= eventsPerSecond {
+	rare := kind == kindBan || kind == kindQuota || kind == kindResume
+	if l.applied >= eventsPerSecond || rare && l.rare >= rarePerSecond {
 		l.dropped++
 		if kind == kindOpen || kind == kindBan || kind == kindQuota {
 			l.resync = true
@@ -219,6 +227,9 @@ func (l *limiter) take(kind string) bool {
 		return false
 	}
 	l.applied++
+	if rare {
+		l.rare++
+	}
 	return true
 }
 
@@ -245,6 +256,6 @@ func (l *limiter) reset() (applied, unlogged, refused, dropped int, resync bool)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	applied, unlogged, refused, dropped, resync = l.applied, l.unlogged, l.refused, l.dropped, l.resync
-	l.applied, l.logged, l.unlogged, l.refused, l.dropped, l.resync = 0, 0, 0, 0, 0, false
+	l.applied, l.logged, l.unlogged, l.rare, l.refused, l.dropped, l.resync = 0, 0, 0, 0, 0, 0, false
 	return applied, unlogged, refused, dropped, resync
 }
