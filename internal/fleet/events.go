@@ -208,8 +208,12 @@ func (f *Fleet) record(op, kind, msgKind, member, route string, until time.Time)
 	go func() {
 		defer f.wg.Done()
 		_ = f.do(context.Background(), OpPublish, func(ctx context.Context) error {
-			return stateScript.Run(ctx, f.rdb, []string{f.stateKey(kind)}, op, member, ms, f.key("events"), msg,
-				maxHeld, stateKeep.Milliseconds()).Err()
+			replaced, err := stateScript.Run(ctx, f.rdb, []string{f.stateKey(kind)}, op, member, ms, f.key("events"), msg,
+				maxHeld, stateKeep.Milliseconds()).Int64()
+			if replaced != 0 {
+				f.failed(OpPublish) // a key of another type at the state's name
+			}
+			return err
 		})
 	}()
 }
