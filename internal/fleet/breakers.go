@@ -121,21 +121,45 @@ func (b *Breakers) heldOpen(route string) error {
 }
 
 // hold opens route here until until: another proxy opened it, or the
-// fleet's count tripped it. Expired holds are dropped as new ones come.
+// fleet's count tripped it. Expired holds are dropped as new ones come. At
+// most maxReported routes are held, of which at most maxHeldUnseen on
+// routes this proxy has no breaker for (never called here): openings heard
+// on junk routes cannot crowd out those on routes in use.
 func (b *Breakers) hold(route string, until time.Time) {
+	known := b.local.Known(route)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
+	unseen := 0
 	for r, u := range b.held {
-		if !u.After(now) {
+		switch {
+		case !u.After(now):
 			delete(b.held, r)
+		case !b.local.Known(r):
+			unseen++
 		}
 	}
-	if until.After(b.held[route]) && len(b.held) < maxReported {
+	_, there := b.held[route]
+	room := there || len(b.held) < maxReported && (known || unseen < maxHeldUnseen)
+	if !room && known && len(b.held) >= maxReported {
+		// Full: a route in use here takes the place of one that is not.
+		for r := range b.held {
+			if !b.local.Known(r) {
+				delete(b.held, r)
+				room = true
+				break
+			}
+		}
+	}
+	if room && until.After(b.held[route]) {
 		b.held[route] = until
 	}
 	b.heldN.Store(int32(len(b.held)))
 }
+
+// maxHeldUnseen bounds the openings held on routes this proxy has never
+// called.
+const maxHeldUnseen = 256
 
 // flush reports the failing routes' windows and trips those the fleet's
 // sum condemns (every flushEvery, in the background).
@@ -166,14 +190,13 @@ func (b *Breakers) flush() {
 		return
 	}
 	f := b.f
-	cmds := make([]*redis.MapStringStringCmd, len(reports))
+	cmds := make([]*redis.Cmd, len(reports))
 	err := f.do(context.Background(), OpVerdicts, func(ctx context.Context) error {
 		p := f.rdb.Pipeline()
 		for i, r := range reports {
-			key := f.key("brk", Digest(r.route))
-			p.HSet(ctx, key, f.events.id, strconv.FormatUint(r.fails, 10)+" "+strconv.FormatUint(r.ok, 10)+" "+strconv.FormatInt(now.UnixMilli(), 10))
-			p.PExpire(ctx, key, st.Window)
-			cmds[i] = p.HGetAll(ctx, key)
+			cmds[i] = reportScript.Eval(ctx, p, []string{f.key("brk", Digest(r.route))}, f.events.id,
+				strconv.FormatUint(r.fails, 10)+" "+strconv.FormatUint(r.ok, 10)+" "+strconv.FormatInt(now.UnixMilli(), 10),
+				st.Window.Milliseconds(), maxReporters)
 		}
 		_, err := p.Exec(ctx)
 		return err
@@ -182,7 +205,11 @@ func (b *Breakers) flush() {
 		return
 	}
 	for i, r := range reports {
-		fails, oks, failing := sumCounts(cmds[i].Val(), now)
+		vals, bad := reported(cmds[i])
+		if bad {
+			f.failed(OpVerdicts) // a key of another type, or too many reports: replaced
+		}
+		fails, oks, failing := sumCounts(vals, now)
 		if !st.Trips(fails, oks) {
 			continue
 		}
@@ -204,8 +231,49 @@ func (b *Breakers) flush() {
 	}
 }
 
+// maxReporters bounds the proxies' reports in a route's hash: a hash with
+// more is not the fleet's, and is replaced.
+const maxReporters = 256
+
+// reportScript records this proxy's report of a route and returns every
+// proxy's. KEYS: the route's hash. ARGV: this proxy's id, its report, the
+// window (ms), maxReporters. A key of another type, or a hash of more than
+// maxReporters reports, is deleted first. Returns {1 if one was, else 0,
+// {field, value, ...}}.
+var reportScript = redis.NewScript(`
+local bad = 0
+local ty = redis.call('TYPE', KEYS[1]).ok
+if ty ~= 'none' and (ty ~= 'hash' or redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4])) then
+  redis.call('DEL', KEYS[1])
+  bad = 1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {bad, redis.call('HGETALL', KEYS[1])}
+`)
+
+// reported reads reportScript's reply: the reports by proxy, and whether
+// a value not the fleet's was replaced.
+func reported(cmd *redis.Cmd) (map[string]string, bool) {
+	res, err := cmd.Slice()
+	if err != nil || len(res) != 2 {
+		return nil, false
+	}
+	bad, _ := res[0].(int64)
+	flat, _ := res[1].([]any)
+	vals := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		v, _ := flat[i+1].(string)
+		vals[k] = v
+	}
+	return vals, bad != 0
+}
+
 // sumCounts adds up the proxies' reports of a route ("failures successes
-// unix-ms" each) no older than staleCount, and counts the proxies failing.
+// unix-ms" each) made within staleCount of now (neither older, nor from
+// the future: a report far ahead would count for ever), and counts the
+// proxies failing.
 func sumCounts(vals map[string]string, now time.Time) (fails, oks uint64, failing int) {
 	for _, v := range vals {
 		parts := strings.Fields(v)
@@ -213,7 +281,7 @@ func sumCounts(vals map[string]string, now time.Time) (fails, oks uint64, failin
 			continue
 		}
 		ms, err := strconv.ParseInt(parts[2], 10, 64)
-		if err != nil || now.Sub(time.UnixMilli(ms)) > staleCount {
+		if age := now.Sub(time.UnixMilli(ms)); err != nil || age > staleCount || age < -staleCount {
 			continue
 		}
 		fl, err1 := strconv.ParseUint(parts[0], 10, 32)

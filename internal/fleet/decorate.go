@@ -52,7 +52,7 @@ func (f *Fleet) Decorate(l Local) Shared {
 	if f.sealer != nil {
 		s.Cache = &Cache{f: f, local: l.Cache}
 	}
-	f.events.applyTo(applier{l: l, b: s.Breakers})
+	f.events.applyTo(applier{l: l, b: s.Breakers, p: s.Pacer})
 	return s
 }
 
@@ -60,9 +60,26 @@ func (f *Fleet) Decorate(l Local) Shared {
 type applier struct {
 	l Local
 	b *Breakers
+	p *Pacer
 }
 
-func (a applier) Opened(route string, until time.Time)   { a.b.hold(route, until) }
-func (a applier) Banned(until time.Time)                 { a.l.Breakers.Ban(until) }
-func (a applier) Penalized(api string, until time.Time)  { a.l.Pacer.Block(api, until) }
-func (a applier) QuotaStopped(route string, _ time.Time) { a.l.Quota.Stop(route) }
+func (a applier) Opened(route string, until time.Time)       { a.b.hold(route, until) }
+func (a applier) Banned(until time.Time)                     { a.l.Breakers.Ban(until) }
+func (a applier) QuotaStopped(route string, until time.Time) { a.l.Quota.StopUntil(route, until) }
+func (a applier) QuotaResumed(route string)                  { a.l.Quota.Resume(route) }
+
+// Penalized blocks api here if this proxy paces it: one it has never paced
+// books its turns in Redis, where the penalty holds, and junk names heard
+// make no state.
+func (a applier) Penalized(api string, until time.Time) {
+	if _, ok := a.p.apis.Load(api); ok {
+		a.l.Pacer.Block(api, until)
+	}
+}
+
+// OpenMost is the longest opening heeded: this proxy's own
+// breaker.open_timeout.
+func (a applier) OpenMost() time.Duration { return a.l.Breakers.Settings().OpenTimeout }
+
+// MonthEnd is when this proxy's month turns.
+func (a applier) MonthEnd() time.Time { return a.l.Quota.MonthEnd() }

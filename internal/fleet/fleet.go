@@ -53,23 +53,30 @@ type Observer interface {
 
 // Operation names, the values of dingproxy_fleet_errors_total's op label.
 const (
-	OpPing            = "ping"
-	OpTokenRead       = "token_read"
-	OpTokenLock       = "token_lock"
+	OpPing      = "ping"
+	OpTokenRead = "token_read"
+	OpTokenLock = "token_lock"
+	// OpTokenLockStale: a token lock that would not end by itself was
+	// broken, or a proxy gave up waiting on its holder and fetched alone.
+	OpTokenLockStale  = "token_lock_stale"
 	OpTokenStore      = "token_store"
 	OpTokenInvalidate = "token_invalidate"
 	OpPace            = "pace"
 	OpPenalty         = "penalty"
 	OpPublish         = "publish"
 	OpSubscribe       = "subscribe"
-	OpSync            = "sync"
-	OpVerdicts        = "verdicts"
-	OpQuota           = "quota"
-	OpCache           = "cache"
+	// OpEvent: a message heard on the events channel, or a record read at
+	// resync, that is not a transition a proxy publishes (refused), ends
+	// later than any would (cut short), or came past the rate (dropped).
+	OpEvent    = "event"
+	OpSync     = "sync"
+	OpVerdicts = "verdicts"
+	OpQuota    = "quota"
+	OpCache    = "cache"
 )
 
 // Ops lists every operation name, for metrics to pre-create their series.
-var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpSync, OpVerdicts, OpQuota, OpCache}
+var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenLockStale, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpEvent, OpSync, OpVerdicts, OpQuota, OpCache}
 
 // ErrDown says Redis is down (or was, until the next probe): the caller
 // carries on alone.

@@ -373,6 +373,11 @@ func TestThrottleSharedAcrossTheFleet(t *testing.T) {
 	b := newFleet(t, srv.URL(), testSecret, nil)
 	pa, pb := decorate(a, s).Pacer, decorate(b, s).Pacer
 	const api = "/topapi/v2/user/get"
+	// b paces the API too: a penalty heard applies to the APIs a proxy
+	// paces (the others book their turns in Redis, where it holds).
+	if err := pb.Wait(context.Background(), api, time.Time{}, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	for range 10 {
 		if err := pa.Wait(context.Background(), api, time.Time{}, time.Time{}); err != nil {
 			t.Fatal(err)
@@ -523,6 +528,7 @@ func (a applyFuncs) Banned(until time.Time) {
 
 func (applyFuncs) Penalized(string, time.Time)    {}
 func (applyFuncs) QuotaStopped(string, time.Time) {}
+func (applyFuncs) QuotaResumed(string)            {}
 
 // Shared pacing admits what pacing alone admits: the same calls, offered
 // to one proxy alone and to a fleet of two (taking turns), get the same

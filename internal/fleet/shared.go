@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/quota"
@@ -77,20 +79,17 @@ func (q *QuotaCount) flush() {
 	if month == "" || !read || !q.f.Up() {
 		return
 	}
-	var total int64
-	err := q.f.do(context.Background(), OpQuota, func(ctx context.Context) error {
-		key := q.f.key("month", month)
-		p := q.f.rdb.Pipeline()
-		incr := p.IncrBy(ctx, key, n)
-		p.Expire(ctx, key, 40*24*time.Hour)
-		if _, err := p.Exec(ctx); err != nil {
-			return err
-		}
-		total = incr.Val()
-		return nil
+	var res []int64
+	err := q.f.do(context.Background(), OpQuota, func(ctx context.Context) (err error) {
+		res, err = countScript.Run(ctx, q.f.rdb, []string{q.f.key("month", month)}, n, (40 * 24 * time.Hour).Milliseconds()).Int64Slice()
+		return err
 	})
-	if err != nil {
+	if err != nil || len(res) != 2 {
 		return // kept pending: added at the next flush that gets through
+	}
+	total := res[0]
+	if res[1] != 0 {
+		q.f.failed(OpQuota) // not a count: replaced
 	}
 	q.mu.Lock()
 	if q.month == month {
@@ -99,6 +98,26 @@ func (q *QuotaCount) flush() {
 	}
 	q.mu.Unlock()
 }
+
+// countScript adds ARGV[1] to the month's count KEYS[1] and keeps it
+// ARGV[2] ms. A value that is not a count (another type, not a whole
+// number, negative, past 2^53) is not the fleet's: it is replaced, the
+// count starting again from what this proxy adds. Returns {the count, 1 if
+// replaced else 0}.
+var countScript = redis.NewScript(`
+local bad = 0
+local ty = redis.call('TYPE', KEYS[1]).ok
+if ty == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  if not string.match(v, '^%d+$') or #v > 15 then bad = 1 end
+elseif ty ~= 'none' then
+  bad = 1
+end
+if bad == 1 then redis.call('DEL', KEYS[1]) end
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {total, bad}
+`)
 
 // Quota is the fleet's monthly quota meter: the local quota.Meter,
 // decorated so that the month's count is the fleet's (quota.monthly_budget
@@ -142,11 +161,19 @@ func (q *Quota) Sent(route string, metered bool) {
 	}
 }
 
-// Answered learns here; a route it stops is stopped for the fleet.
+// Answered learns here; a route it stops is stopped for the fleet, and a
+// route whose stop it lifts (its probe got through) is resumed for the
+// fleet. The overflow route holds different APIs on each proxy: its stop
+// is not shared.
 func (q *Quota) Answered(route string, r dingtalk.Result) bool {
+	was := q.local.IsStopped(route)
 	stopped := q.local.Answered(route, r)
-	if stopped {
+	switch {
+	case route == proxy.Overflow:
+	case stopped:
 		q.f.publish(kindQuota, route, time.Until(q.local.MonthEnd()))
+	case was && !q.local.IsStopped(route):
+		q.f.publishResume(route)
 	}
 	return stopped
 }
@@ -162,7 +189,8 @@ func (q *Quota) State() quota.State {
 // store: a miss here asks Redis (once for all concurrent misses: the read
 // cache's flight leader), and an answer kept here is kept there too.
 // Answers are sealed with the token's key (AES-GCM from the app secret),
-// under digests of their keys.
+// under digests of their keys, bound to those keys (associated data): an
+// answer copied to another key does not open there.
 type Cache struct {
 	f        *Fleet
 	local    proxy.Store
@@ -202,15 +230,17 @@ type cachedAnswer struct {
 // get returns the answer kept in Redis under key if it is no older than ttl.
 func (c *Cache) get(ctx context.Context, key [32]byte, ttl time.Duration) (proxy.Entry, bool) {
 	var v string
+	name := hex.EncodeToString(key[:])
 	err := c.f.do(ctx, OpCache, func(ctx context.Context) (err error) {
-		v, err = c.f.rdb.Get(ctx, c.f.key("cache", hex.EncodeToString(key[:]))).Result()
+		v, err = c.f.rdb.Get(ctx, c.f.key("cache", name)).Result()
 		return err
 	})
 	if err != nil {
 		return proxy.Entry{}, false
 	}
-	plain, _, _, err := c.f.sealer.open(v)
+	plain, _, _, err := c.f.sealer.open(c.ad(name), v)
 	if err != nil {
+		c.f.failed(OpCache) // not sealed for this key: not used
 		return proxy.Entry{}, false
 	}
 	var a cachedAnswer
@@ -226,24 +256,28 @@ func (c *Cache) get(ctx context.Context, key [32]byte, ttl time.Duration) (proxy
 
 // put keeps an answer in Redis under key for ttl, in the background.
 func (c *Cache) put(key [32]byte, e proxy.Entry, ttl time.Duration) {
-	if !c.f.Up() || c.inflight.Load() >= maxCachePuts {
+	if ttl <= 0 || !c.f.Up() || c.inflight.Load() >= maxCachePuts {
 		return
 	}
 	b, err := json.Marshal(cachedAnswer{Status: e.Status, Header: e.Header, Body: e.Body, Stored: e.Stored.UnixMilli()})
 	if err != nil {
 		return
 	}
-	v := c.f.sealer.seal(string(b), e.Stored, e.Stored.Add(ttl))
+	name := hex.EncodeToString(key[:])
+	v := c.f.sealer.seal(c.ad(name), string(b), e.Stored, e.Stored.Add(ttl))
 	c.inflight.Add(1)
 	c.f.wg.Add(1)
 	go func() {
 		defer c.f.wg.Done()
 		defer c.inflight.Add(-1)
 		_ = c.f.do(context.Background(), OpCache, func(ctx context.Context) error {
-			return c.f.rdb.Set(ctx, c.f.key("cache", hex.EncodeToString(key[:])), v, ttl).Err()
+			return c.f.rdb.Set(ctx, c.f.key("cache", name), v, ttl).Err()
 		})
 	}()
 }
+
+// ad is the associated data of the answer kept under cache:<name>.
+func (c *Cache) ad(name string) []byte { return c.f.sealer.ad(purposeCache, "cache:"+name) }
 
 // maxCachePuts bounds the background writes of the shared cache at once.
 const maxCachePuts = 64

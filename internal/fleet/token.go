@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,19 +22,41 @@ import (
 
 // The shared token: one fetch per lifetime for the whole fleet. The token
 // is kept under <prefix>:<app>:token, sealed with AES-GCM under a key
-// derived from the app secret (HKDF-SHA256) with the app key as associated
-// data, so Redis alone does not reveal it. The proxy that finds it missing
+// derived from the app secret (HKDF-SHA256), so Redis alone does not reveal
+// it; the associated data names the app key, the purpose and the key, so a
+// sealed value moved to another key (a cached answer into the token, one
+// answer into another's key) does not open. The proxy that finds it missing
 // or due for refresh takes <prefix>:<app>:token:lock (SET NX with expiry)
 // and fetches; the others wait for it and read the new one. A lock holder
 // that dies frees the lock when it expires; a Redis that is gone makes each
 // proxy fetch its own.
+//
+// A lock is never trusted to end by itself: one without an expiry, or with
+// a longer one than a fetch takes (no proxy sets such a lock: an operator's
+// mistake, a restore, another program), is broken by the next proxy that
+// wants it, and a proxy that has waited half its fetch's time for another
+// to fetch fetches its own. Both are counted (token_lock_stale).
 
 // hkdfInfo names what the derived key is for (and its version).
 const hkdfInfo = "dingproxy fleet token v1"
 
 type sealer struct {
 	aead cipher.AEAD
-	ad   []byte
+	app  string
+}
+
+// What a sealed value is for, in its associated data.
+const (
+	purposeToken = "token"
+	purposeCache = "cache"
+)
+
+// ad is the associated data of a value sealed for purpose under name, the
+// key's part after <prefix>:<app>: ("token", "cache:<digest>"). The parts
+// hold no NUL but the app key may: read from the right, they are
+// unambiguous.
+func (s *sealer) ad(purpose, name string) []byte {
+	return []byte("dingproxy fleet v2\x00" + s.app + "\x00" + purpose + "\x00" + name)
 }
 
 func newSealer(secret, appKey string) (*sealer, error) {
@@ -49,12 +72,12 @@ func newSealer(secret, appKey string) (*sealer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: token cipher: %w", err)
 	}
-	return &sealer{aead: aead, ad: []byte(appKey)}, nil
+	return &sealer{aead: aead, app: appKey}, nil
 }
 
 // seal returns base64(nonce | AES-GCM(fetched and expiry in unix ms |
-// token)).
-func (s *sealer) seal(tok string, fetched, expires time.Time) string {
+// token)), with associated data ad.
+func (s *sealer) seal(ad []byte, tok string, fetched, expires time.Time) string {
 	plain := make([]byte, 16, 16+len(tok))
 	binary.BigEndian.PutUint64(plain, uint64(fetched.UnixMilli()))
 	binary.BigEndian.PutUint64(plain[8:], uint64(expires.UnixMilli()))
@@ -63,18 +86,19 @@ func (s *sealer) seal(tok string, fetched, expires time.Time) string {
 	if _, err := rand.Read(nonce); err != nil {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
-	return base64.RawStdEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, s.ad))
+	return base64.RawStdEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, ad))
 }
 
-var errSealed = errors.New("fleet: the shared token does not open (another app secret?)")
+var errSealed = errors.New("fleet: the sealed value does not open (another app secret, or moved from another key?)")
 
-func (s *sealer) open(v string) (tok string, fetched, expires time.Time, err error) {
+// open opens v, sealed with associated data ad.
+func (s *sealer) open(ad []byte, v string) (tok string, fetched, expires time.Time, err error) {
 	b, err := base64.RawStdEncoding.DecodeString(v)
 	n := s.aead.NonceSize()
 	if err != nil || len(b) < n+s.aead.Overhead()+16 {
 		return "", time.Time{}, time.Time{}, errSealed
 	}
-	plain, err := s.aead.Open(nil, b[:n], b[n:], s.ad)
+	plain, err := s.aead.Open(nil, b[:n], b[n:], ad)
 	if err != nil || len(plain) <= 16 {
 		return "", time.Time{}, time.Time{}, errSealed
 	}
@@ -93,6 +117,27 @@ func due(now, fetched, expires time.Time, refreshBefore time.Duration) bool {
 	}
 	return !now.Before(expires.Add(-before))
 }
+
+// lockScript takes the lock KEYS[1] for ARGV[1] (this proxy's id) for
+// ARGV[2] ms, breaking a lock that has no expiry or a longer one than that
+// (no proxy sets one). Returns {1 taken, 2 taken after breaking such a
+// lock, 0 held by another; the token KEYS[2] holds now, or false}: another
+// proxy may have stored one since this one looked.
+var lockScript = redis.NewScript(`
+local function token()
+  if redis.call('TYPE', KEYS[2]).ok == 'string' then return redis.call('GET', KEYS[2]) end
+  return false
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, token()}
+end
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {2, token()}
+end
+return {0, false}`)
 
 // casDelete deletes KEYS[1] only while it holds ARGV[1].
 var casDelete = redis.NewScript(`
@@ -133,6 +178,10 @@ func (sf *Fetcher) Dropped(tok string) { sf.f.InvalidateToken(tok) }
 func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 	f, inner, refreshBefore, fetchTimeout := sf.f, sf.inner, sf.refreshBefore, sf.fetchTimeout
 	lockKey, tokKey := f.key("token", "lock"), f.key("token")
+	var (
+		waitingSince time.Time
+		waitMost     time.Duration
+	)
 	for {
 		if !f.Up() {
 			return f.alone(ctx, inner)
@@ -144,32 +193,60 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 		})
 		switch {
 		case err == nil:
-			tok, fetched, exp, oerr := f.sealer.open(stored)
+			tok, fetched, exp, oerr := f.sealer.open(f.tokenAD(), stored)
 			now := time.Now()
 			if oerr != nil {
-				f.log.Warn("fleet: the shared token does not open with this app's secret: fetching a new one")
+				f.failed(OpTokenRead)
+				f.log.Warn("fleet: the shared token does not open with this app's secret and key: fetching a new one")
 			} else if left := exp.Sub(now); !due(now, fetched, exp, refreshBefore) && tok != f.invalidated() {
 				f.remember(tok, stored)
 				f.fromRedis.Store(true)
 				return tok, left, nil
 			}
+		case isWrongType(err):
+			// Not the fleet's value (counted): fetched anew, and
+			// replaced, under the lock.
 		case !errors.Is(err, redis.Nil):
 			return f.alone(ctx, inner)
 		}
 		// Missing, due or unreadable: the proxy that takes the lock fetches.
-		var got bool
+		var got int64
+		var current string // the token stored when the lock was taken
 		id := lockID()
-		err = f.do(ctx, OpTokenLock, func(ctx context.Context) (err error) {
-			got, err = f.rdb.SetNX(ctx, lockKey, id, lockTTL(fetchTimeout)).Result()
+		err = f.do(ctx, OpTokenLock, func(ctx context.Context) error {
+			res, err := lockScript.Run(ctx, f.rdb, []string{lockKey, tokKey}, id, lockTTL(fetchTimeout).Milliseconds()).Slice()
+			if err == nil && len(res) == 2 {
+				got, _ = res[0].(int64)
+				current, _ = res[1].(string)
+			}
 			return err
 		})
 		if err != nil {
 			return f.alone(ctx, inner)
 		}
-		if got {
+		if got == 2 {
+			f.failed(OpTokenLockStale)
+			f.log.Warn("fleet: the token lock had no expiry, or a longer one than a fetch takes: broken")
+		}
+		if got > 0 {
+			if tok, left, ok := f.fresh(current, stored, refreshBefore); ok {
+				// Another proxy stored a token between the read and
+				// the lock: take it, and free the lock.
+				f.unlock(ctx, lockKey, id)
+				return tok, left, nil
+			}
 			return f.fetchShared(ctx, inner, tokKey, lockKey, id)
 		}
-		// Another proxy fetches: read again shortly.
+		// Another proxy fetches: read again shortly, but not for longer
+		// than half of what this fetch has.
+		now := time.Now()
+		if waitingSince.IsZero() {
+			waitingSince, waitMost = now, patience(ctx, fetchTimeout)
+		} else if now.Sub(waitingSince) >= waitMost {
+			f.failed(OpTokenLockStale)
+			f.log.Warn("fleet: another proxy holds the token lock but no token came: fetching alone")
+			return f.alone(ctx, inner)
+		}
 		t := time.NewTimer(25 * time.Millisecond)
 		select {
 		case <-t.C:
@@ -178,6 +255,51 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 			return "", 0, ctx.Err()
 		}
 	}
+}
+
+// tokenAD is the token's associated data.
+func (f *Fleet) tokenAD() []byte { return f.sealer.ad(purposeToken, "token") }
+
+// fresh opens v, a token stored by another proxy since this one read
+// before: the token and its time left, if it is in use (not due, not
+// dropped here).
+func (f *Fleet) fresh(v, before string, refreshBefore time.Duration) (string, time.Duration, bool) {
+	if v == "" || v == before {
+		return "", 0, false
+	}
+	tok, fetched, exp, err := f.sealer.open(f.tokenAD(), v)
+	now := time.Now()
+	if err != nil || due(now, fetched, exp, refreshBefore) || tok == f.invalidated() {
+		return "", 0, false
+	}
+	f.remember(tok, v)
+	f.fromRedis.Store(true)
+	return tok, exp.Sub(now), true
+}
+
+// unlock frees the lock if this proxy (id) still holds it.
+func (f *Fleet) unlock(ctx context.Context, lockKey, id string) {
+	_ = f.do(context.WithoutCancel(ctx), OpTokenLock, func(ctx context.Context) error {
+		return casDelete.Run(ctx, f.rdb, []string{lockKey}, id).Err()
+	})
+}
+
+// patience is how long a proxy waits for another to fetch the token: half
+// of what its own fetch may take (fetchTimeout, or ctx's deadline if
+// sooner), so that it can still fetch its own.
+func patience(ctx context.Context, fetchTimeout time.Duration) time.Duration {
+	d := fetchTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl))
+	}
+	return d / 2
+}
+
+// isWrongType says whether err is Redis's WRONGTYPE: the key holds a value
+// of another type, not the fleet's.
+func isWrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
 }
 
 // alone fetches for this proxy only, as without a fleet.
@@ -190,9 +312,9 @@ func (f *Fleet) alone(ctx context.Context, inner token.Fetcher) (string, time.Du
 // fetchShared fetches under the lock and shares the result.
 func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id string) (string, time.Duration, error) {
 	tok, ttl, err := inner.Fetch(ctx)
-	if err == nil && tok != "" {
+	if err == nil && tok != "" && ttl > 0 {
 		now := time.Now()
-		v := f.sealer.seal(tok, now, now.Add(ttl))
+		v := f.sealer.seal(f.tokenAD(), tok, now, now.Add(ttl))
 		if serr := f.do(context.WithoutCancel(ctx), OpTokenStore, func(ctx context.Context) error {
 			return f.rdb.Set(ctx, tokKey, v, ttl).Err()
 		}); serr == nil {
@@ -203,9 +325,7 @@ func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lo
 		}
 	}
 	f.fromRedis.Store(false)
-	_ = f.do(context.WithoutCancel(ctx), OpTokenLock, func(ctx context.Context) error {
-		return casDelete.Run(ctx, f.rdb, []string{lockKey}, id).Err()
-	})
+	f.unlock(ctx, lockKey, id)
 	return tok, ttl, err
 }
 
