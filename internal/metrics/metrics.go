@@ -292,7 +292,7 @@ func (m *Metrics) EnableFleet(ops []string) {
 	})
 	m.FleetErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "fleet_errors_total",
-		Help: "Failed or timed-out Redis operations of the fleet, by operation.",
+		Help: "Failed or timed-out Redis operations of the fleet, and values read from Redis that were not the fleet's (dropped), by operation.",
 	}, []string{"op"})
 	m.Registry.MustRegister(m.FleetRedisUp, m.FleetErrors)
 	for _, op := range ops {
