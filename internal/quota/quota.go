@@ -305,22 +305,6 @@ func (m *Meter) Answered(route string, r dingtalk.Result) bool {
 	return changed && stopped
 }
 
-// Stop stops route for the month as a 90020 there would (met by another
-// proxy of the fleet), probing it hourly. It reports whether the route was
-// not stopped before.
-func (m *Meter) Stop(route string) bool {
-	now := time.Now()
-	m.mu.Lock()
-	m.rollLocked(now)
-	_, was := m.stopped[route]
-	if !was {
-		m.stopped[route] = &stop{nextProbe: now.Add(ProbeEvery)}
-		m.told = append(m.told, stopNote{route, true})
-	}
-	m.unlock()
-	return !was
-}
-
 // MonthEnd is when the current month turns.
 func (m *Meter) MonthEnd() time.Time {
 	m.mu.Lock()
