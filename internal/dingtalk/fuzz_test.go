@@ -10,6 +10,7 @@ var reasonClass = map[string]Class{
 	ReasonSuccess: Success, ReasonBusiness: Business, ReasonQuota: Business,
 	ReasonRateLimited: Throttled, ReasonHTTP429: Throttled, ReasonTokenInvalid: TokenInvalid,
 	ReasonSystemBusy: ServerError, ReasonHTTP5xx: ServerError, ReasonIPBan: IPBan,
+	ReasonMinuteLimit: Business, ReasonRobotThrottled: Business, ReasonUnknownAPI: Business,
 }
 
 // FuzzClassify: any status, content type and body (or a prefix of one) is
