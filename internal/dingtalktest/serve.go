@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
@@ -226,36 +225,6 @@ func (r *recorder) gzipTo(w http.ResponseWriter) {
 	w.Write(z.Bytes())
 }
 
-// robotSend is the custom robot webhook: its own token, msgUuid idempotency.
-func (s *Server) robotSend(w http.ResponseWriter, r *http.Request, body []byte) {
-	path := r.URL.Path
-	tok := r.URL.Query().Get(dingtalk.QueryAccessToken)
-	if tok != s.opts.RobotToken && !strings.HasPrefix(tok, s.opts.RobotToken+"-") {
-		s.oapiError(w, path, dingtalk.ErrcodeRobotNoToken, msgRobotNoToken)
-		return
-	}
-	if s.robotLimited(tok) {
-		s.c.robotThrottled.Add(1)
-		s.oapiError(w, path, dingtalk.ErrcodeRobotTooFast, "send too fast, exceed 20 times per minute")
-		return
-	}
-	var msg struct {
-		MsgUUID string `json:"msgUuid"`
-	}
-	_ = json.Unmarshal(body, &msg) // a body that is not JSON has no msgUuid
-	s.mu.Lock()
-	replay := false
-	if msg.MsgUUID != "" {
-		_, replay = s.robotIDs[msg.MsgUUID]
-		s.robotIDs[msg.MsgUUID] = struct{}{}
-	}
-	if !replay {
-		s.executeLocked(path, body, true)
-	}
-	s.mu.Unlock()
-	s.answerOK(w, path, nil)
-}
-
 // execute counts one execution of path; a send whose body was executed before
 // on the same path is also a duplicate.
 func (s *Server) execute(path string, body []byte, send bool) {
@@ -280,33 +249,4 @@ func (s *Server) executeLocked(path string, body []byte, send bool) {
 	} else if len(seen) < maxSeenBodies {
 		seen[sum] = struct{}{}
 	}
-}
-
-// robotLimited applies Options.RobotPerMinute to robot tok: past the limit
-// in any minute, the robot is blocked for 10 minutes.
-func (s *Server) robotLimited(tok string) bool {
-	if s.opts.RobotPerMinute <= 0 {
-		return false
-	}
-	now := s.opts.Now()
-	s.robotMu.Lock()
-	defer s.robotMu.Unlock()
-	if s.robotSends == nil {
-		s.robotSends = map[string][]time.Time{}
-		s.robotBlocked = map[string]time.Time{}
-	}
-	if now.Before(s.robotBlocked[tok]) {
-		return true
-	}
-	sends := s.robotSends[tok]
-	for len(sends) > 0 && now.Sub(sends[0]) >= time.Minute {
-		sends = sends[1:]
-	}
-	if len(sends) >= s.opts.RobotPerMinute {
-		s.robotBlocked[tok] = now.Add(dingtalk.RobotBlock * time.Second)
-		s.robotSends[tok] = sends
-		return true
-	}
-	s.robotSends[tok] = append(sends, now)
-	return false
 }

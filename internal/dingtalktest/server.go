@@ -3,12 +3,12 @@ package dingtalktest
 import (
 	"crypto/sha256"
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -21,6 +21,24 @@ type Options struct {
 	// that many sends in any minute, a robot is answered 130101 and blocked
 	// for 10 minutes (DingTalk's 20 and 10 minutes).
 	RobotPerMinute int
+	// RobotSecret, when set, is every robot's signing secret (DingTalk's
+	// 加签): a send must carry timestamp (Unix ms, within RobotSignWindow
+	// of Now) and sign (see [SignRobot]) in its query, or it is answered
+	// 310000 ("invalid timestamp", "sign not match") and not executed.
+	RobotSecret string
+	// RobotKeywords, when set, are every robot's custom keywords: a message
+	// whose content (a text's content; a markdown's, link's or
+	// actionCard's title and text; a feedCard's titles) holds none of them
+	// is answered 310000 "keywords not in content" and not executed.
+	RobotKeywords []string
+	// Robots sets robots one by one, by access token: each key is a valid
+	// robot token (besides RobotToken and its "-" variants), and its
+	// RobotConfig replaces RobotSecret and RobotKeywords for that robot.
+	Robots map[string]RobotConfig
+	// RobotMaxBody, when positive, is the longest robot message body in
+	// bytes: a longer one is answered 460101 "message too long", not
+	// executed. DingTalk's is RobotBodyLimit.
+	RobotMaxBody int
 	// MonthlyQuota, when positive, is the organisation's monthly API quota:
 	// past that many metered calls (dingtalk.Metered: all but the token,
 	// SSO and contacts APIs) every metered call is answered 90020 (api: 403
@@ -87,10 +105,8 @@ type Server struct {
 	qpsLimit int
 	qps      map[string]*qpsWindow
 	robotIDs map[string]struct{} // executed robot msgUuids
-
-	robotMu      sync.Mutex
-	robotSends   map[string][]time.Time // robot token -> its sends of the last minute
-	robotBlocked map[string]time.Time   // robot token -> end of its 10-minute block
+	// robotMinutes is each robot's minute and block, by token.
+	robotMinutes map[string]*robotMinute
 	seen         map[string]map[[sha256.Size]byte]struct{}
 	nextTask     int64
 	c            counters
@@ -119,8 +135,10 @@ type counters struct {
 	total      int
 	duplicates int
 	throttled  int
-	// robotThrottled counts robot sends answered 130101.
-	robotThrottled atomic.Int64
+	// robotThrottled counts robot sends answered 130101; robots is each
+	// robot's counters, by token.
+	robotThrottled int
+	robots         map[string]*RobotStats
 	tokenFetches   int
 	leaks          int
 	// metered is the month's metered calls; quotaRejected the 90020s by path.
@@ -133,6 +151,7 @@ func newCounters() counters {
 		hits:     make(map[string]int),
 		execs:    make(map[string]int),
 		requests: make(map[string][]Request),
+		robots:   make(map[string]*RobotStats),
 
 		quotaRejected: make(map[string]int),
 	}
@@ -166,6 +185,12 @@ func New(opts Options) *Server {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	opts.RobotKeywords = slices.Clone(opts.RobotKeywords)
+	opts.Robots = maps.Clone(opts.Robots)
+	for tok, rc := range opts.Robots {
+		rc.Keywords = slices.Clone(rc.Keywords)
+		opts.Robots[tok] = rc
+	}
 	seed := uint64(opts.Seed)
 	return &Server{
 		opts:     opts,
@@ -175,10 +200,12 @@ func New(opts Options) *Server {
 		scripts:  make(map[string][]Fault),
 		qps:      make(map[string]*qpsWindow),
 		robotIDs: make(map[string]struct{}),
-		seen:     make(map[string]map[[sha256.Size]byte]struct{}),
-		nextTask: 256271667526,
-		c:        newCounters(),
-		closing:  make(chan struct{}),
+
+		robotMinutes: make(map[string]*robotMinute),
+		seen:         make(map[string]map[[sha256.Size]byte]struct{}),
+		nextTask:     256271667526,
+		c:            newCounters(),
+		closing:      make(chan struct{}),
 	}
 }
 
@@ -384,9 +411,6 @@ func (s *Server) Requests(path string) []Request {
 	return out
 }
 
-// ResetCounters zeroes every counter, forgets recorded requests, and forgets
-// which bodies were executed, so Duplicates counts afresh. Tokens, scripts,
-// chaos, QPS state and executed robot msgUuids are kept.
 // SetMonthlyQuota sets the organisation's monthly quota (0: none), as if
 // more were bought mid-month. The month's count stays.
 func (s *Server) SetMonthlyQuota(n int) {
@@ -409,13 +433,13 @@ func (s *Server) MeteredCalls() int {
 	return s.c.metered
 }
 
+// ResetCounters zeroes every counter (robots' included), forgets recorded
+// requests, and forgets which bodies were executed, so Duplicates counts
+// afresh. Tokens, scripts, chaos, QPS state, robots' minutes and blocks, and
+// executed robot msgUuids are kept.
 func (s *Server) ResetCounters() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.c = newCounters()
 	clear(s.seen)
 }
-
-// RobotThrottled is how many robot sends were answered 130101 (past
-// Options.RobotPerMinute, or within a robot's 10-minute block).
-func (s *Server) RobotThrottled() int { return int(s.c.robotThrottled.Load()) }
