@@ -3,6 +3,7 @@ package dingtalktest
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"io"
 	"net/http"
@@ -24,11 +25,19 @@ func isTokenPath(path string) bool {
 // serveHTTP runs the pipeline: secret check, token endpoints, script, QPS
 // limit, chaos, then auth and the handler (in normal).
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if !s.enter() {
+	p, ok := s.enter()
+	if !ok {
 		abort(w)
 		return
 	}
 	defer s.inflight.Done()
+	defer p.handlers.Done()
+	// The request ends with its listening period (StopListening): Hang,
+	// Latency and EndlessChunked stop there, unexecuted.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(p.ctx, cancel)()
+	r = r.WithContext(ctx)
 
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil {
@@ -36,6 +45,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(body) > maxBody {
 		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	if p.ctx.Err() != nil {
+		abort(w) // the listener stopped while this request was read
 		return
 	}
 	path := r.URL.Path

@@ -121,6 +121,15 @@ type Server struct {
 	hs        *http.Server
 	served    chan struct{} // closed when Serve returns
 
+	// listenMu serialises Start, StopListening and ResumeListening.
+	listenMu sync.Mutex
+	// down is set from StopListening to ResumeListening; reserved then
+	// holds the port (nil if it could not).
+	down     bool
+	reserved *reservation
+	// period is the current listening period; StopListening ends it.
+	period *period
+
 	// testHookHang, if set, is called when a handler starts to hang.
 	testHookHang func()
 	// testHookEndlessDone, if set, is called when an EndlessChunked handler
@@ -206,6 +215,7 @@ func New(opts Options) *Server {
 		nextTask:     256271667526,
 		c:            newCounters(),
 		closing:      make(chan struct{}),
+		period:       newPeriod(),
 	}
 }
 
@@ -224,6 +234,8 @@ func NewServer(t testing.TB, opts Options) *Server {
 // Start listens on addr, such as "127.0.0.1:0", and serves in the background.
 // It fails if the server was started or closed before.
 func (s *Server) Start(addr string) error {
+	s.listenMu.Lock()
+	defer s.listenMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -237,14 +249,19 @@ func (s *Server) Start(addr string) error {
 		return err
 	}
 	s.started = true
-	s.ln = ln
-	s.hs = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	s.served = make(chan struct{})
-	go func() {
-		defer close(s.served)
-		_ = s.hs.Serve(ln) // returns http.ErrServerClosed after Close
-	}()
+	s.serveLocked(ln)
 	return nil
+}
+
+// serveLocked serves on ln in the background with a new http.Server.
+func (s *Server) serveLocked(ln net.Listener) {
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan struct{})
+	s.ln, s.hs, s.served = ln, hs, served
+	go func() {
+		defer close(served)
+		_ = hs.Serve(ln) // returns http.ErrServerClosed after Close
+	}()
 }
 
 // URL is "http://127.0.0.1:PORT", or "" before Start.
@@ -262,31 +279,38 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
 // Close closes the listener and every connection, unblocks handlers in Hang or
 // Latency, and waits for running handlers to return. It is idempotent. After
-// Close the handler closes every new connection without answering.
+// Close the handler closes every new connection without answering. It may be
+// called during an outage ([Server.StopListening]).
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
-		hs, served := s.hs, s.served
+		hs, served, res := s.hs, s.served, s.reserved
+		s.reserved = nil
 		s.mu.Unlock()
 		close(s.closing)
 		if hs != nil {
 			_ = hs.Close()
 			<-served
 		}
+		if res != nil {
+			_ = res.close()
+		}
 		s.inflight.Wait()
 	})
 }
 
-// enter registers a running handler; it reports false once Close has begun.
-func (s *Server) enter() bool {
+// enter registers a running handler in the current listening period; it
+// reports false once Close has begun, or while the listener is stopped.
+func (s *Server) enter() (*period, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return false
+	if s.closed || s.down {
+		return nil, false
 	}
 	s.inflight.Add(1)
-	return true
+	s.period.handlers.Add(1)
+	return s.period, true
 }
 
 // Script queues faults for requests to exactly path (no query), consumed one
