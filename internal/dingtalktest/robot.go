@@ -239,7 +239,7 @@ func (s *Server) robotSend(w http.ResponseWriter, r *http.Request, body []byte) 
 		s.robotIDs[msg.MsgUUID] = struct{}{}
 	}
 	if !replay {
-		s.executeLocked(path, body, true)
+		s.executeLocked(path, body, true, tok, msg.MsgUUID)
 		st.Executed++
 	}
 	s.mu.Unlock()

@@ -243,15 +243,19 @@ func (r *recorder) gzipTo(w http.ResponseWriter) {
 func (s *Server) execute(path string, body []byte, send bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.executeLocked(path, body, send)
+	s.executeLocked(path, body, send, "", "")
 }
 
-func (s *Server) executeLocked(path string, body []byte, send bool) {
+// executeLocked counts one execution of path. A send is also counted per
+// message (see Deliveries): robot is the robot's token and msgUUID its
+// msgUuid, both "" elsewhere.
+func (s *Server) executeLocked(path string, body []byte, send bool, robot, msgUUID string) {
 	s.c.execs[path]++
 	if !send {
 		return
 	}
 	sum := sha256.Sum256(body)
+	s.deliverLocked(path, body, sum, robot, msgUUID)
 	seen := s.seen[path]
 	if seen == nil {
 		seen = make(map[[sha256.Size]byte]struct{})

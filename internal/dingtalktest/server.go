@@ -148,8 +148,12 @@ type counters struct {
 	// robot's counters, by token.
 	robotThrottled int
 	robots         map[string]*RobotStats
-	tokenFetches   int
-	leaks          int
+	// deliveries is each send path's messages; deliveryBytes the bodies
+	// they keep.
+	deliveries    map[string]*deliveries
+	deliveryBytes int
+	tokenFetches  int
+	leaks         int
 	// metered is the month's metered calls; quotaRejected the 90020s by path.
 	metered       int
 	quotaRejected map[string]int
@@ -161,6 +165,8 @@ func newCounters() counters {
 		execs:    make(map[string]int),
 		requests: make(map[string][]Request),
 		robots:   make(map[string]*RobotStats),
+
+		deliveries: make(map[string]*deliveries),
 
 		quotaRejected: make(map[string]int),
 	}
