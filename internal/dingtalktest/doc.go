@@ -31,10 +31,23 @@
 // answer ([Informational]). Those that look like a success execute the
 // request, as [ResetAfterExec] does.
 //
+// The custom robot webhook (/robot/send) checks its own access_token and,
+// each opt-in through [Options], DingTalk's robot rules: a signing secret
+// (timestamp and sign in the query, see [SignRobot]) and keywords, both
+// answered 310000 when not met; a body limit (460101); and the limit of
+// [Options.RobotPerMinute] sends in any minute, past which the robot is
+// answered 130101 and blocked for 10 minutes. [Server.Robot] and
+// [Server.Robots] count what each robot saw.
+//
+// [Server.StopListening] starts an outage in which connections are refused
+// (ECONNREFUSED); [Server.ResumeListening] ends it on the same address.
+//
 // Counters let tests assert what DingTalk would have seen: hits and recorded
 // requests per path, executions, duplicate executions of non-idempotent sends
 // (DingTalk has no idempotency key for them, except the custom robot's
-// msgUuid), throttle rejections, token fetches and app-secret leaks.
+// msgUuid), executions per distinct message ([Server.Deliveries],
+// [Server.DeliveryCounts]), throttle rejections, token fetches and
+// app-secret leaks.
 //
 // Error-code values come from package dingtalk, the single source of DingTalk's
 // wire facts.

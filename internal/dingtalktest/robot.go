@@ -304,6 +304,19 @@ func (s *Server) Robot(tok string) RobotStats {
 	return RobotStats{}
 }
 
+// Robots is what each robot sent to saw since the last ResetCounters, by
+// access token. A send with a token the fake does not know (300005) counts
+// for no robot.
+func (s *Server) Robots() map[string]RobotStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]RobotStats, len(s.c.robots))
+	for tok, st := range s.c.robots {
+		out[tok] = *st
+	}
+	return out
+}
+
 // RobotThrottled is how many robot sends were answered 130101 (past
 // Options.RobotPerMinute, or within a robot's 10-minute block), for every
 // robot.

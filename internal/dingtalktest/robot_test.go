@@ -2,6 +2,7 @@ package dingtalktest
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -235,6 +236,9 @@ func TestRobotMinute(t *testing.T) {
 	}
 	if got := s.Robot("rt-2"); got != (RobotStats{Executed: 1}) {
 		t.Errorf(`Robot("rt-2") = %+v, want 1 executed`, got)
+	}
+	if got, want := s.Robots(), map[string]RobotStats{"rt": want, "rt-2": {Executed: 1}}; !maps.Equal(got, want) {
+		t.Errorf("Robots() = %+v, want %+v", got, want)
 	}
 	if got := s.RobotThrottled(); got != 4 {
 		t.Errorf("RobotThrottled = %d, want 4", got)
