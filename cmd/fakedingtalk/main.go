@@ -2,6 +2,10 @@
 // for demos and manual testing of dingproxy. It listens on loopback only.
 //
 //	fakedingtalk -listen 127.0.0.1:9999 -chaos 'system-busy=0.1,reset-after=0.05' -qps 20
+//
+// The custom robot (/robot/send) can be made to behave as DingTalk's does:
+//
+//	fakedingtalk -robot-per-minute 20 -robot-max-body 20000 -robot-secret SEC... -robot-keywords alert,告警
 package main
 
 import (
@@ -40,7 +44,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:9999", "loopback `address` to listen on (127.0.0.0/8, ::1 or localhost)")
 	appKey := fs.String("app-key", dingtalktest.DefaultAppKey, "app key the token endpoints accept")
 	appSecret := fs.String("app-secret", dingtalktest.DefaultAppSecret, "app secret the token endpoints accept")
-	robotToken := fs.String("robot-token", dingtalktest.DefaultRobotToken, "access_token /robot/send accepts")
+	robotToken := fs.String("robot-token", dingtalktest.DefaultRobotToken, "access_token /robot/send accepts; `token`-<anything> is another robot")
+	robotSecret := fs.String("robot-secret", "", "signing `secret` every robot requires: a send must carry timestamp (Unix ms, within\n"+
+		"an hour) and sign = urlEncode(base64(HmacSHA256(secret, timestamp+\"\\n\"+secret))) in its\n"+
+		"query, else errcode 310000 (empty = unsigned sends go)")
+	robotKeywords := fs.String("robot-keywords", "", "comma-separated `keywords` every robot requires: a message whose content holds none\n"+
+		"is answered errcode 310000 \"keywords not in content\" (empty = none)")
+	robotPerMinute := fs.Int("robot-per-minute", 0, "per-robot limit: past this many sends in any minute, errcode 130101 and a\n"+
+		"10-minute block (DingTalk's is 20; 0 = off)")
+	robotMaxBody := fs.Int("robot-max-body", 0, "longest robot message body in `bytes`, else errcode 460101 \"message too long\"\n"+
+		"(DingTalk's is 20000; 0 = no limit)")
 	tokenTTL := fs.Duration("token-ttl", dingtalktest.DefaultTokenTTL, "lifetime of issued tokens")
 	chaosSpec := fs.String("chaos", "", "random faults, e.g. `system-busy=0.1,throttle=0.05,latency:50ms=0.05`")
 	qps := fs.Int("qps", 0, "per-path QPS limit with a 1 s penalty (0 = off)")
@@ -60,17 +73,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *qps < 0 {
 		return fmt.Errorf("-qps %d: must be 0 (off) or positive", *qps)
 	}
+	if *robotPerMinute < 0 {
+		return fmt.Errorf("-robot-per-minute %d: must be 0 (off) or positive", *robotPerMinute)
+	}
+	if *robotMaxBody < 0 {
+		return fmt.Errorf("-robot-max-body %d: must be 0 (no limit) or positive", *robotMaxBody)
+	}
+	keywords, err := parseKeywords(*robotKeywords)
+	if err != nil {
+		return err
+	}
 	chaos, err := dingtalktest.ParseChaos(*chaosSpec)
 	if err != nil {
 		return fmt.Errorf("-chaos: %w", err)
 	}
 
 	s := dingtalktest.New(dingtalktest.Options{
-		AppKey:     *appKey,
-		AppSecret:  *appSecret,
-		RobotToken: *robotToken,
-		TokenTTL:   *tokenTTL,
-		Seed:       *seed,
+		AppKey:         *appKey,
+		AppSecret:      *appSecret,
+		RobotToken:     *robotToken,
+		RobotSecret:    *robotSecret,
+		RobotKeywords:  keywords,
+		RobotPerMinute: *robotPerMinute,
+		RobotMaxBody:   *robotMaxBody,
+		TokenTTL:       *tokenTTL,
+		Seed:           *seed,
 	})
 	s.SetChaos(chaos)
 	s.SetQPSLimit(*qps)
@@ -90,6 +117,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *qps > 0 {
 		fmt.Fprintf(stdout, "  qps limit:   %d per path\n", *qps)
 	}
+	robotRules := robotRules(*robotSecret != "", keywords, *robotPerMinute, *robotMaxBody)
+	if robotRules != "" {
+		fmt.Fprintf(stdout, "  robot rules: %s\n", robotRules)
+	}
 
 	<-ctx.Done()
 	done := make(chan struct{})
@@ -104,7 +135,54 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "fakedingtalk stopped: %d requests, %d token fetches, %d throttled, %d duplicate sends, %d secret leaks\n",
 		s.TotalHits(), s.TokenFetches(), s.Throttled(), s.Duplicates(), s.SecretLeaks())
+	if robotRules != "" {
+		var sum dingtalktest.RobotStats
+		for _, st := range s.Robots() {
+			sum.Executed += st.Executed
+			sum.Throttled += st.Throttled
+			sum.Blocks += st.Blocks
+			sum.Refused += st.Refused
+		}
+		fmt.Fprintf(stdout, "fakedingtalk robots: %d messages posted, %d refused (310000/460101), %d throttled (130101), %d blocks\n",
+			sum.Executed, sum.Refused, sum.Throttled, sum.Blocks)
+	}
 	return nil
+}
+
+// parseKeywords splits a comma-separated keyword list; blanks around each are
+// dropped, and an empty keyword is an error.
+func parseKeywords(spec string) ([]string, error) {
+	if strings.TrimSpace(spec) == "" {
+		return nil, nil
+	}
+	var out []string
+	for k := range strings.SplitSeq(spec, ",") {
+		k = strings.TrimSpace(k)
+		if k == "" {
+			return nil, fmt.Errorf("-robot-keywords %q: empty keyword", spec)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// robotRules describes the robot settings in force, without the secret, or
+// "" when there are none.
+func robotRules(signed bool, keywords []string, perMinute, maxBody int) string {
+	var rules []string
+	if signed {
+		rules = append(rules, "signed sends")
+	}
+	if len(keywords) > 0 {
+		rules = append(rules, fmt.Sprintf("keywords %q", keywords))
+	}
+	if perMinute > 0 {
+		rules = append(rules, fmt.Sprintf("%d a minute then a 10-minute block", perMinute))
+	}
+	if maxBody > 0 {
+		rules = append(rules, fmt.Sprintf("bodies up to %d bytes", maxBody))
+	}
+	return strings.Join(rules, ", ")
 }
 
 // checkLoopback accepts only a host:port whose host is localhost or a

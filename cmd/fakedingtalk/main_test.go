@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -55,6 +61,9 @@ func TestRun_RefusesBadFlags(t *testing.T) {
 		{"negative qps", []string{"-listen", "127.0.0.1:0", "-qps", "-1"}, "-qps"},
 		{"zero ttl", []string{"-listen", "127.0.0.1:0", "-token-ttl", "0s"}, "-token-ttl"},
 		{"extra args", []string{"-listen", "127.0.0.1:0", "extra"}, "unexpected arguments"},
+		{"negative robot per minute", []string{"-listen", "127.0.0.1:0", "-robot-per-minute", "-1"}, "-robot-per-minute"},
+		{"negative robot max body", []string{"-listen", "127.0.0.1:0", "-robot-max-body", "-1"}, "-robot-max-body"},
+		{"empty keyword", []string{"-listen", "127.0.0.1:0", "-robot-keywords", "alert,,x"}, "empty keyword"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,5 +139,97 @@ func TestRun_ServesAndStops(t *testing.T) {
 	}
 	if s := out.String(); !strings.Contains(s, "app secret:  s") || !strings.Contains(s, "1 token fetches") {
 		t.Errorf("output = %q, want credentials and the final counters", s)
+	}
+}
+
+func TestRun_HelpDocumentsRobotFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	if err := run(t.Context(), []string{"-h"}, io.Discard, &stderr); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run -h = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"-robot-secret", "-robot-keywords", "-robot-per-minute", "-robot-max-body", "310000", "460101", "130101"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("-h output lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+func TestParseKeywords(t *testing.T) {
+	got, err := parseKeywords(" alert , 告警")
+	if err != nil || !slices.Equal(got, []string{"alert", "告警"}) {
+		t.Errorf("parseKeywords = %q, %v; want [alert 告警]", got, err)
+	}
+	if got, err := parseKeywords("  "); err != nil || got != nil {
+		t.Errorf("parseKeywords(blank) = %q, %v; want none", got, err)
+	}
+}
+
+// TestRun_RobotRules runs the fake with a robot secret, keywords, a minute
+// of 2 and a body limit, and checks each answers as DingTalk does.
+func TestRun_RobotRules(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	out := &lineWriter{ready: make(chan string, 1)}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run(ctx, []string{"-listen", "127.0.0.1:0", "-robot-token", "rt", "-robot-secret", "SECdemo",
+			"-robot-keywords", "alert,告警", "-robot-per-minute", "2", "-robot-max-body", "200"}, out, io.Discard)
+	}()
+	var base string
+	select {
+	case line := <-out.ready:
+		base = line[strings.LastIndex(line, " ")+1:]
+	case err := <-errc:
+		t.Fatalf("run returned early: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("run printed nothing")
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	send := func(query, content string) int {
+		t.Helper()
+		body := fmt.Sprintf(`{"msgtype":"text","text":{"content":%q}}`, content)
+		resp, err := c.Post(base+"/robot/send?access_token=rt"+query, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Errcode int `json:"errcode"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Errcode
+	}
+	sign := func() string {
+		ts, sign := dingtalktest.SignRobot("SECdemo", time.Now())
+		return "&timestamp=" + ts + "&sign=" + sign
+	}
+	got := []int{
+		send("", "alert 1"),                             // unsigned
+		send(sign(), "cpu high"),                        // no keyword
+		send(sign(), "alert "+strings.Repeat("x", 200)), // too long
+		send(sign(), "alert 1"),
+		send(sign(), "告警 2"),
+		send(sign(), "alert 3"), // third in the minute
+	}
+	if want := []int{310000, 310000, 460101, 0, 0, 130101}; !slices.Equal(got, want) {
+		t.Errorf("errcodes = %v, want %v", got, want)
+	}
+
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("run = %v, want nil after cancel", err)
+	}
+	s := out.String()
+	for _, want := range []string{"robot rules: signed sends", "2 a minute", "robots: 2 messages posted, 3 refused (310000/460101), 1 throttled (130101), 1 blocks"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "SECdemo") {
+		t.Errorf("output shows the robot secret:\n%s", s)
 	}
 }
