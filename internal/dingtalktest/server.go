@@ -18,8 +18,12 @@ type Options struct {
 	AppKey, AppSecret string // defaults "demo-app-key", "demo-app-secret"
 	RobotToken        string // default "demo-robot-token"; RobotToken + "-" + anything is another robot
 	// RobotPerMinute, when positive, is DingTalk's per-robot limit: past
-	// that many sends in any minute, a robot is answered 130101 and blocked
-	// for 10 minutes (DingTalk's 20 and 10 minutes).
+	// that many sends in any minute (a sliding 60 s of the sends it let
+	// through), a robot is answered 130101 and blocked for 10 minutes, and
+	// sends into the block are answered 130101 without extending it
+	// (DingTalk's 20 and 10 minutes: dingtalk.RobotPerMinute and
+	// dingtalk.RobotBlock). Sends refused for the token or the robot's
+	// rules do not count.
 	RobotPerMinute int
 	// RobotSecret, when set, is every robot's signing secret (DingTalk's
 	// 加签): a send must carry timestamp (Unix ms, within RobotSignWindow
