@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -52,6 +53,41 @@ type Config struct {
 	Quota Quota `mapstructure:"quota"`
 	// Fleet shares state with the other proxies of the app through Redis.
 	Fleet Fleet `mapstructure:"fleet"`
+	// Outbox keeps the sends that routes[].defer lets wait.
+	Outbox Outbox `mapstructure:"outbox"`
+}
+
+// Outbox is where deferred sends wait (README, "Deferred sends"). It opens
+// at start when a route has defer; alone on local disk, in fleet mode in
+// Redis.
+type Outbox struct {
+	// Dir holds the alone-mode store. Default ./dingproxy-outbox. It must be
+	// writable when a route has defer: the proxy does not start otherwise.
+	// Restart only.
+	Dir string `mapstructure:"dir" reload:"restart"`
+	// MaxBytes caps what the outbox holds, bodies and records together
+	// (an integer, or with a unit: 64KiB, 256MiB, 1GiB). Past it, and past
+	// a quarter of it for any one queue, calls are answered as without
+	// defer. Default 256MiB; 1MiB to 64GiB. Restart only.
+	MaxBytes ByteSize `mapstructure:"max_bytes" reload:"restart"`
+}
+
+// ByteSize is a size in bytes, written as an integer or with a binary unit
+// (B, KiB, MiB, GiB).
+type ByteSize int64
+
+// String writes s in the largest binary unit that divides it.
+func (s ByteSize) String() string {
+	n := int64(s)
+	for _, u := range []struct {
+		shift uint
+		name  string
+	}{{30, "GiB"}, {20, "MiB"}, {10, "KiB"}} {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // Quota configures the monthly quota's guard: DingTalk meters most calls
@@ -232,6 +268,23 @@ type Route struct {
 	// idempotent route: idempotent: true, or a read DingTalk's catalogue
 	// lists. Zero: no cache.
 	Cache time.Duration `mapstructure:"cache"`
+	// Defer, when set, keeps a send on this route that cannot go now and
+	// delivers it later, instead of answering with an error of dingproxy's
+	// own (README, "Deferred sends"). Only on a route that sends: not a
+	// read, not a token endpoint.
+	Defer *Defer `mapstructure:"defer"`
+}
+
+// Defer is a route's deferral policy.
+type Defer struct {
+	// MaxAge is how long a kept send may wait for delivery; past it, it is
+	// dead. Required; 1s to 168h. A signed robot send is due within an hour
+	// of its own timestamp, whatever MaxAge says.
+	MaxAge time.Duration `mapstructure:"max_age"`
+	// Merge, on the custom robot route only, sends a robot's queued text
+	// and markdown messages as one markdown message when more wait than
+	// its minute allows.
+	Merge bool `mapstructure:"merge"`
 }
 
 // Fallback is what an open breaker answers on the route.
@@ -360,8 +413,9 @@ func Default() Config {
 			Idempotent: &f,
 			Fallback:   &Fallback{Status: 200, Body: `{"errcode":-1,"errmsg":"queued later"}`},
 		}},
-		Log:   Log{Level: "info", Format: "json"},
-		Quota: Quota{Timezone: "Asia/Shanghai"},
-		Fleet: Fleet{KeyPrefix: "dingproxy", Timeout: 50 * time.Millisecond},
+		Log:    Log{Level: "info", Format: "json"},
+		Quota:  Quota{Timezone: "Asia/Shanghai"},
+		Fleet:  Fleet{KeyPrefix: "dingproxy", Timeout: 50 * time.Millisecond},
+		Outbox: Outbox{Dir: "./dingproxy-outbox", MaxBytes: 256 << 20},
 	}
 }

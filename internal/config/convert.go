@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -57,6 +58,19 @@ func convert(raw any, t reflect.Type) (any, string) {
 			return nil, fmt.Sprintf("cannot parse %s as duration (missing unit, e.g. %q)", what, what+"s")
 		}
 		return bad("duration")
+
+	case t == byteSizeType:
+		if rv.Kind() == reflect.String {
+			if n, ok := parseByteSize(rv.String()); ok {
+				return ByteSize(n), ""
+			}
+			return nil, fmt.Sprintf("cannot parse %s as a size (an integer of bytes, or with a unit: B, KiB, MiB, GiB)", what)
+		}
+		v, msg := convert(raw, reflect.TypeFor[int64]())
+		if msg != "" {
+			return nil, msg
+		}
+		return ByteSize(v.(int64)), ""
 
 	case t.Kind() == reflect.String:
 		switch rv.Kind() {
@@ -159,6 +173,39 @@ func convert(raw any, t reflect.Type) (any, string) {
 		return bad("bool")
 	}
 	return bad(t.String())
+}
+
+// parseByteSize reads "512", "64KiB", "256MiB" or "1GiB" (a space before
+// the unit is allowed): whole numbers of binary units only.
+func parseByteSize(s string) (int64, bool) {
+	s = strings.TrimSpace(s)
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	var shift uint
+	switch strings.TrimSpace(s[i:]) {
+	case "", "B":
+	case "KiB":
+		shift = 10
+	case "MiB":
+		shift = 20
+	case "GiB":
+		shift = 30
+	default:
+		return 0, false
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, false
+	}
+	return n << shift, true
 }
 
 // number returns rv as a float64 when it holds a number.

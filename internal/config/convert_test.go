@@ -73,10 +73,31 @@ func TestConvertRefuses(t *testing.T) {
 		{"1.5", durationType, `cannot parse "1.5" as duration (missing unit, e.g. "1.5s")`},
 		{"soon", durationType, `cannot parse "soon" as duration`},
 		{map[string]any{}, durationType, "cannot parse a map as duration"},
+		{"256MB", byteSizeType, `cannot parse "256MB" as a size (an integer of bytes, or with a unit: B, KiB, MiB, GiB)`},
+		{"1.5GiB", byteSizeType, `cannot parse "1.5GiB" as a size (an integer of bytes, or with a unit: B, KiB, MiB, GiB)`},
+		{"99999999999GiB", byteSizeType, `cannot parse "99999999999GiB" as a size (an integer of bytes, or with a unit: B, KiB, MiB, GiB)`},
+		{1.5, byteSizeType, "cannot parse 1.5 as int"},
 	}
 	for _, tt := range tests {
 		if _, msg := convert(tt.raw, tt.typ); msg != tt.want {
 			t.Errorf("convert(%#v, %s) = %q, want %q", tt.raw, tt.typ, msg, tt.want)
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[any]ByteSize{
+		"512": 512, "512B": 512, "64KiB": 64 << 10, "256MiB": 256 << 20, "256 MiB": 256 << 20, "2GiB": 2 << 30, 1048576: 1 << 20,
+	} {
+		got, msg := convert(raw, byteSizeType)
+		if msg != "" || got != want {
+			t.Errorf("convert(%#v) = %v, %q; want %v", raw, got, msg, want)
+		}
+	}
+	for n, want := range map[ByteSize]string{256 << 20: "256MiB", 1 << 30: "1GiB", 1536: "1536", 3 << 10: "3KiB", 0: "0"} {
+		if got := n.String(); got != want {
+			t.Errorf("ByteSize(%d).String() = %q, want %q", int64(n), got, want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ var (
 	configType   = reflect.TypeFor[Config]()
 	durationType = reflect.TypeFor[time.Duration]()
 	secretType   = reflect.TypeFor[Secret]()
+	byteSizeType = reflect.TypeFor[ByteSize]()
 	routesType   = reflect.TypeFor[[]Route]()
 )
 

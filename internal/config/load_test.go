@@ -48,7 +48,7 @@ func TestKeys(t *testing.T) {
 		"routes",
 		"log.level", "log.format",
 		"quota.monthly_budget", "quota.timezone",
-		"fleet.redis_url", "fleet.key_prefix", "fleet.timeout",
+		"fleet.redis_url", "fleet.key_prefix", "fleet.timeout", "outbox.dir", "outbox.max_bytes",
 	}
 	var got []string
 	for _, l := range leaves() {
@@ -105,10 +105,12 @@ func TestLoadValid(t *testing.T) {
 				Stale:   time.Minute,
 			}},
 			{Path: "/topapi/v2/department/listsub", Fallback: &Fallback{Stale: 10 * time.Minute}},
+			{Path: "/robot/send", Defer: &Defer{MaxAge: time.Hour, Merge: true}},
 		},
-		Log:   Log{Level: "debug", Format: "console"},
-		Quota: Quota{MonthlyBudget: 4000, Timezone: "Asia/Shanghai"},
-		Fleet: Fleet{RedisURL: "redis://redis.fleet:6379/2", KeyPrefix: "dp", Timeout: 80 * time.Millisecond},
+		Log:    Log{Level: "debug", Format: "console"},
+		Quota:  Quota{MonthlyBudget: 4000, Timezone: "Asia/Shanghai"},
+		Fleet:  Fleet{RedisURL: "redis://redis.fleet:6379/2", KeyPrefix: "dp", Timeout: 80 * time.Millisecond},
+		Outbox: Outbox{Dir: "/var/lib/dingproxy/outbox", MaxBytes: 64 << 20},
 	}
 	got, err := Load("testdata/valid.yaml")
 	if err != nil {
@@ -384,6 +386,7 @@ func sampleEnv(t *testing.T) (Config, map[string]string) {
 		"fleet.redis_url":   "redis://:pw@127.0.0.1:6379/1",
 		"fleet.key_prefix":  "dp-env",
 		"quota.timezone":    "Europe/Berlin",
+		"outbox.dir":        "/tmp/outbox",
 	}
 	const routesYAML = `
 - path: /v1.0/robot/oToMessages/batchSend
@@ -395,12 +398,16 @@ func sampleEnv(t *testing.T) (Config, map[string]string) {
     body: '{"errcode":-1}'
     stale: 2m
 - path: /topapi/v2/user/get
+- path: /topapi/message/corpconversation/asyncsend_v2
+  defer:
+    max_age: 10m
 `
 	routes := []Route{
 		{Path: "/v1.0/robot/oToMessages/batchSend", Idempotent: ptr(true), Fallback: &Fallback{
 			Status: 503, Headers: map[string]string{"retry-after": "30"}, Body: `{"errcode":-1}`, Stale: 2 * time.Minute,
 		}},
 		{Path: "/topapi/v2/user/get"},
+		{Path: "/topapi/message/corpconversation/asyncsend_v2", Defer: &Defer{MaxAge: 10 * time.Minute}},
 	}
 
 	want := Default()

@@ -60,6 +60,8 @@ func typeName(t reflect.Type) string {
 		return "URL"
 	case t == routesType:
 		return "list of routes"
+	case t == byteSizeType:
+		return "size"
 	}
 	switch t.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
@@ -78,6 +80,9 @@ func typeName(t reflect.Type) string {
 func flow(v reflect.Value) string {
 	if v.Type() == durationType {
 		return shortDuration(time.Duration(v.Int()))
+	}
+	if v.Type() == byteSizeType {
+		return ByteSize(v.Int()).String()
 	}
 	switch v.Kind() {
 	case reflect.String:

@@ -19,7 +19,7 @@ var restartKeys = []string{
 	"app.key", "app.secret", "app.secret_file",
 	"token.refresh_before", "token.endpoint",
 	"log.format",
-	"fleet.redis_url", "fleet.key_prefix", "fleet.timeout",
+	"fleet.redis_url", "fleet.key_prefix", "fleet.timeout", "outbox.dir", "outbox.max_bytes",
 }
 
 // changed returns a copy of c with the leaf l set to another value.

@@ -174,6 +174,10 @@ func (c *Config) validate() []*FieldError {
 		v.add("quota.timezone", "must be an IANA time zone such as Asia/Shanghai, got %q", c.Quota.Timezone)
 	}
 	v.fleet(c.Fleet)
+	if c.Outbox.Dir == "" {
+		v.add("outbox.dir", "must be set (a directory the proxy may write)")
+	}
+	v.between("outbox.max_bytes", int64(c.Outbox.MaxBytes), 1<<20, 64<<30)
 	return v.errs
 }
 
@@ -222,6 +226,33 @@ func (v *validator) routes(routes []Route) {
 			v.fallback(key+".fallback", r.Fallback)
 		}
 		v.cache(key, r)
+		if r.Defer != nil {
+			v.deferral(key, r)
+		}
+	}
+}
+
+// deferral checks routes[i].defer: only a send is kept for later (a read's
+// caller needs its answer now), and only the custom robot's messages merge.
+func (v *validator) deferral(key string, r Route) {
+	d := r.Defer
+	if d.MaxAge < time.Second || d.MaxAge > 168*time.Hour {
+		v.add(key+".defer.max_age", "must be between 1s and 168h, got %s", d.MaxAge)
+	}
+	if !strings.HasPrefix(r.Path, "/") {
+		return
+	}
+	ep := dingtalk.Describe(r.Path)
+	switch {
+	case ep.TokenEndpoint:
+		v.add(key+".defer", "not allowed on a token endpoint (%q)", r.Path)
+	case r.Idempotent != nil && *r.Idempotent:
+		v.add(key+".defer", "allowed only on a route that sends, and %s.idempotent is true", key)
+	case r.Idempotent == nil && ep.Read:
+		v.add(key+".defer", "allowed only on a route that sends: %q is a read DingTalk's catalogue lists", r.Path)
+	}
+	if d.Merge && r.Path != dingtalk.PathRobotSend {
+		v.add(key+".defer.merge", "allowed only on the custom robot's route %q, got %q", dingtalk.PathRobotSend, r.Path)
 	}
 }
 

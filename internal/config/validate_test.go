@@ -141,6 +141,30 @@ func TestValidate(t *testing.T) {
 		{"cache too long", func(c *Config) {
 			c.Routes = []Route{{Path: "/x", Idempotent: ptr(true), Cache: 48 * time.Hour}}
 		}, `routes[0].cache: must be at most 24h, got 48h0m0s`},
+		{"defer on a send", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/message/corpconversation/asyncsend_v2", Defer: &Defer{MaxAge: 10 * time.Minute}}}
+		}, ""},
+		{"defer merge on the robot", func(c *Config) {
+			c.Routes = []Route{{Path: "/robot/send", Defer: &Defer{MaxAge: time.Hour, Merge: true}}}
+		}, ""},
+		{"defer without max_age", func(c *Config) { c.Routes = []Route{{Path: "/robot/send", Defer: &Defer{}}} },
+			`routes[0].defer.max_age: must be between 1s and 168h, got 0s`},
+		{"defer too long", func(c *Config) { c.Routes = []Route{{Path: "/robot/send", Defer: &Defer{MaxAge: 200 * time.Hour}}} },
+			`routes[0].defer.max_age: must be between 1s and 168h, got 200h0m0s`},
+		{"defer on a read", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/v2/department/listsub", Defer: &Defer{MaxAge: time.Minute}}}
+		}, `routes[0].defer: allowed only on a route that sends: "/topapi/v2/department/listsub" is a read DingTalk's catalogue lists`},
+		{"defer on a route made idempotent", func(c *Config) {
+			c.Routes = []Route{{Path: "/x", Idempotent: ptr(true), Defer: &Defer{MaxAge: time.Minute}}}
+		}, `routes[0].defer: allowed only on a route that sends, and routes[0].idempotent is true`},
+		{"defer on the token endpoint", func(c *Config) {
+			c.Routes = []Route{{Path: "/gettoken", Defer: &Defer{MaxAge: time.Minute}}}
+		}, `routes[0].defer: not allowed on a token endpoint ("/gettoken")`},
+		{"defer merge off the robot", func(c *Config) {
+			c.Routes = []Route{{Path: "/topapi/message/corpconversation/asyncsend_v2", Defer: &Defer{MaxAge: time.Minute, Merge: true}}}
+		}, `routes[0].defer.merge: allowed only on the custom robot's route "/robot/send", got "/topapi/message/corpconversation/asyncsend_v2"`},
+		{"outbox dir empty", func(c *Config) { c.Outbox.Dir = "" }, `outbox.dir: must be set (a directory the proxy may write)`},
+		{"outbox too small", func(c *Config) { c.Outbox.MaxBytes = 1000 }, `outbox.max_bytes: must be between 1048576 and 68719476736, got 1000`},
 		{"fleet redis", func(c *Config) { c.Fleet.RedisURL = "rediss://user:s3cret@redis:6380/3" }, ""},
 		{"fleet scheme", func(c *Config) { c.Fleet.RedisURL = "http://:s3cret@redis:6379" }, `fleet.redis_url: must be a redis:// or rediss:// URL, got scheme "http"`},
 		{"fleet unparsable", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:port/0" }, `fleet.redis_url: must be a redis:// or rediss:// URL: it does not parse`},
