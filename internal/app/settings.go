@@ -42,6 +42,9 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 	}
 	for _, r := range cfg.Routes {
 		route := &call.RoutePolicy{Idempotent: r.Idempotent, Cache: r.Cache}
+		if d := r.Defer; d != nil {
+			route.Defer = &call.Defer{MaxAge: d.MaxAge, Merge: d.Merge}
+		}
 		if f := r.Fallback; f != nil {
 			fb := &call.Fallback{Status: f.Status, Body: []byte(f.Body), Stale: f.Stale, Header: http.Header{}}
 			for k, v := range f.Headers {

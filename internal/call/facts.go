@@ -32,6 +32,10 @@ type Facts struct {
 	// reads that use POST, an idempotency key, or the route's own flag (see
 	// the README, "Idempotency").
 	Idempotent bool
+	// Read says the call only asks: a GET, HEAD or OPTIONS, or a read
+	// DingTalk's catalogue lists. A read is never deferred: its caller
+	// needs the answer now.
+	Read bool
 	// Metered: the call spends the app's month: DingTalk may count it
 	// against the organisation's monthly quota (dingtalk.Endpoint.Metered)
 	// and it carries the app's own token (the proxy injects it). A call
@@ -51,6 +55,10 @@ type Facts struct {
 	Inject dingtalk.Placement
 	// Policy is the route's configured policy; nil when the route has none.
 	Policy *RoutePolicy
+	// Kept is the outbox id of a kept send being delivered; empty for a
+	// live call. A delivery takes only a turn that is free now, and is
+	// never deferred again.
+	Kept string
 	// ClientBody, when set, is the client's body as it streams upstream.
 	// Its Failed error (the client stalled, or sent too much) makes a failed
 	// attempt the client's doing, whatever the connection to DingTalk says.
@@ -73,6 +81,18 @@ type RoutePolicy struct {
 	// Cache, when positive, serves repeats of a successful idempotent call
 	// from the read cache for that long.
 	Cache time.Duration
+	// Defer, when non-nil, keeps a send that cannot go now for later
+	// delivery (the outbox).
+	Defer *Defer
+}
+
+// Defer is a route's deferral policy.
+type Defer struct {
+	// MaxAge is how long a kept send may wait for delivery before it is
+	// dead.
+	MaxAge time.Duration
+	// Merge lets a robot's queued text and markdown messages go as one.
+	Merge bool
 }
 
 // Fallback is what a route answers while its breaker is open.
@@ -95,6 +115,12 @@ func (f *Facts) CacheTTL(method string) time.Duration {
 		return 0
 	}
 	return f.Policy.Cache
+}
+
+// Deferrable says a call that cannot go now may be kept for later: a live
+// send, its body held whole, on a route with defer.
+func (f *Facts) Deferrable() bool {
+	return f.Policy != nil && f.Policy.Defer != nil && f.Kept == "" && !f.Read && !f.TokenEndpoint && f.Replayable
 }
 
 // StaleFor is how old a kept answer the route may serve as its fallback

@@ -273,9 +273,10 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request, up dingtalk.Upstream) (
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		f.Idempotent = true
+		f.Idempotent, f.Read = true, true
 	default:
 		f.Idempotent = ep.Read || dingtalk.HasIdempotencyKey(ep.Route, r.Header, body)
+		f.Read = ep.Read
 	}
 	if rp != nil && rp.Idempotent != nil {
 		f.Idempotent = *rp.Idempotent

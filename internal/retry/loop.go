@@ -124,6 +124,11 @@ func (l *Loop) run(req *http.Request, f *call.Facts, next call.Handler) (*http.R
 		stopTimer()
 		cancel(nil)
 	}
+	// A caller's own, earlier deadline for turns (a delivery from the
+	// outbox takes only a turn free now) bounds the loop's too.
+	if d := call.Deadline(req.Context()); !d.IsZero() && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
 	// Every attempt runs on the loop's context, which carries the deadline
 	// to the layers below (pacing).
 	areq := req.WithContext(call.WithDeadline(ctx, deadline))
