@@ -96,6 +96,18 @@ func (r Result) Executed() bool {
 	return r.Class != TokenInvalid && r.Reason != ReasonUnknownAPI
 }
 
+// RefusedForNow says DingTalk refused the call unexecuted, and the same call
+// may pass later: a rate limit (per second, per minute, a custom robot's
+// block), the IP ban, or an access token it rejected. A kept send so
+// answered waits for another turn; any other answer is final for it.
+func (r Result) RefusedForNow() bool {
+	switch r.Class {
+	case Throttled, IPBan, TokenInvalid:
+		return true
+	}
+	return r.Reason == ReasonMinuteLimit || r.Reason == ReasonRobotThrottled
+}
+
 // Classify reads an answer: its HTTP status, Content-Type and (a prefix of)
 // its decoded body. Bodies that are not JSON are classified by status alone,
 // except an HTML page on a 200 or 403, which is DingTalk's IP ban

@@ -166,3 +166,37 @@ func BenchmarkClassify(b *testing.B) {
 		}
 	}
 }
+
+// A kept send waits again only on answers that refused it unexecuted and may
+// pass later; every other answer is final for it.
+func TestRefusedForNow(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		status int
+		body   string
+		want   bool
+	}{
+		{"qps throttle", 200, `{"errcode":90018,"errmsg":"qps"}`, true},
+		{"api 429", 429, `{"code":"system.busy","message":"busy"}`, true},
+		{"minute limit", 200, `{"errcode":90006,"errmsg":"per minute"}`, true},
+		{"robot block", 200, `{"errcode":130101,"errmsg":"send too fast, exceed 20 times per minute"}`, true},
+		{"robot block documented", 200, `{"errcode":410100,"errmsg":"too fast"}`, true},
+		{"app token expired", 200, `{"errcode":42001,"errmsg":"expired"}`, true},
+		{"ip ban page", 200, `{"status":1111,"wait":5,"source":"x5","punish":"deny"}`, true},
+		{"success", 200, `{"errcode":0,"errmsg":"ok","task_id":1}`, false},
+		{"system busy may have executed", 200, `{"errcode":-1,"errmsg":"系统繁忙"}`, false},
+		{"robot signature", 200, `{"errcode":310000,"errmsg":"sign not match"}`, false},
+		{"robot too long", 200, `{"errcode":460101,"errmsg":"message too long, exceed 20000 bytes"}`, false},
+		{"robot token", 200, `{"errcode":300005,"errmsg":"token is not exist"}`, false},
+		{"monthly quota", 200, `{"errcode":90020,"errmsg":"quota"}`, false},
+		{"no such user", 200, `{"errcode":60121,"errmsg":"找不到该用户"}`, false},
+		{"unknown api", 404, `{"errcode":404,"errmsg":"请求的URI地址不存在"}`, false},
+	}
+	for _, tt := range tests {
+		r := Classify(tt.status, "application/json", []byte(tt.body))
+		if got := r.RefusedForNow(); got != tt.want {
+			t.Errorf("%s: %+v RefusedForNow = %v, want %v", tt.name, r, got, tt.want)
+		}
+	}
+}

@@ -1,5 +1,7 @@
 package dingtalk
 
+import "time"
+
 // Header and query names used on the wire.
 const (
 	// HeaderAccessToken carries the token on the api upstream (/v1.0/, /v2.0/).
@@ -53,7 +55,22 @@ const (
 	ErrcodeRobotTooFast    = 130101
 	ErrcodeRobotTooFastDoc = 410100
 	ErrcodeRobotTooMany    = 660026
+	// A custom robot's security settings refused the message, unexecuted:
+	// a signature that does not match or whose timestamp is over an hour
+	// old, or no configured keyword in it. The same message never passes.
+	ErrcodeRobotSecurity = 310000
+	// A custom robot's message over 20,000 bytes (RobotMaxBody).
+	ErrcodeRobotTooLong = 460101
 )
+
+// RobotMaxBody is the largest body a custom robot takes: past it DingTalk
+// answers 460101 "message too long".
+const RobotMaxBody = 20000
+
+// RobotSignWindow is how long a signed robot message is good for from its
+// own timestamp: past it DingTalk answers 310000, and only the robot's
+// secret (which the proxy never has) can sign it again.
+const RobotSignWindow = time.Hour
 
 // api error codes (JSON "code" with an HTTP status).
 const (
