@@ -74,6 +74,8 @@ type Metrics struct {
 	quotaState        atomic.Pointer[func() (used, limit float64)]
 	quotaUsed         prometheus.GaugeFunc
 	quotaLimit        prometheus.GaugeFunc
+	OutboxSends       *prometheus.CounterVec // route, result
+	outbox            *outboxCollector
 	// FleetRedisUp and FleetErrors exist in shared mode only (EnableFleet).
 	FleetRedisUp prometheus.Gauge
 	FleetErrors  *prometheus.CounterVec // op
@@ -189,6 +191,11 @@ func New(version string) *Metrics {
 		func(used, _ float64) float64 { return used })
 	m.quotaLimit = quotaGauge("quota_limit", "The month's limit: quota.monthly_budget when set, else the organisation's quota as DingTalk last said; -1 unknown.",
 		func(_, limit float64) float64 { return limit })
+	m.OutboxSends = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "outbox_sends_total",
+		Help: "Deferred sends finished, by route and result: delivered (DingTalk succeeded), dead (given up), unknown (an attempt may have executed; not sent again).",
+	}, []string{"route", "result"})
+	m.outbox = newOutboxCollector()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels name the running build.",
@@ -201,6 +208,7 @@ func New(version string) *Metrics {
 		m.Unreplayable, m.Inflight, m.TokenRefreshes, tokenExpiry, m.Reloads,
 		m.ReloadSuccessful, m.ReloadSuccessTime, build,
 		m.QuotaCalls, m.CacheRequests, m.quotaUsed, m.quotaLimit,
+		m.OutboxSends, m.outbox,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -323,7 +331,7 @@ func (m *Metrics) ForgetRoute(route string) {
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
 	}{m.Requests, m.RequestDuration, m.Attempts, m.Retries, m.BudgetExhausted, m.BreakerState,
-		m.BreakerTransits, m.Fallbacks, m.PacingRate, m.Unreplayable, m.QuotaCalls, m.CacheRequests} {
+		m.BreakerTransits, m.Fallbacks, m.PacingRate, m.Unreplayable, m.QuotaCalls, m.CacheRequests, m.OutboxSends} {
 		v.DeletePartialMatch(l)
 	}
 }

@@ -23,15 +23,18 @@ type FamilyInfo struct {
 
 // Reference lists dingproxy's own metric families (the dingproxy_ ones, not
 // the Go and process collectors), sorted by name, read from a registry
-// built as at start: New, a configured route with a cache (InitRoute,
-// InitCache), then EnableFleet. A vector is listed once one of those gives
-// it a series, as each of them does for every vector today (a test checks
-// it against everything the registry describes).
+// built as at start: New, a configured route with a cache and defer
+// (InitRoute, InitCache, InitOutbox, OutboxFrom), then EnableFleet. A
+// vector is listed once one of those gives it a series, as each of them
+// does for every vector today (a test checks it against everything the
+// registry describes).
 func Reference() ([]FamilyInfo, error) {
 	m := New("dev")
 	const route = "/reference"
 	m.InitRoute(route, 1)
 	m.InitCache(route)
+	m.InitOutbox(route)
+	m.OutboxFrom(func() []OutboxRoute { return []OutboxRoute{{Route: route}} })
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		return nil, fmt.Errorf("metrics: gathering a fresh registry: %w", err)
