@@ -43,6 +43,7 @@ type routeIx struct {
 	name        string
 	n           [len(stateCodes)]int // by state code
 	queuedBytes int64
+	pending     int64 // reserved by Puts and Retries in commit
 }
 
 // fent is a finished send (delivered, dead or unknown).
@@ -92,29 +93,38 @@ func (ix *index) tidy(queue string, r *routeIx) {
 	if q := ix.queues[queue]; q != nil && len(q.ents) == 0 && q.bytes == 0 {
 		delete(ix.queues, queue)
 	}
-	if r != nil && r.n == [len(stateCodes)]int{} && r.queuedBytes == 0 {
+	if r != nil && r.n == [len(stateCodes)]int{} && r.queuedBytes == 0 && r.pending == 0 {
 		delete(ix.routes, r.name)
 	}
 }
 
-// fits says whether c more bytes may be charged to queue: MaxBytes in all,
-// a quarter of it for each queue.
-func (ix *index) fits(queue string, c, maxBytes int64) bool {
-	qb := int64(0)
+// fits says whether c more bytes may be charged to queue on route:
+// MaxBytes in all, half of it for each route and a quarter for each queue,
+// so that no one route (or robot) fills the outbox for the others.
+func (ix *index) fits(queue, route string, c, maxBytes int64) bool {
+	qb, rb := int64(0), int64(0)
 	if q := ix.queues[queue]; q != nil {
 		qb = q.bytes
 	}
-	return ix.queuedBytes+c <= maxBytes && qb+c <= maxBytes/4
+	if r := ix.routes[route]; r != nil {
+		rb = r.queuedBytes + r.pending
+	}
+	return ix.queuedBytes+c <= maxBytes && rb+c <= maxBytes/2 && qb+c <= maxBytes/4
 }
 
-// reserve charges c to queue (after fits, or past the bounds for a send
-// already kept).
-func (ix *index) reserve(queue string, c int64) {
+// reserve charges c to queue and route (after fits, or past the bounds for
+// a send already kept) until addQueued or unreserve.
+func (ix *index) reserve(queue, route string, c int64) {
 	ix.queue(queue).bytes += c
+	ix.route(route).pending += c
 	ix.queuedBytes += c
 }
 
-func (ix *index) unreserve(queue string, c int64) {
+func (ix *index) unreserve(queue, route string, c int64) {
+	if r := ix.routes[route]; r != nil {
+		r.pending -= c
+		ix.tidy("", r)
+	}
 	if q := ix.queues[queue]; q != nil {
 		q.bytes -= c
 		ix.queuedBytes -= c
@@ -122,9 +132,11 @@ func (ix *index) unreserve(queue string, c int64) {
 	}
 }
 
-// addQueued indexes a queued send whose charge is already reserved.
+// addQueued indexes a queued send whose charge is already reserved (on
+// its queue and route).
 func (ix *index) addQueued(queue, route string, id rawID, kept time.Time, c int64) {
 	q, r := ix.queue(queue), ix.route(route)
+	r.pending -= c
 	i, found := q.find(id)
 	if found {
 		return
@@ -290,6 +302,20 @@ func (ix *index) heads(max int) []struct {
 		hs = hs[:max]
 	}
 	return hs
+}
+
+// first is queue's oldest queued sends, at most max.
+func (ix *index) first(queue string, max int) []rawID {
+	q := ix.queues[queue]
+	if q == nil {
+		return nil
+	}
+	n := min(max, len(q.ents))
+	out := make([]rawID, n)
+	for i := range n {
+		out[i] = q.ents[i].id
+	}
+	return out
 }
 
 func (ix *index) stats(now time.Time) map[string]RouteStats {

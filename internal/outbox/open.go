@@ -255,7 +255,14 @@ type loaded struct {
 	bad      []badRecord
 	last     rawID
 	finished []finishedRec
+	// stopped are queued sends marked Sending: the process stopped while
+	// they were being sent. They open as Unknown.
+	stopped []*Send
 }
+
+// ReasonStopped is the reason of a send that was being sent when the
+// process stopped: it may have executed, so it is not sent again.
+const ReasonStopped = "the proxy stopped while this send was being sent: it may have executed, so it is not sent again"
 
 type finishedRec struct {
 	route   string
@@ -377,9 +384,13 @@ func (l *loaded) read(sl *sealer, k, v []byte) {
 		l.last = id
 	}
 	size := int64(len(k) + len(v))
+	if sd.State == Queued && sd.Sending {
+		l.stopped = append(l.stopped, sd)
+		return
+	}
 	if sd.State == Queued {
 		c := charge(int(size))
-		l.ix.reserve(sd.Queue, c)
+		l.ix.reserve(sd.Queue, sd.Route, c)
 		l.ix.addQueued(sd.Queue, sd.Route, id, sd.Kept, c)
 		return
 	}
@@ -398,10 +409,52 @@ func (s *Store) install(db *bolt.DB, l *loaded) {
 	if len(l.bad) > 0 {
 		s.dropAtOpen(l.bad)
 	}
+	if len(l.stopped) > 0 {
+		s.settleStopped(l.stopped)
+	}
 	if s.ix.queuedBytes > s.maxBytes {
 		s.log.Warn("outbox: the queued sends hold more than outbox.max_bytes (was it lowered?): new sends are refused until they drain",
 			zap.Int64("queued_bytes", s.ix.queuedBytes), zap.Int64("max_bytes", s.maxBytes))
 	}
+}
+
+// settleStopped records the sends that were being sent when the process
+// stopped as Unknown, durably, before anything is delivered.
+func (s *Store) settleStopped(sends []*Send) {
+	now := s.now()
+	type rec struct {
+		sd   *Send
+		size int64
+	}
+	var done []rec
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSends)
+		done = done[:0]
+		for _, sd := range sends {
+			nx := *sd
+			nx.State, nx.Sending, nx.Reason, nx.Updated = Unknown, false, ReasonStopped, now
+			key, _, _ := canonicalID(sd.ID)
+			val := s.sealer.encodeUnchecked(sd.ID, &nx)
+			if err := b.Put(key[:], val); err != nil {
+				return err
+			}
+			done = append(done, rec{&nx, int64(len(key) + len(val))})
+		}
+		return nil
+	})
+	if err != nil {
+		// Not rewritten: they stay marked, out of the queue (never
+		// delivered), and the next open tries again.
+		s.log.Error("outbox: sends that were being sent when the proxy stopped could not be marked unknown; they are held back",
+			zap.Int("sends", len(sends)), zap.Error(err))
+		return
+	}
+	for _, r := range done {
+		key, _, _ := canonicalID(r.sd.ID)
+		s.ix.addFinished(r.sd.Route, key, Unknown, now, r.size)
+	}
+	s.log.Warn("outbox: sends that were being sent when the proxy stopped are unknown (they may have executed) and are not sent again",
+		zap.Int("sends", len(sends)))
 }
 
 // dropAtOpen deletes the records that did not read back, and says so.

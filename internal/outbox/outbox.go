@@ -9,7 +9,8 @@
 // AES-256-GCM under a key derived from the app secret, and every record is
 // checked when read back: one that does not parse, does not open or holds
 // a value out of bounds is dropped and reported, never trusted. Queued
-// sends may hold Options.MaxBytes in all and each queue a quarter of it;
+// sends may hold Options.MaxBytes in all, each route half of it and each
+// queue a quarter;
 // finished sends are kept for a while and then pruned (see prune.go).
 package outbox
 
@@ -49,6 +50,14 @@ type Send struct {
 	Status   int         // DingTalk's HTTP status once answered
 	Answer   []byte      // DingTalk's answer body once answered, at most 64 KiB kept
 	Updated  time.Time   // set by the store on every change
+	// Facts are what the proxy decided about the call when it was kept,
+	// opaque to the store (sealed; at most 4 KiB).
+	Facts []byte
+	// Sending is set on a queued send by Begin, durably, before an attempt
+	// goes: a send still so marked when the store opens was being sent
+	// when the process stopped, so it may have executed. Open makes it
+	// Unknown (never sent again). Update clears it.
+	Sending bool
 }
 
 var (
@@ -100,7 +109,7 @@ const (
 // Options configure a Store.
 type Options struct {
 	Dir       string // outbox.dir: created if missing; the store's file lives in it
-	MaxBytes  int64  // outbox.max_bytes: the bytes queued sends may hold in all; each queue at most a quarter of it (0: DefaultMaxBytes)
+	MaxBytes  int64  // outbox.max_bytes: the bytes queued sends may hold in all; each route at most half of it, each queue a quarter (0: DefaultMaxBytes)
 	AppKey    string // with AppSecret, keys the sealing (HKDF-SHA256, as the fleet's token); the send's ID is associated data
 	AppSecret string // empty (pass-through mode): a random key kept in Dir/outbox.key (0600) is used instead
 	Logger    *zap.Logger

@@ -58,6 +58,44 @@ func (s *Store) Heads(max int) ([]*Send, error) {
 	}
 }
 
+// Queue returns the oldest queued sends of queue, at most max, in their
+// order (for merging). A send that does not read back ends the list there
+// (and is dropped).
+func (s *Store) Queue(queue string, max int) ([]*Send, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	s.mu.Lock()
+	ids := s.ix.first(queue, max)
+	s.mu.Unlock()
+	var out []*Send
+	var bad []badRecord
+	err := s.view(func(b *bolt.Bucket) error {
+		for _, id := range ids {
+			v := b.Get(id[:])
+			if v == nil {
+				continue // delivered or deleted since
+			}
+			sd, err := s.sealer.decode(id[:], v)
+			if err != nil {
+				bad = append(bad, badRecord{key: id, val: bytes.Clone(v), why: dropWhy(err)})
+				return nil
+			}
+			if sd.State == Queued && !sd.Sending {
+				out = append(out, sd)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		_ = s.drop(bad)
+	}
+	return out, nil
+}
+
 // Get returns the kept send id (queued, delivered, dead or unknown, until
 // pruned), or ErrNotFound.
 func (s *Store) Get(id string) (*Send, error) {

@@ -18,10 +18,10 @@ import (
 //
 //	version (1 byte) | uvarint len(head) | head | nonce (12) | AES-GCM(secret)
 //	head:   queue route method path (each uvarint length + bytes), state
-//	        (1 byte), attempts, status (uvarints), reason, kept, due,
-//	        updated (varint Unix nanoseconds)
+//	        (1 byte), flags (1 byte: 1 sending), attempts, status
+//	        (uvarints), reason, kept, due, updated (varint Unix nanoseconds)
 //	secret: query, header (uvarint count, then each name and its values),
-//	        body, answer
+//	        body, answer, facts
 //
 // The secret part is sealed under a key derived from the app secret
 // (HKDF-SHA256, the app key in its info) with associated data naming the
@@ -46,6 +46,7 @@ const (
 	maxHeaderValues = 64 // per name
 	maxBody         = 64 << 20
 	maxAttempts     = 1 << 20
+	maxFacts        = 4 << 10
 	maxSpan         = 400 * 24 * time.Hour // between kept and due
 )
 
@@ -134,6 +135,9 @@ func (s *sealer) canaryOpens(v []byte) bool {
 	return err == nil && string(p) == string(canaryPlain)
 }
 
+// flagSending marks a queued send Begin marked as being sent.
+const flagSending = 1
+
 var stateCodes = [...]State{1: Queued, 2: Delivered, 3: Dead, 4: Unknown}
 
 func stateCode(st State) byte {
@@ -171,6 +175,11 @@ func (s *sealer) encodeUnchecked(id string, sd *Send) []byte {
 	head = appendString(head, sd.Method)
 	head = appendString(head, sd.Path)
 	head = append(head, stateCode(sd.State))
+	var flags byte
+	if sd.Sending {
+		flags |= flagSending
+	}
+	head = append(head, flags)
 	head = binary.AppendUvarint(head, uint64(sd.Attempts))
 	head = binary.AppendUvarint(head, uint64(sd.Status))
 	head = appendString(head, sd.Reason)
@@ -178,7 +187,7 @@ func (s *sealer) encodeUnchecked(id string, sd *Send) []byte {
 	head = binary.AppendVarint(head, sd.Due.UnixNano())
 	head = binary.AppendVarint(head, sd.Updated.UnixNano())
 
-	plain := make([]byte, 0, 32+len(sd.Query)+len(sd.Body)+len(sd.Answer)+headerSize(sd.Header))
+	plain := make([]byte, 0, 40+len(sd.Query)+len(sd.Body)+len(sd.Answer)+len(sd.Facts)+headerSize(sd.Header))
 	plain = appendString(plain, sd.Query)
 	plain = binary.AppendUvarint(plain, uint64(len(sd.Header)))
 	for name, vs := range sd.Header {
@@ -190,6 +199,7 @@ func (s *sealer) encodeUnchecked(id string, sd *Send) []byte {
 	}
 	plain = appendBytes(plain, sd.Body)
 	plain = appendBytes(plain, sd.Answer)
+	plain = appendBytes(plain, sd.Facts)
 
 	v := make([]byte, 0, 1+binary.MaxVarintLen64+len(head)+len(plain)+s.aead.NonceSize()+s.aead.Overhead())
 	v = append(v, recordVersion)
@@ -296,6 +306,7 @@ func parseHead(head []byte) (*Send, error) {
 	sd.Method = r.string(maxMethod)
 	sd.Path = r.string(maxPath)
 	code := r.byte()
+	flags := r.byte()
 	sd.Attempts = int(r.uvarint(maxAttempts))
 	sd.Status = int(r.uvarint(999))
 	sd.Reason = r.string(maxReason)
@@ -309,6 +320,10 @@ func parseHead(head []byte) (*Send, error) {
 		return nil, fmt.Errorf("%w: state %d", errBounds, code)
 	}
 	sd.State = stateCodes[code]
+	if flags&^flagSending != 0 || flags&flagSending != 0 && sd.State != Queued {
+		return nil, fmt.Errorf("%w: flags %#x in state %s", errBounds, flags, sd.State)
+	}
+	sd.Sending = flags&flagSending != 0
 	return sd, nil
 }
 
@@ -354,6 +369,7 @@ func (s *sealer) decode(key, v []byte) (*Send, error) {
 	}
 	sd.Body = r.bytes(maxBody)
 	sd.Answer = r.bytes(MaxAnswer)
+	sd.Facts = r.bytes(maxFacts)
 	if r.err != nil || len(r.b) != 0 {
 		// Sealed by this store yet not in its format: bounds.
 		return nil, fmt.Errorf("%w: the sealed part does not parse", errBounds)
@@ -363,6 +379,9 @@ func (s *sealer) decode(key, v []byte) (*Send, error) {
 	}
 	if len(sd.Answer) == 0 {
 		sd.Answer = nil
+	}
+	if len(sd.Facts) == 0 {
+		sd.Facts = nil
 	}
 	if err := check(sd); err != nil {
 		return nil, fmt.Errorf("%w: %v", errBounds, err)
@@ -403,6 +422,10 @@ func check(sd *Send) error {
 		return bad("headers of %d bytes (at most %d)", headerSize(sd.Header), maxHeaderBytes)
 	case len(sd.Body) > maxBody:
 		return bad("body of %d bytes (at most %d)", len(sd.Body), maxBody)
+	case len(sd.Facts) > maxFacts:
+		return bad("facts of %d bytes (at most %d)", len(sd.Facts), maxFacts)
+	case sd.Sending && sd.State != Queued:
+		return bad("sending in state %s", sd.State)
 	case len(sd.Answer) > MaxAnswer:
 		return bad("answer of %d bytes (at most %d)", len(sd.Answer), MaxAnswer)
 	case len(sd.Reason) > maxReason:

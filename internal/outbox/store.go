@@ -50,7 +50,8 @@ var bucketSends = []byte("sends")
 // the send is on disk (fsync'd); concurrent Puts share one fsync. It sets
 // sd.ID, sd.Updated, sd.State (Queued) and sd.Kept when zero, and cuts
 // sd.Reason and sd.Answer to their bounds. Errors:
-// ErrFull past the bounds (MaxBytes in all, a quarter of it per queue),
+// ErrFull past the bounds (MaxBytes in all, half of it per route, a
+// quarter per queue),
 // ErrInvalid for a send that cannot be kept as it is, or the disk's error
 // (a full disk): then nothing is kept, and nothing kept before is lost.
 //
@@ -89,7 +90,7 @@ func (s *Store) Put(ctx context.Context, sd *Send) (string, error) {
 			return fmt.Errorf("outbox: the new ID %s is taken", ids) // IDs increase: never
 		}
 		s.mu.Lock()
-		fits := s.ix.fits(queue, c, s.maxBytes)
+		fits := s.ix.fits(queue, route, c, s.maxBytes)
 		s.mu.Unlock()
 		if !fits {
 			return ErrFull
@@ -98,12 +99,12 @@ func (s *Store) Put(ctx context.Context, sd *Send) (string, error) {
 			return err
 		}
 		s.mu.Lock()
-		s.ix.reserve(queue, c)
+		s.ix.reserve(queue, route, c)
 		s.mu.Unlock()
 		return nil
 	}
 	o.done = func() { s.ix.addQueued(queue, route, id, kept, c) }
-	o.undo = func() { s.ix.unreserve(queue, c) }
+	o.undo = func() { s.ix.unreserve(queue, route, c) }
 	if err := s.run(o); err != nil {
 		return "", err
 	}
@@ -112,7 +113,8 @@ func (s *Store) Put(ctx context.Context, sd *Send) (string, error) {
 }
 
 // Update records sd's State, Attempts, Reason (cut to 1 KiB), Status and
-// Answer (cut to MaxAnswer) for the queued send sd.ID, durably; the rest of
+// Answer (cut to MaxAnswer) for the queued send sd.ID, durably, and clears
+// its Sending mark; the rest of
 // sd is not read (a send's content never changes once kept), and Updated is
 // set to now. A send that stays Queued keeps no Answer. A send that becomes
 // Delivered no longer holds its Query, Header and Body (no token is kept
@@ -141,7 +143,7 @@ func (s *Store) Update(sd *Send) error {
 			return ErrNotQueued
 		}
 		nx := *cur
-		nx.State, nx.Attempts, nx.Status = sd.State, sd.Attempts, sd.Status
+		nx.State, nx.Attempts, nx.Status, nx.Sending = sd.State, sd.Attempts, sd.Status, false
 		nx.Reason = cut(sd.Reason, maxReason)
 		nx.Answer = cutBytes(sd.Answer, MaxAnswer)
 		nx.Updated = now
@@ -174,6 +176,46 @@ func (s *Store) Update(sd *Send) error {
 	if err == nil {
 		sd.Updated = now
 	}
+	return err
+}
+
+// Begin marks the queued send id as being sent, durably (one fsync,
+// shared with concurrent writes), before an attempt goes: if the process
+// stops before Update records the outcome, the next Open makes it Unknown,
+// so that a send that may have executed is never sent again. Errors:
+// ErrNotFound, ErrNotQueued, or the disk's.
+func (s *Store) Begin(id string) error {
+	key, ids, ok := canonicalID(id)
+	if !ok {
+		return ErrNotFound
+	}
+	now := s.now()
+	o := &op{}
+	var dropped string
+	o.apply = func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSends)
+		cur, err := s.current(b, key, o, &dropped)
+		if err != nil || cur == nil {
+			return err
+		}
+		if cur.State != Queued {
+			return ErrNotQueued
+		}
+		nx := *cur
+		nx.Sending, nx.Updated = true, now
+		val, err := s.sealer.encode(ids, &nx)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(key[:], val); err != nil {
+			return err
+		}
+		size := int64(len(key) + len(val))
+		o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size))) }
+		return nil
+	}
+	err := s.run(o)
+	s.reportDropped(ids, dropped)
 	return err
 }
 
@@ -236,7 +278,7 @@ func (s *Store) Retry(id string) error {
 			return ErrNotDead
 		}
 		nx := *cur
-		nx.State, nx.Reason, nx.Status, nx.Answer, nx.Updated = Queued, "", 0, nil, now
+		nx.State, nx.Reason, nx.Status, nx.Answer, nx.Updated, nx.Sending = Queued, "", 0, nil, now, false
 		nx.Due = now.Add(max(cur.Due.Sub(cur.Kept), 0))
 		val, err := s.sealer.encode(ids, &nx)
 		if err != nil {
@@ -244,7 +286,7 @@ func (s *Store) Retry(id string) error {
 		}
 		c := charge(len(key) + len(val))
 		s.mu.Lock()
-		fits := s.ix.fits(cur.Queue, c, s.maxBytes)
+		fits := s.ix.fits(cur.Queue, cur.Route, c, s.maxBytes)
 		s.mu.Unlock()
 		if !fits {
 			return ErrFull
@@ -253,13 +295,13 @@ func (s *Store) Retry(id string) error {
 			return err
 		}
 		s.mu.Lock()
-		s.ix.reserve(cur.Queue, c)
+		s.ix.reserve(cur.Queue, cur.Route, c)
 		s.mu.Unlock()
 		o.done = func() {
 			s.ix.removeFinished(key)
 			s.ix.addQueued(cur.Queue, cur.Route, key, cur.Kept, c)
 		}
-		o.undo = func() { s.ix.unreserve(cur.Queue, c) }
+		o.undo = func() { s.ix.unreserve(cur.Queue, cur.Route, c) }
 		return nil
 	}
 	err := s.run(o)

@@ -285,12 +285,14 @@ func TestStats(t *testing.T) {
 	check(h.open())
 }
 
-// TestBounds: MaxBytes in all, a quarter of it per queue: past either, Put
-// is ErrFull and nothing is kept; a delivered send frees its share.
+// TestBounds: MaxBytes in all, half of it per route, a quarter of it per
+// queue: past any, Put is ErrFull and nothing is kept; a delivered send
+// frees its share.
 func TestBounds(t *testing.T) {
 	h := newHarness(t, t.TempDir())
-	h.opts.MaxBytes = 16 * minCharge // each queue 4 sends of at most minCharge
+	h.opts.MaxBytes = 16 * minCharge // each queue 4 sends of at most minCharge, each route 8
 	s := h.open()
+	on := func(route string, sd *Send) *Send { sd.Route = route; return sd }
 	var ids []string
 	for i := range 4 {
 		ids = append(ids, put(t, s, robotSend("robot:hog", i)))
@@ -298,13 +300,20 @@ func TestBounds(t *testing.T) {
 	if _, err := s.Put(context.Background(), robotSend("robot:hog", 5)); !errors.Is(err, ErrFull) {
 		t.Fatalf("a fifth send in one queue: %v, want ErrFull", err)
 	}
-	// The other queues still have theirs, up to MaxBytes in all.
-	for q := range 3 {
+	for i := range 4 {
+		put(t, s, robotSend("robot:1", i))
+	}
+	// The route holds half of MaxBytes now: another of its queues waits.
+	if _, err := s.Put(context.Background(), robotSend("robot:2", 0)); !errors.Is(err, ErrFull) {
+		t.Fatalf("past a route's half: %v, want ErrFull", err)
+	}
+	// The other routes still have theirs, up to MaxBytes in all.
+	for q := range 2 {
 		for i := range 4 {
-			put(t, s, robotSend(fmt.Sprint("robot:", q), i))
+			put(t, s, on("/topapi/message/corpconversation/asyncsend_v2", robotSend(fmt.Sprint("notice:", q), i)))
 		}
 	}
-	if _, err := s.Put(context.Background(), robotSend("robot:late", 1)); !errors.Is(err, ErrFull) {
+	if _, err := s.Put(context.Background(), on("/v1.0/todo/users/tasks", robotSend("todo", 1))); !errors.Is(err, ErrFull) {
 		t.Fatalf("past MaxBytes: %v, want ErrFull", err)
 	}
 	big := robotSend("robot:big", 1)
@@ -312,7 +321,7 @@ func TestBounds(t *testing.T) {
 	if _, err := s.Put(context.Background(), big); !errors.Is(err, ErrFull) {
 		t.Fatalf("a send past a queue's share: %v, want ErrFull", err)
 	}
-	if st := s.Stats(); st.QueuedBytes != 16*minCharge || st.Routes["/robot/send"].Queued != 16 {
+	if st := s.Stats(); st.QueuedBytes != 16*minCharge || st.Routes["/robot/send"].Queued != 8 {
 		t.Fatalf("stats at the bound: %+v", st)
 	}
 	d := get(t, s, ids[0])
@@ -386,5 +395,75 @@ func TestClosed(t *testing.T) {
 	}
 	if _, err := s.Heads(1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Heads after Close: %v", err)
+	}
+}
+
+// TestBeginThenStopIsUnknown: a send marked as being sent (Begin) when the
+// store closes without its outcome opens as Unknown, with its reason, never
+// queued again; Update clears the mark; Queue lists a queue's sends in
+// order, without one being sent; kept facts read back.
+func TestBeginThenStopIsUnknown(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	s := h.open()
+	var ids []string
+	for i := range 4 {
+		sd := robotSend("robot:a", i)
+		sd.Facts = fmt.Appendf(nil, `{"api":"robot:a","n":%d}`, i)
+		ids = append(ids, put(t, s, sd))
+	}
+	if err := s.Begin(ids[0]); err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	q, err := s.Queue("robot:a", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, sd := range q {
+		got = append(got, sd.ID)
+	}
+	if diff := cmp.Diff(ids[1:], got); diff != "" {
+		t.Errorf("Queue while the head is being sent (-want +got):\n%s", diff)
+	}
+	if sd := get(t, s, ids[1]); string(sd.Facts) != `{"api":"robot:a","n":1}` || sd.Sending {
+		t.Errorf("read back facts %q sending %v", sd.Facts, sd.Sending)
+	}
+	// Begin then Update: the mark is gone, the send queued as before.
+	if err := s.Begin(ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	sd := get(t, s, ids[1])
+	if !sd.Sending {
+		t.Fatalf("Begin did not mark the send")
+	}
+	sd.Attempts++
+	if err := s.Update(sd); err != nil {
+		t.Fatal(err)
+	}
+	if sd := get(t, s, ids[1]); sd.Sending || sd.State != Queued || sd.Attempts != 1 {
+		t.Errorf("after Update: sending %v state %s attempts %d", sd.Sending, sd.State, sd.Attempts)
+	}
+	if err := s.Begin(ids[0]); err != nil { // again: still queued, still marked
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = h.open()
+	stopped := get(t, s, ids[0])
+	if stopped.State != Unknown || stopped.Reason != ReasonStopped || stopped.Sending {
+		t.Errorf("a send being sent at the stop opens as %s %q (sending %v), want unknown", stopped.State, stopped.Reason, stopped.Sending)
+	}
+	heads, err := s.Heads(10)
+	if err != nil || len(heads) != 1 || heads[0].ID != ids[1] {
+		t.Errorf("Heads after the reopen = %v, %v; want the next send %s", heads, err, ids[1])
+	}
+	if st := s.Stats().Routes["/robot/send"]; st.Unknown != 1 || st.Queued != 3 {
+		t.Errorf("stats %+v, want 1 unknown and 3 queued", st)
+	}
+	if !strings.Contains(h.logText(), "not sent again") {
+		t.Errorf("no log line says the stopped send is not sent again:\n%s", h.logText())
+	}
+	if err := s.Begin(ids[0]); !errors.Is(err, ErrNotQueued) {
+		t.Errorf("Begin of an unknown send: %v, want ErrNotQueued", err)
 	}
 }
