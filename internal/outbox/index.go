@@ -24,6 +24,7 @@ func charge(stored int) int64 { return max(int64(stored), minCharge) }
 type qent struct {
 	id     rawID
 	kept   int64 // Unix nanoseconds
+	due    int64 // Unix nanoseconds
 	charge int64
 	route  *routeIx
 }
@@ -134,14 +135,14 @@ func (ix *index) unreserve(queue, route string, c int64) {
 
 // addQueued indexes a queued send whose charge is already reserved (on
 // its queue and route).
-func (ix *index) addQueued(queue, route string, id rawID, kept time.Time, c int64) {
+func (ix *index) addQueued(queue, route string, id rawID, kept, due time.Time, c int64) {
 	q, r := ix.queue(queue), ix.route(route)
 	r.pending -= c
 	i, found := q.find(id)
 	if found {
 		return
 	}
-	q.ents = slices.Insert(q.ents, i, qent{id: id, kept: kept.UnixNano(), charge: c, route: r})
+	q.ents = slices.Insert(q.ents, i, qent{id: id, kept: kept.UnixNano(), due: due.UnixNano(), charge: c, route: r})
 	q.routes[r]++
 	r.n[stateCode(Queued)]++
 	r.queuedBytes += c
@@ -302,6 +303,29 @@ func (ix *index) heads(max int) []struct {
 		hs = hs[:max]
 	}
 	return hs
+}
+
+// expired is the queued sends due at or before now (at most max), and
+// the earliest due time of the others (zero with none).
+func (ix *index) expired(now time.Time, max int) (ids []rawID, next time.Time) {
+	t := now.UnixNano()
+	var soonest int64
+	for _, q := range ix.queues {
+		for _, e := range q.ents {
+			switch {
+			case e.due <= t:
+				if len(ids) < max {
+					ids = append(ids, e.id)
+				}
+			case soonest == 0 || e.due < soonest:
+				soonest = e.due
+			}
+		}
+	}
+	if soonest != 0 {
+		next = time.Unix(0, soonest)
+	}
+	return ids, next
 }
 
 // first is queue's oldest queued sends, at most max.

@@ -391,7 +391,7 @@ func (l *loaded) read(sl *sealer, k, v []byte) {
 	if sd.State == Queued {
 		c := charge(int(size))
 		l.ix.reserve(sd.Queue, sd.Route, c)
-		l.ix.addQueued(sd.Queue, sd.Route, id, sd.Kept, c)
+		l.ix.addQueued(sd.Queue, sd.Route, id, sd.Kept, sd.Due, c)
 		return
 	}
 	l.finished = append(l.finished, finishedRec{sd.Route, id, sd.State, sd.Updated, size})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -58,6 +59,18 @@ func (s *Store) Heads(max int) ([]*Send, error) {
 	}
 }
 
+// Expired returns the queued sends due at or before now, wherever they
+// are in their queues (at most max; none being sent), and when the next
+// of the others falls due (zero with none): a send is found dead on time
+// even behind others.
+func (s *Store) Expired(now time.Time, max int) ([]*Send, time.Time, error) {
+	s.mu.Lock()
+	ids, next := s.ix.expired(now, max)
+	s.mu.Unlock()
+	out, err := s.read(ids)
+	return out, next, err
+}
+
 // Queue returns the oldest queued sends of queue, at most max, in their
 // order (for merging). A send that does not read back ends the list there
 // (and is dropped).
@@ -80,6 +93,37 @@ func (s *Store) Queue(queue string, max int) ([]*Send, error) {
 			if err != nil {
 				bad = append(bad, badRecord{key: id, val: bytes.Clone(v), why: dropWhy(err)})
 				return nil
+			}
+			if sd.State == Queued && !sd.Sending {
+				out = append(out, sd)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		_ = s.drop(bad)
+	}
+	return out, nil
+}
+
+// read returns the queued sends ids that read back (those that do not are
+// dropped), skipping any being sent.
+func (s *Store) read(ids []rawID) ([]*Send, error) {
+	var out []*Send
+	var bad []badRecord
+	err := s.view(func(b *bolt.Bucket) error {
+		for _, id := range ids {
+			v := b.Get(id[:])
+			if v == nil {
+				continue
+			}
+			sd, err := s.sealer.decode(id[:], v)
+			if err != nil {
+				bad = append(bad, badRecord{key: id, val: bytes.Clone(v), why: dropWhy(err)})
+				continue
 			}
 			if sd.State == Queued && !sd.Sending {
 				out = append(out, sd)

@@ -81,7 +81,7 @@ func (s *Store) Put(ctx context.Context, sd *Send) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	queue, route, kept := sd.Queue, sd.Route, sd.Kept
+	queue, route, kept, due := sd.Queue, sd.Route, sd.Kept, sd.Due
 	c := charge(len(id) + len(val))
 	o := &op{size: len(val)}
 	o.apply = func(tx *bolt.Tx) error {
@@ -103,7 +103,7 @@ func (s *Store) Put(ctx context.Context, sd *Send) (string, error) {
 		s.mu.Unlock()
 		return nil
 	}
-	o.done = func() { s.ix.addQueued(queue, route, id, kept, c) }
+	o.done = func() { s.ix.addQueued(queue, route, id, kept, due, c) }
 	o.undo = func() { s.ix.unreserve(queue, route, c) }
 	if err := s.run(o); err != nil {
 		return "", err
@@ -299,7 +299,7 @@ func (s *Store) Retry(id string) error {
 		s.mu.Unlock()
 		o.done = func() {
 			s.ix.removeFinished(key)
-			s.ix.addQueued(cur.Queue, cur.Route, key, cur.Kept, c)
+			s.ix.addQueued(cur.Queue, cur.Route, key, cur.Kept, nx.Due, c)
 		}
 		o.undo = func() { s.ix.unreserve(cur.Queue, cur.Route, c) }
 		return nil

@@ -467,3 +467,57 @@ func TestBeginThenStopIsUnknown(t *testing.T) {
 		t.Errorf("Begin of an unknown send: %v, want ErrNotQueued", err)
 	}
 }
+
+// TestExpiredBehindOthers: a send past its due time is found wherever it
+// waits in its queue, one being sent is left to its courier, and the next
+// due time of the rest is told.
+func TestExpiredBehindOthers(t *testing.T) {
+	s, _ := newStore(t)
+	now := time.Now()
+	first := robotSend("robot:a", 0)
+	first.Due = now.Add(time.Hour)
+	late := robotSend("robot:a", 1)
+	late.Due = now.Add(2 * time.Second)
+	going := robotSend("robot:b", 2)
+	going.Due = now.Add(time.Second)
+	soon := robotSend("robot:c", 3)
+	soon.Due = now.Add(10 * time.Minute)
+	put(t, s, first)
+	lateID := put(t, s, late)
+	goingID := put(t, s, going)
+	put(t, s, soon)
+	if err := s.Begin(goingID); err != nil {
+		t.Fatal(err)
+	}
+
+	got, next, err := s.Expired(now, 10)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("Expired(now) = %d sends, %v; want none", len(got), err)
+	}
+	// The next due time is the earliest of the others, even the one
+	// being sent.
+	if next.UnixNano() != going.Due.UnixNano() {
+		t.Fatalf("next due %v, want %v", next, going.Due)
+	}
+	got, next, err = s.Expired(now.Add(5*time.Second), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ID != lateID {
+		t.Fatalf("Expired(now+5s) = %v, want only the send behind robot:a's head (the one being sent is its courier's)", ids(got))
+	}
+	if next.UnixNano() != soon.Due.UnixNano() {
+		t.Fatalf("next due %v, want robot:c's %v", next, soon.Due)
+	}
+	if got, _, _ := s.Expired(now.Add(2*time.Hour), 1); len(got) != 1 {
+		t.Fatalf("Expired(max 1) = %d sends", len(got))
+	}
+}
+
+func ids(ss []*Send) []string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, s.ID)
+	}
+	return out
+}
