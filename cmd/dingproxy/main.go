@@ -78,6 +78,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cfg, *configPath, log, level); err != nil {
+		var ce *app.ConfigError
+		if errors.As(err, &ce) {
+			// A setting that cannot be used as it is (outbox.dir not
+			// writable): as for an invalid configuration.
+			log.Error("dingproxy cannot start: "+ce.Key+" cannot be used", zap.String("key", ce.Key), zap.Error(ce.Err))
+			fmt.Fprintf(stderr, "dingproxy: %v\n", ce)
+			return exitBadConfig
+		}
 		log.Error("dingproxy stopped", zap.Error(err))
 		return exitFailure
 	}

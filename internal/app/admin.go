@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// AdminHandler serves /healthz, /readyz and /metrics.
+// AdminHandler serves /healthz, /readyz, /metrics and the outbox's
+// endpoints (/outbox, /outbox/<id>).
 func (a *App) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -15,6 +16,7 @@ func (a *App) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", a.readyz)
 	mux.Handle("GET /metrics", a.metrics.Handler())
+	a.handleOutbox(mux)
 	return mux
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/breaker"
 	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/deferral"
 	"github.com/dingproxy/dingproxy/internal/fleet"
 	"github.com/dingproxy/dingproxy/internal/metrics"
 	"github.com/dingproxy/dingproxy/internal/pacing"
@@ -36,6 +37,7 @@ type App struct {
 	tokens                *token.Source // nil in pass-through mode
 	loop                  *retry.Loop
 	proxy                 *proxy.Proxy
+	kept                  *kept // the outbox; nil when no route defers
 	ready                 atomic.Bool
 
 	stop context.CancelFunc
@@ -89,8 +91,20 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		return nil, err
 	}
 	a.tokens = newTokenSource(cfg, a.parts.fetcher, obs, log)
-	chain, loop := requestPath(cfg, a.parts, a.tokens, a.base, obs, log)
+	if a.kept, err = openOutbox(cfg, obs, log); err != nil {
+		a.parts.link.Close()
+		return nil, err
+	}
+	var keep *deferral.Layer
+	if a.kept != nil {
+		keep = deferral.NewLayer(a.kept.store, a.wakeCourier, log.Named("outbox"))
+	}
+	chain, below, loop := requestPath(cfg, a.parts, keep, a.tokens, a.base, obs, log)
 	a.loop = loop
+	if a.kept != nil {
+		a.kept.startCourier(a, below, log)
+		a.metrics.OutboxFrom(a.kept.outboxGauges)
+	}
 	a.proxy = proxy.New(proxy.Options{
 		OAPI: oapi, API: api,
 		Path:      chain,
@@ -133,6 +147,9 @@ func (a *App) initRoutes(cfg *config.Config) {
 		if r.Cache > 0 {
 			a.metrics.InitCache(r.Path)
 		}
+		if r.Defer != nil {
+			a.metrics.InitOutbox(r.Path)
+		}
 	}
 }
 
@@ -171,3 +188,10 @@ func (a *App) Loop() *retry.Loop { return a.loop }
 
 // BufferedBytes is how many bytes request-body buffers hold now.
 func (a *App) BufferedBytes() int64 { return a.proxy.Buffered() }
+
+// wakeCourier tells the courier a send was kept.
+func (a *App) wakeCourier() {
+	if a.kept != nil && a.kept.courier != nil {
+		a.kept.courier.Wake()
+	}
+}

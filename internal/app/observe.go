@@ -185,3 +185,15 @@ func (j routeJanitor) RouteReleased(route string) {
 	j.obs.m.ForgetRoute(route)
 	j.breakers.Forget(route)
 }
+
+// Finished counts a kept send's end (deferral.Observer).
+func (o *observer) Finished(route, result string) {
+	o.m.OutboxSends.WithLabelValues(route, result).Inc()
+}
+
+// Dropped logs nothing more (the store logs what it drops) but counts it
+// among the outbox's dead (outbox.Observer): a kept send that no longer
+// reads back is a send that will not be delivered.
+func (o *observer) Dropped(why string) {
+	o.m.OutboxSends.WithLabelValues("_dropped", "dead").Inc()
+}

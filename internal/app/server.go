@@ -10,11 +10,15 @@ import (
 )
 
 // Start starts the background work: the fleet's link (before the token's
-// first fetch, which reads Redis), then the token refresher.
+// first fetch, which reads Redis), the outbox's courier, then the token
+// refresher.
 func (a *App) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.stop = cancel
 	a.parts.link.Start()
+	if a.kept != nil {
+		a.kept.run(ctx, &a.wg)
+	}
 	if a.tokens != nil {
 		a.wg.Add(1)
 		go func() {
@@ -36,6 +40,9 @@ func (a *App) Close() {
 		a.stop()
 	}
 	a.wg.Wait()
+	if a.kept != nil {
+		a.kept.close(a.log) // what is queued stays on disk for the next start
+	}
 	if a.tokens != nil {
 		a.tokens.Close()
 	}

@@ -1,0 +1,317 @@
+package app_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/dingproxy/dingproxy/internal/app"
+	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/outbox"
+)
+
+// deferOn turns defer on for path (max_age maxAge), with the outbox in a
+// temporary directory of the test's.
+func deferOn(t testing.TB, path string, maxAge time.Duration, merge bool) stackOpt {
+	dir := filepath.Join(t.TempDir(), "outbox")
+	return func(c *config.Config) {
+		c.Outbox.Dir = dir
+		for i := range c.Routes {
+			if c.Routes[i].Path == path {
+				c.Routes[i].Defer = &config.Defer{MaxAge: maxAge, Merge: merge}
+				return
+			}
+		}
+		c.Routes = append(c.Routes, config.Route{Path: path, Defer: &config.Defer{MaxAge: maxAge, Merge: merge}})
+	}
+}
+
+// deferredID is the id a deferred answer carries, checked against its
+// header and shape; "" when the answer is not a deferred one.
+func deferredID(t *testing.T, resp *http.Response, body []byte) string {
+	t.Helper()
+	var v struct {
+		Errcode  *int   `json:"errcode"`
+		Errmsg   string `json:"errmsg"`
+		Deferred string `json:"dingproxy_deferred"`
+	}
+	json.Unmarshal(body, &v)
+	h := resp.Header.Get("X-Dingproxy-Deferred")
+	if v.Deferred == "" && h == "" {
+		return ""
+	}
+	if resp.StatusCode != http.StatusOK || v.Deferred != h || v.Errcode == nil || *v.Errcode != 0 || v.Errmsg != "ok" {
+		t.Fatalf("a deferred answer not in the oapi success shape: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	return h
+}
+
+func notice(i int) []byte {
+	return fmt.Appendf(nil, `{"agent_id":1,"userid_list":"u%d","msg":{"msgtype":"text","text":{"content":"notice %d"}}}`, i, i)
+}
+
+// outboxState is what GET /outbox/<id> says of a send.
+func outboxState(t *testing.T, admin http.Handler, id string) (state string, doc map[string]any) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	admin.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/outbox/"+id, nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /outbox/%s: %d %s", id, rec.Code, rec.Body)
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := doc["state"].(string)
+	return s, doc
+}
+
+// waitDelivered polls until every id is delivered, within d.
+func waitDelivered(t *testing.T, admin http.Handler, ids []string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for _, id := range ids {
+		for {
+			st, doc := outboxState(t, admin, id)
+			if st == string(outbox.Delivered) {
+				break
+			}
+			if st != string(outbox.Queued) {
+				t.Fatalf("send %s is %s: %v", id, st, doc)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("send %s not delivered within %s: %v", id, d, doc)
+			}
+			time.Sleep(5 * time.Millisecond) // polling with a deadline
+		}
+	}
+}
+
+// An outage that refuses connections: each send is answered at once as
+// kept, nothing reaches DingTalk, and once it listens again every kept
+// send is delivered exactly once, its answer (the task_id) readable from
+// GET /outbox/<id>; the log and /metrics hold no token.
+func TestDeferredThroughAnOutage(t *testing.T) {
+	s := newStack(t, nil, deferOn(t, dingtalktest.PathAsyncSend, time.Minute, false))
+	admin := s.app.AdminHandler()
+	if err := s.fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 10 {
+		resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(i))
+		id := deferredID(t, resp, body)
+		if id == "" {
+			t.Fatalf("send %d during the outage not deferred: %d %s", i, resp.StatusCode, body)
+		}
+		ids = append(ids, id)
+	}
+	if n, _ := s.fake.DeliveryCounts(dingtalktest.PathAsyncSend); n != 0 {
+		t.Fatalf("%d sends reached DingTalk during the outage", n)
+	}
+	rec := httptest.NewRecorder()
+	admin.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/outbox", nil))
+	if !strings.Contains(rec.Body.String(), `"queued": 10`) {
+		t.Errorf("GET /outbox during the outage: %s", rec.Body)
+	}
+	if err := s.fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, admin, ids, 45*time.Second)
+	if n, twice := s.fake.DeliveryCounts(dingtalktest.PathAsyncSend); n != 10 || twice != 0 {
+		t.Errorf("delivered %d distinct, %d twice; want 10, 0", n, twice)
+	}
+	_, doc := outboxState(t, admin, ids[0])
+	answer, _ := doc["answer"].(map[string]any)
+	if answer == nil || answer["task_id"] == nil || doc["status"] != float64(200) {
+		t.Errorf("GET /outbox/<id> of a delivered work notice has no task_id: %v", doc)
+	}
+	for _, k := range []string{"query", "header", "body"} {
+		if _, ok := doc[k]; ok {
+			t.Errorf("GET /outbox/<id> shows the send's %s", k)
+		}
+	}
+	metrics := scrape(t, s.app)
+	if !strings.Contains(metrics, `dingproxy_outbox_sends_total{result="delivered",route="/topapi/message/corpconversation/asyncsend_v2"} 10`) {
+		t.Errorf("metrics do not count 10 delivered:\n%s", grepLines(metrics, "dingproxy_outbox"))
+	}
+}
+
+// A send DingTalk executed, or may have executed, is never kept: its own
+// answer (or the proxy's error) goes back, and nothing is delivered later.
+func TestDeferredNeverAfterExecution(t *testing.T) {
+	s := newStack(t, nil, deferOn(t, dingtalktest.PathAsyncSend, time.Minute, false))
+	cases := []struct {
+		name  string
+		fault dingtalktest.Fault
+	}{
+		{"system busy", dingtalktest.SystemBusy()},
+		{"reset after execution", dingtalktest.ResetAfterExec()},
+		{"business error", dingtalktest.Errcode(60121, "找不到该用户")},
+	}
+	for i, c := range cases {
+		s.fake.Script(dingtalktest.PathAsyncSend, c.fault)
+		resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(100+i))
+		if id := deferredID(t, resp, body); id != "" {
+			t.Errorf("%s: kept as %s though it may have executed", c.name, id)
+		}
+	}
+	if st := s.app.Outbox().Stats(); st.QueuedBytes != 0 {
+		t.Errorf("the outbox holds sends: %+v", st)
+	}
+}
+
+// Pacing: a burst past the API's rate is answered at once, the sends that
+// got no turn in time kept; they are delivered in the order they were
+// kept, each once, without a throttle from DingTalk.
+func TestDeferredWhenPaced(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fake.SetQPSLimit(10)
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalktest.PathAsyncSend, time.Minute, false), func(c *config.Config) {
+		c.Pacing.PerAPIQPS = 8
+		c.Retry.PerTryTimeout, c.Retry.Timeout = 300*time.Millisecond, 300*time.Millisecond
+	})
+	admin := s.app.AdminHandler()
+	var mu sync.Mutex
+	var ids []string
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(i))
+			if id := deferredID(t, resp, body); id != "" {
+				mu.Lock()
+				ids = append(ids, id)
+				mu.Unlock()
+			} else if resp.StatusCode != http.StatusOK {
+				t.Errorf("send %d: %d %s", i, resp.StatusCode, body)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(ids) == 0 {
+		t.Fatal("no send of the burst was kept")
+	}
+	waitDelivered(t, admin, ids, 30*time.Second)
+	if n, twice := s.fake.DeliveryCounts(dingtalktest.PathAsyncSend); n != 40 || twice != 0 {
+		t.Errorf("delivered %d distinct, %d twice; want 40, 0", n, twice)
+	}
+	if th := s.fake.Throttled(); th != 0 {
+		t.Errorf("DingTalk throttled %d calls", th)
+	}
+}
+
+// A kept robot message that DingTalk will never take (no keyword of the
+// robot's in it) is dead, with DingTalk's answer; a signed robot send
+// whose hour ends while it waits is dead, and not sent at all.
+func TestDeferredDead(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotKeywords: []string{"alert"}})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, false))
+	admin := s.app.AdminHandler()
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
+	resp, body := s.do(http.MethodPost, robot, []byte(`{"msgtype":"text","text":{"content":"no keyword here"}}`))
+	noKeyword := deferredID(t, resp, body)
+	// Signed 59m59.5s ago: half a second of its hour is left.
+	ts := time.Now().Add(-time.Hour + 500*time.Millisecond).UnixMilli()
+	resp, body = s.do(http.MethodPost, fmt.Sprintf("%s&timestamp=%d&sign=abc", robot, ts), []byte(`{"msgtype":"text","text":{"content":"alert: late"}}`))
+	late := deferredID(t, resp, body)
+	// Signed over an hour ago: not kept at all, answered as without defer.
+	resp, body = s.do(http.MethodPost, fmt.Sprintf("%s&timestamp=%d&sign=abc", robot, time.Now().Add(-2*time.Hour).UnixMilli()), []byte(`{"msgtype":"text","text":{"content":"alert: stale"}}`))
+	if id := deferredID(t, resp, body); id != "" || resp.StatusCode == http.StatusOK {
+		t.Errorf("a send signed over an hour ago was answered %d %s", resp.StatusCode, body)
+	}
+	if noKeyword == "" || late == "" {
+		t.Fatalf("robot sends during the outage not kept: %q %q", noKeyword, late)
+	}
+	waitFor(t, "the signed send's hour to end", func() bool {
+		st, _ := outboxState(t, admin, late)
+		return st == string(outbox.Dead)
+	})
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		st, doc := outboxState(t, admin, noKeyword)
+		if st == string(outbox.Dead) {
+			if !strings.Contains(fmt.Sprint(doc["reason"]), "310000") || doc["answer"] == nil {
+				t.Errorf("dead without DingTalk's answer: %v", doc)
+			}
+			break
+		}
+		if st != string(outbox.Queued) || time.Now().After(deadline) {
+			t.Fatalf("the send without a keyword is %s: %v", st, doc)
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline
+	}
+	if ex := fake.Robot(dingtalktest.DefaultRobotToken).Executed; ex != 0 {
+		t.Errorf("the robot executed %d sends", ex)
+	}
+	if n := len(fake.Requests(dingtalk.PathRobotSend)); n != 1 {
+		t.Errorf("DingTalk saw %d robot sends; want 1 (the signed one past its hour is never sent)", n)
+	}
+}
+
+// An outbox.dir that cannot be written stops the start, naming the key.
+func TestOutboxDirNotWritable(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Outbox.Dir = filepath.Join(file, "outbox") // under a file: cannot be made
+	cfg.Routes = append(cfg.Routes, config.Route{Path: dingtalk.PathRobotSend, Defer: &config.Defer{MaxAge: time.Minute}})
+	_, err := app.New(&cfg, zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel)))
+	var ce *app.ConfigError
+	if !errors.As(err, &ce) || ce.Key != "outbox.dir" {
+		t.Fatalf("New with an unwritable outbox.dir: %v; want a ConfigError naming outbox.dir", err)
+	}
+	// No route defers: no outbox, and the directory is not touched.
+	cfg.Routes = cfg.Routes[:1]
+	a, err := app.New(&cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if a.Outbox() != nil {
+		t.Error("an outbox was opened with no route deferring")
+	}
+}
+
+// scrape is the app's /metrics text.
+func scrape(t *testing.T, a *app.App) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	a.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return rec.Body.String()
+}
+
+// grepLines is the lines of text holding s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func quietLog(t testing.TB) *zap.Logger { return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)) }
