@@ -97,7 +97,8 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	}
 	var keep *deferral.Layer
 	if a.kept != nil {
-		keep = deferral.NewLayer(a.kept.store, a.wakeCourier, log.Named("outbox"))
+		a.kept.layer = deferral.NewLayer(a.kept.store, a.wakeCourier, log.Named("outbox"))
+		keep = a.kept.layer
 	}
 	chain, below, loop := requestPath(cfg, a.parts, keep, a.tokens, a.base, obs, log)
 	a.loop = loop
