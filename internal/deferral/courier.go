@@ -65,7 +65,7 @@ const (
 	stopGrace  = 5 * time.Second
 	idlePoll   = 5 * time.Second
 	backoffMin = 500 * time.Millisecond
-	backoffMax = 30 * time.Second
+	backoffMax = 10 * time.Second
 	maxHeads   = 1024
 )
 
