@@ -63,7 +63,7 @@ fake: build ## run the fake DingTalk on 127.0.0.1:9999
 check-config: build ## validate the example configuration
 	./bin/dingproxy -check-config -config configs/dingproxy.yaml
 
-examples: build ## the official Node and Go SDKs through dingproxy to the fake DingTalk (examples/; needs Node 20+ and npm)
+examples: build ## the official Node and Go SDKs, then a robot alert burst with deferred sends, through dingproxy to the fake DingTalk (examples/; about 1.5 minutes; needs Node 20+ and npm)
 	GO=$(GO) ./examples/run.sh
 
 bench: ## benchmarks (10 runs each, into bench/new.txt; compare with benchstat), then the fixed-rate latency tool

@@ -74,6 +74,13 @@ type podSpec struct {
 		ConfigMap *struct {
 			Name string `yaml:"name"`
 		} `yaml:"configMap"`
+		EmptyDir *struct {
+			Medium    string `yaml:"medium"`
+			SizeLimit string `yaml:"sizeLimit"`
+		} `yaml:"emptyDir"`
+		PersistentVolumeClaim *struct {
+			ClaimName string `yaml:"claimName"`
+		} `yaml:"persistentVolumeClaim"`
 	} `yaml:"volumes"`
 }
 
@@ -775,6 +782,92 @@ func TestConfigMapValidates(t *testing.T) {
 	}
 }
 
+// configMapConfig loads the ConfigMap's dingproxy.yaml as dingproxy does.
+func configMapConfig(t *testing.T, s *setup) *config.Config {
+	t.Helper()
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, s.ms, "ConfigMap", &cm)
+	file := filepath.Join(t.TempDir(), configKey)
+	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatalf("the ConfigMap's %s: %v", configKey, err)
+	}
+	return cfg
+}
+
+// The ConfigMap defers sends, so the outbox must have somewhere to live:
+// the sidecar mounts a writable volume exactly at outbox.dir (the root
+// filesystem is read-only; anywhere else the proxy would not start), an
+// emptyDir on disk (medium Memory would count against the memory limit)
+// with room for outbox.max_bytes, or a PersistentVolumeClaim.
+func TestOutboxVolume(t *testing.T) {
+	clearEnv(t)
+	s := load(t)
+	cfg := configMapConfig(t, s)
+	var deferred []string
+	for _, r := range cfg.Routes {
+		if r.Defer != nil {
+			deferred = append(deferred, r.Path)
+		}
+	}
+	if len(deferred) == 0 {
+		t.Fatal("no route of the ConfigMap has defer: the example should show a deferred send route")
+	}
+	if !path.IsAbs(cfg.Outbox.Dir) {
+		t.Fatalf("outbox.dir %q: want an absolute path, the mount path of the outbox volume", cfg.Outbox.Dir)
+	}
+	vol := ""
+	for _, m := range s.sidecar.VolumeMounts {
+		if path.Clean(m.MountPath) != path.Clean(cfg.Outbox.Dir) {
+			continue
+		}
+		vol = m.Name
+		if m.ReadOnly {
+			t.Errorf("the outbox volume %q is mounted readOnly at %s", m.Name, m.MountPath)
+		}
+		if m.SubPath != "" {
+			t.Errorf("the outbox volume %q is mounted with subPath %q", m.Name, m.SubPath)
+		}
+	}
+	if vol == "" {
+		t.Fatalf("routes %v defer, but the sidecar mounts no volume at outbox.dir %s (the root filesystem is read-only)", deferred, cfg.Outbox.Dir)
+	}
+	found := false
+	for _, v := range s.pod.Volumes {
+		if v.Name != vol {
+			continue
+		}
+		found = true
+		switch {
+		case v.EmptyDir != nil:
+			if strings.EqualFold(v.EmptyDir.Medium, "Memory") {
+				t.Errorf("the outbox volume %q is a tmpfs (medium Memory): it counts against the sidecar's memory limit", vol)
+			}
+			if v.EmptyDir.SizeLimit != "" {
+				limit, err := quantityBytes(v.EmptyDir.SizeLimit)
+				if err != nil {
+					t.Fatalf("outbox volume sizeLimit: %v", err)
+				}
+				if limit <= int64(cfg.Outbox.MaxBytes) {
+					t.Errorf("the outbox volume's sizeLimit %s does not exceed outbox.max_bytes %s: kubelet would evict the pod before the outbox is full",
+						v.EmptyDir.SizeLimit, cfg.Outbox.MaxBytes)
+				}
+			}
+		case v.PersistentVolumeClaim != nil:
+		default:
+			t.Errorf("the outbox volume %q is neither an emptyDir nor a persistentVolumeClaim", vol)
+		}
+	}
+	if !found {
+		t.Fatalf("the sidecar mounts volume %q at outbox.dir, but the pod has no such volume", vol)
+	}
+}
+
 // quantityBytes reads a Kubernetes memory quantity (256Mi, 1G, 268435456)
 // as bytes.
 func quantityBytes(q string) (int64, error) {
@@ -872,18 +965,7 @@ func TestMemoryLimitHoldsTheCaps(t *testing.T) {
 	}
 
 	// The caps, as the ConfigMap's configuration sets them.
-	var cm struct {
-		Data map[string]string `yaml:"data"`
-	}
-	only(t, s.ms, "ConfigMap", &cm)
-	file := filepath.Join(t.TempDir(), configKey)
-	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(file)
-	if err != nil {
-		t.Fatalf("the ConfigMap's %s: %v", configKey, err)
-	}
+	cfg := configMapConfig(t, s)
 	type share struct {
 		what  string
 		bytes int64

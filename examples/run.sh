@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the SDK examples against bin/dingproxy in front of bin/fakedingtalk,
-# everything on 127.0.0.1: `make examples` (which builds bin/ first).
+# Runs the SDK examples and the robot alert burst against bin/dingproxy in
+# front of bin/fakedingtalk, everything on 127.0.0.1: `make examples` (which
+# builds bin/ first).
 # Needs bash, Go, Node 20+ with npm, and the npm registry for `npm ci`.
-# Exits non-zero if a server does not come up or an example fails.
+# Exits non-zero if a server does not come up, an example fails, or the fake
+# DingTalk counted a robot send into a block or a send executed twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -151,14 +153,21 @@ free_port
 admin_port=$REPLY
 
 heading "servers"
+# Every robot may post 20 messages a minute, then is blocked for 10 minutes,
+# as on DingTalk.
 ./bin/fakedingtalk -listen "127.0.0.1:$fake_port" -app-key "$app_key" -app-secret "$app_secret" \
-	-robot-token "$robot_token" >"$work/fake.log" 2>&1 &
+	-robot-token "$robot_token" -robot-per-minute 20 >"$work/fake.log" 2>&1 &
 fake_pid=$!
 wait_until "fakedingtalk on 127.0.0.1:$fake_port" 10 fake_up
 log "fakedingtalk: http://127.0.0.1:$fake_port"
 
+# Deferred sends on the robot webhook: an alert past the robot's minute is
+# kept in the outbox (under $work) and delivered later, queued alerts merged
+# into one message.
 DINGPROXY_LISTEN="127.0.0.1:$proxy_port" \
 	DINGPROXY_ADMIN_LISTEN="127.0.0.1:$admin_port" \
+	DINGPROXY_ROUTES='[{"path":"/robot/send","defer":{"max_age":"10m","merge":true}}]' \
+	DINGPROXY_OUTBOX_DIR="$work/outbox" \
 	DINGPROXY_APP_KEY="$app_key" \
 	DINGPROXY_APP_SECRET="$app_secret" \
 	DINGPROXY_UPSTREAMS_OAPI="http://127.0.0.1:$fake_port" \
@@ -169,8 +178,11 @@ wait_until "dingproxy on 127.0.0.1:$proxy_port (admin $admin_port)" 20 proxy_rea
 log "dingproxy:    http://127.0.0.1:$proxy_port (admin http://127.0.0.1:$admin_port), token held"
 
 # What every example reads.
-export DINGPROXY_PORT=$proxy_port
+export DINGPROXY_PORT=$proxy_port DINGPROXY_ADMIN_PORT=$admin_port
 export DINGTALK_APP_KEY=$app_key DINGTALK_APP_SECRET=$app_secret DINGTALK_ROBOT_TOKEN=$robot_token
+# The burst's robot: one of its own on the fake, so the other examples'
+# robot sends do not count against its minute.
+export DINGTALK_BURST_ROBOT=$robot_token-burst
 
 failed=()
 
@@ -200,9 +212,31 @@ fi
 
 run_example "go: github.com/alibabacloud-go/dingtalk (examples/go)" examples/go env GOWORK=off "${GO:-go}" run .
 
+run_example "go: a robot alert burst with deferred sends (examples/robotburst, about a minute)" \
+	examples/robotburst env GOWORK=off "${GO:-go}" run .
+
 heading "servers stopped"
 stop_servers
-grep -h 'fakedingtalk stopped' "$work/fake.log" || true
+grep -h '^fakedingtalk \(stopped\|robots\):' "$work/fake.log" || true
+
+# What DingTalk saw, from the fake's own counts as it stopped: no robot send
+# into a 10-minute block (nor the one past the minute that starts it), and
+# no send executed twice (the same body on the same path).
+fake_count() { # fake_count WORD: the number before WORD on the fake's summary lines
+	sed -n 's/^fakedingtalk \(stopped\|robots\):.* \([0-9][0-9]*\) '"$1"'.*/\2/p' "$work/fake.log" | head -n 1
+}
+duplicates=$(fake_count 'duplicate sends')
+throttled=$(fake_count 'throttled (130101)')
+blocks=$(fake_count 'blocks')
+if [[ -z $duplicates || -z $throttled || -z $blocks ]]; then
+	log "examples: the fake's summary lines are missing or changed"
+	failed+=("fake DingTalk's counts")
+elif ((duplicates != 0 || throttled != 0 || blocks != 0)); then
+	log "examples: the fake DingTalk counted $duplicates duplicate sends, $throttled robot sends throttled (130101), $blocks robot blocks; want 0, 0, 0"
+	failed+=("fake DingTalk's counts")
+else
+	log "fake DingTalk: no send executed twice, no robot send throttled or blocked"
+fi
 if grep -q '"level":"error"' "$work/proxy.log"; then
 	log "dingproxy logged errors:"
 	grep '"level":"error"' "$work/proxy.log"

@@ -57,9 +57,37 @@ func (a *App) Apply(cfg *config.Config) error {
 		a.log.Warn("configuration reloaded; these settings change only with a restart and keep their running values",
 			zap.Strings("restart_required", fixed))
 	}
+	a.outboxReloaded(old, &next)
 	a.log.Info("configuration reloaded", zap.Strings("routes", routePaths(&next)),
 		zap.Int("max_attempts", next.Retry.MaxAttempts), zap.String("log_level", next.Log.Level))
 	return nil
+}
+
+// outboxReloaded logs what a reload that adds or removes defer does to the
+// outbox, which opens only at start: defer added while none is open needs a
+// restart (until then those routes are answered as without defer); defer
+// removed from every route leaves the open outbox delivering what it holds.
+func (a *App) outboxReloaded(old, next *config.Config) {
+	switch {
+	case a.kept == nil && deferring(next):
+		a.log.Warn("defer needs a restart: no outbox is open (no route had defer at start), "+
+			"so these routes are answered as without defer until the proxy restarts",
+			zap.Strings("routes", deferRoutes(next)), zap.String("outbox_dir", next.Outbox.Dir))
+	case a.kept != nil && deferring(old) && !deferring(next):
+		a.log.Info("no route has defer now: new sends are not kept, and the outbox stays open " +
+			"to deliver the sends it holds")
+	}
+}
+
+// deferRoutes are the paths of cfg's routes that have defer.
+func deferRoutes(cfg *config.Config) []string {
+	var out []string
+	for _, r := range cfg.Routes {
+		if r.Defer != nil {
+			out = append(out, r.Path)
+		}
+	}
+	return out
 }
 
 // restartOnly names the settings that differ between old and cfg but cannot

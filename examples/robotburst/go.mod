@@ -1,0 +1,3 @@
+module github.com/dingproxy/dingproxy/examples/robotburst
+
+go 1.26.0
