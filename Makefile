@@ -85,6 +85,7 @@ fuzz: ## each fuzzer for FUZZ_N runs (FUZZ_N_CONFIG for the slower config loader
 	$(GO) test -run='^$$' -fuzz='^FuzzTokenCall$$' -fuzztime=$(FUZZ_N_CONFIG) ./internal/proxy
 	$(GO) test -run='^$$' -fuzz='^FuzzDescribe$$' -fuzztime=$(FUZZ_N) ./internal/dingtalk
 	$(GO) test -run='^$$' -fuzz='^FuzzRawRequest$$' -fuzztime=$(FUZZ_N) ./internal/app
+	$(GO) test -run='^$$' -fuzz='^FuzzDeferredRawRequest$$' -fuzztime=$(FUZZ_N) ./internal/app
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -125,6 +125,7 @@ func (c *Courier) Run(ctx context.Context) {
 		c.wg.Wait()
 		t.Stop()
 	}()
+	c.holdRobots(time.Now())
 	for {
 		next := c.round(ctx)
 		t := time.NewTimer(time.Until(next))
@@ -136,6 +137,29 @@ func (c *Courier) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		t.Stop()
+	}
+}
+
+// robotMinute is the span of a robot's limit: DingTalk counts a robot's
+// sends over any minute.
+const robotMinute = time.Minute
+
+// holdRobots holds back, until a minute after start, the robot queues that
+// hold sends kept before this start. Pacing begins empty at a start, but
+// the process before it may have sent to those robots in their last
+// minute (their kept sends say the minute was likely spent): one more
+// send within it would start DingTalk's 10-minute block.
+func (c *Courier) holdRobots(start time.Time) {
+	heads, err := c.o.Store.Heads(maxHeads)
+	if err != nil {
+		return // the first round reads them again, and logs
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range heads {
+		if strings.HasPrefix(h.Queue, pacing.RobotPrefix) {
+			c.after[h.Queue] = start.Add(robotMinute)
+		}
 	}
 }
 
