@@ -140,10 +140,6 @@ func (c *Courier) Run(ctx context.Context) {
 	}
 }
 
-// robotMinute is the span of a robot's limit: DingTalk counts a robot's
-// sends over any minute.
-const robotMinute = time.Minute
-
 // holdRobots holds back, until a minute after start, the robot queues that
 // hold sends kept before this start. Pacing begins empty at a start, but
 // the process before it may have sent to those robots in their last
@@ -158,7 +154,7 @@ func (c *Courier) holdRobots(start time.Time) {
 	defer c.mu.Unlock()
 	for _, h := range heads {
 		if strings.HasPrefix(h.Queue, pacing.RobotPrefix) {
-			c.after[h.Queue] = start.Add(robotMinute)
+			c.after[h.Queue] = start.Add(dingtalk.RobotWindow)
 		}
 	}
 }

@@ -105,5 +105,9 @@ const ThrottlePenalty = 1 // second
 // RobotBlock is how long DingTalk blocks a custom robot past its limit.
 const RobotBlock = 10 * 60 // seconds
 
-// RobotPerMinute is a custom robot's documented limit.
+// RobotPerMinute is a custom robot's documented limit, over any
+// RobotWindow.
 const RobotPerMinute = 20
+
+// RobotWindow is the span a custom robot's limit is counted over.
+const RobotWindow = time.Minute

@@ -157,7 +157,7 @@ func (p *Pacer) getLocked(name string, now time.Time) *path {
 				return nil
 			}
 			n := p.robotPerMinute()
-			e = &path{win: newWindowN(n, time.Minute), rate: float64(n) / 60, rebook: make(chan struct{})}
+			e = &path{win: newWindowN(n, dingtalk.RobotWindow), rate: float64(n) / dingtalk.RobotWindow.Seconds(), rebook: make(chan struct{})}
 			p.robots[name] = e
 		}
 		e.lastUse = now
