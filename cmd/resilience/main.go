@@ -78,15 +78,15 @@ func main() {
 	fmt.Println("                      in a temporary directory; every client sends each message once")
 	fmt.Println()
 	for _, s := range chosen {
-		fmt.Printf("  %-15s %s\n", s.Name, s.Describe(o.Scale))
+		fmt.Printf("  %-17s %s\n", s.Name, s.Describe(o.Scale))
 	}
 	fmt.Println()
 	start := time.Now()
 	o.Progress = func(r scenario.Row) {
-		fmt.Fprintf(os.Stderr, "  %-15s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
+		fmt.Fprintf(os.Stderr, "  %-17s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
 	}
 	o.Skipped = func(scenario, why string) {
-		fmt.Fprintf(os.Stderr, "  %-15s skipped: %s\n", scenario, why)
+		fmt.Fprintf(os.Stderr, "  %-17s skipped: %s\n", scenario, why)
 	}
 	rows, err := resilience.Run(ctx, o)
 	if err != nil {

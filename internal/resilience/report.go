@@ -81,7 +81,7 @@ func PrintTargets(w io.Writer, rows []scenario.Row) error {
 			modes = append(modes, r.Mode)
 		}
 	}
-	t := bench.Table{Pad: 2, Widths: []int{15, 46}}
+	t := bench.Table{Pad: 2, Widths: []int{17, 46}}
 	head := []string{"targets", "figure"}
 	for _, m := range modes {
 		head = append(head, string(m))
