@@ -30,7 +30,7 @@ SOAK_FLAGS ?= -race
 SOAK_FILES = $(shell find internal cmd -name '*soak_test.go')
 SOAK_TESTS = $(shell sed -n 's/^func \(Test[A-Za-z0-9_]*\)(t \*testing\.T).*/\1/p' $(SOAK_FILES) | paste -sd'|' -)
 SOAK_PKGS = $(sort $(patsubst %/,./%,$(dir $(SOAK_FILES))))
-soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises and targets, load runs, timeouts (about 3 min; a run too slow to check a promise is made again, a few times at most)
+soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soaks (with defer on too), demo, resilience and deferred-send promises and targets, load runs, timeouts (about 8 min; a run too slow to check a promise is made again, a few times at most)
 	$(GO) vet -tags soak $(SOAK_PKGS)
 	$(GO) test -tags soak $(SOAK_FLAGS) -count=1 -p 1 -timeout 30m -run '^($(SOAK_TESTS))$$' $(SOAK_PKGS)
 	# Memory under 400,000 distinct cached reads: measured without the race detector.
