@@ -31,7 +31,8 @@ type Faults struct {
 	// RedisDown, if set, is the fleet's Redis shut down, then back empty.
 	RedisDown *RedisDown
 	// Refuse, if set, is DingTalk refusing connections (its listener
-	// closed) for that long from the load's start, then listening again.
+	// closed) for that long from the load's start (from the fake's setup,
+	// just before it), then listening again.
 	Refuse time.Duration
 }
 
