@@ -9,7 +9,7 @@ help: ## list targets
 demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; two tables, the faults and an outage (about 40 s)
 	$(GO) run ./cmd/dingdemo
 
-resilience: ## the resilience benchmark: the faults, pacing, fleet, and quota and cache scenarios, the clients side by side, one table and the targets (about 3 minutes, loopback only; the fleet group needs redis-server)
+resilience: ## the resilience benchmark: the faults, pacing, fleet, quota and cache, and deferred scenarios, the clients side by side, the tables and the targets (about 5 minutes, loopback only; the fleet group needs redis-server)
 	$(GO) run ./cmd/resilience
 
 demo-fleet: ## dingproxies alone beside dingproxies sharing through a local redis-server, in the fleet scenarios (about 1 minute; needs redis-server on the PATH)
@@ -30,7 +30,7 @@ SOAK_FLAGS ?= -race
 SOAK_FILES = $(shell find internal cmd -name '*soak_test.go')
 SOAK_TESTS = $(shell sed -n 's/^func \(Test[A-Za-z0-9_]*\)(t \*testing\.T).*/\1/p' $(SOAK_FILES) | paste -sd'|' -)
 SOAK_PKGS = $(sort $(patsubst %/,./%,$(dir $(SOAK_FILES))))
-soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soak, demo and resilience promises and targets, load runs, timeouts (about 3 min; a run too slow to check a promise is made again, a few times at most)
+soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soaks (with defer on too), demo, resilience and deferred-send promises and targets, load runs, timeouts (about 8 min; a run too slow to check a promise is made again, a few times at most)
 	$(GO) vet -tags soak $(SOAK_PKGS)
 	$(GO) test -tags soak $(SOAK_FLAGS) -count=1 -p 1 -timeout 30m -run '^($(SOAK_TESTS))$$' $(SOAK_PKGS)
 	# Memory under 400,000 distinct cached reads: measured without the race detector.

@@ -5,12 +5,17 @@
 // replicas alone, custom robots' limit a minute) and the quota and cache
 // group against a fake DingTalk on 127.0.0.1 three ways (a plain client, a
 // client with the common SDK retry loop, and through dingproxy on its
-// built-in defaults), and the fleet group two ways (dingproxies alone, and
+// built-in defaults), the fleet group two ways (dingproxies alone, and
 // sharing through a redis-server it starts, when one is on the PATH), and
-// prints one table, then the scenarios' targets and whether dingproxy met
-// them. Every scenario is a row of the scenario table (internal/scenario),
-// described from its fields. It needs no credentials and no network, and
-// stops after 5 minutes at most (10 with -one-at-a-time).
+// the deferred group (an alert burst past a robot's minute, with and
+// without merge, and refused connections) three ways: the plain client,
+// the SDK loop, and dingproxy with defer on for the send routes, counting
+// what DingTalk delivered message by message. It prints one table (and
+// one of the deliveries), then the scenarios' targets and whether
+// dingproxy met them. Every scenario is a row of the scenario table
+// (internal/scenario), described from its fields. It needs no credentials
+// and no network, and stops after 8 minutes at most (16 with
+// -one-at-a-time).
 package main
 
 import (
@@ -47,7 +52,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	limit := 5 * time.Minute
+	limit := 8 * time.Minute
 	if o.OneAtATime {
 		limit *= 2
 	}
@@ -69,17 +74,19 @@ func main() {
 	fmt.Printf("(fleet: %d of each, calls spread round robin; %d dingproxies alone, with no shared state.)\n", replicas, replicas)
 	fmt.Printf("  dingproxy shared    (the %s group) %d dingproxies sharing through a local redis-server,\n", scenario.GroupFleet, replicas)
 	fmt.Println("                      beside as many alone (\"dingproxy\")")
+	fmt.Printf("  %-19s (the %s group) dingproxy with routes[].defer on the send routes, its outbox\n", scenario.ProxyDeferred, scenario.GroupDeferred)
+	fmt.Println("                      in a temporary directory; every client sends each message once")
 	fmt.Println()
 	for _, s := range chosen {
-		fmt.Printf("  %-15s %s\n", s.Name, s.Describe(o.Scale))
+		fmt.Printf("  %-17s %s\n", s.Name, s.Describe(o.Scale))
 	}
 	fmt.Println()
 	start := time.Now()
 	o.Progress = func(r scenario.Row) {
-		fmt.Fprintf(os.Stderr, "  %-15s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
+		fmt.Fprintf(os.Stderr, "  %-17s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
 	}
 	o.Skipped = func(scenario, why string) {
-		fmt.Fprintf(os.Stderr, "  %-15s skipped: %s\n", scenario, why)
+		fmt.Fprintf(os.Stderr, "  %-17s skipped: %s\n", scenario, why)
 	}
 	rows, err := resilience.Run(ctx, o)
 	if err != nil {
@@ -88,24 +95,41 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	resilience.PrintTable(os.Stdout, rows)
-	fmt.Println()
-	fmt.Println("success: calls that got a successful answer (a fallback answered by dingproxy is not one).")
-	fmt.Println("dup sends: sends DingTalk executed twice (a person got the notice twice).")
-	fmt.Println("attempts/call: upstream calls DingTalk received per client call, token fetches excluded")
-	fmt.Println("  (outages: counted per call, the client's own attempts or X-Dingproxy-Attempts).")
-	fmt.Println("throttled/100: the fake's QPS-limit rejections per 100 upstream attempts; after warm-up: the same")
-	if w := warmups(chosen); w != "" {
-		fmt.Printf("  from the warm-up on (%s).\n", w)
-	} else {
-		fmt.Println("  from the warm-up on (none of these scenarios has one).")
+	var table bytes.Buffer
+	resilience.PrintTable(&table, rows)
+	if table.Len() > 0 {
+		fmt.Print(table.String())
+		fmt.Println()
+		fmt.Println("success: calls that got a successful answer (a fallback answered by dingproxy is not one).")
+		fmt.Println("dup sends: sends DingTalk executed twice (a person got the notice twice).")
+		fmt.Println("attempts/call: upstream calls DingTalk received per client call, token fetches excluded")
+		fmt.Println("  (outages: counted per call, the client's own attempts or X-Dingproxy-Attempts).")
+		fmt.Println("throttled/100: the fake's QPS-limit rejections per 100 upstream attempts; after warm-up: the same")
+		if w := warmups(chosen); w != "" {
+			fmt.Printf("  from the warm-up on (%s).\n", w)
+		} else {
+			fmt.Println("  from the warm-up on (none of these scenarios has one).")
+		}
+		fmt.Println("fallbacks: calls dingproxy answered itself (circuit open, route fallback, paced).")
 	}
-	fmt.Println("fallbacks: calls dingproxy answered itself (circuit open, route fallback, paced).")
+	var deliveries bytes.Buffer
+	resilience.PrintDeliveries(&deliveries, rows)
+	if deliveries.Len() > 0 {
+		fmt.Println()
+		fmt.Printf("deliveries (the %s group): what DingTalk delivered of the messages each client sent once:\n", scenario.GroupDeferred)
+		fmt.Print(deliveries.String())
+		fmt.Println("answered ok: calls answered with success; kept: of them, answered X-Dingproxy-Deferred (kept for later).")
+		fmt.Println("delivered, twice: messages DingTalk executed, and executed more than once (a merged message counts for")
+		fmt.Println("  each alert in it); into limit/block: robot sends DingTalk answered 130101 (past its minute, or blocked).")
+		fmt.Println("last delivery: when DingTalk first executed the last message delivered, from the first call,")
+		fmt.Println("  or from when it listens again after refusing connections; p50, p99: the clients' answer times.")
+	}
 	var targets bytes.Buffer
 	resilience.PrintTargets(&targets, rows)
 	if targets.Len() > 0 {
 		fmt.Println()
-		fmt.Printf("targets (dingproxy, or in the %s group dingproxy shared, must keep them; the others for comparison):\n", scenario.GroupFleet)
+		fmt.Printf("targets (dingproxy, in the %s group dingproxy shared, in the %s group %q, must keep them;\n", scenario.GroupFleet, scenario.GroupDeferred, scenario.ProxyDeferred)
+		fmt.Println("the others for comparison):")
 		fmt.Print(targets.String())
 		fmt.Println("accepted: successful calls per second after the warm-up, over whole seconds until the last arrival, / the limit.")
 		fmt.Printf("at once: answered in under %s; paced: 429 with X-Dingproxy-Fallback: paced and Retry-After.\n", scenario.AtOnce)

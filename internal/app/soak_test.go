@@ -51,12 +51,36 @@ func TestFaultSoak(t *testing.T) {
 			d = 5 * time.Second
 		}
 	}
+	faultSoak(t, d, nil)
+}
+
+// soakDefer, when a fault soak has it, turns defer on for the send routes
+// and is told of every send and its answer.
+type soakDefer struct {
+	// opts turn defer on.
+	opts []stackOpt
+	// sent is told of each send whose body is known (not the one too
+	// large to buffer), and of its answer.
+	sent func(path string, body []byte, resp *http.Response, answer []byte, ban bool)
+	// settled runs once the faults are over and the proxy works again,
+	// before the IP ban.
+	settled func(s *stack)
+}
+
+// faultSoak is the fault soak for d; with df, defer is on for the send
+// routes, and a send during the final IP ban may be answered as kept
+// instead of 503.
+func faultSoak(t *testing.T, d time.Duration, df *soakDefer) {
 	const workers = 12
-	s := newStack(t, zap.NewNop(), func(c *config.Config) {
+	opts := []stackOpt{func(c *config.Config) {
 		c.Retry.PerTryTimeout, c.Retry.Timeout = 500*time.Millisecond, 3*time.Second
 		c.Breaker.OpenTimeout, c.Breaker.Window = time.Second, 5*time.Second
 		c.Server.BodyReadTimeout = 5 * time.Second
-	})
+	}}
+	if df != nil {
+		opts = append(opts, df.opts...)
+	}
+	s := newStack(t, zap.NewNop(), opts...)
 	chaos, err := dingtalktest.ParseChaos(soakChaos)
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +98,7 @@ func TestFaultSoak(t *testing.T) {
 
 	var (
 		sent, answered, noAnswer, bodyErrs, leaked atomic.Int64
+		kept                                       atomic.Int64 // answered as kept for later
 		statusMu                                   sync.Mutex
 		statuses                                   = map[int]int{}
 		firstErrs, bodyErrMsgs                     []string
@@ -85,6 +110,7 @@ func TestFaultSoak(t *testing.T) {
 		n := seq.Add(1)
 		var method, path string
 		var body io.Reader
+		var sendBody string // a send's body, when known
 		var hdr = http.Header{}
 		switch x := rng.IntN(100); {
 		case x < 30: // a read that uses POST
@@ -92,15 +118,21 @@ func TestFaultSoak(t *testing.T) {
 		case x < 45:
 			method, path = http.MethodGet, dingtalktest.PathDeptList
 		case x < 70: // a send: never twice
-			method, path, body = http.MethodPost, dingtalktest.PathAsyncSend, strings.NewReader(fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"soak %d"}}}`, n))
+			sendBody = fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"soak %d"}}}`, n)
+			method, path, body = http.MethodPost, dingtalktest.PathAsyncSend, strings.NewReader(sendBody)
 		case x < 80: // the api host, token in a header
 			method, path = http.MethodGet, dingtalktest.PathContactUsers+fmt.Sprint(n%50)
 		case x < 90: // a robot webhook with its own token, not idempotent
+			sendBody = fmt.Sprintf(`{"msgtype":"text","text":{"content":"robot %d"}}`, n)
 			method, path, body = http.MethodPost, dingtalk.PathRobotSend+"?access_token="+dingtalktest.DefaultRobotToken,
-				strings.NewReader(fmt.Sprintf(`{"msgtype":"text","text":{"content":"robot %d"}}`, n))
+				strings.NewReader(sendBody)
 		case x < 95: // a send of unknown length: chunked
 			method, path = http.MethodPost, dingtalktest.PathAsyncSend
-			body = io.MultiReader(strings.NewReader(fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"chunked %d"}}}`, n)))
+			sendBody = fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"chunked %d"}}}`, n)
+			body = io.MultiReader(strings.NewReader(sendBody))
+		case df != nil: // with defer on, each send's delivery is looked for in DingTalk's bodies: none too large to keep
+			sendBody = fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"soak %d"}}}`, n)
+			method, path, body = http.MethodPost, dingtalktest.PathAsyncSend, strings.NewReader(sendBody)
 		default: // a send too large to buffer: streamed once
 			method, path = http.MethodPost, dingtalktest.PathAsyncSend
 			body = strings.NewReader(fmt.Sprintf(`{"agent_id":1,"userid_list":"u1","msg":{"msgtype":"text","text":{"content":"large %d %s"}}}`, n, strings.Repeat("x", 1200<<10)))
@@ -108,7 +140,8 @@ func TestFaultSoak(t *testing.T) {
 		if body != nil {
 			hdr.Set("Content-Type", "application/json")
 		}
-		if banPhase.Load() {
+		ban := banPhase.Load()
+		if ban {
 			hdr.Set(banMarker, "1")
 			p, _, _ := strings.Cut(path, "?")
 			banPaths.Store(p, true)
@@ -149,6 +182,13 @@ func TestFaultSoak(t *testing.T) {
 			if strings.Contains(got.String(), sec) {
 				leaked.Add(1)
 			}
+		}
+		if resp.Header.Get("X-Dingproxy-Deferred") != "" {
+			kept.Add(1)
+		}
+		if df != nil && sendBody != "" {
+			p, _, _ := strings.Cut(path, "?")
+			df.sent(p, []byte(sendBody), resp, []byte(got.String()), ban)
 		}
 		statusMu.Lock()
 		statuses[resp.StatusCode]++
@@ -241,15 +281,19 @@ func TestFaultSoak(t *testing.T) {
 			break
 		}
 	}
+	if df != nil {
+		df.settled(s)
+	}
 	// Last, the one fault left out of the mix: an IP ban. Every route
 	// closes for its length; a burst of every kind of call is answered 503
-	// at once, and nothing reaches DingTalk.
+	// at once (or, a send with defer on, kept), and nothing reaches
+	// DingTalk.
 	s.fake.Script(dingtalktest.PathDeptList, dingtalktest.IPBanHTML())
 	if resp, _ := s.do(http.MethodGet, dingtalktest.PathDeptList, nil); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("IP ban: %d, want 503", resp.StatusCode)
 	}
 	hits, fetches := forwarded(s), s.fake.TokenFetches() // API calls; the token source's own fetches are not calls
-	before := statuses[http.StatusServiceUnavailable]
+	before, keptBefore := statuses[http.StatusServiceUnavailable], kept.Load()
 	banPhase.Store(true)
 	var banned sync.WaitGroup
 	for w := range workers {
@@ -263,8 +307,8 @@ func TestFaultSoak(t *testing.T) {
 		}()
 	}
 	banned.Wait()
-	if got := statuses[http.StatusServiceUnavailable] - before; got != 20*workers {
-		t.Errorf("during the ban %d of %d calls were answered 503", got, 20*workers)
+	if got, k := statuses[http.StatusServiceUnavailable]-before, int(kept.Load()-keptBefore); got+k != 20*workers || df == nil && k != 0 {
+		t.Errorf("during the ban %d of %d calls were answered 503, %d kept", got, 20*workers, k)
 	}
 	// Calls made during the ban are marked: an attempt from before it that
 	// the fake reads late (a VM pause) is not one of them.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/app"
 	"github.com/dingproxy/dingproxy/internal/config"
+	"github.com/dingproxy/dingproxy/internal/deferral"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/proxy"
@@ -231,6 +232,9 @@ type Outcome struct {
 	FallbackKind string
 	// Cache is the last answer's X-Dingproxy-Cache ("hit", "miss", or "").
 	Cache string
+	// Deferred: the last answer said the send was kept for later
+	// (X-Dingproxy-Deferred).
+	Deferred bool
 	// Attempts is what the call cost DingTalk as the client can count it:
 	// one per try straight, X-Dingproxy-Attempts through dingproxy.
 	Attempts int
@@ -278,7 +282,7 @@ func (c *Caller) Do(ctx context.Context, i int, r Request) Outcome {
 		a := c.once(ctx, base, r)
 		out.Attempts += a.attempts
 		out.OK, out.Fallback, out.Last = a.ok, a.fallback, a.last
-		out.Status, out.FallbackKind, out.Cache = a.status, a.kind, a.cache
+		out.Status, out.FallbackKind, out.Cache, out.Deferred = a.status, a.kind, a.cache, a.deferred
 		if a.ok || !a.retryable || n >= tries {
 			break
 		}
@@ -305,6 +309,7 @@ type answer struct {
 	status    int
 	kind      string // X-Dingproxy-Fallback
 	cache     string // X-Dingproxy-Cache
+	deferred  bool   // X-Dingproxy-Deferred
 	last      string
 }
 
@@ -339,6 +344,7 @@ func (c *Caller) once(ctx context.Context, base string, r Request) answer {
 	defer resp.Body.Close()
 	a := answer{attempts: 1, status: resp.StatusCode, kind: resp.Header.Get(proxy.HeaderFallback), cache: resp.Header.Get(proxy.HeaderCache)}
 	a.fallback = a.kind != ""
+	a.deferred = resp.Header.Get(deferral.HeaderDeferred) != ""
 	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
 		a.attempts, _ = strconv.Atoi(v)
 	}

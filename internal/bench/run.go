@@ -30,6 +30,10 @@ type Load struct {
 	// QuotaPaths are the paths whose 90020 answers Result.QuotaRejected
 	// counts.
 	QuotaPaths []string
+	// Settle, if set, runs once every call has its answer, before the
+	// fake's counters are read and the fake and the client stop: what was
+	// left for later (deferred sends) can be waited for there.
+	Settle func(ctx context.Context, f *dingtalktest.Server, t Timing)
 }
 
 // Result is one client's run of one Load.
@@ -105,6 +109,10 @@ func Run(ctx context.Context, c Client, l Load) (Result, error) {
 		outs[i] = cl.Do(ctx, i, reqs[i])
 		outs[i].Due = due
 	})
+	if l.Settle != nil && err == nil {
+		l.Settle(ctx, fake, t)
+		err = ctx.Err()
+	}
 	return Result{
 		Mode:       c.Mode,
 		Outcomes:   outs[:t.Started],

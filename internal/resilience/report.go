@@ -9,12 +9,18 @@ import (
 	"github.com/dingproxy/dingproxy/internal/scenario"
 )
 
-// PrintTable writes rows as one table, a line per scenario and client.
+// PrintTable writes rows as one table, a line per scenario and client;
+// the rows that count deliveries are PrintDeliveries'.
 func PrintTable(w io.Writer, rows []scenario.Row) error {
 	t := bench.Table{Pad: 2, Widths: []int{15, 18}}
 	t.Row("scenario", "client", "calls", "success", "dup sends", "attempts/call", "throttled/100", "after warm-up", "fallbacks", "p50", "p99")
 	prev := ""
+	n := 0
 	for _, r := range rows {
+		if r.HasDeliveries {
+			continue
+		}
+		n++
 		name := r.Scenario
 		if name == prev {
 			name = ""
@@ -27,6 +33,39 @@ func PrintTable(w io.Writer, rows []scenario.Row) error {
 		t.Row(name, string(r.Mode), fmt.Sprint(r.Calls), bench.Pct(r.OK, r.Calls), fmt.Sprint(r.Duplicates),
 			fmt.Sprintf("%.2f", r.AttemptsPerCall()), fmt.Sprintf("%.1f", r.ThrottledPer100()), after,
 			fmt.Sprint(r.Fallbacks), bench.Dur(r.P50), bench.Dur(r.P99))
+	}
+	if n == 0 {
+		return nil
+	}
+	return t.Print(w)
+}
+
+// PrintDeliveries writes the rows that count what DingTalk delivered,
+// message by message (the deferred group), as one table. It writes
+// nothing when rows hold none.
+func PrintDeliveries(w io.Writer, rows []scenario.Row) error {
+	t := bench.Table{Pad: 2, Widths: []int{17, 18}}
+	t.Row("scenario", "client", "messages", "answered ok", "kept", "delivered", "twice", "into limit/block", "last delivery", "p50", "p99")
+	prev, n := "", 0
+	for _, r := range rows {
+		if !r.HasDeliveries {
+			continue
+		}
+		n++
+		name := r.Scenario
+		if name == prev {
+			name = ""
+		}
+		prev = r.Scenario
+		last := "-"
+		if r.MessagesDelivered > 0 {
+			last = bench.Dur(r.LastDelivery())
+		}
+		t.Row(name, string(r.Mode), fmt.Sprint(r.Messages), fmt.Sprint(r.OK), fmt.Sprint(r.Kept), fmt.Sprint(r.MessagesDelivered),
+			fmt.Sprint(r.MessagesTwice), fmt.Sprint(r.RobotThrottled), last, bench.Dur(r.P50), bench.Dur(r.P99))
+	}
+	if n == 0 {
+		return nil
 	}
 	return t.Print(w)
 }
@@ -42,7 +81,7 @@ func PrintTargets(w io.Writer, rows []scenario.Row) error {
 			modes = append(modes, r.Mode)
 		}
 	}
-	t := bench.Table{Pad: 2, Widths: []int{15, 46}}
+	t := bench.Table{Pad: 2, Widths: []int{17, 46}}
 	head := []string{"targets", "figure"}
 	for _, m := range modes {
 		head = append(head, string(m))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -34,7 +35,7 @@ func TestOptions(t *testing.T) {
 	if got := scenario.Names(o.chosen()); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("chosen %v, want %v", got, want)
 	}
-	if len(Scenarios) != 16 || Scenarios[0] != scenario.Transient || Scenarios[15] != scenario.Cache {
+	if len(Scenarios) != 19 || Scenarios[0] != scenario.Transient || Scenarios[15] != scenario.Cache || Scenarios[18] != scenario.Refused {
 		t.Errorf("the benchmark's scenarios: %v", Scenarios)
 	}
 	var buf bytes.Buffer
@@ -101,5 +102,82 @@ func TestTargets(t *testing.T) {
 	PrintTargets(&buf, rows[:0])
 	if buf.Len() != 0 {
 		t.Errorf("targets table for no rows: %q", buf.String())
+	}
+}
+
+// The deferred group's rows: their own table, and targets that read what
+// DingTalk delivered message by message, judged on dingproxy deferring.
+func TestDeferredTargets(t *testing.T) {
+	o := Options{Groups: []scenario.Group{scenario.GroupDeferred}}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{scenario.AlertBurst, scenario.AlertBurstMerge, scenario.Refused}
+	if got := scenario.Names(o.chosen()); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("the deferred group: %v, want %v", got, want)
+	}
+	burst := func(m bench.Mode, delivered, twice, blocked int, last, p99 time.Duration) scenario.Row {
+		return scenario.Row{Scenario: scenario.AlertBurst, Mode: m, Calls: 60, OK: 60, HasDeliveries: true, Messages: 60,
+			MessagesDelivered: delivered, MessagesTwice: twice, RobotThrottled: blocked, LastArrival: last, P99: p99}
+	}
+	rows := []scenario.Row{
+		{Scenario: scenario.Throttle, Mode: bench.Proxy, Calls: 10, OK: 10},
+		burst(bench.Direct, 20, 0, 40, 2*time.Second, time.Millisecond),
+		burst(scenario.ProxyDeferred, 60, 0, 0, 125*time.Second, 60*time.Millisecond), // p99 missed
+		burst(scenario.ProxyDeferred, 60, 1, 0, 75*time.Second, 5*time.Millisecond),   // twice, late
+		{Scenario: scenario.Refused, Mode: scenario.ProxyDeferred, Calls: 30, OK: 30, Kept: 30, HasDeliveries: true, Messages: 30,
+			MessagesDelivered: 30, LastArrival: 40 * time.Second, RefusedUntil: 15 * time.Second},
+		{Scenario: scenario.Refused, Mode: bench.Direct, Calls: 30, HasDeliveries: true, Messages: 30},
+	}
+	rows[3].Scenario = scenario.AlertBurstMerge
+	var got []string
+	for _, v := range scenario.Check(rows) {
+		if v.Row.Mode != scenario.ProxyDeferred {
+			t.Errorf("%s: judged %s", v.Scenario, v.Row.Mode)
+		}
+		if !v.OK {
+			got = append(got, v.Scenario+": "+v.Figure)
+		}
+	}
+	missed := []string{
+		scenario.AlertBurst + ": p99 answer (a kept send: once on disk)",
+		scenario.AlertBurstMerge + ": delivered; the last from the first alert",
+		scenario.AlertBurstMerge + ": messages delivered twice",
+	}
+	if strings.Join(got, "\n") != strings.Join(missed, "\n") {
+		t.Errorf("missed:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(missed, "\n"))
+	}
+	var buf bytes.Buffer
+	if err := PrintTable(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), scenario.AlertBurst) || !strings.Contains(buf.String(), scenario.Throttle) {
+		t.Errorf("the main table holds the deliveries' rows, or lacks the others:\n%s", buf.String())
+	}
+	buf.Reset()
+	if err := PrintDeliveries(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"into limit/block", "last delivery", "125.0 s", "25.0 s", "60.0 ms", scenario.Refused} {
+		if !strings.Contains(buf.String(), s) {
+			t.Errorf("the deliveries table lacks %q:\n%s", s, buf.String())
+		}
+	}
+	if strings.Contains(buf.String(), scenario.Throttle) {
+		t.Errorf("the deliveries table holds a row that counts none:\n%s", buf.String())
+	}
+	buf.Reset()
+	if err := PrintTargets(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"60 of 60, 125.0 s", "60 of 60, <= 180 s", "60 of 60, <= 70 s", "30 of 30, 25.0 s", "0 of 30", "MISSED"} {
+		if !strings.Contains(buf.String(), s) {
+			t.Errorf("the targets table lacks %q:\n%s", s, buf.String())
+		}
+	}
+	buf.Reset()
+	PrintDeliveries(&buf, rows[:1])
+	if buf.Len() != 0 {
+		t.Errorf("a deliveries table for no deliveries: %q", buf.String())
 	}
 }

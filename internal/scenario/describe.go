@@ -63,8 +63,14 @@ func (s Scenario) Describe(scale float64) string {
 	if r := f.RedisDown; r != nil {
 		parts = append(parts, fmt.Sprintf("Redis shut down (SHUTDOWN NOSAVE) at %s, back empty at %s", d(r.At), d(r.Back)))
 	}
+	if f.Refuse > 0 {
+		parts = append(parts, "DingTalk refuses connections for the first "+d(f.Refuse)+", then listens again")
+	}
 	if t := s.Tune.String(); t != "" {
 		parts = append(parts, "dingproxy with "+t)
+	}
+	if slices.Contains(s.Clients, ProxyDeferred) {
+		parts = append(parts, s.describeDefer())
 	}
 	return strings.Join(parts, "; ")
 }

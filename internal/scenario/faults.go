@@ -30,6 +30,10 @@ type Faults struct {
 	Ban *Ban
 	// RedisDown, if set, is the fleet's Redis shut down, then back empty.
 	RedisDown *RedisDown
+	// Refuse, if set, is DingTalk refusing connections (its listener
+	// closed) for that long from the load's start (from the fake's setup,
+	// just before it), then listening again.
+	Refuse time.Duration
 }
 
 // Outage is APIs that answer Status to every call, then recover.
@@ -61,6 +65,8 @@ func (f Faults) validate() error {
 		return errors.New("a ban and other faults at once")
 	case f.RedisDown != nil && f.RedisDown.Back <= f.RedisDown.At:
 		return errors.New("redis back before it went down")
+	case f.Refuse < 0:
+		return errors.New("a refusal of negative length")
 	}
 	return nil
 }
@@ -106,6 +112,9 @@ type Tuning struct {
 	// CachePath, with CacheTTL, is a route with a read cache.
 	CachePath string
 	CacheTTL  time.Duration
+	// Merge is defer.merge on the robot's route, for the client that
+	// defers (ProxyDeferred).
+	Merge bool
 }
 
 // apply sets t in c.

@@ -80,6 +80,19 @@ type Row struct {
 	// Alone is the same scenario's row for the proxies alone, on a shared
 	// row (for the targets that compare the two).
 	Alone *Row
+	// Deliveries, in a scenario that counts them (DeliverWithin), when
+	// HasDeliveries: Messages is how many distinct messages were sent,
+	// each once; MessagesDelivered how many of them DingTalk executed,
+	// MessagesTwice how many more than once (a merged robot message counts
+	// for each of its parts); Kept how many answers said the send was kept
+	// for later (X-Dingproxy-Deferred). LastArrival is when the last
+	// message delivered first arrived, and RefusedUntil when DingTalk
+	// listened again after refusing connections, both from the load's
+	// start.
+	HasDeliveries                              bool
+	Messages, MessagesDelivered, MessagesTwice int
+	Kept                                       int
+	LastArrival, RefusedUntil                  time.Duration
 	// P50 and P99 are the calls' latencies.
 	P50, P99 time.Duration
 	// Elapsed is the wall time from the first call to the last answer.
@@ -125,6 +138,11 @@ func (r Row) AcceptedOfLimit() float64 {
 	}
 	return r.Accepted / float64(r.Limit)
 }
+
+// LastDelivery is the time to the last message delivered: from the
+// load's start, or from when DingTalk listened again after refusing
+// connections.
+func (r Row) LastDelivery() time.Duration { return r.LastArrival - r.RefusedUntil }
 
 // LeastShare is the smallest replica's share of the successful calls.
 func (r Row) LeastShare() float64 {

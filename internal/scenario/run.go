@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/bench"
@@ -112,11 +114,45 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 		x.redis = o.Redis
 		x.prefix = fmt.Sprintf("res%d", sharedRuns.Add(1))
 	}
-	c, err := sc.client(m, x.redis, x.prefix)
+	var outbox string
+	if m == ProxyDeferred {
+		tmp, err := os.MkdirTemp("", "dingproxy-scenario-")
+		if err != nil {
+			return Row{}, err
+		}
+		defer os.RemoveAll(tmp)
+		outbox = filepath.Join(tmp, "outbox")
+	}
+	c, err := sc.client(m, x.redis, x.prefix, outbox)
 	if err != nil {
 		return Row{}, err
 	}
 	calls, rate := sc.load(o.Scale)
+	setup := sc.Faults.setup
+	var refused *refusal
+	if d := scaled(sc.Faults.Refuse, o.Scale); d > 0 {
+		refused = newRefusal(d)
+		setup = func(f *dingtalktest.Server) {
+			sc.Faults.setup(f)
+			refused.start(f)
+		}
+	}
+	var dl deliveries
+	var settle func(context.Context, *dingtalktest.Server, bench.Timing)
+	if sc.DeliverWithin > 0 {
+		paths := sc.sendRoutes()
+		settle = func(ctx context.Context, f *dingtalktest.Server, t bench.Timing) {
+			from := t.Begin
+			if refused != nil {
+				refused.wait(ctx)
+				from = refused.upAt
+			}
+			if m == ProxyDeferred && !from.IsZero() {
+				awaitDeliveries(ctx, f, paths, calls, from.Add(sc.DeliverWithin+awaitGrace))
+			}
+			dl = countDeliveries(f, paths, calls)
+		}
+	}
 	events := sc.Faults.events(o.Scale)
 	fired := make([]bool, len(events))
 	every := scaled(sc.Faults.RevokeTokensEvery, o.Scale)
@@ -136,7 +172,8 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 		Calls:       calls,
 		MaxInFlight: maxInFlight,
 		Call:        sc.Work.Calls(o.Seed, sc.replicas()),
-		Setup:       sc.Faults.setup,
+		Setup:       setup,
+		Settle:      settle,
 		QuotaPaths:  metered(sc),
 		Before: func(f *dingtalktest.Server, i int, since time.Duration) {
 			x.fake = f
@@ -185,6 +222,19 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 		}
 		if !firstOK.IsZero() {
 			row.Recovery = firstOK.Sub(upAt)
+		}
+	}
+	if refused != nil && refused.err != nil {
+		return row, fmt.Errorf("refusing connections: %w", refused.err)
+	}
+	if sc.DeliverWithin > 0 {
+		row.HasDeliveries, row.Messages = true, calls
+		row.MessagesDelivered, row.MessagesTwice = dl.delivered, dl.twice
+		if dl.delivered > 0 {
+			row.LastArrival = dl.last.Sub(r.Begin)
+		}
+		if refused != nil && !refused.upAt.IsZero() {
+			row.RefusedUntil = refused.upAt.Sub(r.Begin)
 		}
 	}
 	row.Duplicates, row.Throttled, row.UpstreamAttempts, row.RobotThrottled = r.Duplicates, r.Throttled, r.Upstream, r.RobotThrottled
@@ -261,6 +311,9 @@ func (row *Row) count(r bench.Result, replicas, firstAfter int, onCall func(benc
 		}
 		if oc.Cache == proxy.CacheHit {
 			row.CacheHits++
+		}
+		if oc.Deferred {
+			row.Kept++
 		}
 	}
 	if len(ok) > 1 {

@@ -33,6 +33,9 @@ const (
 	GroupFleet Group = "fleet"
 	// GroupQuotaCache is the monthly quota and the read cache.
 	GroupQuotaCache Group = "quota and cache"
+	// GroupDeferred is sends dingproxy keeps for later (routes[].defer):
+	// an alert burst past a robot's minute, refused connections.
+	GroupDeferred Group = "deferred"
 	// GroupLoad is the load tool's: the latency dingproxy adds.
 	GroupLoad Group = "load"
 )
@@ -49,16 +52,22 @@ var (
 	// replicas as the fleet's "dingproxy" (alone), sharing through a
 	// redis-server.
 	ProxyShared bench.Mode = "dingproxy shared"
+	// ProxyDeferred is dingproxy with routes[].defer on every send route
+	// of the workload (defer.merge on the robot's when Tuning.Merge), its
+	// outbox in a temporary directory.
+	ProxyDeferred bench.Mode = "dingproxy, defer"
 )
 
 // Client sets.
 var (
 	// AllModes are the clients, in table order.
-	AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned, ProxyShared}
+	AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned, ProxyShared, ProxyDeferred}
 	// Three is a plain client, the SDK loop and dingproxy.
 	Three = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy}
 	// AloneAndShared is dingproxies alone beside dingproxies shared.
 	AloneAndShared = []bench.Mode{bench.Proxy, ProxyShared}
+	// Deferring is a plain client, the SDK loop and dingproxy deferring.
+	Deferring = []bench.Mode{bench.Direct, bench.SDKRetry, ProxyDeferred}
 )
 
 // Scenario is one workload against one kind of trouble, for some clients,
@@ -90,6 +99,11 @@ type Scenario struct {
 	Replicas int
 	// Tune is every dingproxy's configuration beyond the defaults.
 	Tune Tuning
+	// DeliverWithin, if set, is how soon every message must be delivered:
+	// from the load's start, or from the end of Faults.Refuse. The run
+	// waits for dingproxy's deferred sends that long (and awaitGrace more)
+	// and counts what DingTalk delivered, message by message.
+	DeliverWithin time.Duration
 	// Judge is the client whose row the targets judge (default dingproxy).
 	Judge   bench.Mode
 	Targets []Target
@@ -105,6 +119,12 @@ func (s Scenario) validate() error {
 	paced := s.Rate > 0 || len(s.Rates) > 0 || s.Calls > 0 && s.Duration > 0
 	if !paced || s.Duration <= 0 && s.Calls <= 0 || len(s.Clients) == 0 {
 		return fmt.Errorf("scenario %s: rate %v, duration %v, calls %d, clients %v", s.Name, s.Rate, s.Duration, s.Calls, s.Clients)
+	}
+	if _, sends := s.Work.split(); s.DeliverWithin > 0 && (len(sends) == 0 || s.Work.SendShare > 0) {
+		return fmt.Errorf("scenario %s: deliveries counted without sends in turn", s.Name)
+	}
+	if slices.Contains(s.Clients, ProxyDeferred) && s.DeliverWithin <= 0 {
+		return fmt.Errorf("scenario %s: dingproxy deferring, and no time to deliver in", s.Name)
 	}
 	return nil
 }
@@ -158,10 +178,16 @@ var sharedRuns atomic.Int64
 
 // client is client mode m in the scenario: a fleet of Replicas, and
 // dingproxy tuned by Tune (shared through redis under prefix).
-func (s Scenario) client(m bench.Mode, redis *redistest.Server, prefix string) (bench.Client, error) {
+func (s Scenario) client(m bench.Mode, redis *redistest.Server, prefix, outbox string) (bench.Client, error) {
 	tune := []func(*config.Config){s.Tune.apply}
 	var c bench.Client
 	switch m {
+	case ProxyDeferred:
+		if outbox == "" {
+			return c, errors.New("dingproxy deferring without an outbox directory")
+		}
+		tune = append(tune, s.deferOn(outbox))
+		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: tune}}
 	case ProxyShared:
 		if redis == nil {
 			return c, errors.New("shared mode without a redis-server")
@@ -189,7 +215,7 @@ func (s Scenario) client(m bench.Mode, redis *redistest.Server, prefix string) (
 // Open readies client mode m of the scenario against fake, for views that
 // run their own schedule (the load tool); Close it when done.
 func (s Scenario) Open(ctx context.Context, m bench.Mode, fake *dingtalktest.Server, hc *http.Client) (*bench.Caller, error) {
-	c, err := s.client(m, nil, "")
+	c, err := s.client(m, nil, "", "")
 	if err != nil {
 		return nil, err
 	}

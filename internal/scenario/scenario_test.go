@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // judging a client it runs.
 func TestTable(t *testing.T) {
 	seen := map[string]bool{}
-	groups := []Group{GroupDemo, GroupFaults, GroupPacing, GroupFleet, GroupQuotaCache, GroupLoad}
+	groups := []Group{GroupDemo, GroupFaults, GroupPacing, GroupFleet, GroupQuotaCache, GroupDeferred, GroupLoad}
 	for _, s := range All {
 		if seen[s.Name] {
 			t.Errorf("two scenarios named %s", s.Name)
@@ -41,8 +41,8 @@ func TestTable(t *testing.T) {
 			}
 		}
 	}
-	if n := len(Of(GroupPacing, GroupFleet, GroupQuotaCache)); n != 11 {
-		t.Errorf("%d scenarios with targets' groups, want 11", n)
+	if n := len(Of(GroupPacing, GroupFleet, GroupQuotaCache, GroupDeferred)); n != 14 {
+		t.Errorf("%d scenarios with targets' groups, want 14", n)
 	}
 	for _, g := range groups {
 		if len(Of(g)) == 0 {
@@ -130,6 +130,17 @@ func TestDescriptionsFollowFields(t *testing.T) {
 		if f.RedisDown != nil {
 			f.RedisDown = &RedisDown{At: 1300 * time.Millisecond, Back: 3300 * time.Millisecond}
 			has(c, 1, "at 1.3s, back empty at 3.3s")
+		}
+		if f.Refuse > 0 {
+			f.Refuse = 1300 * time.Millisecond
+			has(c, 1, "refuses connections for the first 1.3s")
+			has(c, 2, "refuses connections for the first 2.6s")
+		}
+		if c.Tune.Merge {
+			has(c, 1, "defer.merge")
+		}
+		if slices.Contains(c.Clients, ProxyDeferred) {
+			has(c, 1, "defer (max_age 1h) on "+c.Work.APIs[0].API)
 		}
 		if c.Tune != (Tuning{}) {
 			c.Tune = Tuning{PerAPIQPS: 33, OpenTimeout: 3 * time.Second, CachePath: "/x", CacheTTL: 3 * time.Second}
@@ -278,5 +289,71 @@ func TestRunCounts(t *testing.T) {
 	sc.Faults.Chaos = Must(Transient).Faults.Chaos
 	if _, err := Run(context.Background(), sc, bench.Direct, RunOptions{}); err == nil {
 		t.Error("an invalid scenario ran")
+	}
+}
+
+// A real run against the fake that refuses connections for its first
+// half: a plain client sends each notice once; what DingTalk delivered is
+// counted message by message, from when it listened again. The counts
+// do not depend on the machine's speed: the notices sent while it
+// refused are lost, the others delivered once each.
+func TestRunCountsDeliveries(t *testing.T) {
+	sc := Scenario{Name: "test", Group: GroupDeferred, Clients: []bench.Mode{bench.Direct},
+		Work: Workload{APIs: []Req{AsyncSend}}, Calls: 20, Duration: 600 * time.Millisecond,
+		Faults: Faults{Refuse: 300 * time.Millisecond}, DeliverWithin: time.Minute}
+	r, err := Run(context.Background(), sc, bench.Direct, RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.HasDeliveries || r.Messages != 20 || r.Calls != 20 || r.Kept != 0 {
+		t.Fatalf("deliveries %v: %d messages, %d calls, %d kept", r.HasDeliveries, r.Messages, r.Calls, r.Kept)
+	}
+	if r.MessagesDelivered != r.OK || r.OK == 0 || r.OK == 20 || r.MessagesTwice != 0 || r.Duplicates != 0 {
+		t.Errorf("%d of 20 answered ok, %d delivered, %d twice (%d duplicates): want those answered ok delivered once, some refused",
+			r.OK, r.MessagesDelivered, r.MessagesTwice, r.Duplicates)
+	}
+	// The refusal starts as the fake is set up, just before the load.
+	if r.RefusedUntil < 200*time.Millisecond || r.LastArrival <= r.RefusedUntil || r.LastDelivery() != r.LastArrival-r.RefusedUntil {
+		t.Errorf("listening again at %v, the last delivery at %v (%v after)", r.RefusedUntil, r.LastArrival, r.LastDelivery())
+	}
+	bad := sc
+	bad.Clients, bad.DeliverWithin = []bench.Mode{ProxyDeferred}, 0
+	if bad.validate() == nil {
+		t.Error("dingproxy deferring with no time to deliver in was valid")
+	}
+	bad = sc
+	bad.Work.APIs = []Req{UserGet}
+	if bad.validate() == nil {
+		t.Error("deliveries counted of reads was valid")
+	}
+}
+
+// Messages are counted in what DingTalk executed: a merged robot message
+// counts for each alert in it, and its executions for each; the fake's
+// msgUuid replays are not executions.
+func TestCountDeliveries(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	robot := fake.URL() + Alert("").Request(0).Path
+	post := func(body string) {
+		t.Helper()
+		resp, err := http.Post(robot, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	post(string(Alert("").Request(1).Body))
+	post(string(Alert("").Request(10).Body))
+	// Alerts 2, 3 and 10 merged, as the courier renders them, sent twice.
+	merged := `{"msgtype":"markdown","markdown":{"title":"3 messages: alert 2","text":"#### 1. alert 2\n\nalert 2\n\n---\n\n#### 2. alert 3\n\nalert 3\n\n---\n\n#### 3. alert 10\n\nalert 10"}}`
+	post(merged)
+	post(merged)
+	post(`{"msgtype":"text","text":{"content":"alert 99"}}`) // not one of the run's
+	d := countDeliveries(fake, []string{Alert("").API}, 12)
+	if d.delivered != 4 || d.twice != 3 || d.last.IsZero() {
+		t.Errorf("%d delivered, %d twice, last %v; want 4 (1, 2, 3, 10), 3 (2, 3, 10)", d.delivered, d.twice, d.last)
+	}
+	if d := countDeliveries(fake, []string{dingtalktest.PathAsyncSend}, 12); d.delivered != 0 {
+		t.Errorf("%d delivered on a path nothing was sent to", d.delivered)
 	}
 }

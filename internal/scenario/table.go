@@ -35,6 +35,10 @@ const (
 	Quota = "quota"
 	Cache = "cache"
 
+	AlertBurst      = "alert-burst"
+	AlertBurstMerge = "alert-burst-merge"
+	Refused         = "refused"
+
 	Load = "load"
 )
 
@@ -276,6 +280,28 @@ func table() []Scenario {
 					func(r Row) int { return r.Calls - cacheMisses }, ">= "+fmt.Sprint(s.Calls-cacheMisses)),
 			}
 		}),
+
+		// Sends kept for later: each message sent once by each client, and
+		// what DingTalk delivered of them.
+		withTargets(Scenario{
+			Name: AlertBurst, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
+			Work: Workload{APIs: []Req{Alert("")}}, Calls: 60, Duration: 6 * time.Second,
+			Faults:        Faults{RobotPerMinute: dingtalk.RobotPerMinute},
+			DeliverWithin: 3 * time.Minute,
+		}, burstTargets),
+		withTargets(Scenario{
+			Name: AlertBurstMerge, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
+			Work: Workload{APIs: []Req{Alert("")}}, Calls: 60, Duration: 6 * time.Second,
+			Faults:        Faults{RobotPerMinute: dingtalk.RobotPerMinute},
+			Tune:          Tuning{Merge: true},
+			DeliverWithin: 70 * time.Second,
+		}, burstTargets),
+		withTargets(Scenario{
+			Name: Refused, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
+			Work: Workload{APIs: []Req{AsyncSend}}, Calls: 30, Duration: 15 * time.Second,
+			Faults:        Faults{Refuse: 15 * time.Second},
+			DeliverWithin: 30 * time.Second,
+		}, refusedTargets),
 
 		{
 			// Pacing raised above the load: DingTalk's 20 calls/s per API
