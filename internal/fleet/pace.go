@@ -144,7 +144,7 @@ func (a *sharedAPI) window(s *pacing.Settings) (n int, span time.Duration, rate 
 		if n <= 0 {
 			n = dingtalk.RobotPerMinute
 		}
-		return n, time.Minute, float64(n) / 60, 0, false
+		return n, pacing.RobotSpan, float64(n) / dingtalk.RobotWindow.Seconds(), 0, false
 	}
 	a.mu.Lock()
 	ceil, from, fromLocal := a.ceil, a.from, a.fromLocal

@@ -22,14 +22,14 @@ type Settings struct {
 	RobotPerMinute int
 }
 
-// robotSpan is the span of a robot's window: a minute, and a margin.
+// RobotSpan is the span of a robot's window, alone and shared: a minute, and a margin.
 // DingTalk counts a robot's sends in any minute by when each reaches it,
 // pacing by when it hands out the turn; a send slower from its turn to
 // DingTalk (a new connection, a pause) than one a minute later would
 // otherwise make the later one the 21st of DingTalk's minute, and block
 // the robot for 10 minutes. A kept send is delivered the moment its turn
 // frees, so the two meet at every minute's edge.
-const robotSpan = dingtalk.RobotWindow + time.Second
+const RobotSpan = dingtalk.RobotWindow + time.Second
 
 // RobotPrefix starts the pacing names of custom robots: RobotPrefix and a
 // digest of the robot's access_token, never the token itself. Each robot is
@@ -166,7 +166,7 @@ func (p *Pacer) getLocked(name string, now time.Time) *path {
 				return nil
 			}
 			n := p.robotPerMinute()
-			e = &path{win: newWindowN(n, robotSpan), rate: float64(n) / dingtalk.RobotWindow.Seconds(), rebook: make(chan struct{})}
+			e = &path{win: newWindowN(n, RobotSpan), rate: float64(n) / dingtalk.RobotWindow.Seconds(), rebook: make(chan struct{})}
 			p.robots[name] = e
 		}
 		e.lastUse = now
@@ -213,7 +213,7 @@ func (p *Pacer) sweepLocked(now time.Time) {
 	}
 	// A robot idle for its window's span, and not blocked, holds nothing.
 	for name, e := range p.robots {
-		if now.Sub(e.lastUse) > robotSpan && now.After(e.blockedUntil) && now.Sub(e.win.last) > robotSpan {
+		if now.Sub(e.lastUse) > RobotSpan && now.After(e.blockedUntil) && now.Sub(e.win.last) > RobotSpan {
 			delete(p.robots, name)
 		}
 	}
