@@ -248,15 +248,15 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 	// then, not an hour later.
 	const other = "/topapi/processinstance/get"
 	fa := a.Breakers.f
-	fa.publish(kindQuota, other, 3*time.Second)
+	fa.publish(kindQuota, other, 30*time.Second) // long enough to outlive a slow join
 	waitFor(t, "the stop recorded", func() bool {
 		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", other)
 		return n != ""
 	})
 	d := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
 	waitFor(t, "the joiner to read the stop", func() bool { return d.Quota.local.IsStopped(other) })
-	if err := d.Quota.Admit(other, true); !errors.As(err, &qe) || qe.RetryAfter > 3*time.Second {
-		t.Errorf("the joiner's Admit = %v, want a refusal until the stop's end (3 s), not the hour's probe", err)
+	if err := d.Quota.Admit(other, true); !errors.As(err, &qe) || qe.RetryAfter > 30*time.Second {
+		t.Errorf("the joiner's Admit = %v, want a refusal until the stop's end (30 s), not the hour's probe", err)
 	}
 }
 
