@@ -111,7 +111,9 @@ func TestHostileRedisGarbageAtEveryKey(t *testing.T) {
 	if n := fake.TokenFetches(); n != 1 {
 		t.Errorf("%d token fetches for two proxies, want 1 (the stuck lock broken, the garbage token replaced)", n)
 	}
-	if th := fake.Throttled(); th > 1 {
+	// Lifted pacing lets about 20 of the 40 into DingTalk's second; a
+	// loaded machine's arrival jitter may move a few across its edge.
+	if th := fake.Throttled(); th > 4 {
 		t.Errorf("DingTalk throttled %d of 40 calls: the fleet's pacing was lifted (each proxy alone, or none)", th)
 	}
 	for i, s := range fl {
