@@ -39,6 +39,18 @@ func outboxFleet(t *testing.T, n int, fake *dingtalktest.Server, url, path strin
 	return out
 }
 
+// waitUpTo polls cond until it holds, or fails t after d.
+func waitUpTo(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+}
+
 // noBreaker keeps the breakers shut: these tests are about the outbox, and
 // an outage would open the route on every proxy for a while after it ends.
 func noBreaker(c *config.Config) { c.Breaker.MinRequests = 1 << 30 }
@@ -330,6 +342,14 @@ func TestFleetOutboxRedisShutDown(t *testing.T) {
 	}
 	// Redis back with what it held: the fleet's sends are delivered.
 	rd.start()
+	waitUpTo(t, 30*time.Second, "the proxies to find Redis again", func() bool {
+		for _, s := range fl {
+			if !s.app.Fleet().Up() {
+				return false
+			}
+		}
+		return true
+	})
 	for _, k := range all[:inRedis] {
 		for {
 			st, doc := outboxState(t, fl[(k.proxy+1)%4].app.AdminHandler(), k.id)
@@ -397,7 +417,7 @@ func TestFleetOutboxHostileRedis(t *testing.T) {
 	}
 	// Wait for a holder (the lease without an expiry broken), so that the
 	// sends are claimed before the junk below.
-	waitFor(t, "a proxy to take the courier's lease", func() bool {
+	waitUpTo(t, 30*time.Second, "a proxy to take the courier's lease", func() bool {
 		return sharedOf(t, fl[0]).Holding() || sharedOf(t, fl[1]).Holding()
 	})
 	var ids2 []string
@@ -438,7 +458,7 @@ func TestFleetOutboxHostileRedis(t *testing.T) {
 	// has read the copy of the first send's entry by now (it reads new
 	// entries every quarter second), and the stream empties once it has
 	// dropped every entry that is not a queued send's.
-	waitFor(t, "the stream to empty", func() bool {
+	waitUpTo(t, 30*time.Second, "the stream to empty", func() bool {
 		n, _ := srv.Do("XLEN", key("stream"))
 		return n == "0"
 	})
