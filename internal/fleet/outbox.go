@@ -697,11 +697,15 @@ func (x *Outbox) settle(id string) (bool, error) {
 	return n == 1, nil
 }
 
-// notSent says whether err is a failure before any command reached Redis:
-// no connection could be had.
+// notSent says whether err says the script was not run: no connection
+// could be had, or Redis refused it for want of memory (maxmemory).
 func notSent(err error) bool {
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {
+		return true
+	}
+	var re redis.Error
+	if errors.As(err, &re) && strings.HasPrefix(re.Error(), "OOM ") {
 		return true
 	}
 	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed)
