@@ -490,9 +490,12 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 			continue
 		}
 		x.mu.Lock()
-		_, dup := x.byID[c.id]
+		have := x.byID[c.id]
 		x.mu.Unlock()
-		if sd.State != outbox.Queued || dup {
+		if have != nil && have.sid == c.sid {
+			continue // read again (a group made again): indexed already
+		}
+		if sd.State != outbox.Queued || have != nil {
 			x.drop(c.sid, "", "") // finished, or a copy of an entry indexed
 			continue
 		}
