@@ -47,7 +47,8 @@ test-fleet: ## the tests against a real redis-server, verbose: each must PASS, n
 	$(GO) test -race -count=1 -v -run '^(TestFleet.*|TestToken.*|TestRedisGoneAndBack|TestRedisFailureNamed|TestSharedPacingHoldsTheFleet|TestSharedAdmitsAsAlone|TestThrottleSharedAcrossTheFleet|TestSharedRobotBudget|TestOpeningsAndBansShared|TestBreakerOpensAtTheSameCountAloneAndShared|TestHostileRedis.*|TestResync.*|TestQuotaStops.*|TestEventsBounded|TestJunkOpeningsBounded|TestQuotaFloodBounded|Test.*OutOfBounds|TestSealedValuesBoundToTheirKey)$$' ./internal/fleet ./internal/app > bin/test-fleet.log 2>&1 || { cat bin/test-fleet.log; exit 1; }
 	@grep -E '^(--- |ok|FAIL)' bin/test-fleet.log
 	@! grep -q -- '--- SKIP' bin/test-fleet.log || { echo "fleet tests skipped"; exit 1; }
-	@test "$$(grep -c -- '--- PASS' bin/test-fleet.log)" -ge 18 || { echo "fewer fleet tests ran than expected"; exit 1; }
+	@test "$$(grep -c -- '--- PASS' bin/test-fleet.log)" -ge 24 || { echo "fewer fleet tests ran than expected"; exit 1; }
+	@test "$$(grep -c -- '--- PASS: TestFleetOutbox' bin/test-fleet.log)" -ge 6 || { echo "fewer shared outbox tests ran than expected"; exit 1; }
 
 test-short: ## quick loop: no race detector, long tests skipped
 	$(GO) test -short ./...

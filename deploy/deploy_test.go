@@ -1278,7 +1278,8 @@ func TestDashboard(t *testing.T) {
 	}
 }
 
-// The fleet's Redis: no persistence, a password from the fleet's Secret, a
+// The fleet's Redis: the append-only file on (it holds the shared outbox's
+// queued sends), no snapshots, a password from the fleet's Secret, a
 // Service that selects it; the sidecar takes the URL from that Secret,
 // optionally (without it, each sidecar runs alone), and the placeholder
 // URL is one dingproxy accepts.
@@ -1317,7 +1318,7 @@ func TestFleetRedis(t *testing.T) {
 	}
 	c := redisDep.Spec.Template.Spec.Containers[0]
 	args := strings.Join(c.Args, " ")
-	for _, want := range []string{`--save `, `--appendonly no`, `--requirepass $(REDIS_PASSWORD)`} {
+	for _, want := range []string{`--save `, `--appendonly yes`, `--appendfsync everysec`, `--requirepass $(REDIS_PASSWORD)`} {
 		if !strings.Contains(args+" ", want) {
 			t.Errorf("redis args %q lack %q", args, want)
 		}

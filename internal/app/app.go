@@ -91,7 +91,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		return nil, err
 	}
 	a.tokens = newTokenSource(cfg, a.parts.fetcher, obs, log)
-	if a.kept, err = openOutbox(cfg, obs, log); err != nil {
+	if a.kept, err = openOutbox(cfg, a.parts.fleet, obs, log); err != nil {
 		a.parts.link.Close()
 		return nil, err
 	}

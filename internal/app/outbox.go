@@ -11,6 +11,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/call"
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/deferral"
+	"github.com/dingproxy/dingproxy/internal/fleet"
 	"github.com/dingproxy/dingproxy/internal/metrics"
 	"github.com/dingproxy/dingproxy/internal/outbox"
 )
@@ -40,15 +41,18 @@ func deferring(cfg *config.Config) bool {
 // it, and the courier that delivers them. Nil when no route defers.
 type kept struct {
 	store   deferral.Outbox
+	shared  *fleet.Outbox // the fleet's outbox decorating the local store; nil alone
 	layer   *deferral.Layer
 	courier *deferral.Courier
 	done    chan struct{} // closed when the courier has stopped
 }
 
 // openOutbox opens the alone-mode store under outbox.dir when a route
-// defers. A directory that cannot be written is a ConfigError naming
-// outbox.dir.
-func openOutbox(cfg *config.Config, obs *observer, log *zap.Logger) (*kept, error) {
+// defers and, in a fleet (fl not nil, an app secret to seal with), the
+// fleet's outbox in Redis decorating it: the local store keeps what Redis
+// cannot while it is down. A directory that cannot be written is a
+// ConfigError naming outbox.dir.
+func openOutbox(cfg *config.Config, fl *fleet.Fleet, obs *observer, log *zap.Logger) (*kept, error) {
 	if !deferring(cfg) {
 		return nil, nil
 	}
@@ -63,6 +67,19 @@ func openOutbox(cfg *config.Config, obs *observer, log *zap.Logger) (*kept, erro
 	log.Info("outbox open: sends on routes with defer are kept when they cannot go now",
 		zap.String("file", st.Path()), zap.Stringer("max_bytes", cfg.Outbox.MaxBytes))
 	k := &kept{store: st, done: make(chan struct{})}
+	if fl == nil {
+		return k, nil
+	}
+	shared, err := fl.NewOutbox(fleet.OutboxOptions{
+		Local: st, MaxBytes: int64(cfg.Outbox.MaxBytes), Logger: log.Named("outbox"),
+	})
+	if err != nil {
+		// Pass-through mode: nothing to seal the fleet's sends with.
+		log.Info("outbox: not shared through Redis (no app secret to seal sends with): each proxy keeps its own", zap.String("reason", err.Error()))
+		return k, nil
+	}
+	log.Info("outbox: shared through Redis; kept here only while Redis does not answer")
+	k.store, k.shared = shared, shared
 	return k, nil
 }
 
@@ -113,6 +130,9 @@ func (k *kept) run(ctx context.Context, wg *sync.WaitGroup) {
 	go func() {
 		defer wg.Done()
 		defer close(k.done)
+		if k.shared != nil {
+			k.shared.Start(k.courier.Wake)
+		}
 		k.courier.Run(ctx)
 	}()
 }

@@ -70,7 +70,7 @@ const (
 )
 
 // Ops lists every operation name, for metrics to pre-create their series.
-var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenLockStale, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpEvent, OpSync, OpVerdicts, OpQuota, OpCache}
+var Ops = []string{OpPing, OpTokenRead, OpTokenLock, OpTokenLockStale, OpTokenStore, OpTokenInvalidate, OpPace, OpPenalty, OpPublish, OpSubscribe, OpEvent, OpSync, OpVerdicts, OpOutbox, OpQuota, OpCache}
 
 // ErrDown says Redis is down (or was, until the next probe): the caller
 // carries on alone.

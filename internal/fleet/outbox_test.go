@@ -1,0 +1,169 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dingproxy/dingproxy/internal/outbox"
+	"github.com/dingproxy/dingproxy/internal/redistest"
+)
+
+// sharedOutbox is a shared outbox on srv over a local store of its own; its
+// lease and reads are driven by the test (Start is not called).
+func sharedOutbox(t *testing.T, url string, maxBytes int64, errs *errCounts) *Outbox {
+	t.Helper()
+	f := newFleet(t, url, testSecret, errs)
+	st, err := outbox.Open(outbox.Options{Dir: filepath.Join(t.TempDir(), "outbox"), AppKey: testKey, AppSecret: testSecret,
+		MaxBytes: maxBytes, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := f.NewOutbox(OutboxOptions{Local: st, MaxBytes: maxBytes, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	waitUp(t, f)
+	return x
+}
+
+func waitUp(t *testing.T, f *Fleet) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !f.Up() {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis not up")
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func kept(queue string, body int) *outbox.Send {
+	return &outbox.Send{Queue: queue, Route: "/topapi/x", Method: http.MethodPost, Path: "/topapi/x",
+		Query: "access_token=t", Body: make([]byte, body), Due: time.Now().Add(time.Hour)}
+}
+
+// A holder whose lease another proxy took can neither mark nor record a
+// send: the new holder claims the pending entry, finds the mark the old
+// one left (unknown), and its own writes go through.
+func TestFleetOutboxFencedTakeOver(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	b := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	b.lease()
+	if !a.Holding() || b.Holding() {
+		t.Fatalf("holding: a %v, b %v; want a only", a.Holding(), b.Holding())
+	}
+	if hs, _ := b.Heads(10); len(hs) != 0 {
+		t.Fatalf("a proxy without the lease has %d heads", len(hs))
+	}
+	id, err := b.Put(context.Background(), kept("q", 10)) // kept by any proxy
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.pull()
+	hs, err := a.Heads(10)
+	if err != nil || len(hs) != 1 || hs[0].ID != id {
+		t.Fatalf("the holder's heads: %v %v", hs, err)
+	}
+	if err := a.Begin(id); err != nil {
+		t.Fatal(err)
+	}
+	// a stalls past its lease; b takes it.
+	if _, err := srv.Do("DEL", a.kLease); err != nil {
+		t.Fatal(err)
+	}
+	b.lease()
+	if !b.Holding() {
+		t.Fatal("b did not take the free lease")
+	}
+	done := *hs[0]
+	done.State = outbox.Delivered
+	if err := a.Update(&done); !errors.Is(err, errLease) {
+		t.Fatalf("the old holder's Update = %v, want errLease", err)
+	}
+	if err := a.Begin(id); err == nil {
+		t.Fatal("the old holder marked a send after losing its lease")
+	}
+	hs, err = b.Heads(10)
+	if err != nil || len(hs) != 1 || !hs[0].Sending {
+		t.Fatalf("the new holder's heads: %+v %v; want the send marked as being sent", hs, err)
+	}
+	u := *hs[0]
+	u.State = outbox.Unknown
+	if err := b.Update(&u); err != nil {
+		t.Fatal(err)
+	}
+	sd, err := a.Get(id)
+	if err != nil || sd.State != outbox.Unknown {
+		t.Fatalf("the send as any proxy reads it: %+v %v; want unknown", sd, err)
+	}
+	if n, _ := srv.Do("XLEN", a.kStream); n != "0" {
+		t.Errorf("the stream holds %s entries once the send is finished", n)
+	}
+	if n, _ := srv.Do("XPENDING", a.kStream, outboxGroup); n[:1] != "0" {
+		t.Errorf("pending entries left: %s", n)
+	}
+}
+
+// outbox.max_bytes and the per-queue share hold across proxies: what one
+// proxy kept counts against what another may keep; a finished send gives
+// its share back; a counter replaced with junk is rebuilt, not zeroed.
+func TestFleetOutboxBoundsShared(t *testing.T) {
+	srv := redistest.Start(t)
+	errs := &errCounts{}
+	const max = 16 << 10 // a queue's share: 4 KiB
+	a := sharedOutbox(t, srv.URL(), max, errs)
+	b := sharedOutbox(t, srv.URL(), max, nil)
+	var ids []string
+	for i, x := range []*Outbox{a, b, a} {
+		id, err := x.Put(context.Background(), kept("q", 1500))
+		if i < 2 && err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		if i == 2 && !errors.Is(err, outbox.ErrFull) {
+			t.Fatalf("a third 1.6 KiB send in a 4 KiB share: %v, want ErrFull", err)
+		}
+		if err == nil {
+			ids = append(ids, id)
+		}
+	}
+	if _, err := b.Put(context.Background(), kept("other", 1500)); err != nil {
+		t.Fatalf("another queue is not full: %v", err)
+	}
+	// Junk in the counters: rebuilt from the charges, so still full.
+	if _, err := srv.Do("HSET", a.kBytes, "all", "junk"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Put(context.Background(), kept("q", 1500)); !errors.Is(err, outbox.ErrFull) {
+		t.Fatalf("after junk in the counters: %v, want ErrFull", err)
+	}
+	if errs.get(OpOutbox) == 0 {
+		t.Error("the junk counter was not counted")
+	}
+	// Delivered: its share is given back.
+	a.lease()
+	a.pull()
+	hs, _ := a.Queue("q", 10)
+	if len(hs) != 2 || hs[0].ID != ids[0] || hs[1].ID != ids[1] {
+		t.Fatalf("queue q: %v, want %v in order", hs, ids)
+	}
+	if err := a.Begin(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	d := *hs[0]
+	d.State = outbox.Delivered
+	if err := a.Update(&d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(context.Background(), kept("q", 1500)); err != nil {
+		t.Fatalf("after a delivery: %v", err)
+	}
+}
