@@ -174,6 +174,16 @@ func (c *Courier) round(ctx context.Context) time.Time {
 			next = earlier(next, due)
 		}
 	}
+	// The queues busy before the heads are read: a delivery that ends
+	// meanwhile may leave its head read with the mark it had while it was
+	// going, and only round starts deliveries, so a marked head of a queue
+	// not busy here was marked by a process before this one.
+	c.mu.Lock()
+	busy := make(map[string]bool, len(c.busy))
+	for q := range c.busy {
+		busy[q] = true
+	}
+	c.mu.Unlock()
 	heads, err := c.o.Store.Heads(maxHeads)
 	if err != nil {
 		c.log.Warn("outbox: the queued sends could not be read; trying again", zap.Error(err))
@@ -184,9 +194,9 @@ func (c *Courier) round(ctx context.Context) time.Time {
 			return next
 		}
 		c.mu.Lock()
-		busy, after := c.busy[h.Queue], c.after[h.Queue]
+		after := c.after[h.Queue]
 		c.mu.Unlock()
-		if busy {
+		if busy[h.Queue] {
 			continue // its end wakes the courier
 		}
 		if h.Sending {

@@ -27,6 +27,8 @@ type qent struct {
 	due    int64 // Unix nanoseconds
 	charge int64
 	route  *routeIx
+	// sending: Begin marked it; it is its courier's until Update.
+	sending bool
 }
 
 type queueIx struct {
@@ -180,14 +182,15 @@ func (ix *index) removeQueued(queue string, id rawID) (qent, bool) {
 
 // recharge changes a queued send's charge (an Update), past the bounds if
 // need be: the send is kept already.
-func (ix *index) recharge(queue string, id rawID, c int64) {
+// recharge sets a queued send's charge, and whether it is being sent.
+func (ix *index) recharge(queue string, id rawID, c int64, sending bool) {
 	q := ix.queues[queue]
 	if q == nil {
 		return
 	}
 	if i, found := q.find(id); found {
 		d := c - q.ents[i].charge
-		q.ents[i].charge = c
+		q.ents[i].charge, q.ents[i].sending = c, sending
 		q.bytes += d
 		ix.queuedBytes += d
 		q.ents[i].route.queuedBytes += d
@@ -313,6 +316,8 @@ func (ix *index) expired(now time.Time, max int) (ids []rawID, next time.Time) {
 	for _, q := range ix.queues {
 		for _, e := range q.ents {
 			switch {
+			case e.due <= t && e.sending:
+				// Its courier records what it came to.
 			case e.due <= t:
 				if len(ids) < max {
 					ids = append(ids, e.id)

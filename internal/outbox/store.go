@@ -162,7 +162,7 @@ func (s *Store) Update(sd *Send) error {
 		}
 		size := int64(len(key) + len(val))
 		if nx.State == Queued {
-			o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size))) }
+			o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size)), false) }
 		} else {
 			o.done = func() {
 				s.ix.removeQueued(cur.Queue, key)
@@ -211,7 +211,7 @@ func (s *Store) Begin(id string) error {
 			return err
 		}
 		size := int64(len(key) + len(val))
-		o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size))) }
+		o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size)), true) }
 		return nil
 	}
 	err := s.run(o)
