@@ -533,3 +533,42 @@ func TestFleetSharedCache(t *testing.T) {
 		t.Errorf("DingTalk saw %d reads, want 1 for the fleet", n)
 	}
 }
+
+// An opening starts the route's count over on every proxy, as a breaker
+// alone starts its window over when it opens: once the opening ends and
+// DingTalk answers again, the failures from before it do not open the
+// route a second time.
+func TestFleetOpeningStartsTheCountOver(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	const openFor = 500 * time.Millisecond
+	fl := fleetOf(t, 2, fake, srv.URL(), breakerSettings(10, openFor), func(c *config.Config) { c.Retry.MaxAttempts = 1 })
+	fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+	for _, s := range fl {
+		for range 5 {
+			s.do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`))
+		}
+	}
+	for i, s := range fl {
+		waitFor(t, fmt.Sprintf("proxy %d to open the route for the fleet", i), func() bool { return openHere(s) })
+	}
+	fake.SetChaos(dingtalktest.Chaos{})
+	for i, s := range fl {
+		waitFor(t, fmt.Sprintf("proxy %d to end the opening", i), func() bool { return !openHere(s) })
+	}
+	for i, s := range fl {
+		if resp, body := s.do(http.MethodPost, dingtalktest.PathDeptListSub, []byte(`{"dept_id":1}`)); resp.StatusCode != 200 || errcodeOf(t, body) != 0 {
+			t.Fatalf("proxy %d after the opening: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	// Ten of the fleet's reports (one each 100 ms): none opens it again.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		for i, s := range fl {
+			if openHere(s) {
+				t.Fatalf("proxy %d: the route opened again on the failures from before its opening", i)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -391,6 +391,17 @@ func (s *Set) Counts(route string) (failures, successes uint64) {
 	return uint64(c.TotalFailures), uint64(c.TotalSuccesses)
 }
 
+// Restart starts route's window over while its breaker is closed, as the
+// breaker does when it opens: the fleet opened the route, and the calls
+// before that opening are judged. An open or probing breaker is left.
+func (s *Set) Restart(route string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.routes[route]; ok && e.cb.State() == gobreaker.StateClosed {
+		s.routes[route] = s.newEntry(route, *s.settings.Load())
+	}
+}
+
 // Forget drops route's breaker while it is closed (the route table gave
 // the route up): a breaker that is open or probing is kept.
 func (s *Set) Forget(route string) {

@@ -127,6 +127,11 @@ func (b *Breakers) heldOpen(route string) error {
 // on junk routes cannot crowd out those on routes in use.
 func (b *Breakers) hold(route string, until time.Time) {
 	known := b.local.Known(route)
+	if known && time.Until(until) > 0 {
+		// Opened for the fleet: the failures counted before are judged,
+		// here as on the proxy that tripped it.
+		b.local.Restart(route)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
