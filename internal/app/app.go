@@ -104,7 +104,7 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 	a.loop = loop
 	if a.kept != nil {
 		a.kept.startCourier(a, below, log)
-		a.metrics.OutboxFrom(a.kept.outboxGauges)
+		a.metrics.OutboxFrom(a.outboxGauges)
 	}
 	a.proxy = proxy.New(proxy.Options{
 		OAPI: oapi, API: api,

@@ -315,3 +315,19 @@ func grepLines(text, s string) string {
 }
 
 func quietLog(t testing.TB) *zap.Logger { return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)) }
+
+// A route that defers has its outbox series from the start, at 0, so that
+// an alert on dead sends or the oldest age has a series to read.
+func TestOutboxSeriesFromTheStart(t *testing.T) {
+	s := newStack(t, nil, deferOn(t, dingtalktest.PathAsyncSend, time.Minute, false))
+	m := scrape(t, s.app)
+	for _, want := range []string{
+		`dingproxy_outbox_messages{route="` + dingtalktest.PathAsyncSend + `",state="dead"} 0`,
+		`dingproxy_outbox_messages{route="` + dingtalktest.PathAsyncSend + `",state="queued"} 0`,
+		`dingproxy_outbox_oldest_seconds{route="` + dingtalktest.PathAsyncSend + `"} 0`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s; it has:\n%s", want, grepLines(m, "dingproxy_outbox_"))
+		}
+	}
+}

@@ -113,12 +113,19 @@ func (a *App) merges(route string) bool {
 	return false
 }
 
-// outboxGauges are the outbox's counts for the metrics, by route.
-func (k *kept) outboxGauges() []metrics.OutboxRoute {
-	st := k.store.Stats()
+// outboxGauges are the outbox's counts for the metrics, by route: every
+// route that defers now, at 0 when it holds nothing (so that an alert on
+// them has a series to read), and any other route that still holds sends.
+func (a *App) outboxGauges() []metrics.OutboxRoute {
+	st := a.kept.store.Stats()
 	out := make([]metrics.OutboxRoute, 0, len(st.Routes))
 	for route, r := range st.Routes {
 		out = append(out, metrics.OutboxRoute{Route: route, Queued: r.Queued, Dead: r.Dead, Unknown: r.Unknown, OldestSeconds: r.Oldest.Seconds()})
+	}
+	for _, r := range a.cfg.Load().Routes {
+		if _, there := st.Routes[r.Path]; r.Defer != nil && !there {
+			out = append(out, metrics.OutboxRoute{Route: r.Path})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Route < out[j].Route })
 	return out
