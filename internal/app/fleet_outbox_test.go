@@ -350,10 +350,18 @@ func TestFleetOutboxRedisShutDown(t *testing.T) {
 		}
 		return true
 	})
+	// The courier may have marked one send as going when Redis went away:
+	// its outcome could not be recorded, so it is unknown, never resent.
+	unknown := map[string]bool{}
 	for _, k := range all[:inRedis] {
 		for {
 			st, doc := outboxState(t, fl[(k.proxy+1)%4].app.AdminHandler(), k.id)
 			if st == string(outbox.Delivered) {
+				break
+			}
+			if st == string(outbox.Unknown) && len(unknown) == 0 {
+				unknown[string(notice(k.i))] = true
+				t.Logf("notice %d kept in Redis is unknown (marked as going when Redis went away): %v", k.i, doc)
 				break
 			}
 			if st != string(outbox.Queued) || time.Now().After(deadline.Add(30*time.Second)) {
@@ -363,15 +371,15 @@ func TestFleetOutboxRedisShutDown(t *testing.T) {
 		}
 	}
 	distinct, twice := fake.DeliveryCounts(dingtalktest.PathAsyncSend)
-	if twice != 0 || distinct < len(all) {
-		t.Errorf("delivered %d distinct, %d twice; %d were deferred", distinct, twice, len(all))
+	if twice != 0 || distinct < len(all)-len(unknown) {
+		t.Errorf("delivered %d distinct, %d twice; %d were deferred, %d of them unknown", distinct, twice, len(all), len(unknown))
 	}
 	delivered := map[string]bool{}
 	for _, d := range fake.Deliveries(dingtalktest.PathAsyncSend) {
 		delivered[string(d.Body)] = true
 	}
 	for _, k := range all {
-		if !delivered[string(notice(k.i))] {
+		if !delivered[string(notice(k.i))] && !unknown[string(notice(k.i))] {
 			t.Errorf("notice %d (%s) was deferred and never delivered", k.i, k.id)
 		}
 	}
