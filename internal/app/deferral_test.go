@@ -21,6 +21,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/outbox"
+	"github.com/dingproxy/dingproxy/internal/proxy"
 )
 
 // deferOn turns defer on for path (max_age maxAge), with the outbox in a
@@ -215,10 +216,11 @@ func TestDeferredWhenPaced(t *testing.T) {
 }
 
 // A kept robot message that DingTalk will never take (no keyword of the
-// robot's in it) is dead, with DingTalk's answer; a signed robot send
+// robot's in it, a robot it does not know, a message too long) is dead,
+// with DingTalk's answer, sent once; a signed robot send
 // whose hour ends while it waits is dead, and not sent at all.
 func TestDeferredDead(t *testing.T) {
-	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotKeywords: []string{"alert"}})
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotKeywords: []string{"alert"}, RobotMaxBody: dingtalktest.RobotBodyLimit})
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, false))
 	admin := s.app.AdminHandler()
 	if err := fake.StopListening(); err != nil {
@@ -236,8 +238,15 @@ func TestDeferredDead(t *testing.T) {
 	if id := deferredID(t, resp, body); id != "" || resp.StatusCode == http.StatusOK {
 		t.Errorf("a send signed over an hour ago was answered %d %s", resp.StatusCode, body)
 	}
-	if noKeyword == "" || late == "" {
-		t.Fatalf("robot sends during the outage not kept: %q %q", noKeyword, late)
+	// A robot DingTalk does not know, and a message over the robot's
+	// body limit (within retry.max_body_bytes, so it can be kept).
+	resp, body = s.do(http.MethodPost, dingtalk.PathRobotSend+"?access_token=no-such-robot", []byte(`{"msgtype":"text","text":{"content":"alert: nobody"}}`))
+	unknownRobot := deferredID(t, resp, body)
+	long := fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert: %s"}}`, strings.Repeat("x", dingtalk.RobotMaxBody))
+	resp, body = s.do(http.MethodPost, robot, long)
+	tooLong := deferredID(t, resp, body)
+	if noKeyword == "" || late == "" || unknownRobot == "" || tooLong == "" {
+		t.Fatalf("robot sends during the outage not kept: %q %q %q %q", noKeyword, late, unknownRobot, tooLong)
 	}
 	waitFor(t, "the signed send's hour to end", func() bool {
 		st, _ := outboxState(t, admin, late)
@@ -247,24 +256,30 @@ func TestDeferredDead(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(45 * time.Second)
-	for {
-		st, doc := outboxState(t, admin, noKeyword)
-		if st == string(outbox.Dead) {
-			if !strings.Contains(fmt.Sprint(doc["reason"]), "310000") || doc["answer"] == nil {
-				t.Errorf("dead without DingTalk's answer: %v", doc)
+	for _, c := range []struct{ name, id, code string }{
+		{"the send without a keyword", noKeyword, "310000"},
+		{"the send to a robot DingTalk does not know", unknownRobot, "300005"},
+		{"the send over the robot's body limit", tooLong, "460101"},
+	} {
+		for {
+			st, doc := outboxState(t, admin, c.id)
+			if st == string(outbox.Dead) {
+				if !strings.Contains(fmt.Sprint(doc["reason"]), c.code) || doc["answer"] == nil {
+					t.Errorf("%s: dead without DingTalk's answer %s: %v", c.name, c.code, doc)
+				}
+				break
 			}
-			break
+			if st != string(outbox.Queued) || time.Now().After(deadline) {
+				t.Fatalf("%s is %s: %v", c.name, st, doc)
+			}
+			time.Sleep(5 * time.Millisecond) // polling with a deadline
 		}
-		if st != string(outbox.Queued) || time.Now().After(deadline) {
-			t.Fatalf("the send without a keyword is %s: %v", st, doc)
-		}
-		time.Sleep(5 * time.Millisecond) // polling with a deadline
 	}
 	if ex := fake.Robot(dingtalktest.DefaultRobotToken).Executed; ex != 0 {
 		t.Errorf("the robot executed %d sends", ex)
 	}
-	if n := len(fake.Requests(dingtalk.PathRobotSend)); n != 1 {
-		t.Errorf("DingTalk saw %d robot sends; want 1 (the signed one past its hour is never sent)", n)
+	if n := len(fake.Requests(dingtalk.PathRobotSend)); n != 3 {
+		t.Errorf("DingTalk saw %d robot sends; want 3, each once (the signed one past its hour is never sent)", n)
 	}
 }
 
@@ -329,5 +344,44 @@ func TestOutboxSeriesFromTheStart(t *testing.T) {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s; it has:\n%s", want, grepLines(m, "dingproxy_outbox_"))
 		}
+	}
+}
+
+// A send to a route whose breaker is open is kept, not answered with the
+// fallback; once the route may be probed again the courier's delivery is
+// the probe, and the send is delivered once.
+func TestDeferredWhileTheBreakerIsOpen(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, breakerSettings(3, time.Second),
+		deferOn(t, dingtalktest.PathAsyncSend, time.Minute, false),
+		func(c *config.Config) { c.Retry.MaxAttempts = 1 })
+	fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+	for i := range 3 {
+		// A 503 on a send may have executed: it goes back, never kept.
+		resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(i))
+		if deferredID(t, resp, body) != "" {
+			t.Fatalf("send %d answered 503 by DingTalk was kept", i)
+		}
+	}
+	waitFor(t, "the route to open", func() bool { return s.app.Check(dingtalktest.PathAsyncSend) != nil })
+	fake.SetChaos(dingtalktest.Chaos{})
+	hits := fake.Hits(dingtalktest.PathAsyncSend)
+	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(99))
+	id := deferredID(t, resp, body)
+	if id == "" || resp.Header.Get(proxy.HeaderFallback) != "" {
+		t.Fatalf("a send while the route is open: %d %q %s, want it kept", resp.StatusCode, resp.Header.Get(proxy.HeaderFallback), body)
+	}
+	if fake.Hits(dingtalktest.PathAsyncSend) != hits {
+		t.Fatal("a send while the route is open reached DingTalk")
+	}
+	waitDelivered(t, s.app.AdminHandler(), []string{id}, 30*time.Second)
+	delivered := 0
+	for _, d := range fake.Deliveries(dingtalktest.PathAsyncSend) {
+		if string(d.Body) == string(notice(99)) {
+			delivered++
+		}
+	}
+	if delivered != 1 {
+		t.Errorf("the kept send was delivered %d times, want once", delivered)
 	}
 }
