@@ -90,3 +90,11 @@ func TestBinaryKilledAlertBurst(t *testing.T) {
 		t.Errorf("the robot was throttled: %+v", st)
 	}
 }
+
+// robotAlert is alert i to the default robot.
+func robotAlert(i int) []byte {
+	return fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert %d: disk full on host-%d"}}`, i, i)
+}
+
+// robotPath is the robot webhook for the fake's default robot.
+var robotPath = dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
@@ -248,11 +247,3 @@ func TestBinaryKilledKeptSendsDeliveredOnce(t *testing.T) {
 		t.Error("the log shows the app secret")
 	}
 }
-
-// robotAlert is alert i to the default robot.
-func robotAlert(i int) []byte {
-	return fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert %d: disk full on host-%d"}}`, i, i)
-}
-
-// robotPath is the robot webhook for the fake's default robot.
-var robotPath = dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
