@@ -85,6 +85,12 @@ type Report struct {
 	Took time.Duration
 	// BudgetExhausted is set when a wanted retry was refused by the budget.
 	BudgetExhausted bool
+	// MayHaveExecuted is set once any attempt of the call may have been
+	// executed by DingTalk (it answered other than a refusal for now, or
+	// the attempt broke after its request was written), whatever the later
+	// attempts' outcomes: the Outcome of a retry refused before it went is
+	// NotSent, yet the call is not unexecuted.
+	MayHaveExecuted bool
 }
 
 // Refused is the report of a call, or attempt, that a layer did not let go:

@@ -164,26 +164,32 @@ func (c *Courier) holdRobots(start time.Time) {
 func (c *Courier) round(ctx context.Context) time.Time {
 	now := time.Now()
 	next := now.Add(idlePoll)
-	// Past due, wherever it waits: dead, without a turn.
-	expired, due, err := c.o.Store.Expired(now, maxHeads)
-	if err == nil {
-		for _, s := range expired {
-			c.finish([]*outbox.Send{s}, outbox.Dead, dueReason(s, now), 0, nil, 0)
-		}
-		if !due.IsZero() {
-			next = earlier(next, due)
-		}
-	}
-	// The queues busy before the heads are read: a delivery that ends
-	// meanwhile may leave its head read with the mark it had while it was
-	// going, and only round starts deliveries, so a marked head of a queue
-	// not busy here was marked by a process before this one.
+	// The queues busy before anything is read: a delivery under way owns
+	// its queue's sends (it may be marking them, or have sent them), and
+	// only round starts deliveries, so a marked head of a queue not busy
+	// here was marked by a process before this one.
 	c.mu.Lock()
 	busy := make(map[string]bool, len(c.busy))
 	for q := range c.busy {
 		busy[q] = true
 	}
 	c.mu.Unlock()
+	// Past due, wherever it waits: dead, without a turn; but not in a
+	// queue whose delivery is under way (it may be going now): that
+	// delivery records what it came to, and a send still queued after it
+	// is found past due the next round.
+	expired, due, err := c.o.Store.Expired(now, maxHeads)
+	if err == nil {
+		for _, s := range expired {
+			if busy[s.Queue] {
+				continue
+			}
+			c.finish([]*outbox.Send{s}, outbox.Dead, dueReason(s, now), 0, nil, 0)
+		}
+		if !due.IsZero() {
+			next = earlier(next, due)
+		}
+	}
 	heads, err := c.o.Store.Heads(maxHeads)
 	if err != nil {
 		c.log.Warn("outbox: the queued sends could not be read; trying again", zap.Error(err))
@@ -354,6 +360,8 @@ func Judge(f *call.Facts, rep call.Report, err error) (outbox.State, string) {
 		return outbox.Dead, "DingTalk answered " + answered(rep.Result) + ": it will not succeed"
 	}
 	switch {
+	case rep.MayHaveExecuted && !f.Idempotent:
+		// An attempt may have executed, then a retry was refused.
 	case rep.Attempts == 0, rep.Outcome == call.NotSent:
 		return outbox.Queued, "" // nothing left: a refusal, a dial that failed
 	case rep.Result.RefusedForNow() && rep.Outcome != call.AfterSend && rep.Outcome != call.Canceled:

@@ -116,8 +116,8 @@ func (l *Layer) Wrap(next call.Handler) call.Handler {
 // or may have executed, is never kept; nor one whose client went away, or
 // that the month's quota refused (it would wait only to die).
 func Keepable(ctx context.Context, f *call.Facts, rep call.Report, err error) bool {
-	if ctx.Err() != nil {
-		return false
+	if ctx.Err() != nil || rep.MayHaveExecuted {
+		return false // an earlier attempt may have executed it
 	}
 	if err != nil {
 		var spent *quota.Error

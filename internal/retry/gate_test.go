@@ -62,3 +62,52 @@ func TestGate(t *testing.T) {
 		})
 	})
 }
+
+// TestMayHaveExecutedOutlivesARefusedRetry: an idempotent call whose first
+// attempt may have executed (a 503 after the request was written), and
+// whose retry is refused before it goes (the route closed just then),
+// ends NotSent by its last attempt, yet its Report says an attempt may
+// have executed: nothing may treat it as never sent (and keep it to send
+// again). A call refused for now (a throttle) and then refused is not.
+func TestMayHaveExecutedOutlivesARefusedRetry(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		status int
+		body   string
+		want   bool
+	}{
+		{"a 503 first", 503, `{}`, true},
+		{"a throttle first", 200, `{"errcode":90018,"errmsg":"qps limit"}`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var up upstream
+				tr := newTestTransport(up.rt(func(n int, req *http.Request) (*http.Response, error) {
+					wroteHeaders(req)
+					resp, _ := jsonAnswer(req, tt.status, tt.body)
+					return resp, nil
+				}))
+				var asked atomic.Int32
+				tr.Gate = func(*call.Facts) error {
+					// Open for the first attempt and the loop's own check
+					// after it; closed when the retry goes.
+					if asked.Add(1) >= 3 {
+						return errRouteOpen
+					}
+					return nil
+				}
+				_, err := do(tr, newRequest(t, t.Context(), http.MethodGet, newCall(true), nil))
+				var re *call.Error
+				if !errors.As(err, &re) {
+					t.Fatalf("err = %v, want the refused retry's call.Error", err)
+				}
+				if up.hits() != 1 || re.Report.Attempts != 1 || re.Report.Outcome != call.NotSent {
+					t.Fatalf("%d upstream hits, report %+v: want one attempt, then a retry refused before it went", up.hits(), re.Report)
+				}
+				if re.Report.MayHaveExecuted != tt.want {
+					t.Errorf("MayHaveExecuted = %v, want %v", re.Report.MayHaveExecuted, tt.want)
+				}
+			})
+		})
+	}
+}

@@ -154,6 +154,9 @@ func (l *Loop) run(req *http.Request, f *call.Facts, next call.Handler) (*http.R
 		}
 		rep.Attempts = n
 		rep.Outcome, rep.Reason, rep.Result, rep.Took = one.Outcome, one.Reason, one.Result, one.Took
+		if one.Outcome != call.NotSent && !one.Result.RefusedForNow() {
+			rep.MayHaveExecuted = true
+		}
 		l.observe(f, n, req.Method, resp, one, err)
 		if charged && (one.Outcome == call.Success || one.Outcome == call.Business) {
 			budget.Refund() // the retry was not wasted
