@@ -59,9 +59,18 @@ import (
 // decorated) and this proxy's courier delivers it from there; a send is
 // never lost while this pod's disk works, and what is given up is the
 // fleet-wide order while Redis is down. A Put whose answer from Redis was
-// lost is settled (a tombstone under its id makes sure it is kept once or
-// not at all) before it is kept locally; when even that cannot be known
-// the send is not kept, and the call is answered as without defer.
+// lost (the script may have run, or may run still) is settled: a script
+// under its id finds the send kept, or leaves a tombstone there so that
+// the Put, should it still run, keeps nothing. Settling is tried for about
+// a second. Kept in Redis: the answer is its id. Tombstoned: the send is
+// kept locally, as while Redis is down. Still not known: the send is kept
+// locally held (marked as being sent, so that the local courier leaves it
+// alone and a restart makes it unknown, never sent twice), and settled in
+// the background: once Redis is found to hold it, the local copy is
+// deleted (Redis delivers it); once the tombstone is written, the local
+// copy is released to the local courier. Either way the client had a
+// deferred answer for a send that is kept, and it is delivered at most
+// once.
 //
 // Every value read back from Redis is checked: an entry, record, counter
 // or lease that is not the fleet's is dropped and counted
@@ -142,11 +151,18 @@ type Outbox struct {
 	// mark of its own delivery, read just before that delivery ended, for
 	// one left by a proxy that stopped.
 	inflight map[string]bool
+	// held are the sends kept locally while their keep in Redis is not
+	// settled, by local id: the courier does not see them (see hold).
+	held map[string]*heldSend
 	// ended are the last sends whose outcome this proxy recorded, for the
 	// same reason: a Heads that read a mark just before its Update.
 	ended    [1024]string
 	endedAt  int
 	endedSet map[string]int
+
+	// holdMu orders a hold (the local Put and its entry in held) before a
+	// Heads that could read the held send: Heads holds it for reading.
+	holdMu sync.RWMutex
 
 	statsMu sync.Mutex
 	stats   outbox.Stats
@@ -206,6 +222,7 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		kBytes: f.key("outbox", "bytes"), kDeliv: f.key("outbox", "delivered"), kDead: f.key("outbox", "dead"),
 		kLease: f.key("outbox", "lease"),
 		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]bool{}, endedSet: map[string]int{},
+		held: map[string]*heldSend{},
 		stop: make(chan struct{}),
 	}
 	return x, nil
@@ -257,6 +274,7 @@ func (x *Outbox) run() {
 			}
 			x.prune()
 		}
+		x.settleHeld(false)
 	}
 }
 
@@ -675,17 +693,29 @@ func (x *Outbox) Put(ctx context.Context, s *outbox.Send) (string, error) {
 	case errors.Is(err, ErrDown), notSent(err):
 		return x.local.Put(ctx, s)
 	}
-	// Redis may have run the script: settle it before keeping it here.
-	kept, serr := x.settle(id)
+	// Redis may have run the script, or may run it still: settle it before
+	// keeping it here.
+	kept, serr := x.settleWithin(id, settleBudget)
 	switch {
 	case serr != nil:
-		return "", fmt.Errorf("fleet: outbox: a keep whose outcome is not known: %w", err)
+		return x.hold(ctx, s, id, serr)
 	case kept:
 		s.ID = id
 		return id, nil
 	}
 	return x.local.Put(ctx, s)
 }
+
+// settleBudget is how long a Put tries to settle a keep whose answer was
+// lost before it holds the send locally.
+const settleBudget = time.Second
+
+// Backoff of the background settling of held sends.
+const (
+	heldFirst = 250 * time.Millisecond
+	heldMax   = 5 * time.Second
+	heldBatch = 64 // settled per round at most
+)
 
 // settle finds out whether the Put of id was kept, and makes sure it will
 // not be if it was not.
@@ -698,6 +728,116 @@ func (x *Outbox) settle(id string) (bool, error) {
 		return false, err
 	}
 	return n == 1, nil
+}
+
+// settleWithin settles the Put of id, trying again with a backoff while
+// it is not known, for about budget.
+func (x *Outbox) settleWithin(id string, budget time.Duration) (bool, error) {
+	end := time.Now().Add(budget)
+	wait := 50 * time.Millisecond
+	for {
+		kept, err := x.settle(id)
+		if err == nil {
+			return kept, nil
+		}
+		if time.Until(end) < wait {
+			return false, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-x.stop:
+			t.Stop()
+			return false, err
+		}
+		wait *= 2
+	}
+}
+
+// heldSend is a send kept locally while its keep in Redis is not settled.
+type heldSend struct {
+	rid  string        // its id in Redis
+	next time.Time     // when to try settling it again
+	wait time.Duration // the backoff
+}
+
+// hold keeps s locally, held: marked as being sent, so that the local
+// courier leaves it alone (Heads leaves it out, Expired and Queue skip a
+// marked send) and a restart before it is settled makes it unknown, never
+// sent twice; settleHeld later deletes it (Redis has the send under rid)
+// or releases it (the tombstone is written: Redis never will). It is kept:
+// the deferred answer is right. If the local store refuses it too, the
+// call is answered as without defer.
+func (x *Outbox) hold(ctx context.Context, s *outbox.Send, rid string, serr error) (string, error) {
+	h := *s
+	h.Sending = true
+	x.holdMu.Lock()
+	defer x.holdMu.Unlock()
+	lid, err := x.local.Put(ctx, &h)
+	if err != nil {
+		return "", fmt.Errorf("fleet: outbox: a keep whose outcome is not known (%v), not kept here either: %w", serr, err)
+	}
+	x.mu.Lock()
+	x.held[lid] = &heldSend{rid: rid, next: time.Now().Add(heldFirst), wait: heldFirst}
+	x.mu.Unlock()
+	s.ID = lid
+	x.log.Warn("outbox: a send whose keep in Redis is not known is kept here, held until Redis answers",
+		zap.String("id", lid), zap.String("fleet_id", rid), zap.Error(serr))
+	return lid, nil
+}
+
+// settleHeld settles the held sends due (all with force): Redis has one,
+// and delivers it: its local copy is deleted; the tombstone is written:
+// its local copy is released to the local courier.
+func (x *Outbox) settleHeld(force bool) {
+	now := time.Now()
+	x.mu.Lock()
+	var due []string
+	for lid, h := range x.held {
+		if len(due) < heldBatch && (force || !now.Before(h.next)) {
+			due = append(due, lid)
+		}
+	}
+	x.mu.Unlock()
+	released := false
+	for _, lid := range due {
+		x.mu.Lock()
+		h := x.held[lid]
+		x.mu.Unlock()
+		if h == nil {
+			continue
+		}
+		kept, err := x.settle(h.rid)
+		if err == nil {
+			if kept {
+				err = x.local.Delete(lid)
+			} else {
+				err = x.local.Update(&outbox.Send{ID: lid, State: outbox.Queued})
+			}
+			if errors.Is(err, outbox.ErrNotFound) || errors.Is(err, outbox.ErrNotQueued) {
+				err = nil // deleted or finished by an operator meanwhile
+			}
+		}
+		x.mu.Lock()
+		if err != nil {
+			h.wait = min(2*h.wait, heldMax)
+			h.next = time.Now().Add(h.wait)
+			x.mu.Unlock()
+			continue
+		}
+		delete(x.held, lid)
+		x.mu.Unlock()
+		if kept {
+			x.log.Info("outbox: a held send is kept in Redis; its local copy is deleted",
+				zap.String("id", lid), zap.String("fleet_id", h.rid))
+		} else {
+			x.log.Info("outbox: a held send was not kept in Redis; it is delivered from here", zap.String("id", lid))
+			released = true
+		}
+	}
+	if released {
+		x.woke()
+	}
 }
 
 // notSent says whether err says the script was not run: no connection
@@ -730,6 +870,8 @@ func charge(s *outbox.Send) int64 {
 // Heads are the local store's heads and, while this proxy holds the lease,
 // the fleet's: one per queue, the one kept first.
 func (x *Outbox) Heads(max int) ([]*outbox.Send, error) {
+	x.holdMu.RLock()
+	defer x.holdMu.RUnlock()
 	local, lerr := x.local.Heads(max)
 	if !x.holding() {
 		return x.notInFlight(local), lerr
@@ -758,12 +900,16 @@ func (x *Outbox) Heads(max int) ([]*outbox.Send, error) {
 	return x.notInFlight(mergeHeads(local, shared, max)), lerr
 }
 
-// notInFlight leaves out the heads this proxy is sending now.
+// notInFlight leaves out the heads this proxy is sending now, and those
+// held.
 func (x *Outbox) notInFlight(hs []*outbox.Send) []*outbox.Send {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	out := hs[:0:0]
 	for _, h := range hs {
+		if x.held[h.ID] != nil {
+			continue
+		}
 		if !h.Sending || !x.inflight[h.ID] && x.endedSet[h.ID] == 0 {
 			out = append(out, h)
 		}
@@ -1261,6 +1407,7 @@ func (x *Outbox) prune() {
 func (x *Outbox) Close() error {
 	x.stopOnce.Do(func() { close(x.stop) })
 	x.wg.Wait()
+	x.settleHeld(true) // what stays held is unknown at the next start
 	if holder := x.holderValue(); holder != "" && x.f.Up() {
 		_ = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) error {
 			return releaseScript.Run(ctx, x.f.rdb, []string{x.kLease}, holder).Err()

@@ -167,3 +167,122 @@ func TestFleetOutboxBoundsShared(t *testing.T) {
 		t.Fatalf("after a delivery: %v", err)
 	}
 }
+
+// A keep whose answer from Redis is lost, and whose settling does not get
+// through for a second either, is kept here, held: the deferred answer is
+// right (the send is kept), and no courier sees the local copy until
+// Redis answers. Then exactly one copy is left to deliver: Redis's (the
+// keep ran late) or the local one (the tombstone is written: it never
+// will). Stalled by SIGSTOP, the keep and the settling run once Redis goes
+// on, in either order; stalled by CLIENT PAUSE WRITE, the keep never runs
+// (its connection is gone when Redis would run it).
+func TestFleetOutboxKeepNotKnown(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		stall, resume func(t *testing.T, srv *redistest.Server)
+		wantRedis     string // "1" kept in Redis, "0" kept here, "" either
+	}{
+		{"stopped", func(t *testing.T, srv *redistest.Server) {
+			if err := srv.Pause(); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, srv *redistest.Server) {
+			if err := srv.Resume(); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"writes paused", func(t *testing.T, srv *redistest.Server) {
+			if _, err := srv.Do("CLIENT", "PAUSE", "60000", "WRITE"); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, srv *redistest.Server) {
+			if _, err := srv.Do("CLIENT", "UNPAUSE"); err != nil {
+				t.Fatal(err)
+			}
+		}, "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			x := sharedOutbox(t, srv.URL(), 0, nil)
+			x.lease()
+			if !x.Holding() {
+				t.Fatal("no lease")
+			}
+			tc.stall(t, srv)
+			resumed := false
+			defer func() {
+				if !resumed {
+					tc.resume(t, srv)
+				}
+			}()
+			s := kept("q", 10)
+			s.Body = []byte("the one")
+			id, err := x.Put(context.Background(), s)
+			if err != nil {
+				tc.resume(t, srv)
+				resumed = true
+				waitUp(t, x.f)
+				n, _ := srv.Do("HLEN", x.kQueued)
+				t.Fatalf("Put = %v (answered as without defer); Redis holds %s queued sends", err, n)
+			}
+			sd, err := x.local.Get(id)
+			if err != nil || !sd.Sending || sd.State != outbox.Queued {
+				t.Fatalf("kept here as %+v, %v; want queued and held (marked)", sd, err)
+			}
+			if hs, _ := x.Heads(10); len(hs) != 0 {
+				t.Fatalf("a held send is a head: %+v", hs[0])
+			}
+			if ex, _, _ := x.Expired(time.Now().Add(2*time.Hour), 10); len(ex) != 0 {
+				t.Fatalf("a held send is found expired: %+v", ex[0])
+			}
+			tc.resume(t, srv)
+			resumed = true
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				x.settleHeld(true)
+				x.mu.Lock()
+				n := len(x.held)
+				x.mu.Unlock()
+				if n == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the held send was not settled within 10 s")
+				}
+				time.Sleep(20 * time.Millisecond) // polling with a deadline
+			}
+			waitUp(t, x.f)
+			inRedis, err := srv.Do("HLEN", x.kQueued)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("queued in Redis after settling: %s", inRedis)
+			if tc.wantRedis != "" && inRedis != tc.wantRedis {
+				t.Errorf("%s queued in Redis, want %s", inRedis, tc.wantRedis)
+			}
+			_, lerr := x.local.Get(id)
+			switch inRedis {
+			case "1":
+				if !errors.Is(lerr, outbox.ErrNotFound) {
+					t.Errorf("kept in Redis, and the local copy is still there (%v)", lerr)
+				}
+			case "0":
+				if lerr != nil {
+					t.Errorf("not kept in Redis, and the local copy is gone: %v", lerr)
+				}
+			default:
+				t.Fatalf("%s queued in Redis", inRedis)
+			}
+			// Exactly one copy to deliver, for the holder of the lease.
+			x.lease()
+			x.pull()
+			hs, err := x.Heads(10)
+			if err != nil || len(hs) != 1 || string(hs[0].Body) != "the one" || hs[0].Sending {
+				t.Fatalf("heads %+v %v; want the send once, to deliver", hs, err)
+			}
+			if q, _ := x.Queue("q", 10); len(q) != 1 {
+				t.Errorf("queue q holds %d sends, want 1", len(q))
+			}
+		})
+	}
+}
