@@ -149,8 +149,11 @@ type Outbox struct {
 	// (Begin) and has not yet recorded the outcome of (Update), in either
 	// store: Heads leaves them out, so that the courier never takes the
 	// mark of its own delivery, read just before that delivery ended, for
-	// one left by a proxy that stopped.
-	inflight map[string]bool
+	// one left by a proxy that stopped. The value is the store the send
+	// was marked in, and so where its outcome goes: its entry in the
+	// fleet's stream, or nil for the local store. (The index, byID, may
+	// not have it by then: a lease lost or taken again clears it.)
+	inflight map[string]*oent
 	// held are the sends kept locally while their keep in Redis is not
 	// settled, by local id: the courier does not see them (see hold).
 	held map[string]*heldSend
@@ -221,7 +224,7 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		kStream: f.key("outbox", "stream"), kRec: f.key("outbox", "rec"), kQueued: f.key("outbox", "queued"),
 		kBytes: f.key("outbox", "bytes"), kDeliv: f.key("outbox", "delivered"), kDead: f.key("outbox", "dead"),
 		kLease: f.key("outbox", "lease"),
-		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]bool{}, endedSet: map[string]int{},
+		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]*oent{}, endedSet: map[string]int{},
 		held: map[string]*heldSend{},
 		stop: make(chan struct{}),
 	}
@@ -344,10 +347,7 @@ func (x *Outbox) lose() {
 // takeOver readies the stream, claims every pending entry, and reads the
 // new ones.
 func (x *Outbox) takeOver() {
-	x.mu.Lock()
-	x.queues = map[string][]*oent{}
-	x.byID = map[string]*oent{}
-	x.mu.Unlock()
+	x.resetIndex()
 	x.ensure()
 	start := "0-0"
 	claimed := 0
@@ -378,6 +378,14 @@ func (x *Outbox) takeOver() {
 	x.mu.Unlock()
 	x.log.Info("outbox: this proxy delivers the fleet's sends", zap.Int("claimed", claimed), zap.Int("queued", n))
 	x.woke()
+}
+
+// resetIndex forgets what was indexed, to read it again.
+func (x *Outbox) resetIndex() {
+	x.mu.Lock()
+	x.queues = map[string][]*oent{}
+	x.byID = map[string]*oent{}
+	x.mu.Unlock()
 }
 
 // ensure readies the keys: the stream and its group, and no key of another
@@ -910,7 +918,8 @@ func (x *Outbox) notInFlight(hs []*outbox.Send) []*outbox.Send {
 		if x.held[h.ID] != nil {
 			continue
 		}
-		if !h.Sending || !x.inflight[h.ID] && x.endedSet[h.ID] == 0 {
+		_, in := x.inflight[h.ID]
+		if !h.Sending || !in && x.endedSet[h.ID] == 0 {
 			out = append(out, h)
 		}
 	}
@@ -1023,19 +1032,21 @@ var errLease = errors.New("fleet: outbox: this proxy no longer holds the courier
 var errChanged = errors.New("fleet: outbox: the send changed meanwhile")
 
 // Begin marks the send as being sent, in Redis for the fleet's (only while
-// this proxy holds the lease), else in the local store.
+// this proxy holds the lease), else in the local store; Update records its
+// outcome in the same store.
 func (x *Outbox) Begin(id string) error {
-	err := x.begin(id)
+	e := x.entry(id)
+	err := x.begin(id, e)
 	if err == nil {
 		x.mu.Lock()
-		x.inflight[id] = true
+		x.inflight[id] = e
 		x.mu.Unlock()
 	}
 	return err
 }
 
-func (x *Outbox) begin(id string) error {
-	if x.entry(id) == nil {
+func (x *Outbox) begin(id string, e *oent) error {
+	if e == nil {
 		return x.local.Begin(id)
 	}
 	holder := x.holderValue()
@@ -1089,10 +1100,21 @@ func (x *Outbox) holderValue() string {
 
 // Update records what a send came to: the fleet's in Redis (only while
 // this proxy holds the lease; a finished one's entry is acknowledged and
-// deleted), the others in the local store. As the local store does, a
-// delivered send keeps no query, header or body.
+// deleted), the others in the local store. A send marked by Begin is
+// recorded in the store it was marked in, even if the lease was lost or
+// taken again meanwhile: with the lease gone the fenced write fails
+// (errLease), the record keeps its mark, and the next holder makes it
+// unknown, as for a holder that stopped; with the lease taken again the
+// write goes through. As the local store does, a delivered send keeps no
+// query, header or body.
 func (x *Outbox) Update(s *outbox.Send) error {
-	err := x.update(s)
+	x.mu.Lock()
+	e, begun := x.inflight[s.ID]
+	x.mu.Unlock()
+	if !begun {
+		e = x.entry(s.ID) // finished without an attempt (dead, unknown)
+	}
+	err := x.update(s, e)
 	// Whatever it came to: a mark left by a failed Update is the next
 	// Heads' to find (unknown).
 	x.mu.Lock()
@@ -1104,8 +1126,7 @@ func (x *Outbox) Update(s *outbox.Send) error {
 	return err
 }
 
-func (x *Outbox) update(s *outbox.Send) error {
-	e := x.entry(s.ID)
+func (x *Outbox) update(s *outbox.Send, e *oent) error {
 	if e == nil {
 		return x.local.Update(s)
 	}

@@ -286,3 +286,59 @@ func TestFleetOutboxKeepNotKnown(t *testing.T) {
 		})
 	}
 }
+
+// An outcome goes to the store its send was marked in, even when the
+// holder's index was cleared meanwhile: a lease taken again records it
+// (the index is read again after the outcome), and a lease lost fails the
+// fenced write (the mark stays, for the next holder to make unknown).
+func TestFleetOutboxOutcomeAfterIndexCleared(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	var ids []string
+	for range 2 {
+		id, err := a.Put(context.Background(), kept("q", 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a.pull()
+	hs, err := a.Queue("q", 10)
+	if err != nil || len(hs) != 2 {
+		t.Fatalf("queue q: %v %v", hs, err)
+	}
+	// Taken again mid-delivery: takeOver starts by clearing the index.
+	if err := a.Begin(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	a.resetIndex()
+	done := *hs[0]
+	done.State = outbox.Delivered
+	if err := a.Update(&done); err != nil {
+		t.Fatalf("Update while the index was read again: %v", err)
+	}
+	if sd, err := a.Get(ids[0]); err != nil || sd.State != outbox.Delivered || sd.Sending {
+		t.Fatalf("the send in Redis: %+v %v; want delivered", sd, err)
+	}
+	if n, _ := srv.Do("XLEN", a.kStream); n != "1" {
+		t.Errorf("the stream holds %s entries, want 1 (the finished send's acknowledged and deleted)", n)
+	}
+	// Lost mid-delivery: the fenced write fails; the mark stays.
+	a.takeOver() // the index read again (the pending entries claimed)
+	if a.entry(ids[1]) == nil {
+		t.Fatal("the queued send is not indexed after a take-over")
+	}
+	if err := a.Begin(ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	a.lose()
+	done = *hs[1]
+	done.State = outbox.Delivered
+	if err := a.Update(&done); !errors.Is(err, errLease) {
+		t.Fatalf("Update after the lease was lost = %v, want errLease", err)
+	}
+	if sd, err := a.Get(ids[1]); err != nil || sd.State != outbox.Queued || !sd.Sending {
+		t.Fatalf("the send in Redis: %+v %v; want queued, marked as being sent", sd, err)
+	}
+}
