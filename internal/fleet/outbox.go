@@ -145,6 +145,10 @@ type Outbox struct {
 	queues    map[string][]*oent
 	byID      map[string]*oent
 	lastPrune time.Time
+	// reread: entries handed to this proxy could not be indexed (their
+	// records did not read, for an error in Redis's reply): the next pull
+	// reads this consumer's own pending entries again.
+	reread bool
 	// inflight are the sends this proxy's courier marked as being sent
 	// (Begin) and has not yet recorded the outcome of (Update), in either
 	// store: Heads leaves them out, so that the courier never takes the
@@ -425,9 +429,14 @@ func (x *Outbox) forgetConsumers() {
 }
 
 // pull reads the entries new to the group, a few batches at most; it says
-// whether it found any.
+// whether it found any. First, if entries handed over before could not be
+// indexed, it reads this consumer's pending entries again.
 func (x *Outbox) pull() bool {
-	found := false
+	x.mu.Lock()
+	reread := x.reread
+	x.reread = false
+	x.mu.Unlock()
+	found := reread && x.readOwnPending()
 	for range outboxMaxRead {
 		x.mu.Lock()
 		full := len(x.byID) >= x.maxIx
@@ -463,6 +472,42 @@ func (x *Outbox) pull() bool {
 		}
 	}
 	return found
+}
+
+// readOwnPending reads the entries pending for this consumer (handed to it
+// before) from the start, and indexes them; it says whether it found any.
+// If it cannot, the next pull tries again.
+func (x *Outbox) readOwnPending() bool {
+	start, n := "0", 0
+	for i := 0; i <= x.maxIx/outboxBatch; i++ {
+		var streams []redis.XStream
+		err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
+			streams, err = x.f.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: outboxGroup, Consumer: x.me, Streams: []string{x.kStream, start}, Count: outboxBatch, Block: -1,
+			}).Result()
+			return err
+		})
+		if errors.Is(err, redis.Nil) {
+			break
+		}
+		if err != nil {
+			x.mu.Lock()
+			x.reread = true
+			x.mu.Unlock()
+			break
+		}
+		var msgs []redis.XMessage
+		for _, s := range streams {
+			msgs = append(msgs, s.Messages...)
+		}
+		n += len(msgs)
+		x.ingest(msgs)
+		if len(msgs) < outboxBatch || msgs[len(msgs)-1].ID == start {
+			break
+		}
+		start = msgs[len(msgs)-1].ID
+	}
+	return n > 0
 }
 
 // ingest indexes the queued sends msgs name; an entry that is not a
@@ -502,7 +547,11 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 	}
 	vals, err := x.hmget(ids)
 	if err != nil {
-		return // pending: claimed again at the next take-over
+		// Pending, handed to this proxy: read again at the next pull.
+		x.mu.Lock()
+		x.reread = true
+		x.mu.Unlock()
+		return
 	}
 	for i, c := range cs {
 		v, ok := vals[i].(string)

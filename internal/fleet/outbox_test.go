@@ -342,3 +342,49 @@ func TestFleetOutboxOutcomeAfterIndexCleared(t *testing.T) {
 		t.Fatalf("the send in Redis: %+v %v; want queued, marked as being sent", sd, err)
 	}
 }
+
+// Entries handed to the holder whose records could not be read (an error
+// in Redis's reply that does not make Redis down) are read again from
+// this proxy's own pending entries at the next pull, not left there.
+func TestFleetOutboxRereadsOwnPending(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	b := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	var ids []string
+	for range 3 {
+		id, err := b.Put(context.Background(), kept("q", 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	must := func(args ...string) {
+		t.Helper()
+		if _, err := srv.Do(args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	// The records' hash answers WRONGTYPE while the holder reads.
+	must("RENAME", a.kRec, a.kRec+":aside")
+	must("SET", a.kRec, "junk")
+	a.pull()
+	if hs, _ := a.Queue("q", 10); len(hs) != 0 {
+		t.Fatalf("%d sends indexed while their records did not read", len(hs))
+	}
+	if !a.f.Up() {
+		t.Fatal("an error in a reply made Redis down")
+	}
+	must("DEL", a.kRec)
+	must("RENAME", a.kRec+":aside", a.kRec)
+	a.pull()
+	hs, err := a.Queue("q", 10)
+	if err != nil || len(hs) != 3 {
+		t.Fatalf("queue q after the records read again: %d sends, %v; want 3", len(hs), err)
+	}
+	for i, h := range hs {
+		if h.ID != ids[i] {
+			t.Errorf("send %d is %s, want %s", i, h.ID, ids[i])
+		}
+	}
+}
