@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -100,6 +101,9 @@ const (
 	outboxMaxRead = 8                // batches read per pull
 	statsEvery    = 2 * time.Second  // Stats of the shared part are this fresh
 	statsMaxScan  = 4096             // HSCAN rounds per Stats at most
+	statsMaxRoute = 1 << 10          // a route's name counted, in bytes at most (as the store's bound)
+	statsRoutes   = 256              // the distinct routes counted at most
+	statsOpens    = 64               // records that did not open, per count, before no new route is tried
 	maxReason     = 1 << 10
 	minCharge     = 1 << 10
 )
@@ -174,6 +178,10 @@ type Outbox struct {
 	statsMu sync.Mutex
 	stats   outbox.Stats
 	statsAt time.Time
+	// routesOK are the routes a record that opened was kept under (the
+	// head is sealed with the record): only they are counted, so that a
+	// value planted in Redis invents no metric label.
+	routesOK map[string]bool
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -229,7 +237,7 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		kBytes: f.key("outbox", "bytes"), kDeliv: f.key("outbox", "delivered"), kDead: f.key("outbox", "dead"),
 		kLease: f.key("outbox", "lease"),
 		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]*oent{}, endedSet: map[string]int{},
-		held: map[string]*heldSend{},
+		held: map[string]*heldSend{}, routesOK: map[string]bool{},
 		stop: make(chan struct{}),
 	}
 	return x, nil
@@ -1372,7 +1380,13 @@ func (x *Outbox) invalidateStats() {
 	x.statsMu.Unlock()
 }
 
-// sharedStats counts the fleet's records by route and state.
+// sharedStats counts the fleet's records by route and state, from their
+// heads (unopened: one record is opened per new route, to know that the
+// route is one this app's proxies kept a send under). A head that does not
+// read, a route that is not UTF-8 or is too long, and a route no record
+// that opens holds are not counted, so that a value planted in Redis
+// neither breaks the metrics nor invents routes; at most statsRoutes
+// routes are counted.
 func (x *Outbox) sharedStats() (outbox.Stats, bool) {
 	if !x.f.Up() {
 		return outbox.Stats{}, false
@@ -1385,7 +1399,7 @@ func (x *Outbox) sharedStats() (outbox.Stats, bool) {
 	now := time.Now()
 	st := outbox.Stats{Routes: map[string]outbox.RouteStats{}}
 	var cursor uint64
-	bad := 0
+	bad, failed := 0, 0
 	for range statsMaxScan {
 		var kv []string
 		var next uint64
@@ -1401,9 +1415,20 @@ func (x *Outbox) sharedStats() (outbox.Stats, bool) {
 				continue
 			}
 			h, err := outbox.Head([]byte(kv[i+1]))
-			if err != nil || len(st.Routes) >= 4096 {
+			if err != nil || len(h.Route) > statsMaxRoute || !utf8.ValidString(h.Route) {
 				bad++
 				continue
+			}
+			if !x.routesOK[h.Route] {
+				if len(x.routesOK) >= statsRoutes || failed >= statsOpens {
+					continue
+				}
+				if _, err := x.seal.Open(kv[i], []byte(kv[i+1])); err != nil {
+					failed++
+					bad++
+					continue
+				}
+				x.routesOK[h.Route] = true
 			}
 			r := st.Routes[h.Route]
 			switch h.State {
