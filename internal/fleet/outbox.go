@@ -1035,9 +1035,14 @@ func (x *Outbox) Expired(now time.Time, max int) ([]*outbox.Send, time.Time, err
 	return append(out, shared...), next, nil
 }
 
+// queueMaxBytes bounds the bodies Queue reads from Redis beyond the first
+// send's: a merge uses far less (a robot message's body limit).
+const queueMaxBytes = 64 << 10
+
 // Queue is the oldest queued sends of queue, from the fleet's while this
 // proxy holds the lease and its head there was kept before the local
-// one's, else from the local store.
+// one's, else from the local store. From Redis it reads a few records at
+// a time, and stops once the bodies beyond the first pass queueMaxBytes.
 func (x *Outbox) Queue(queue string, max int) ([]*outbox.Send, error) {
 	var es []*oent
 	if x.holding() {
@@ -1055,7 +1060,28 @@ func (x *Outbox) Queue(queue string, max int) ([]*outbox.Send, error) {
 	if lh, err := x.local.Queue(queue, 1); err == nil && len(lh) == 1 && lh[0].Kept.Before(es[0].kept) {
 		return x.local.Queue(queue, max)
 	}
-	return x.read(es, false)
+	var out []*outbox.Send
+	size := 0
+	for len(es) > 0 {
+		n := min(len(es), 8)
+		got, err := x.read(es[:n], false)
+		if err != nil {
+			if len(out) > 0 {
+				return out, nil
+			}
+			return nil, err
+		}
+		for _, sd := range got {
+			if len(out) > 0 {
+				if size += len(sd.Body); size > queueMaxBytes {
+					return out, nil
+				}
+			}
+			out = append(out, sd)
+		}
+		es = es[n:]
+	}
+	return out, nil
 }
 
 // current reads the fleet's record id: the send, and its value as read

@@ -388,3 +388,39 @@ func TestFleetOutboxRereadsOwnPending(t *testing.T) {
 		}
 	}
 }
+
+// Queue (what a merge reads) reads the fleet's sends a few at a time, and
+// no more than queueMaxBytes of bodies beyond the first, in order.
+func TestFleetOutboxQueueBoundedByBytes(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	var ids []string
+	for range 20 {
+		id, err := a.Put(context.Background(), kept("q", 20<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a.pull()
+	hs, err := a.Queue("q", 100)
+	if err != nil || len(hs) < 2 {
+		t.Fatalf("queue q: %d sends, %v", len(hs), err)
+	}
+	size := 0
+	for i, h := range hs {
+		if h.ID != ids[i] {
+			t.Errorf("send %d is %s, want %s", i, h.ID, ids[i])
+		}
+		if i > 0 {
+			size += len(h.Body)
+		}
+	}
+	if size > queueMaxBytes {
+		t.Errorf("Queue read %d sends, %d bytes of bodies beyond the first (at most %d)", len(hs), size, queueMaxBytes)
+	}
+	if hs, _ := a.Queue("q", 2); len(hs) != 2 {
+		t.Errorf("Queue(q, 2) = %d sends", len(hs))
+	}
+}
