@@ -1,10 +1,12 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strconv"
@@ -496,4 +498,55 @@ func TestFleetOutboxHostileRedis(t *testing.T) {
 	if counted < 5 {
 		t.Errorf("the fleet counted %v outbox errors for the junk, want at least 5", counted)
 	}
+	// Planted records: a route that is not UTF-8, and routes no proxy kept
+	// a send under (sealed under another secret). /metrics still scrapes,
+	// and shows none of them.
+	other, err := outbox.NewSealer(dingtalktest.DefaultAppKey, "another app secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gen outbox.IDs
+	plant := func(route string) (string, []byte) {
+		t.Helper()
+		id := gen.Next(time.Now())
+		v, err := other.Seal(id, &outbox.Send{Queue: "planted", Route: route, Method: http.MethodPost, Path: "/x",
+			Kept: time.Now(), Due: time.Now().Add(time.Hour), Updated: time.Now(), State: outbox.Queued})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id, v
+	}
+	id, v := plant("/ZZZZ")
+	v = bytes.Replace(v, []byte("/ZZZZ"), []byte("/\xff\xfe\xfd\xfc"), 1)
+	must("HSET", key("rec"), id, string(v))
+	for i := range 20 {
+		id, v := plant(fmt.Sprintf("/invented/%d", i))
+		must("HSET", key("rec"), id, string(v))
+	}
+	waitUpTo(t, 30*time.Second, "the planted records to be counted", func() bool {
+		errs := 0.0
+		for _, s := range fl {
+			code, m := scrapeStatus(s.app)
+			if code != http.StatusOK || !strings.Contains(m, "dingproxy_outbox_messages{") {
+				t.Fatalf("/metrics answered %d with the planted records: %.300s", code, m)
+			}
+			if strings.Contains(m, "/invented/") || strings.Contains(m, "\xff") || strings.Contains(m, "\ufffd") {
+				t.Fatalf("a planted route is a label: %s", grepLines(m, "dingproxy_outbox_messages"))
+			}
+			for _, line := range strings.Split(m, "\n") {
+				if strings.HasPrefix(line, `dingproxy_fleet_errors_total{op="outbox"} `) {
+					v, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+					errs += v
+				}
+			}
+		}
+		return errs > counted // a count read the planted records
+	})
+}
+
+// scrapeStatus is a's /metrics: its status and body.
+func scrapeStatus(a interface{ AdminHandler() http.Handler }) (int, string) {
+	rec := httptest.NewRecorder()
+	a.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return rec.Code, rec.Body.String()
 }

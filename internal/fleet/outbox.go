@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -59,9 +60,18 @@ import (
 // decorated) and this proxy's courier delivers it from there; a send is
 // never lost while this pod's disk works, and what is given up is the
 // fleet-wide order while Redis is down. A Put whose answer from Redis was
-// lost is settled (a tombstone under its id makes sure it is kept once or
-// not at all) before it is kept locally; when even that cannot be known
-// the send is not kept, and the call is answered as without defer.
+// lost (the script may have run, or may run still) is settled: a script
+// under its id finds the send kept, or leaves a tombstone there so that
+// the Put, should it still run, keeps nothing. Settling is tried for about
+// a second. Kept in Redis: the answer is its id. Tombstoned: the send is
+// kept locally, as while Redis is down. Still not known: the send is kept
+// locally held (marked as being sent, so that the local courier leaves it
+// alone and a restart makes it unknown, never sent twice), and settled in
+// the background: once Redis is found to hold it, the local copy is
+// deleted (Redis delivers it); once the tombstone is written, the local
+// copy is released to the local courier. Either way the client had a
+// deferred answer for a send that is kept, and it is delivered at most
+// once.
 //
 // Every value read back from Redis is checked: an entry, record, counter
 // or lease that is not the fleet's is dropped and counted
@@ -91,6 +101,9 @@ const (
 	outboxMaxRead = 8                // batches read per pull
 	statsEvery    = 2 * time.Second  // Stats of the shared part are this fresh
 	statsMaxScan  = 4096             // HSCAN rounds per Stats at most
+	statsMaxRoute = 1 << 10          // a route's name counted, in bytes at most (as the store's bound)
+	statsRoutes   = 256              // the distinct routes counted at most
+	statsOpens    = 64               // records that did not open, per count, before no new route is tried
 	maxReason     = 1 << 10
 	minCharge     = 1 << 10
 )
@@ -136,21 +149,39 @@ type Outbox struct {
 	queues    map[string][]*oent
 	byID      map[string]*oent
 	lastPrune time.Time
+	// reread: entries handed to this proxy could not be indexed (their
+	// records did not read, for an error in Redis's reply): the next pull
+	// reads this consumer's own pending entries again.
+	reread bool
 	// inflight are the sends this proxy's courier marked as being sent
 	// (Begin) and has not yet recorded the outcome of (Update), in either
 	// store: Heads leaves them out, so that the courier never takes the
 	// mark of its own delivery, read just before that delivery ended, for
-	// one left by a proxy that stopped.
-	inflight map[string]bool
+	// one left by a proxy that stopped. The value is the store the send
+	// was marked in, and so where its outcome goes: its entry in the
+	// fleet's stream, or nil for the local store. (The index, byID, may
+	// not have it by then: a lease lost or taken again clears it.)
+	inflight map[string]*oent
+	// held are the sends kept locally while their keep in Redis is not
+	// settled, by local id: the courier does not see them (see hold).
+	held map[string]*heldSend
 	// ended are the last sends whose outcome this proxy recorded, for the
 	// same reason: a Heads that read a mark just before its Update.
 	ended    [1024]string
 	endedAt  int
 	endedSet map[string]int
 
+	// holdMu orders a hold (the local Put and its entry in held) before a
+	// Heads that could read the held send: Heads holds it for reading.
+	holdMu sync.RWMutex
+
 	statsMu sync.Mutex
 	stats   outbox.Stats
 	statsAt time.Time
+	// routesOK are the routes a record that opened was kept under (the
+	// head is sealed with the record): only they are counted, so that a
+	// value planted in Redis invents no metric label.
+	routesOK map[string]bool
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -205,7 +236,8 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		kStream: f.key("outbox", "stream"), kRec: f.key("outbox", "rec"), kQueued: f.key("outbox", "queued"),
 		kBytes: f.key("outbox", "bytes"), kDeliv: f.key("outbox", "delivered"), kDead: f.key("outbox", "dead"),
 		kLease: f.key("outbox", "lease"),
-		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]bool{}, endedSet: map[string]int{},
+		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]*oent{}, endedSet: map[string]int{},
+		held: map[string]*heldSend{}, routesOK: map[string]bool{},
 		stop: make(chan struct{}),
 	}
 	return x, nil
@@ -257,6 +289,7 @@ func (x *Outbox) run() {
 			}
 			x.prune()
 		}
+		x.settleHeld(false)
 	}
 }
 
@@ -326,10 +359,7 @@ func (x *Outbox) lose() {
 // takeOver readies the stream, claims every pending entry, and reads the
 // new ones.
 func (x *Outbox) takeOver() {
-	x.mu.Lock()
-	x.queues = map[string][]*oent{}
-	x.byID = map[string]*oent{}
-	x.mu.Unlock()
+	x.resetIndex()
 	x.ensure()
 	start := "0-0"
 	claimed := 0
@@ -360,6 +390,14 @@ func (x *Outbox) takeOver() {
 	x.mu.Unlock()
 	x.log.Info("outbox: this proxy delivers the fleet's sends", zap.Int("claimed", claimed), zap.Int("queued", n))
 	x.woke()
+}
+
+// resetIndex forgets what was indexed, to read it again.
+func (x *Outbox) resetIndex() {
+	x.mu.Lock()
+	x.queues = map[string][]*oent{}
+	x.byID = map[string]*oent{}
+	x.mu.Unlock()
 }
 
 // ensure readies the keys: the stream and its group, and no key of another
@@ -399,9 +437,14 @@ func (x *Outbox) forgetConsumers() {
 }
 
 // pull reads the entries new to the group, a few batches at most; it says
-// whether it found any.
+// whether it found any. First, if entries handed over before could not be
+// indexed, it reads this consumer's pending entries again.
 func (x *Outbox) pull() bool {
-	found := false
+	x.mu.Lock()
+	reread := x.reread
+	x.reread = false
+	x.mu.Unlock()
+	found := reread && x.readOwnPending()
 	for range outboxMaxRead {
 		x.mu.Lock()
 		full := len(x.byID) >= x.maxIx
@@ -437,6 +480,42 @@ func (x *Outbox) pull() bool {
 		}
 	}
 	return found
+}
+
+// readOwnPending reads the entries pending for this consumer (handed to it
+// before) from the start, and indexes them; it says whether it found any.
+// If it cannot, the next pull tries again.
+func (x *Outbox) readOwnPending() bool {
+	start, n := "0", 0
+	for i := 0; i <= x.maxIx/outboxBatch; i++ {
+		var streams []redis.XStream
+		err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
+			streams, err = x.f.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: outboxGroup, Consumer: x.me, Streams: []string{x.kStream, start}, Count: outboxBatch, Block: -1,
+			}).Result()
+			return err
+		})
+		if errors.Is(err, redis.Nil) {
+			break
+		}
+		if err != nil {
+			x.mu.Lock()
+			x.reread = true
+			x.mu.Unlock()
+			break
+		}
+		var msgs []redis.XMessage
+		for _, s := range streams {
+			msgs = append(msgs, s.Messages...)
+		}
+		n += len(msgs)
+		x.ingest(msgs)
+		if len(msgs) < outboxBatch || msgs[len(msgs)-1].ID == start {
+			break
+		}
+		start = msgs[len(msgs)-1].ID
+	}
+	return n > 0
 }
 
 // ingest indexes the queued sends msgs name; an entry that is not a
@@ -476,7 +555,11 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 	}
 	vals, err := x.hmget(ids)
 	if err != nil {
-		return // pending: claimed again at the next take-over
+		// Pending, handed to this proxy: read again at the next pull.
+		x.mu.Lock()
+		x.reread = true
+		x.mu.Unlock()
+		return
 	}
 	for i, c := range cs {
 		v, ok := vals[i].(string)
@@ -675,17 +758,29 @@ func (x *Outbox) Put(ctx context.Context, s *outbox.Send) (string, error) {
 	case errors.Is(err, ErrDown), notSent(err):
 		return x.local.Put(ctx, s)
 	}
-	// Redis may have run the script: settle it before keeping it here.
-	kept, serr := x.settle(id)
+	// Redis may have run the script, or may run it still: settle it before
+	// keeping it here.
+	kept, serr := x.settleWithin(id, settleBudget)
 	switch {
 	case serr != nil:
-		return "", fmt.Errorf("fleet: outbox: a keep whose outcome is not known: %w", err)
+		return x.hold(ctx, s, id, serr)
 	case kept:
 		s.ID = id
 		return id, nil
 	}
 	return x.local.Put(ctx, s)
 }
+
+// settleBudget is how long a Put tries to settle a keep whose answer was
+// lost before it holds the send locally.
+const settleBudget = time.Second
+
+// Backoff of the background settling of held sends.
+const (
+	heldFirst = 250 * time.Millisecond
+	heldMax   = 5 * time.Second
+	heldBatch = 64 // settled per round at most
+)
 
 // settle finds out whether the Put of id was kept, and makes sure it will
 // not be if it was not.
@@ -698,6 +793,116 @@ func (x *Outbox) settle(id string) (bool, error) {
 		return false, err
 	}
 	return n == 1, nil
+}
+
+// settleWithin settles the Put of id, trying again with a backoff while
+// it is not known, for about budget.
+func (x *Outbox) settleWithin(id string, budget time.Duration) (bool, error) {
+	end := time.Now().Add(budget)
+	wait := 50 * time.Millisecond
+	for {
+		kept, err := x.settle(id)
+		if err == nil {
+			return kept, nil
+		}
+		if time.Until(end) < wait {
+			return false, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-x.stop:
+			t.Stop()
+			return false, err
+		}
+		wait *= 2
+	}
+}
+
+// heldSend is a send kept locally while its keep in Redis is not settled.
+type heldSend struct {
+	rid  string        // its id in Redis
+	next time.Time     // when to try settling it again
+	wait time.Duration // the backoff
+}
+
+// hold keeps s locally, held: marked as being sent, so that the local
+// courier leaves it alone (Heads leaves it out, Expired and Queue skip a
+// marked send) and a restart before it is settled makes it unknown, never
+// sent twice; settleHeld later deletes it (Redis has the send under rid)
+// or releases it (the tombstone is written: Redis never will). It is kept:
+// the deferred answer is right. If the local store refuses it too, the
+// call is answered as without defer.
+func (x *Outbox) hold(ctx context.Context, s *outbox.Send, rid string, serr error) (string, error) {
+	h := *s
+	h.Sending = true
+	x.holdMu.Lock()
+	defer x.holdMu.Unlock()
+	lid, err := x.local.Put(ctx, &h)
+	if err != nil {
+		return "", fmt.Errorf("fleet: outbox: a keep whose outcome is not known (%v), not kept here either: %w", serr, err)
+	}
+	x.mu.Lock()
+	x.held[lid] = &heldSend{rid: rid, next: time.Now().Add(heldFirst), wait: heldFirst}
+	x.mu.Unlock()
+	s.ID = lid
+	x.log.Warn("outbox: a send whose keep in Redis is not known is kept here, held until Redis answers",
+		zap.String("id", lid), zap.String("fleet_id", rid), zap.Error(serr))
+	return lid, nil
+}
+
+// settleHeld settles the held sends due (all with force): Redis has one,
+// and delivers it: its local copy is deleted; the tombstone is written:
+// its local copy is released to the local courier.
+func (x *Outbox) settleHeld(force bool) {
+	now := time.Now()
+	x.mu.Lock()
+	var due []string
+	for lid, h := range x.held {
+		if len(due) < heldBatch && (force || !now.Before(h.next)) {
+			due = append(due, lid)
+		}
+	}
+	x.mu.Unlock()
+	released := false
+	for _, lid := range due {
+		x.mu.Lock()
+		h := x.held[lid]
+		x.mu.Unlock()
+		if h == nil {
+			continue
+		}
+		kept, err := x.settle(h.rid)
+		if err == nil {
+			if kept {
+				err = x.local.Delete(lid)
+			} else {
+				err = x.local.Update(&outbox.Send{ID: lid, State: outbox.Queued})
+			}
+			if errors.Is(err, outbox.ErrNotFound) || errors.Is(err, outbox.ErrNotQueued) {
+				err = nil // deleted or finished by an operator meanwhile
+			}
+		}
+		x.mu.Lock()
+		if err != nil {
+			h.wait = min(2*h.wait, heldMax)
+			h.next = time.Now().Add(h.wait)
+			x.mu.Unlock()
+			continue
+		}
+		delete(x.held, lid)
+		x.mu.Unlock()
+		if kept {
+			x.log.Info("outbox: a held send is kept in Redis; its local copy is deleted",
+				zap.String("id", lid), zap.String("fleet_id", h.rid))
+		} else {
+			x.log.Info("outbox: a held send was not kept in Redis; it is delivered from here", zap.String("id", lid))
+			released = true
+		}
+	}
+	if released {
+		x.woke()
+	}
 }
 
 // notSent says whether err says the script was not run: no connection
@@ -730,6 +935,8 @@ func charge(s *outbox.Send) int64 {
 // Heads are the local store's heads and, while this proxy holds the lease,
 // the fleet's: one per queue, the one kept first.
 func (x *Outbox) Heads(max int) ([]*outbox.Send, error) {
+	x.holdMu.RLock()
+	defer x.holdMu.RUnlock()
 	local, lerr := x.local.Heads(max)
 	if !x.holding() {
 		return x.notInFlight(local), lerr
@@ -758,13 +965,18 @@ func (x *Outbox) Heads(max int) ([]*outbox.Send, error) {
 	return x.notInFlight(mergeHeads(local, shared, max)), lerr
 }
 
-// notInFlight leaves out the heads this proxy is sending now.
+// notInFlight leaves out the heads this proxy is sending now, and those
+// held.
 func (x *Outbox) notInFlight(hs []*outbox.Send) []*outbox.Send {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	out := hs[:0:0]
 	for _, h := range hs {
-		if !h.Sending || !x.inflight[h.ID] && x.endedSet[h.ID] == 0 {
+		if x.held[h.ID] != nil {
+			continue
+		}
+		_, in := x.inflight[h.ID]
+		if !h.Sending || !in && x.endedSet[h.ID] == 0 {
 			out = append(out, h)
 		}
 	}
@@ -823,9 +1035,14 @@ func (x *Outbox) Expired(now time.Time, max int) ([]*outbox.Send, time.Time, err
 	return append(out, shared...), next, nil
 }
 
+// queueMaxBytes bounds the bodies Queue reads from Redis beyond the first
+// send's: a merge uses far less (a robot message's body limit).
+const queueMaxBytes = 64 << 10
+
 // Queue is the oldest queued sends of queue, from the fleet's while this
 // proxy holds the lease and its head there was kept before the local
-// one's, else from the local store.
+// one's, else from the local store. From Redis it reads a few records at
+// a time, and stops once the bodies beyond the first pass queueMaxBytes.
 func (x *Outbox) Queue(queue string, max int) ([]*outbox.Send, error) {
 	var es []*oent
 	if x.holding() {
@@ -843,7 +1060,28 @@ func (x *Outbox) Queue(queue string, max int) ([]*outbox.Send, error) {
 	if lh, err := x.local.Queue(queue, 1); err == nil && len(lh) == 1 && lh[0].Kept.Before(es[0].kept) {
 		return x.local.Queue(queue, max)
 	}
-	return x.read(es, false)
+	var out []*outbox.Send
+	size := 0
+	for len(es) > 0 {
+		n := min(len(es), 8)
+		got, err := x.read(es[:n], false)
+		if err != nil {
+			if len(out) > 0 {
+				return out, nil
+			}
+			return nil, err
+		}
+		for _, sd := range got {
+			if len(out) > 0 {
+				if size += len(sd.Body); size > queueMaxBytes {
+					return out, nil
+				}
+			}
+			out = append(out, sd)
+		}
+		es = es[n:]
+	}
+	return out, nil
 }
 
 // current reads the fleet's record id: the send, and its value as read
@@ -877,19 +1115,21 @@ var errLease = errors.New("fleet: outbox: this proxy no longer holds the courier
 var errChanged = errors.New("fleet: outbox: the send changed meanwhile")
 
 // Begin marks the send as being sent, in Redis for the fleet's (only while
-// this proxy holds the lease), else in the local store.
+// this proxy holds the lease), else in the local store; Update records its
+// outcome in the same store.
 func (x *Outbox) Begin(id string) error {
-	err := x.begin(id)
+	e := x.entry(id)
+	err := x.begin(id, e)
 	if err == nil {
 		x.mu.Lock()
-		x.inflight[id] = true
+		x.inflight[id] = e
 		x.mu.Unlock()
 	}
 	return err
 }
 
-func (x *Outbox) begin(id string) error {
-	if x.entry(id) == nil {
+func (x *Outbox) begin(id string, e *oent) error {
+	if e == nil {
 		return x.local.Begin(id)
 	}
 	holder := x.holderValue()
@@ -943,10 +1183,21 @@ func (x *Outbox) holderValue() string {
 
 // Update records what a send came to: the fleet's in Redis (only while
 // this proxy holds the lease; a finished one's entry is acknowledged and
-// deleted), the others in the local store. As the local store does, a
-// delivered send keeps no query, header or body.
+// deleted), the others in the local store. A send marked by Begin is
+// recorded in the store it was marked in, even if the lease was lost or
+// taken again meanwhile: with the lease gone the fenced write fails
+// (errLease), the record keeps its mark, and the next holder makes it
+// unknown, as for a holder that stopped; with the lease taken again the
+// write goes through. As the local store does, a delivered send keeps no
+// query, header or body.
 func (x *Outbox) Update(s *outbox.Send) error {
-	err := x.update(s)
+	x.mu.Lock()
+	e, begun := x.inflight[s.ID]
+	x.mu.Unlock()
+	if !begun {
+		e = x.entry(s.ID) // finished without an attempt (dead, unknown)
+	}
+	err := x.update(s, e)
 	// Whatever it came to: a mark left by a failed Update is the next
 	// Heads' to find (unknown).
 	x.mu.Lock()
@@ -958,8 +1209,7 @@ func (x *Outbox) Update(s *outbox.Send) error {
 	return err
 }
 
-func (x *Outbox) update(s *outbox.Send) error {
-	e := x.entry(s.ID)
+func (x *Outbox) update(s *outbox.Send, e *oent) error {
 	if e == nil {
 		return x.local.Update(s)
 	}
@@ -1156,7 +1406,13 @@ func (x *Outbox) invalidateStats() {
 	x.statsMu.Unlock()
 }
 
-// sharedStats counts the fleet's records by route and state.
+// sharedStats counts the fleet's records by route and state, from their
+// heads (unopened: one record is opened per new route, to know that the
+// route is one this app's proxies kept a send under). A head that does not
+// read, a route that is not UTF-8 or is too long, and a route no record
+// that opens holds are not counted, so that a value planted in Redis
+// neither breaks the metrics nor invents routes; at most statsRoutes
+// routes are counted.
 func (x *Outbox) sharedStats() (outbox.Stats, bool) {
 	if !x.f.Up() {
 		return outbox.Stats{}, false
@@ -1169,7 +1425,7 @@ func (x *Outbox) sharedStats() (outbox.Stats, bool) {
 	now := time.Now()
 	st := outbox.Stats{Routes: map[string]outbox.RouteStats{}}
 	var cursor uint64
-	bad := 0
+	bad, failed := 0, 0
 	for range statsMaxScan {
 		var kv []string
 		var next uint64
@@ -1185,9 +1441,20 @@ func (x *Outbox) sharedStats() (outbox.Stats, bool) {
 				continue
 			}
 			h, err := outbox.Head([]byte(kv[i+1]))
-			if err != nil || len(st.Routes) >= 4096 {
+			if err != nil || len(h.Route) > statsMaxRoute || !utf8.ValidString(h.Route) {
 				bad++
 				continue
+			}
+			if !x.routesOK[h.Route] {
+				if len(x.routesOK) >= statsRoutes || failed >= statsOpens {
+					continue
+				}
+				if _, err := x.seal.Open(kv[i], []byte(kv[i+1])); err != nil {
+					failed++
+					bad++
+					continue
+				}
+				x.routesOK[h.Route] = true
 			}
 			r := st.Routes[h.Route]
 			switch h.State {
@@ -1261,6 +1528,7 @@ func (x *Outbox) prune() {
 func (x *Outbox) Close() error {
 	x.stopOnce.Do(func() { close(x.stop) })
 	x.wg.Wait()
+	x.settleHeld(true) // what stays held is unknown at the next start
 	if holder := x.holderValue(); holder != "" && x.f.Up() {
 		_ = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) error {
 			return releaseScript.Run(ctx, x.f.rdb, []string{x.kLease}, holder).Err()

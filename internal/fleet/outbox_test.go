@@ -167,3 +167,260 @@ func TestFleetOutboxBoundsShared(t *testing.T) {
 		t.Fatalf("after a delivery: %v", err)
 	}
 }
+
+// A keep whose answer from Redis is lost, and whose settling does not get
+// through for a second either, is kept here, held: the deferred answer is
+// right (the send is kept), and no courier sees the local copy until
+// Redis answers. Then exactly one copy is left to deliver: Redis's (the
+// keep ran late) or the local one (the tombstone is written: it never
+// will). Stalled by SIGSTOP, the keep and the settling run once Redis goes
+// on, in either order; stalled by CLIENT PAUSE WRITE, the keep never runs
+// (its connection is gone when Redis would run it).
+func TestFleetOutboxKeepNotKnown(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		stall, resume func(t *testing.T, srv *redistest.Server)
+		wantRedis     string // "1" kept in Redis, "0" kept here, "" either
+	}{
+		{"stopped", func(t *testing.T, srv *redistest.Server) {
+			if err := srv.Pause(); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, srv *redistest.Server) {
+			if err := srv.Resume(); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"writes paused", func(t *testing.T, srv *redistest.Server) {
+			if _, err := srv.Do("CLIENT", "PAUSE", "60000", "WRITE"); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, srv *redistest.Server) {
+			if _, err := srv.Do("CLIENT", "UNPAUSE"); err != nil {
+				t.Fatal(err)
+			}
+		}, "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			x := sharedOutbox(t, srv.URL(), 0, nil)
+			x.lease()
+			if !x.Holding() {
+				t.Fatal("no lease")
+			}
+			tc.stall(t, srv)
+			resumed := false
+			defer func() {
+				if !resumed {
+					tc.resume(t, srv)
+				}
+			}()
+			s := kept("q", 10)
+			s.Body = []byte("the one")
+			id, err := x.Put(context.Background(), s)
+			if err != nil {
+				tc.resume(t, srv)
+				resumed = true
+				waitUp(t, x.f)
+				n, _ := srv.Do("HLEN", x.kQueued)
+				t.Fatalf("Put = %v (answered as without defer); Redis holds %s queued sends", err, n)
+			}
+			sd, err := x.local.Get(id)
+			if err != nil || !sd.Sending || sd.State != outbox.Queued {
+				t.Fatalf("kept here as %+v, %v; want queued and held (marked)", sd, err)
+			}
+			if hs, _ := x.Heads(10); len(hs) != 0 {
+				t.Fatalf("a held send is a head: %+v", hs[0])
+			}
+			if ex, _, _ := x.Expired(time.Now().Add(2*time.Hour), 10); len(ex) != 0 {
+				t.Fatalf("a held send is found expired: %+v", ex[0])
+			}
+			tc.resume(t, srv)
+			resumed = true
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				x.settleHeld(true)
+				x.mu.Lock()
+				n := len(x.held)
+				x.mu.Unlock()
+				if n == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the held send was not settled within 10 s")
+				}
+				time.Sleep(20 * time.Millisecond) // polling with a deadline
+			}
+			waitUp(t, x.f)
+			inRedis, err := srv.Do("HLEN", x.kQueued)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("queued in Redis after settling: %s", inRedis)
+			if tc.wantRedis != "" && inRedis != tc.wantRedis {
+				t.Errorf("%s queued in Redis, want %s", inRedis, tc.wantRedis)
+			}
+			_, lerr := x.local.Get(id)
+			switch inRedis {
+			case "1":
+				if !errors.Is(lerr, outbox.ErrNotFound) {
+					t.Errorf("kept in Redis, and the local copy is still there (%v)", lerr)
+				}
+			case "0":
+				if lerr != nil {
+					t.Errorf("not kept in Redis, and the local copy is gone: %v", lerr)
+				}
+			default:
+				t.Fatalf("%s queued in Redis", inRedis)
+			}
+			// Exactly one copy to deliver, for the holder of the lease.
+			x.lease()
+			x.pull()
+			hs, err := x.Heads(10)
+			if err != nil || len(hs) != 1 || string(hs[0].Body) != "the one" || hs[0].Sending {
+				t.Fatalf("heads %+v %v; want the send once, to deliver", hs, err)
+			}
+			if q, _ := x.Queue("q", 10); len(q) != 1 {
+				t.Errorf("queue q holds %d sends, want 1", len(q))
+			}
+		})
+	}
+}
+
+// An outcome goes to the store its send was marked in, even when the
+// holder's index was cleared meanwhile: a lease taken again records it
+// (the index is read again after the outcome), and a lease lost fails the
+// fenced write (the mark stays, for the next holder to make unknown).
+func TestFleetOutboxOutcomeAfterIndexCleared(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	var ids []string
+	for range 2 {
+		id, err := a.Put(context.Background(), kept("q", 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a.pull()
+	hs, err := a.Queue("q", 10)
+	if err != nil || len(hs) != 2 {
+		t.Fatalf("queue q: %v %v", hs, err)
+	}
+	// Taken again mid-delivery: takeOver starts by clearing the index.
+	if err := a.Begin(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	a.resetIndex()
+	done := *hs[0]
+	done.State = outbox.Delivered
+	if err := a.Update(&done); err != nil {
+		t.Fatalf("Update while the index was read again: %v", err)
+	}
+	if sd, err := a.Get(ids[0]); err != nil || sd.State != outbox.Delivered || sd.Sending {
+		t.Fatalf("the send in Redis: %+v %v; want delivered", sd, err)
+	}
+	if n, _ := srv.Do("XLEN", a.kStream); n != "1" {
+		t.Errorf("the stream holds %s entries, want 1 (the finished send's acknowledged and deleted)", n)
+	}
+	// Lost mid-delivery: the fenced write fails; the mark stays.
+	a.takeOver() // the index read again (the pending entries claimed)
+	if a.entry(ids[1]) == nil {
+		t.Fatal("the queued send is not indexed after a take-over")
+	}
+	if err := a.Begin(ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	a.lose()
+	done = *hs[1]
+	done.State = outbox.Delivered
+	if err := a.Update(&done); !errors.Is(err, errLease) {
+		t.Fatalf("Update after the lease was lost = %v, want errLease", err)
+	}
+	if sd, err := a.Get(ids[1]); err != nil || sd.State != outbox.Queued || !sd.Sending {
+		t.Fatalf("the send in Redis: %+v %v; want queued, marked as being sent", sd, err)
+	}
+}
+
+// Entries handed to the holder whose records could not be read (an error
+// in Redis's reply that does not make Redis down) are read again from
+// this proxy's own pending entries at the next pull, not left there.
+func TestFleetOutboxRereadsOwnPending(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	b := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	var ids []string
+	for range 3 {
+		id, err := b.Put(context.Background(), kept("q", 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	must := func(args ...string) {
+		t.Helper()
+		if _, err := srv.Do(args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	// The records' hash answers WRONGTYPE while the holder reads.
+	must("RENAME", a.kRec, a.kRec+":aside")
+	must("SET", a.kRec, "junk")
+	a.pull()
+	if hs, _ := a.Queue("q", 10); len(hs) != 0 {
+		t.Fatalf("%d sends indexed while their records did not read", len(hs))
+	}
+	if !a.f.Up() {
+		t.Fatal("an error in a reply made Redis down")
+	}
+	must("DEL", a.kRec)
+	must("RENAME", a.kRec+":aside", a.kRec)
+	a.pull()
+	hs, err := a.Queue("q", 10)
+	if err != nil || len(hs) != 3 {
+		t.Fatalf("queue q after the records read again: %d sends, %v; want 3", len(hs), err)
+	}
+	for i, h := range hs {
+		if h.ID != ids[i] {
+			t.Errorf("send %d is %s, want %s", i, h.ID, ids[i])
+		}
+	}
+}
+
+// Queue (what a merge reads) reads the fleet's sends a few at a time, and
+// no more than queueMaxBytes of bodies beyond the first, in order.
+func TestFleetOutboxQueueBoundedByBytes(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	var ids []string
+	for range 20 {
+		id, err := a.Put(context.Background(), kept("q", 20<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a.pull()
+	hs, err := a.Queue("q", 100)
+	if err != nil || len(hs) < 2 {
+		t.Fatalf("queue q: %d sends, %v", len(hs), err)
+	}
+	size := 0
+	for i, h := range hs {
+		if h.ID != ids[i] {
+			t.Errorf("send %d is %s, want %s", i, h.ID, ids[i])
+		}
+		if i > 0 {
+			size += len(h.Body)
+		}
+	}
+	if size > queueMaxBytes {
+		t.Errorf("Queue read %d sends, %d bytes of bodies beyond the first (at most %d)", len(hs), size, queueMaxBytes)
+	}
+	if hs, _ := a.Queue("q", 2); len(hs) != 2 {
+		t.Errorf("Queue(q, 2) = %d sends", len(hs))
+	}
+}
