@@ -103,7 +103,8 @@ func waitDelivered(t *testing.T, admin http.Handler, ids []string, d time.Durati
 // An outage that refuses connections: each send is answered at once as
 // kept, nothing reaches DingTalk, and once it listens again every kept
 // send is delivered exactly once, its answer (the task_id) readable from
-// GET /outbox/<id>; the log and /metrics hold no token.
+// GET /outbox/<id>; /readyz stays ready while they wait; the log and
+// /metrics hold no token.
 func TestDeferredThroughAnOutage(t *testing.T) {
 	s := newStack(t, nil, deferOn(t, dingtalktest.PathAsyncSend, time.Minute, false))
 	admin := s.app.AdminHandler()
@@ -126,6 +127,13 @@ func TestDeferredThroughAnOutage(t *testing.T) {
 	admin.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/outbox", nil))
 	if !strings.Contains(rec.Body.String(), `"queued": 10`) {
 		t.Errorf("GET /outbox during the outage: %s", rec.Body)
+	}
+	// A backlog waiting to drain is no reason to take the pod out of
+	// service: the proxy answers, and keeps.
+	rec = httptest.NewRecorder()
+	admin.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != http.StatusOK {
+		t.Errorf("GET /readyz with 10 sends queued: %d %s", rec.Code, rec.Body)
 	}
 	if err := s.fake.ResumeListening(); err != nil {
 		t.Fatal(err)
