@@ -84,12 +84,13 @@ import (
 // from it was not the fleet's and was dropped.
 const OpOutbox = "outbox"
 
-// Defaults of OutboxOptions.
+// Defaults of OutboxOptions: the lease's; how long finished sends are
+// kept is the local store's.
 const (
 	DefaultOutboxLease = 10 * time.Second
-	defaultKeepDeliv   = 24 * time.Hour
-	defaultKeepDead    = 7 * 24 * time.Hour
-	defaultMaxFinished = 100_000
+	defaultKeepDeliv   = outbox.DefaultKeepDelivered
+	defaultKeepDead    = outbox.DefaultKeepDead
+	defaultMaxFinished = outbox.DefaultMaxFinished
 )
 
 const (
