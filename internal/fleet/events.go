@@ -314,6 +314,16 @@ var syncKinds = []string{kindOpen, kindBan, kindQuota}
 // proxy that was not listening when they were published: one round trip,
 // whatever the database holds besides.
 func (e *events) sync() {
+	if !e.syncOnce() {
+		// Not read (Redis slow or away): read again soon, not only at the
+		// next reconnect, or a joiner misses the transitions in force.
+		time.AfterFunc(e.f.opts.ProbeEvery, e.resync)
+	}
+}
+
+// syncOnce reads the transitions in force and applies them; false when
+// they could not be read.
+func (e *events) syncOnce() bool {
 	f := e.f
 	keys := make([]string, len(syncKinds))
 	for i, k := range syncKinds {
@@ -326,7 +336,7 @@ func (e *events) sync() {
 	})
 	e.syncs.Add(1)
 	if err != nil || len(res) != len(syncKinds)+1 {
-		return
+		return e.ctx.Err() != nil // closed: nothing to read again
 	}
 	if bad, _ := res[0].(int64); bad > 0 {
 		f.failed(OpSync) // keys of another type at the state's names, deleted
@@ -348,6 +358,7 @@ func (e *events) sync() {
 			e.accept(event{kind: kind, route: route, until: time.UnixMilli(int64(ms))}, true)
 		}
 	}
+	return true
 }
 
 func isTimeout(err error) bool {
