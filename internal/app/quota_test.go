@@ -163,3 +163,38 @@ func TestReadCache(t *testing.T) {
 		t.Errorf("dingproxy_cache_requests_total{hit} = %v, want >= 98", n)
 	}
 }
+
+// DingTalk's word beats the proxy's list: an organisation whose DingTalk
+// meters the contacts reads the list calls free answers them 90020 once
+// its quota is spent, and from then on each such path is answered "quota"
+// at once, without reaching DingTalk, though the proxy never counted them.
+func TestQuota90020OnAPathTheListCallsFree(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{MonthlyQuota: 10, Metered: dingtalktest.MeterEverything})
+	s := newStackOn(t, fake, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), nil)
+	paths := []string{dingtalktest.PathUserGet, dingtalktest.PathDeptListSub}
+	told := map[string]bool{}   // DingTalk answered the path 90020
+	stopped := map[string]int{} // calls the proxy answered "quota" after that
+	for i := range 60 {
+		p := paths[i%2]
+		resp, body := s.do(http.MethodPost, p, fmt.Appendf(nil, `{"userid":"u%d","dept_id":%d}`, i, i))
+		quota := resp.Header.Get(proxy.HeaderFallback) == proxy.KindQuota
+		switch {
+		case quota && !told[p]:
+			t.Fatalf("call %d on %s answered quota before DingTalk said so", i, p)
+		case quota:
+			stopped[p]++
+		case told[p]:
+			t.Errorf("call %d on %s went on after DingTalk answered 90020: %d %s", i, p, resp.StatusCode, body)
+		case errcodeOf(t, body) == 90020:
+			told[p] = true
+		}
+	}
+	for _, p := range paths {
+		if !told[p] || fake.QuotaRejected(p) != 1 {
+			t.Errorf("DingTalk answered %s 90020 %d times; want once, then the path stopped", p, fake.QuotaRejected(p))
+		}
+		if stopped[p] == 0 {
+			t.Errorf("%s: no call answered quota by the proxy", p)
+		}
+	}
+}

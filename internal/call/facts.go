@@ -42,6 +42,11 @@ type Facts struct {
 	// with a client's own token is that client's business: it is neither
 	// counted nor refused for the app.
 	Metered bool
+	// AppCall: the call carries the app's own token (the proxy injects
+	// it) and is not a token call. DingTalk's quota answer on it (90020)
+	// speaks of the app's organisation, whether or not the call is on the
+	// list of metered APIs: DingTalk's answer stops the route.
+	AppCall bool
 	// Body is the buffered request body, replayed byte for byte on every
 	// attempt. Nil when the request has none or it was too large to buffer.
 	Body []byte

@@ -52,6 +52,7 @@ func decodeFacts(b []byte, id string, body []byte) (*call.Facts, error) {
 		Route:      k.Route,
 		Upstream:   k.Upstream,
 		Metered:    k.Metered,
+		AppCall:    k.Inject != dingtalk.PlaceNone, // a send is never a token call
 		Idempotent: k.Idempotent,
 		Inject:     k.Inject,
 		Body:       body,

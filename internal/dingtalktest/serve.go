@@ -76,7 +76,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// Another organisation's token: its quota, spent.
 		have, quotaUsed, quotaLimit = true, 10001, 10000
 	}
-	if !have && !token && s.opts.MonthlyQuota > 0 && dingtalk.Describe(path).Metered {
+	if !have && !token && s.opts.MonthlyQuota > 0 && s.metered(path) {
 		s.c.metered++
 		if s.c.metered > s.opts.MonthlyQuota {
 			s.c.quotaRejected[path]++

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,9 +44,14 @@ type Options struct {
 	// bytes: a longer one is answered 460101 "message too long", not
 	// executed. DingTalk's is RobotBodyLimit.
 	RobotMaxBody int
+	// Metered, when set, says which paths this organisation's DingTalk
+	// meters against MonthlyQuota; nil: the fake's own reading of the
+	// documentation (MeteredByDocs). It never asks the proxy's list: a test
+	// can make DingTalk disagree with it.
+	Metered func(path string) bool
 	// MonthlyQuota, when positive, is the organisation's monthly API quota:
-	// past that many metered calls (dingtalk.Metered: all but the token,
-	// SSO and contacts APIs) every metered call is answered 90020 (api: 403
+	// past that many metered calls (see Metered: by default all but the
+	// token, SSO and contacts APIs) every metered call is answered 90020 (api: 403
 	// Forbidden.AccessDenied.ApiCountLimitForOrg) with the usage and the
 	// quota in its message, as DingTalk words it. SetMonthlyQuota changes it
 	// (a quota bought mid-month).
@@ -477,3 +483,38 @@ func (s *Server) ResetCounters() {
 	s.c = newCounters()
 	clear(s.seen)
 }
+
+// metered says whether this fake's DingTalk meters a call on path.
+func (s *Server) metered(path string) bool {
+	if s.opts.Metered != nil {
+		return s.opts.Metered(path)
+	}
+	return MeteredByDocs(path)
+}
+
+// unmeteredByDocs are the path prefixes DingTalk's documentation leaves out
+// of the monthly quota, as this fake reads it: sign-in and SSO, and the
+// address book (users, departments, roles, external contacts).
+var unmeteredByDocs = []string{
+	"/sso/", "/sns/", "/v1.0/oauth2/", "/v1.0/sso/",
+	"/user/", "/topapi/user/", "/topapi/v2/user/",
+	"/department/", "/topapi/department/", "/topapi/v2/department/",
+	"/role/", "/topapi/role/", "/extcontact/", "/topapi/extcontact/",
+	"/v1.0/contact/", "/v2.0/contact/",
+}
+
+// MeteredByDocs is the fake's default metering: every path but those the
+// documentation leaves out of the quota (and the token calls, never
+// counted).
+func MeteredByDocs(path string) bool {
+	for _, p := range unmeteredByDocs {
+		if strings.HasPrefix(path, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// MeterEverything is a Metered that counts every call: an organisation
+// whose DingTalk meters even what the documentation leaves out.
+func MeterEverything(string) bool { return true }

@@ -257,6 +257,7 @@ func (px *Proxy) serve(w *statusWriter, r *http.Request, up dingtalk.Upstream) (
 		// Only the app's own calls spend the app's month: a client's own
 		// token is that client's (and its organisation's) business.
 		Metered:     ep.Metered && inject != dingtalk.PlaceNone,
+		AppCall:     !ep.TokenEndpoint && inject != dingtalk.PlaceNone,
 		Body:        body,
 		Replayable:  notBuffered == "",
 		NotBuffered: notBuffered,

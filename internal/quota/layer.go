@@ -34,6 +34,9 @@ type Meters interface {
 func Admit(m Meters) call.Layer {
 	return func(next call.Handler) call.Handler {
 		return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
+			if !f.AppCall {
+				return next.Do(req, f) // a client's own token: its business
+			}
 			if err := m.Admit(f.Route, f.Metered); err != nil {
 				return call.Fail(call.Refused(dingtalk.ReasonQuota), err)
 			}
@@ -48,7 +51,12 @@ func Gate(m Meters) call.Gate { return gate{m} }
 
 type gate struct{ m Meters }
 
-func (g gate) Closed(f *call.Facts) error { return g.m.Refused(f.Route, f.Metered) }
+func (g gate) Closed(f *call.Facts) error {
+	if !f.AppCall {
+		return nil
+	}
+	return g.m.Refused(f.Route, f.Metered)
+}
 
 // Count is the layer that meters each attempt, below the attempt loop:
 // every attempt of the app's own sent on a metered route counts against the
@@ -60,9 +68,9 @@ func Count(m Meters, log *zap.Logger) call.Layer {
 	return func(next call.Handler) call.Handler {
 		return call.HandlerFunc(func(req *http.Request, f *call.Facts) (*http.Response, call.Report, error) {
 			resp, rep, err := next.Do(req, f)
-			if rep.Attempts > 0 && f.Metered && rep.Outcome != call.NotSent && rep.Result.Executed() {
+			if rep.Attempts > 0 && f.AppCall && rep.Outcome != call.NotSent && rep.Result.Executed() {
 				call.Bookkeep(log, "quota", func() {
-					m.Sent(f.Route, true)
+					m.Sent(f.Route, f.Metered)
 					if rep.Result.Reason != "" {
 						m.Answered(f.Route, rep.Result)
 					}

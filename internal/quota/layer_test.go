@@ -21,7 +21,7 @@ func TestLayers(t *testing.T) {
 		return nil, answer, nil
 	})
 	h := Admit(m)(Count(m, nil)(bottom))
-	f := &call.Facts{Route: route, Metered: true}
+	f := &call.Facts{Route: route, Metered: true, AppCall: true}
 	req := &http.Request{}
 	h.Do(req, f)
 	h.Do(req, &call.Facts{Route: "/gettoken"})
@@ -42,6 +42,6 @@ func TestLayers(t *testing.T) {
 		t.Error("the gate is open on a stopped route")
 	}
 	if Gate(m).Closed(&call.Facts{Route: route}) != nil {
-		t.Error("the gate is closed to an unmetered call")
+		t.Error("the gate is closed to a call with a client's own token")
 	}
 }

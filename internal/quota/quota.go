@@ -86,6 +86,9 @@ type Meter struct {
 	limit   int64          // the organisation's quota as DingTalk said, -1 unknown
 	warned  bool
 	stopped map[string]*stop
+	// anyStop says whether stopped holds a route (set as m.mu is released):
+	// a call not counted skips the lock while none is.
+	anyStop atomic.Bool
 	// told are the stops and resumptions to tell obs once m.mu is released
 	// (it may ask the meter).
 	told []stopNote
@@ -146,6 +149,7 @@ func (m *Meter) rollLocked(now time.Time) {
 func (m *Meter) unlock() {
 	told := m.told
 	m.told = nil
+	m.anyStop.Store(len(m.stopped) > 0)
 	m.mu.Unlock()
 	if m.obs != nil && len(told) > 0 {
 		st := m.State()
@@ -170,15 +174,17 @@ func (m *Meter) Refused(route string, metered bool) error {
 }
 
 func (m *Meter) check(route string, metered, takeProbe bool) error {
-	if !metered {
-		return nil
+	if !metered && !m.anyStop.Load() {
+		return nil // not counted, and no route stopped by DingTalk's word
 	}
 	now := time.Now()
 	m.mu.Lock()
 	defer m.unlock()
 	m.rollLocked(now)
-	if err := m.spentLocked(route, m.sent, now); err != nil {
-		return err
+	if metered {
+		if err := m.spentLocked(route, m.sent, now); err != nil {
+			return err
+		}
 	}
 	st := m.stopped[route]
 	switch {
