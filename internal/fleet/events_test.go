@@ -209,8 +209,8 @@ var (
 func TestQuotaStopsSharedBothWays(t *testing.T) {
 	srv := redistest.Start(t)
 	s := pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}
-	a := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
-	b := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	a := joined(t, srv.URL(), s)
+	b := joined(t, srv.URL(), s)
 	subscribed(t, srv, 2)
 	const route = "/topapi/attendance/list"
 	if !a.Quota.Answered(route, quotaSpent) {
@@ -238,7 +238,7 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", route)
 		return n == ""
 	})
-	c := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	c := joined(t, srv.URL(), s)
 	subscribed(t, srv, 3)
 	if c.Quota.local.IsStopped(route) {
 		t.Error("a proxy joining after the lift starts stopped")
@@ -253,7 +253,7 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", other)
 		return n != ""
 	})
-	d := decorate(newFleet(t, srv.URL(), testSecret, nil), s)
+	d := joined(t, srv.URL(), s)
 	waitFor(t, "the joiner to read the stop", func() bool { return d.Quota.local.IsStopped(other) })
 	if err := d.Quota.Admit(other, true); !errors.As(err, &qe) || qe.RetryAfter > 30*time.Second {
 		t.Errorf("the joiner's Admit = %v, want a refusal until the stop's end (30 s), not the hour's probe", err)

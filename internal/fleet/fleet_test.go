@@ -54,6 +54,24 @@ func (e *errCounts) get(op string) int {
 // newFleet starts a Fleet of app testKey on srv; secret keys the token.
 func newFleet(t *testing.T, url, secret string, errs *errCounts) *Fleet {
 	t.Helper()
+	f := unstartedFleet(t, url, secret, errs)
+	f.Start()
+	return f
+}
+
+// joined is a proxy of the fleet as the app builds one: its local parts
+// decorated before it starts, so that what it reads at start (the
+// transitions in force) is applied to them.
+func joined(t *testing.T, url string, s pacing.Settings) Shared {
+	t.Helper()
+	f := unstartedFleet(t, url, testSecret, nil)
+	sh := decorate(f, s)
+	f.Start()
+	return sh
+}
+
+func unstartedFleet(t *testing.T, url, secret string, errs *errCounts) *Fleet {
+	t.Helper()
 	o := Options{URL: url, KeyPrefix: "dp", AppKey: testKey, AppSecret: secret, Timeout: 500 * time.Millisecond,
 		ProbeEvery: 100 * time.Millisecond, Logger: zap.NewNop()}
 	if errs != nil {
@@ -63,7 +81,6 @@ func newFleet(t *testing.T, url, secret string, errs *errCounts) *Fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Start()
 	t.Cleanup(f.Close)
 	return f
 }
