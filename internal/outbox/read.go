@@ -67,7 +67,7 @@ func (s *Store) Expired(now time.Time, max int) ([]*Send, time.Time, error) {
 	s.mu.Lock()
 	ids, next := s.ix.expired(now, max)
 	s.mu.Unlock()
-	out, err := s.read(ids)
+	out, err := s.read(ids, false)
 	return out, next, err
 }
 
@@ -81,37 +81,13 @@ func (s *Store) Queue(queue string, max int) ([]*Send, error) {
 	s.mu.Lock()
 	ids := s.ix.first(queue, max)
 	s.mu.Unlock()
-	var out []*Send
-	var bad []badRecord
-	err := s.view(func(b *bolt.Bucket) error {
-		for _, id := range ids {
-			v := b.Get(id[:])
-			if v == nil {
-				continue // delivered or deleted since
-			}
-			sd, err := s.sealer.decode(id[:], v)
-			if err != nil {
-				bad = append(bad, badRecord{key: id, val: bytes.Clone(v), why: dropWhy(err)})
-				return nil
-			}
-			if sd.State == Queued && !sd.Sending {
-				out = append(out, sd)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if len(bad) > 0 {
-		_ = s.drop(bad)
-	}
-	return out, nil
+	return s.read(ids, true)
 }
 
 // read returns the queued sends ids that read back (those that do not are
-// dropped), skipping any being sent.
-func (s *Store) read(ids []rawID) ([]*Send, error) {
+// dropped), skipping any being sent; with stopAtBad, the list ends at the
+// first that does not read back.
+func (s *Store) read(ids []rawID, stopAtBad bool) ([]*Send, error) {
 	var out []*Send
 	var bad []badRecord
 	err := s.view(func(b *bolt.Bucket) error {
@@ -123,6 +99,9 @@ func (s *Store) read(ids []rawID) ([]*Send, error) {
 			sd, err := s.sealer.decode(id[:], v)
 			if err != nil {
 				bad = append(bad, badRecord{key: id, val: bytes.Clone(v), why: dropWhy(err)})
+				if stopAtBad {
+					return nil
+				}
 				continue
 			}
 			if sd.State == Queued && !sd.Sending {

@@ -123,22 +123,14 @@ func (s *Store) Put(ctx context.Context, sd *Send) (string, error) {
 // Errors: ErrNotFound, ErrNotQueued (its outcome was recorded before),
 // ErrInvalid, or the disk's.
 func (s *Store) Update(sd *Send) error {
-	key, ids, ok := canonicalID(sd.ID)
-	if !ok {
-		return ErrNotFound
-	}
 	if stateCode(sd.State) == 0 {
+		if _, _, ok := canonicalID(sd.ID); !ok {
+			return ErrNotFound
+		}
 		return fmt.Errorf("%w: state %q", ErrInvalid, sd.State)
 	}
 	now := s.now()
-	o := &op{size: len(sd.Answer) + len(sd.Reason)}
-	var dropped string
-	o.apply = func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSends)
-		cur, err := s.current(b, key, o, &dropped)
-		if err != nil || cur == nil {
-			return err
-		}
+	err := s.edit(sd.ID, len(sd.Answer)+len(sd.Reason), func(b *bolt.Bucket, key rawID, ids string, cur *Send, o *op) error {
 		if cur.State != Queued {
 			return ErrNotQueued
 		}
@@ -153,14 +145,10 @@ func (s *Store) Update(sd *Send) error {
 		case Delivered:
 			nx.Query, nx.Header, nx.Body = "", nil, nil
 		}
-		val, err := s.sealer.encode(ids, &nx)
+		size, err := s.write(b, key, ids, &nx)
 		if err != nil {
 			return err
 		}
-		if err := b.Put(key[:], val); err != nil {
-			return err
-		}
-		size := int64(len(key) + len(val))
 		if nx.State == Queued {
 			o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size)), false) }
 		} else {
@@ -170,9 +158,7 @@ func (s *Store) Update(sd *Send) error {
 			}
 		}
 		return nil
-	}
-	err := s.run(o)
-	s.reportDropped(ids, dropped)
+	})
 	if err == nil {
 		sd.Updated = now
 	}
@@ -185,38 +171,20 @@ func (s *Store) Update(sd *Send) error {
 // so that a send that may have executed is never sent again. Errors:
 // ErrNotFound, ErrNotQueued, or the disk's.
 func (s *Store) Begin(id string) error {
-	key, ids, ok := canonicalID(id)
-	if !ok {
-		return ErrNotFound
-	}
 	now := s.now()
-	o := &op{}
-	var dropped string
-	o.apply = func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSends)
-		cur, err := s.current(b, key, o, &dropped)
-		if err != nil || cur == nil {
-			return err
-		}
+	return s.edit(id, 0, func(b *bolt.Bucket, key rawID, ids string, cur *Send, o *op) error {
 		if cur.State != Queued {
 			return ErrNotQueued
 		}
 		nx := *cur
 		nx.Sending, nx.Updated = true, now
-		val, err := s.sealer.encode(ids, &nx)
+		size, err := s.write(b, key, ids, &nx)
 		if err != nil {
 			return err
 		}
-		if err := b.Put(key[:], val); err != nil {
-			return err
-		}
-		size := int64(len(key) + len(val))
 		o.done = func() { s.ix.recharge(cur.Queue, key, charge(int(size)), true) }
 		return nil
-	}
-	err := s.run(o)
-	s.reportDropped(ids, dropped)
-	return err
+	})
 }
 
 // Delete forgets the send id, whatever its state.
@@ -261,19 +229,8 @@ func (s *Store) Delete(id string) error {
 // it had at first (Due − Kept), from now. Errors: ErrNotFound, ErrNotDead
 // (queued or delivered), ErrFull (it does not fit in the bounds now).
 func (s *Store) Retry(id string) error {
-	key, ids, ok := canonicalID(id)
-	if !ok {
-		return ErrNotFound
-	}
 	now := s.now()
-	o := &op{}
-	var dropped string
-	o.apply = func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSends)
-		cur, err := s.current(b, key, o, &dropped)
-		if err != nil || cur == nil {
-			return err
-		}
+	return s.edit(id, 0, func(b *bolt.Bucket, key rawID, ids string, cur *Send, o *op) error {
 		if cur.State != Dead && cur.State != Unknown {
 			return ErrNotDead
 		}
@@ -303,10 +260,43 @@ func (s *Store) Retry(id string) error {
 		}
 		o.undo = func() { s.ix.unreserve(cur.Queue, cur.Route, c) }
 		return nil
+	})
+}
+
+// edit runs change on the send id as it stands, in one commit of size
+// extra bytes: change sees its record read back (one that does not read
+// back is dropped and reported, and the edit answers ErrNotFound), writes
+// it, and sets what the commit does to the index once durable.
+func (s *Store) edit(id string, size int, change func(b *bolt.Bucket, key rawID, ids string, cur *Send, o *op) error) error {
+	key, ids, ok := canonicalID(id)
+	if !ok {
+		return ErrNotFound
+	}
+	o := &op{size: size}
+	var dropped string
+	o.apply = func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSends)
+		cur, err := s.current(b, key, o, &dropped)
+		if err != nil || cur == nil {
+			return err
+		}
+		return change(b, key, ids, cur, o)
 	}
 	err := s.run(o)
 	s.reportDropped(ids, dropped)
 	return err
+}
+
+// write seals nx and puts it under key; size is what the record takes.
+func (s *Store) write(b *bolt.Bucket, key rawID, ids string, nx *Send) (size int64, err error) {
+	val, err := s.sealer.encode(ids, nx)
+	if err != nil {
+		return 0, err
+	}
+	if err := b.Put(key[:], val); err != nil {
+		return 0, err
+	}
+	return int64(len(key) + len(val)), nil
 }
 
 // current reads the send key in a commit's transaction. A record that does
