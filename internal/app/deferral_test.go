@@ -152,9 +152,15 @@ func TestDeferredThroughAnOutage(t *testing.T) {
 			t.Errorf("GET /outbox/<id> shows the send's %s", k)
 		}
 	}
-	metrics := scrape(t, s.app)
-	if !strings.Contains(metrics, `dingproxy_outbox_sends_total{result="delivered",route="/topapi/message/corpconversation/asyncsend_v2"} 10`) {
-		t.Errorf("metrics do not count 10 delivered:\n%s", grepLines(metrics, "dingproxy_outbox"))
+	// The courier counts a delivery just after it records it: the count
+	// is polled, not read once.
+	const delivered = `dingproxy_outbox_sends_total{result="delivered",route="/topapi/message/corpconversation/asyncsend_v2"} 10`
+	deadline := time.Now().Add(10 * time.Second)
+	for metrics := scrape(t, s.app); !strings.Contains(metrics, delivered); metrics = scrape(t, s.app) {
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics do not count 10 delivered:\n%s", grepLines(metrics, "dingproxy_outbox"))
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline
 	}
 }
 
