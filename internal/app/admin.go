@@ -32,6 +32,14 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		From      string `json:"from,omitempty"`
 		LastError string `json:"last_error,omitempty"`
 	}
+	// quotaState says which of the monthly quota's stops are in force.
+	type quotaState struct {
+		Month string `json:"month"`
+		// Stops in force: "organisation" (every metered path), "budget"
+		// (quota.monthly_budget spent), "path" (PathsStopped paths).
+		Stops        []string `json:"stops"`
+		PathsStopped int      `json:"paths_stopped"`
+	}
 	type fleetState struct {
 		Mode    string `json:"mode"` // "alone" or "shared"
 		RedisUp *bool  `json:"redis_up,omitempty"`
@@ -40,7 +48,19 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		Ready bool       `json:"ready"`
 		Token tokenState `json:"token"`
 		Fleet fleetState `json:"fleet"`
+		Quota quotaState `json:"quota"`
 	}{Ready: a.ready.Load(), Token: tokenState{Mode: "pass-through"}}
+	qs := a.parts.meter.State()
+	out.Quota = quotaState{Month: qs.Month, Stops: []string{}, PathsStopped: qs.Stopped}
+	if qs.Organisation {
+		out.Quota.Stops = append(out.Quota.Stops, "organisation")
+	}
+	if qs.BudgetSpent() {
+		out.Quota.Stops = append(out.Quota.Stops, "budget")
+	}
+	if qs.Stopped > 0 {
+		out.Quota.Stops = append(out.Quota.Stops, "path")
+	}
 	out.Fleet.Mode, out.Fleet.RedisUp = a.parts.link.Mode()
 	if a.tokens != nil {
 		st := a.tokens.State()

@@ -121,6 +121,10 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) (*App, error) {
 		a.metrics.TokenExpiresAt(tokenExpiry(a.tokens))
 	}
 	a.metrics.QuotaFrom(a.quotaGauges)
+	a.metrics.QuotaStopsFrom(func() metrics.QuotaStops {
+		st := a.parts.meter.State()
+		return metrics.QuotaStops{Paths: st.Stopped, Organisation: st.Organisation, Budget: st.BudgetSpent()}
+	})
 	a.initRoutes(cfg)
 	return a, nil
 }

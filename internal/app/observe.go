@@ -114,6 +114,15 @@ func (o *observer) QuotaWarned(sent, budget int64) {
 
 // QuotaStopped logs a route's stop or resumption (quota.Observer).
 func (o *observer) QuotaStopped(route string, stopped bool, st quota.State) {
+	if route == quota.Organisation {
+		if stopped {
+			o.log.Warn("quota: DingTalk says the organisation's usage is at its quota: no metered API is called until the month turns (one probe an hour for them all)",
+				zap.Int64("org_used", st.Used), zap.Int64("org_quota", st.Limit), zap.String("month", st.Month))
+		} else {
+			o.log.Info("quota: the organisation's quota came back: metered APIs are called again", zap.String("month", st.Month))
+		}
+		return
+	}
 	if stopped {
 		o.log.Warn("quota: DingTalk answered 90020: the route is not called again this month (one probe an hour)",
 			zap.String("route", route), zap.Int64("org_used", st.Used), zap.Int64("org_quota", st.Limit))

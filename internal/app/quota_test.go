@@ -3,6 +3,8 @@ package app_test
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -195,6 +197,24 @@ func TestQuota90020OnAPathTheListCallsFree(t *testing.T) {
 		}
 		if stopped[p] == 0 {
 			t.Errorf("%s: no call answered quota by the proxy", p)
+		}
+	}
+	// The fake's message says the organisation's usage is at its quota:
+	// every metered path stops, a third one included, before it reaches
+	// DingTalk; /readyz and /metrics say which stops are in force.
+	resp, body := s.do(http.MethodPost, dingtalktest.PathAttendanceList, []byte(`{}`))
+	if resp.Header.Get(proxy.HeaderFallback) != proxy.KindQuota || fake.Hits(dingtalktest.PathAttendanceList) != 0 {
+		t.Errorf("a third metered path: %d %s, DingTalk saw %d; want quota, not sent", resp.StatusCode, body, fake.Hits(dingtalktest.PathAttendanceList))
+	}
+	rec := httptest.NewRecorder()
+	s.app.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if !strings.Contains(rec.Body.String(), `"stops":["organisation","path"],"paths_stopped":2`) {
+		t.Errorf("/readyz does not say the organisation's stop and two paths': %s", rec.Body)
+	}
+	m := scrape(t, s.app)
+	for _, want := range []string{`dingproxy_quota_stops{scope="organisation"} 1`, `dingproxy_quota_stops{scope="path"} 2`, `dingproxy_quota_stops{scope="budget"} 0`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, grepLines(m, "dingproxy_quota_stops"))
 		}
 	}
 }

@@ -52,6 +52,7 @@ func (f *Fleet) Decorate(l Local) Shared {
 	if f.sealer != nil {
 		s.Cache = &Cache{f: f, local: l.Cache}
 	}
+	l.Quota.ClaimProbe(f.claimProbe)
 	f.events.applyTo(applier{l: l, b: s.Breakers, p: s.Pacer})
 	return s
 }

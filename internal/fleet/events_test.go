@@ -428,3 +428,70 @@ func TestQuotaFloodBounded(t *testing.T) {
 	})
 	t.Logf("%d messages in %v: %d routes stopped, %d log lines", n, elapsed, s.Quota.local.State().Stopped, logs.Len())
 }
+
+// The organisation's stop is shared: a 90020 that says the organisation's
+// usage is at its quota on one proxy stops every metered route on the
+// others, a joiner reads it, one proxy of the fleet probes each hour, and
+// the probe's success lifts it (and the routes' stops) everywhere.
+func TestQuotaStopsOrganisationShared(t *testing.T) {
+	srv := redistest.Start(t)
+	s := pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}
+	a := joined(t, srv.URL(), s)
+	b := joined(t, srv.URL(), s)
+	subscribed(t, srv, 2)
+	orgSpent := dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: 90020, QuotaUsed: 51, QuotaLimit: 50}
+	const route, other = "/topapi/v2/user/get", "/topapi/processinstance/get"
+	a.Quota.Answered(route, orgSpent)
+	waitFor(t, "b to stop the organisation", func() bool { return b.Quota.local.IsStopped(quota.Organisation) })
+	var qe *quota.Error
+	if err := b.Quota.Admit(other, true); !errors.As(err, &qe) || !qe.Organisation {
+		t.Errorf("b's metered call on another route = %v, want the organisation's refusal", err)
+	}
+	if err := b.Quota.Admit(route, false); !errors.As(err, &qe) {
+		t.Errorf("b's call on the route DingTalk refused, which the list calls free = %v, want refused", err)
+	}
+	if err := b.Quota.Admit("/topapi/v2/department/get", false); err != nil {
+		t.Errorf("b's call the list calls free on a route never refused = %v", err)
+	}
+	c := joined(t, srv.URL(), s)
+	waitFor(t, "a joiner to read the organisation's stop", func() bool { return c.Quota.local.IsStopped(quota.Organisation) })
+
+	// One probe an hour for the fleet: a takes it, b and c are refused.
+	if !a.Breakers.f.claimProbe() {
+		t.Fatal("the first claim of the hour was refused")
+	}
+	if b.Breakers.f.claimProbe() || c.Breakers.f.claimProbe() {
+		t.Error("a second proxy took the hour's probe")
+	}
+	// A junk value at the probe's key (no expiry) does not stop the
+	// probes for good.
+	probeKey := a.Breakers.f.key("quota", "probe")
+	if _, err := srv.Do("SET", probeKey, "junk"); err != nil {
+		t.Fatal(err)
+	}
+	if !b.Breakers.f.claimProbe() {
+		t.Error("a junk value without expiry at the probe's key held the probe")
+	}
+
+	// The next hour (brought forward: a stop heard that ends sooner moves
+	// the probe to its end), a's probe gets through: every stop lifts,
+	// everywhere.
+	if _, err := srv.Do("DEL", probeKey); err != nil {
+		t.Fatal(err)
+	}
+	a.Quota.local.StopUntil(quota.Organisation, time.Now().Add(time.Millisecond))
+	waitFor(t, "a's probe to go", func() bool { return a.Quota.Admit(other, true) == nil })
+	a.Quota.Answered(other, succeeded)
+	if a.Quota.local.IsStopped(quota.Organisation) || a.Quota.local.IsStopped(route) {
+		t.Fatal("the probe's success did not lift every stop on a")
+	}
+	for name, p := range map[string]Shared{"b": b, "c": c} {
+		waitFor(t, name+" to lift every stop", func() bool {
+			return !p.Quota.local.IsStopped(quota.Organisation) && !p.Quota.local.IsStopped(route)
+		})
+	}
+	waitFor(t, "the records removed", func() bool {
+		n, _ := srv.Do("ZCARD", a.Breakers.f.stateKey(kindQuota))
+		return n == "0"
+	})
+}

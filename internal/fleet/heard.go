@@ -10,6 +10,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/proxy"
+	"github.com/dingproxy/dingproxy/internal/quota"
 )
 
 // What another proxy says (a message on the events channel, or a record
@@ -129,7 +130,8 @@ func (e *events) bound(ev event, to Applier, now time.Time) (time.Time, bool) {
 	if ev.kind == kindBan {
 		return now.Add(maxBan), true
 	}
-	if !dingtalk.ValidRoute(ev.route) || ev.route == proxy.Overflow {
+	org := ev.route == quota.Organisation && (ev.kind == kindQuota || ev.kind == kindResume)
+	if !org && (!dingtalk.ValidRoute(ev.route) || ev.route == proxy.Overflow) {
 		return time.Time{}, false
 	}
 	switch ev.kind {

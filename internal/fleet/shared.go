@@ -163,11 +163,27 @@ func (q *Quota) Sent(route string, metered bool) {
 
 // Answered learns here; a route it stops is stopped for the fleet, and a
 // route whose stop it lifts (its probe got through) is resumed for the
-// fleet. The overflow route holds different APIs on each proxy: its stop
-// is not shared.
+// fleet; so is the organisation's stop, which lifts every route's. The
+// overflow route holds different APIs on each proxy: its stop is not
+// shared.
 func (q *Quota) Answered(route string, r dingtalk.Result) bool {
 	was := q.local.IsStopped(route)
+	var lifted []string // the stops the organisation's probe may lift
+	orgWas := q.local.IsStopped(quota.Organisation)
+	if orgWas && r.Reason != dingtalk.ReasonQuota {
+		lifted = q.local.StoppedRoutes()
+	}
 	stopped := q.local.Answered(route, r)
+	switch org := q.local.IsStopped(quota.Organisation); {
+	case !orgWas && org:
+		q.f.publish(kindQuota, quota.Organisation, time.Until(q.local.MonthEnd()))
+	case orgWas && !org:
+		q.f.publishResume(quota.Organisation)
+		for _, rt := range lifted {
+			q.f.publishResume(rt)
+		}
+		return stopped
+	}
 	switch {
 	case route == proxy.Overflow:
 	case stopped:
@@ -177,6 +193,35 @@ func (q *Quota) Answered(route string, r dingtalk.Result) bool {
 	}
 	return stopped
 }
+
+// claimProbe says whether this proxy sends the organisation's probe this
+// hour: the first proxy of the fleet to ask takes it. With Redis away (or
+// slow) it does: alone, each proxy probes for itself.
+func (f *Fleet) claimProbe() bool {
+	if !f.Up() {
+		return true
+	}
+	var got int64
+	err := f.do(context.Background(), OpQuota, func(ctx context.Context) (err error) {
+		got, err = probeScript.Run(ctx, f.rdb, []string{f.key("quota", "probe")}, f.events.id, quota.ProbeEvery.Milliseconds()).Int64()
+		return err
+	})
+	return err != nil || got == 1
+}
+
+// probeScript takes the hour's probe, KEYS[1], for ARGV[1] for ARGV[2] ms:
+// 1 if taken, 0 if another proxy holds it. A value that cannot be the
+// fleet's (another type, no expiry, or one past the hour) is junk, not a
+// claim: it is replaced, so that no value written there stops the probes
+// for good.
+var probeScript = redis.NewScript(`
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 or ttl > tonumber(ARGV[2]) or redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+`)
 
 // State is the local meter's, counting the fleet's sends.
 func (q *Quota) State() quota.State {

@@ -74,6 +74,7 @@ type Metrics struct {
 	quotaState        atomic.Pointer[func() (used, limit float64)]
 	quotaUsed         prometheus.GaugeFunc
 	quotaLimit        prometheus.GaugeFunc
+	quotaStops        *quotaStops
 	OutboxSends       *prometheus.CounterVec // route, result
 	outbox            *outboxCollector
 	// FleetRedisUp and FleetErrors exist in shared mode only (EnableFleet).
@@ -191,6 +192,9 @@ func New(version string) *Metrics {
 		func(used, _ float64) float64 { return used })
 	m.quotaLimit = quotaGauge("quota_limit", "The month's limit: quota.monthly_budget when set, else the organisation's quota as DingTalk last said; -1 unknown.",
 		func(_, limit float64) float64 { return limit })
+	m.quotaStops = &quotaStops{desc: prometheus.NewDesc(namespace+"_quota_stops",
+		"Stops of the monthly quota in force, by scope: path (paths stopped because DingTalk answered 90020 there), organisation (1 while every metered path is stopped: DingTalk said the organisation's usage is at its quota), budget (1 while quota.monthly_budget is spent).",
+		[]string{"scope"}, nil)}
 	m.OutboxSends = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "outbox_sends_total",
 		Help: "Deferred sends finished, by route and result: delivered (DingTalk succeeded), dead (given up), unknown (an attempt may have executed; not sent again).",
@@ -207,7 +211,7 @@ func New(version string) *Metrics {
 		m.BudgetExhausted, m.BreakerState, m.BreakerTransits, m.Fallbacks, m.PacingRate,
 		m.Unreplayable, m.Inflight, m.TokenRefreshes, tokenExpiry, m.Reloads,
 		m.ReloadSuccessful, m.ReloadSuccessTime, build,
-		m.QuotaCalls, m.CacheRequests, m.quotaUsed, m.quotaLimit,
+		m.QuotaCalls, m.CacheRequests, m.quotaUsed, m.quotaLimit, m.quotaStops,
 		m.OutboxSends, m.outbox,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -316,6 +320,43 @@ func (m *Metrics) QuotaLimit() prometheus.Collector { return m.quotaLimit }
 
 // QuotaFrom makes dingproxy_quota_used and dingproxy_quota_limit read f.
 func (m *Metrics) QuotaFrom(f func() (used, limit float64)) { m.quotaState.Store(&f) }
+
+// QuotaStops are the quota's stops in force, for dingproxy_quota_stops.
+type QuotaStops struct {
+	// Paths is how many paths are stopped by a 90020 there.
+	Paths int
+	// Organisation: every metered path is stopped; Budget:
+	// quota.monthly_budget is spent.
+	Organisation, Budget bool
+}
+
+// QuotaStopsFrom makes dingproxy_quota_stops read f; until it is set the
+// series read 0.
+func (m *Metrics) QuotaStopsFrom(f func() QuotaStops) { m.quotaStops.from.Store(&f) }
+
+// quotaStops is dingproxy_quota_stops, read at each scrape.
+type quotaStops struct {
+	desc *prometheus.Desc
+	from atomic.Pointer[func() QuotaStops]
+}
+
+func (q *quotaStops) Describe(ch chan<- *prometheus.Desc) { ch <- q.desc }
+
+func (q *quotaStops) Collect(ch chan<- prometheus.Metric) {
+	var s QuotaStops
+	if f := q.from.Load(); f != nil {
+		s = (*f)()
+	}
+	one := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, float64(s.Paths), "path")
+	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, one(s.Organisation), "organisation")
+	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, one(s.Budget), "budget")
+}
 
 // InitCache creates a route's read-cache series at 0 (a route with cache:).
 func (m *Metrics) InitCache(route string) {

@@ -47,6 +47,7 @@ var extra = []metricDef{
 	{"dingproxy_config_last_reload_successful", dto.MetricType_GAUGE, nil},
 	{"dingproxy_config_last_reload_success_timestamp_seconds", dto.MetricType_GAUGE, nil},
 	{"dingproxy_build_info", dto.MetricType_GAUGE, []string{"version", "goversion"}},
+	{"dingproxy_quota_stops", dto.MetricType_GAUGE, []string{"scope"}},
 }
 
 func gather(t *testing.T, m *metrics.Metrics) map[string]*dto.MetricFamily {

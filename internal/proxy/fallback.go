@@ -93,8 +93,11 @@ func (px *Proxy) pacedAnswer(w http.ResponseWriter, f *call.Facts, e *pacing.Pac
 func (px *Proxy) quotaAnswer(w http.ResponseWriter, f *call.Facts, e *quota.Error) {
 	secs := int((e.RetryAfter + time.Second - 1) / time.Second)
 	msg := fmt.Sprintf("dingproxy: the organisation's monthly API quota is spent on %s (DingTalk answered 90020 this month); not sent; the next try goes in %ds", f.Route, secs)
-	if e.Budget {
+	switch {
+	case e.Budget:
 		msg = fmt.Sprintf("dingproxy: this app's monthly budget (quota.monthly_budget) is spent; not sent; it renews in %ds", secs)
+	case e.Organisation:
+		msg = fmt.Sprintf("dingproxy: the organisation's monthly API quota is spent (DingTalk said its usage is at the quota): no metered API is called this month; not sent; the next try goes in %ds", secs)
 	}
 	o := own{status: http.StatusForbidden, code: CodeQuotaExceeded, errcode: dingtalk.ErrcodeMonthlyQuota, msg: msg}
 	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))

@@ -30,7 +30,7 @@ func TestLayers(t *testing.T) {
 	if st := m.State(); st.Sent != 1 {
 		t.Errorf("metered %d, want 1 (an unmetered call and one not sent do not count)", st.Sent)
 	}
-	answer = call.Report{Attempts: 1, Outcome: call.Business, Reason: dingtalk.ReasonQuota, Result: quotaAnswer}
+	answer = call.Report{Attempts: 1, Outcome: call.Business, Reason: dingtalk.ReasonQuota, Result: routeAnswer}
 	h.Do(req, f)
 	before := sent
 	_, rep, err := h.Do(req, f)

@@ -11,8 +11,13 @@ import (
 )
 
 var (
-	quotaAnswer = dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: dingtalk.ErrcodeMonthlyQuota, QuotaUsed: 5001, QuotaLimit: 5000}
-	okAnswer    = dingtalk.Result{Class: dingtalk.Success, Reason: dingtalk.ReasonSuccess}
+	// routeAnswer is a 90020 without figures (the api host's
+	// ApiCountLimitForOrg has none): it stops its route.
+	routeAnswer = dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: dingtalk.ErrcodeMonthlyQuota, QuotaUsed: -1, QuotaLimit: -1}
+	// orgAnswer says the organisation's usage is past its quota: it stops
+	// every metered route.
+	orgAnswer = dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: dingtalk.ErrcodeMonthlyQuota, QuotaUsed: 5001, QuotaLimit: 5000}
+	okAnswer  = dingtalk.Result{Class: dingtalk.Success, Reason: dingtalk.ReasonSuccess}
 )
 
 const route = "/attendance/list"
@@ -32,7 +37,7 @@ func TestStoppedUntilTheMonthTurns(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.Sent(route, true)
-		m.Answered(route, quotaAnswer)
+		m.Answered(route, routeAnswer)
 		var qe *Error
 		if err := m.Admit(route, true); !errors.As(err, &qe) || qe.Budget || qe.RetryAfter != ProbeEvery {
 			t.Fatalf("Admit after 90020 = %v, want a quota Error with the probe an hour away", err)
@@ -49,8 +54,8 @@ func TestStoppedUntilTheMonthTurns(t *testing.T) {
 		if err := m.Admit("/topapi/v2/user/get", false); err != nil {
 			t.Errorf("an unmetered call on another route: %v", err)
 		}
-		if st := m.State(); st.Used != 5001 || st.Limit != 5000 || st.Stopped != 1 || st.Month != "2000-01" {
-			t.Errorf("State = %+v, want the organisation's 5001 of 5000 learned, 1 route stopped, month 2000-01", st)
+		if st := m.State(); st.Used != -1 || st.Limit != -1 || st.Stopped != 1 || st.Organisation || st.Month != "2000-01" {
+			t.Errorf("State = %+v, want no figures, 1 route stopped, the organisation not, month 2000-01", st)
 		}
 
 		// One probe an hour, and only one.
@@ -61,7 +66,7 @@ func TestStoppedUntilTheMonthTurns(t *testing.T) {
 		if err := m.Admit(route, true); err == nil {
 			t.Fatal("a second call went while the probe was out")
 		}
-		m.Answered(route, quotaAnswer) // still spent
+		m.Answered(route, routeAnswer) // still spent
 		if err := m.Admit(route, true); err == nil {
 			t.Fatal("admitted after the probe met 90020 again")
 		}
@@ -72,7 +77,7 @@ func TestStoppedUntilTheMonthTurns(t *testing.T) {
 		if err := m.Admit(route, true); err == nil {
 			t.Fatal("admitted a second before the month turned in China")
 		}
-		m.Answered(route, quotaAnswer)
+		m.Answered(route, routeAnswer)
 		time.Sleep(time.Second)
 		if err := m.Admit(route, true); err != nil {
 			t.Errorf("at 00:00 China time on 1 February: %v, want a new month", err)
@@ -88,7 +93,7 @@ func TestProbeResumes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		o := &testObserver{}
 		m := New(Settings{}, o)
-		m.Answered(route, quotaAnswer)
+		m.Answered(route, routeAnswer)
 		time.Sleep(ProbeEvery)
 		if err := m.Admit(route, true); err != nil {
 			t.Fatal(err)
@@ -160,7 +165,7 @@ func TestMonthTurnTellsObserverUnlocked(t *testing.T) {
 		o := &testObserver{}
 		m := New(Settings{}, o)
 		o.m = m // it asks the meter, as the metrics do
-		m.Answered(route, quotaAnswer)
+		m.Answered(route, routeAnswer)
 		time.Sleep(time.Until(chinaTurn))
 		if err := m.Admit(route, true); err != nil {
 			t.Fatalf("in the new month: %v", err)
@@ -197,13 +202,118 @@ func (o *testObserver) QuotaStopped(route string, stopped bool, _ State) {
 // organisation's figures and stops nothing.
 func TestOverflowNotStopped(t *testing.T) {
 	m := New(Settings{}, nil)
-	if m.Answered(call.OverflowRoute, quotaAnswer) {
+	below := dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: dingtalk.ErrcodeMonthlyQuota, QuotaUsed: 4990, QuotaLimit: 5000}
+	if m.Answered(call.OverflowRoute, below) {
 		t.Error("the overflow route was stopped")
 	}
 	if err := m.Admit(call.OverflowRoute, true); err != nil {
 		t.Errorf("a call on the overflow route after a 90020 there: %v", err)
 	}
-	if st := m.State(); st.Stopped != 0 || st.Used < 0 {
+	if st := m.State(); st.Stopped != 0 || st.Used != 4990 || st.Organisation {
 		t.Errorf("state %+v, want nothing stopped and the figures learned", st)
 	}
+	// The organisation's stop is the organisation's, wherever DingTalk
+	// says it.
+	m.Answered(call.OverflowRoute, orgAnswer)
+	if err := m.Admit(route, true); err == nil {
+		t.Error("a metered call went after the overflow route's 90020 said the organisation's quota is spent")
+	}
+}
+
+// A 90020 whose message says the organisation's usage is at its quota
+// stops every metered route, the list's and those DingTalk refused, with
+// one probe an hour for them all; calls the list calls free on routes
+// DingTalk never refused go on; the probe getting through lifts every stop.
+func TestOrganisationStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		o := &testObserver{}
+		m := New(Settings{}, o)
+		const free = "/topapi/v2/user/get" // the list calls it free
+		if !m.Answered(free, orgAnswer) {
+			t.Fatal("the 90020 did not stop its own route")
+		}
+		var qe *Error
+		for _, r := range []string{route, "/topapi/processinstance/get"} {
+			if err := m.Admit(r, true); !errors.As(err, &qe) || !qe.Organisation || qe.RetryAfter != ProbeEvery {
+				t.Errorf("a metered call on %s: %v, want the organisation's refusal, next probe in an hour", r, err)
+			}
+		}
+		if err := m.Admit(free, false); !errors.As(err, &qe) {
+			t.Errorf("the route DingTalk refused, which the list calls free: %v, want refused", err)
+		}
+		if err := m.Admit("/topapi/v2/department/get", false); err != nil {
+			t.Errorf("a route the list calls free that DingTalk never refused: %v", err)
+		}
+		if st := m.State(); !st.Organisation || st.Stopped != 1 || st.Used != 5001 || st.Limit != 5000 {
+			t.Errorf("State = %+v, want the organisation stopped, 1 route, 5001 of 5000", st)
+		}
+		if !m.IsStopped(Organisation) {
+			t.Error("IsStopped(Organisation) = false")
+		}
+
+		// One probe an hour for the organisation, not one per route.
+		time.Sleep(ProbeEvery)
+		if err := m.Admit(route, true); err != nil {
+			t.Fatalf("the hour's probe: %v", err)
+		}
+		if err := m.Refused(route, true); err != nil {
+			t.Errorf("the probe's own retry: %v", err)
+		}
+		for _, r := range []string{route, "/topapi/processinstance/get", free} {
+			if err := m.Admit(r, true); err == nil {
+				t.Errorf("a second call on %s went while the organisation's probe was out", r)
+			}
+		}
+		m.Answered(route, orgAnswer) // still spent
+		if err := m.Admit("/topapi/processinstance/get", true); err == nil {
+			t.Fatal("admitted after the probe met 90020 again")
+		}
+
+		// A success on a route other than the probe's (a call in flight)
+		// lifts nothing; the probe's success lifts every stop.
+		m.Answered("/topapi/processinstance/get", okAnswer)
+		if !m.IsStopped(Organisation) {
+			t.Fatal("a call in flight's success lifted the organisation's stop")
+		}
+		time.Sleep(ProbeEvery)
+		if err := m.Admit("/topapi/processinstance/get", true); err != nil {
+			t.Fatalf("the next hour's probe: %v", err)
+		}
+		m.Answered("/topapi/processinstance/get", okAnswer)
+		if st := m.State(); st.Organisation || st.Stopped != 0 {
+			t.Errorf("State after the probe got through = %+v, want nothing stopped", st)
+		}
+		for _, r := range []string{route, free} {
+			if err := m.Admit(r, true); err != nil {
+				t.Errorf("%s after the probe got through: %v", r, err)
+			}
+		}
+		if len(o.resumed) != 3 || o.resumed[0] != Organisation {
+			t.Errorf("the observer heard %v resumed, want the organisation and the two routes that met 90020", o.resumed)
+		}
+	})
+}
+
+// In the fleet one proxy probes for the organisation each hour: a probe
+// the claim refuses is refused here, and the next goes an hour later.
+func TestOrganisationProbeClaimed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(Settings{}, nil)
+		claims := 0
+		m.ClaimProbe(func() bool { claims++; return false })
+		m.Answered(route, orgAnswer)
+		time.Sleep(ProbeEvery)
+		var qe *Error
+		if err := m.Admit(route, true); !errors.As(err, &qe) || !qe.Organisation {
+			t.Fatalf("the probe another proxy holds: %v, want refused", err)
+		}
+		if err := m.Admit(route, true); err == nil || claims != 1 {
+			t.Fatalf("a second call: %v after %d claims, want refused without asking again", err, claims)
+		}
+		m.ClaimProbe(func() bool { claims++; return true })
+		time.Sleep(ProbeEvery)
+		if err := m.Admit(route, true); err != nil || claims != 2 {
+			t.Errorf("the next hour's probe: %v after %d claims", err, claims)
+		}
+	})
 }

@@ -10,11 +10,15 @@ import "time"
 // here.
 const MaxHeard = 1024
 
-// IsStopped says whether route is stopped for the month now.
+// IsStopped says whether route is stopped for the month now (Organisation:
+// whether every metered route is).
 func (m *Meter) IsStopped(route string) bool {
 	m.mu.Lock()
 	defer m.unlock()
 	m.rollLocked(time.Now())
+	if route == Organisation {
+		return m.org != nil
+	}
 	_, ok := m.stopped[route]
 	return ok
 }
@@ -24,7 +28,8 @@ func (m *Meter) IsStopped(route string) bool {
 // proxy counts it; the turn here ends it too). The route is probed at
 // until if that comes before the hour's probe. It reports whether the
 // route was not stopped before; a stop heard when MaxHeard routes are
-// stopped already, or one that has ended, changes nothing.
+// stopped already, or one that has ended, changes nothing. Organisation
+// stops every metered route the same way.
 func (m *Meter) StopUntil(route string, until time.Time) bool {
 	now := time.Now()
 	if !until.After(now) {
@@ -37,11 +42,19 @@ func (m *Meter) StopUntil(route string, until time.Time) bool {
 	m.mu.Lock()
 	m.rollLocked(now)
 	added := false
-	switch st, was := m.stopped[route]; {
+	st, was := m.stopped[route]
+	if route == Organisation {
+		st, was = m.org, m.org != nil
+	}
+	switch {
 	case was:
 		if !st.probing && probe.Before(st.nextProbe) {
 			st.nextProbe = probe
 		}
+	case route == Organisation:
+		m.org = &stop{nextProbe: probe}
+		m.told = append(m.told, stopNote{route, true})
+		added = true
 	case len(m.stopped) < MaxHeard:
 		m.stopped[route] = &stop{nextProbe: probe}
 		m.told = append(m.told, stopNote{route, true})
@@ -51,12 +64,33 @@ func (m *Meter) StopUntil(route string, until time.Time) bool {
 	return added
 }
 
+// StoppedRoutes are the routes stopped now (the fleet resumes them for
+// all when the organisation's probe lifts every stop).
+func (m *Meter) StoppedRoutes() []string {
+	m.mu.Lock()
+	defer m.unlock()
+	out := make([]string, 0, len(m.stopped))
+	for r := range m.stopped {
+		out = append(out, r)
+	}
+	return out
+}
+
 // Resume lifts route's stop, as an answer DingTalk processed there would:
-// another proxy's call on it got through. It reports whether the route was
-// stopped.
+// another proxy's call on it got through. Organisation lifts every stop, as
+// the organisation's probe getting through does. It reports whether the
+// route was stopped.
 func (m *Meter) Resume(route string) bool {
 	m.mu.Lock()
 	m.rollLocked(time.Now())
+	if route == Organisation {
+		was := m.org != nil
+		if was {
+			m.liftLocked()
+		}
+		m.unlock()
+		return was
+	}
 	_, was := m.stopped[route]
 	if was {
 		delete(m.stopped, route)

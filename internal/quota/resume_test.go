@@ -35,3 +35,23 @@ func TestStopsHeard(t *testing.T) {
 		t.Errorf("%d routes stopped after %d stops heard, want MaxHeard (%d)", n, 3*MaxHeard, MaxHeard)
 	}
 }
+
+// The organisation's stop heard from the fleet stops every metered route;
+// its resumption lifts them all.
+func TestOrganisationStopHeard(t *testing.T) {
+	m := New(Settings{}, nil)
+	m.StopUntil("/a", time.Now().Add(time.Hour))
+	if !m.StopUntil(Organisation, time.Now().Add(time.Hour)) || !m.IsStopped(Organisation) {
+		t.Fatal("StopUntil(Organisation) did not stop the organisation")
+	}
+	var qe *Error
+	if err := m.Admit("/b", true); !errors.As(err, &qe) || !qe.Organisation {
+		t.Errorf("a metered call: %v, want the organisation's refusal", err)
+	}
+	if m.Admit("/b", false) != nil {
+		t.Error("a call the list calls free was refused")
+	}
+	if !m.Resume(Organisation) || m.IsStopped(Organisation) || m.IsStopped("/a") {
+		t.Error("Resume(Organisation) did not lift every stop")
+	}
+}
