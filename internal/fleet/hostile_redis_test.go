@@ -67,7 +67,7 @@ func TestTokenLockWithoutExpiry(t *testing.T) {
 
 // A lock that another party keeps taking (with a proper expiry, again and
 // again) does not starve the proxy: it waits half its fetch's time for a
-// token, then fetches its own, and counts it.
+// token, then takes the lock over, fetches, and counts it.
 func TestTokenLockHeldForever(t *testing.T) {
 	srv := redistest.Start(t)
 	stop := make(chan struct{})

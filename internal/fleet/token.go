@@ -27,15 +27,26 @@ import (
 // sealed value moved to another key (a cached answer into the token, one
 // answer into another's key) does not open. The proxy that finds it missing
 // or due for refresh takes <prefix>:<app>:token:lock (SET NX with expiry)
-// and fetches; the others wait for it and read the new one. A lock holder
-// that dies frees the lock when it expires; a Redis that is gone makes each
-// proxy fetch its own.
+// and fetches; the others wait for it and read the new one. A Redis that is
+// gone makes each proxy fetch its own.
+//
+// A token DingTalk rejects (40014: revoked, the secret reset) is deleted
+// only while the key still holds that very value (compare-and-delete), and
+// a fetched token is stored only while the key holds what it held when the
+// lock was taken, nothing, or a value that is not the fleet's
+// (compare-and-set): no proxy deletes or overwrites a newer token another
+// stored. So a stale shared token costs the fleet one refetch, at once: a
+// token taken from Redis is no fetch from DingTalk, and does not start the
+// local source's interval between fetches (token.SharedFetcher).
 //
 // A lock is never trusted to end by itself: one without an expiry, or with
 // a longer one than a fetch takes (no proxy sets such a lock: an operator's
 // mistake, a restore, another program), is broken by the next proxy that
-// wants it, and a proxy that has waited half its fetch's time for another
-// to fetch fetches its own. Both are counted (token_lock_stale).
+// wants it. A holder that has had half a fetch's time and shared no token
+// (it died, or DingTalk is slow to it) has its lock taken over by one
+// waiting proxy, compared on the holder's id, which fetches and shares; the
+// others wait on for half of what their fetch has left, then fetch their
+// own. Each is counted (token_lock_stale).
 
 // hkdfInfo names what the derived key is for (and its version).
 const hkdfInfo = "dingproxy fleet token v1"
@@ -121,23 +132,49 @@ func due(now, fetched, expires time.Time, refreshBefore time.Duration) bool {
 // lockScript takes the lock KEYS[1] for ARGV[1] (this proxy's id) for
 // ARGV[2] ms, breaking a lock that has no expiry or a longer one than that
 // (no proxy sets one). Returns {1 taken, 2 taken after breaking such a
-// lock, 0 held by another; the token KEYS[2] holds now, or false}: another
-// proxy may have stored one since this one looked.
+// lock; the token KEYS[2] holds now, or false}: another proxy may have
+// stored one since this one looked; or {0 held by another; its id, or
+// false when the lock is not a string}.
 var lockScript = redis.NewScript(`
-local function token()
-  if redis.call('TYPE', KEYS[2]).ok == 'string' then return redis.call('GET', KEYS[2]) end
+local function str(k)
+  if redis.call('TYPE', k).ok == 'string' then return redis.call('GET', k) end
   return false
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, token()}
+  return {1, str(KEYS[2])}
 end
 local left = redis.call('PTTL', KEYS[1])
 if left == -1 or left > tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {2, token()}
+  return {2, str(KEYS[2])}
 end
-return {0, false}`)
+return {0, str(KEYS[1])}`)
+
+// takeoverScript takes the lock KEYS[1] over for ARGV[2] (this proxy's id)
+// for ARGV[3] ms only while ARGV[1], the holder waited on, still holds it:
+// of the proxies waiting on a holder that shares no token, one takes over.
+// Returns {1; the token KEYS[2] holds now, or false}, or {0, false} when
+// another holds the lock, or none does.
+var takeoverScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' or redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0, false}
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if redis.call('TYPE', KEYS[2]).ok == 'string' then return {1, redis.call('GET', KEYS[2])} end
+return {1, false}`)
+
+// storeScript stores ARGV[1] in KEYS[1] for ARGV[3] ms unless another
+// proxy stored a token there since this one took the lock: only while the
+// key holds ARGV[2] (what it held then, "" for nothing), nothing (the
+// value it held was dropped since) or a value of another type (not the
+// fleet's). Returns 1 stored, 0 left as it was.
+var storeScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1`)
 
 // casDelete deletes KEYS[1] only while it holds ARGV[1].
 var casDelete = redis.NewScript(`
@@ -151,13 +188,19 @@ return 0`)
 func lockTTL(fetchTimeout time.Duration) time.Duration { return fetchTimeout + time.Second }
 
 // Fetcher is the fleet's token fetcher, decorating DingTalk's: the fleet
-// fetches once per lifetime, and a token one proxy drops (DingTalk
-// rejected it) is dropped for all (token.Dropper).
+// fetches once per lifetime, a token one proxy drops (DingTalk rejected
+// it) is dropped for all (token.Dropper), and the local source hears
+// whether a token came from Redis or from DingTalk (token.SharedFetcher).
 type Fetcher struct {
 	f                           *Fleet
 	inner                       token.Fetcher
 	refreshBefore, fetchTimeout time.Duration
 }
+
+var (
+	_ token.SharedFetcher = (*Fetcher)(nil)
+	_ token.Dropper       = (*Fetcher)(nil)
+)
 
 // TokenFetcher wraps inner, DingTalk's fetch, so that the fleet fetches
 // once: it returns the shared token while it has more than refreshBefore
@@ -176,11 +219,20 @@ func (sf *Fetcher) Dropped(tok string) { sf.f.InvalidateToken(tok) }
 
 // Fetch returns the fleet's token, fetching it for the fleet when due.
 func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
+	tok, ttl, _, err := sf.FetchShared(ctx)
+	return tok, ttl, err
+}
+
+// FetchShared is Fetch, and says whether the token came from Redis
+// (shared: another proxy, or this one before, fetched it) rather than from
+// DingTalk by this proxy now.
+func (sf *Fetcher) FetchShared(ctx context.Context) (tok string, ttl time.Duration, shared bool, err error) {
 	f, inner, refreshBefore, fetchTimeout := sf.f, sf.inner, sf.refreshBefore, sf.fetchTimeout
 	lockKey, tokKey := f.key("token", "lock"), f.key("token")
 	var (
 		waitingSince time.Time
 		waitMost     time.Duration
+		tookOver     bool // this proxy tried to take a silent holder's lock over
 	)
 	for {
 		if !f.Up() {
@@ -201,7 +253,7 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 			} else if left := exp.Sub(now); !due(now, fetched, exp, refreshBefore) && tok != f.invalidated() {
 				f.remember(tok, stored)
 				f.fromRedis.Store(true)
-				return tok, left, nil
+				return tok, left, true, nil
 			}
 		case isWrongType(err):
 			// Not the fleet's value (counted): fetched anew, and
@@ -209,9 +261,10 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 		case !errors.Is(err, redis.Nil):
 			return f.alone(ctx, inner)
 		}
-		// Missing, due or unreadable: the proxy that takes the lock fetches.
+		// Missing, due, dropped here or unreadable: the proxy that takes
+		// the lock fetches.
 		var got int64
-		var current string // the token stored when the lock was taken
+		var current string // the token stored when the lock was taken; the holder's id when not taken
 		id := lockID()
 		err = f.do(ctx, OpTokenLock, func(ctx context.Context) error {
 			res, err := lockScript.Run(ctx, f.rdb, []string{lockKey, tokKey}, id, lockTTL(fetchTimeout).Milliseconds()).Slice()
@@ -229,20 +282,43 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 			f.log.Warn("fleet: the token lock had no expiry, or a longer one than a fetch takes: broken")
 		}
 		if got > 0 {
-			if tok, left, ok := f.fresh(current, stored, refreshBefore); ok {
-				// Another proxy stored a token between the read and
-				// the lock: take it, and free the lock.
-				f.unlock(ctx, lockKey, id)
-				return tok, left, nil
-			}
-			return f.fetchShared(ctx, inner, tokKey, lockKey, id)
+			return f.locked(ctx, inner, tokKey, lockKey, id, current, stored, refreshBefore)
 		}
 		// Another proxy fetches: read again shortly, but not for longer
 		// than half of what this fetch has.
+		holder := current
 		now := time.Now()
-		if waitingSince.IsZero() {
+		switch {
+		case waitingSince.IsZero():
 			waitingSince, waitMost = now, patience(ctx, fetchTimeout)
-		} else if now.Sub(waitingSince) >= waitMost {
+		case now.Sub(waitingSince) < waitMost:
+		case !tookOver && holder != "":
+			// The holder has had half a fetch's time and shared no
+			// token: take its lock over (one waiting proxy does: the
+			// others find another holder), fetch and share.
+			tookOver = true
+			var taken bool
+			err := f.do(ctx, OpTokenLock, func(ctx context.Context) error {
+				res, err := takeoverScript.Run(ctx, f.rdb, []string{lockKey, tokKey}, holder, id, lockTTL(fetchTimeout).Milliseconds()).Slice()
+				if err == nil && len(res) == 2 {
+					n, _ := res[0].(int64)
+					taken = n == 1
+					current, _ = res[1].(string)
+				}
+				return err
+			})
+			if err != nil {
+				return f.alone(ctx, inner)
+			}
+			if taken {
+				f.failed(OpTokenLockStale)
+				f.log.Warn("fleet: another proxy holds the token lock but no token came: taken over")
+				return f.locked(ctx, inner, tokKey, lockKey, id, current, stored, refreshBefore)
+			}
+			// Another took it over first, or the lock ended: wait on,
+			// for half of what is left.
+			waitingSince, waitMost = now, patience(ctx, fetchTimeout)
+		default:
 			f.failed(OpTokenLockStale)
 			f.log.Warn("fleet: another proxy holds the token lock but no token came: fetching alone")
 			return f.alone(ctx, inner)
@@ -252,9 +328,23 @@ func (sf *Fetcher) Fetch(ctx context.Context) (string, time.Duration, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return "", 0, ctx.Err()
+			return "", 0, false, ctx.Err()
 		}
 	}
+}
+
+// locked goes on once this proxy holds the lock: with the token another
+// proxy stored since this one read before, if it is in use, or with a
+// fetch for the fleet. current is what the token key held when the lock
+// was taken.
+func (f *Fleet) locked(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id, current, before string, refreshBefore time.Duration) (string, time.Duration, bool, error) {
+	if tok, left, ok := f.fresh(current, before, refreshBefore); ok {
+		// Another proxy stored a token between the read and the lock:
+		// take it, and free the lock.
+		f.unlock(ctx, lockKey, id)
+		return tok, left, true, nil
+	}
+	return f.fetchShared(ctx, inner, tokKey, lockKey, id, current)
 }
 
 // tokenAD is the token's associated data.
@@ -303,30 +393,38 @@ func isWrongType(err error) bool {
 }
 
 // alone fetches for this proxy only, as without a fleet.
-func (f *Fleet) alone(ctx context.Context, inner token.Fetcher) (string, time.Duration, error) {
+func (f *Fleet) alone(ctx context.Context, inner token.Fetcher) (string, time.Duration, bool, error) {
 	f.fromRedis.Store(false)
 	f.remember("", "")
-	return inner.Fetch(ctx)
+	tok, ttl, err := inner.Fetch(ctx)
+	return tok, ttl, false, err
 }
 
-// fetchShared fetches under the lock and shares the result.
-func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id string) (string, time.Duration, error) {
+// fetchShared fetches under the lock and shares the result, unless another
+// proxy stored a token since the lock was taken (the key no longer holds
+// current): that one is left as it is, and this proxy uses its own.
+func (f *Fleet) fetchShared(ctx context.Context, inner token.Fetcher, tokKey, lockKey, id, current string) (string, time.Duration, bool, error) {
 	tok, ttl, err := inner.Fetch(ctx)
 	if err == nil && tok != "" && ttl > 0 {
 		now := time.Now()
 		v := f.sealer.seal(f.tokenAD(), tok, now, now.Add(ttl))
-		if serr := f.do(context.WithoutCancel(ctx), OpTokenStore, func(ctx context.Context) error {
-			return f.rdb.Set(ctx, tokKey, v, ttl).Err()
-		}); serr == nil {
+		var stored int64
+		if serr := f.do(context.WithoutCancel(ctx), OpTokenStore, func(ctx context.Context) (err error) {
+			stored, err = storeScript.Run(ctx, f.rdb, []string{tokKey}, v, current, max(ttl.Milliseconds(), 1)).Int64()
+			return err
+		}); serr != nil {
+			f.remember("", "")
+			f.log.Debug("fleet: could not share the new token", zap.String("error", redactErr(serr)))
+		} else if stored == 1 {
 			f.remember(tok, v)
 		} else {
 			f.remember("", "")
-			f.log.Debug("fleet: could not share the new token", zap.String("error", redactErr(serr)))
+			f.log.Debug("fleet: another proxy shared a token first: it is left as it is")
 		}
 	}
 	f.fromRedis.Store(false)
 	f.unlock(ctx, lockKey, id)
-	return tok, ttl, err
+	return tok, ttl, false, err
 }
 
 // remember keeps the token in use and its stored value, for

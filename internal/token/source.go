@@ -33,6 +33,17 @@ type Dropper interface {
 	Dropped(tok string)
 }
 
+// SharedFetcher is a Fetcher that may hand over a token this process did
+// not fetch from DingTalk: the fleet's, which another proxy of the app (or
+// this one, earlier) fetched and shared. FetchShared is Fetch, and says
+// which: shared is true when nothing was asked of DingTalk. Only a fetch
+// from DingTalk starts MinInterval, so that a shared token DingTalk turns
+// out to have revoked is replaced at once, not a MinInterval later.
+type SharedFetcher interface {
+	Fetcher
+	FetchShared(ctx context.Context) (token string, ttl time.Duration, shared bool, err error)
+}
+
 // Options configure a Source.
 type Options struct {
 	// RefreshBefore is how long before expiry the background refresh runs.
@@ -41,8 +52,9 @@ type Options struct {
 	RefreshBefore time.Duration
 	// FetchTimeout bounds one fetch. Zero means 10 s.
 	FetchTimeout time.Duration
-	// MinInterval is the least time between the starts of two fetches.
-	// Zero means 1 s.
+	// MinInterval is the least time between the starts of two fetches
+	// from DingTalk. A token a SharedFetcher took from the fleet is not
+	// one: it neither starts the interval nor waits for it. Zero means 1 s.
 	MinInterval time.Duration
 	// MaxBackoff caps the wait after consecutive failed fetches. Zero means 30 s.
 	MaxBackoff time.Duration
@@ -77,7 +89,7 @@ type Source struct {
 	fetched   time.Time     // when the current token was fetched
 	inflight  chan struct{} // non-nil while a fetch runs; closed when it ends
 	lastStart time.Time     // start of the last fetch
-	nextStart time.Time     // no fetch starts before this
+	nextStart time.Time     // no fetch starts before this: MinInterval after the last from DingTalk, or the backoff
 	failures  int
 	lastErr   error
 	fetches   int
@@ -172,12 +184,13 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 }
 
 // startLocked starts a fetch in its own goroutine, detached from any one
-// caller's context, and returns the channel closed when it ends.
+// caller's context, and returns the channel closed when it ends. The next
+// start is decided when it ends: whether it asked DingTalk, and whether it
+// failed.
 func (s *Source) startLocked(now time.Time) chan struct{} {
 	ch := make(chan struct{})
 	s.inflight = ch
 	s.lastStart = now
-	s.nextStart = now.Add(s.opts.MinInterval)
 	s.fetches++
 	s.fetchers.Add(1)
 	go s.run(ch)
@@ -187,7 +200,17 @@ func (s *Source) startLocked(now time.Time) chan struct{} {
 func (s *Source) run(ch chan struct{}) {
 	defer s.fetchers.Done()
 	ctx, cancel := context.WithTimeout(s.base, s.opts.FetchTimeout)
-	tok, ttl, err := s.fetch.Fetch(ctx)
+	var (
+		tok    string
+		ttl    time.Duration
+		shared bool
+		err    error
+	)
+	if sf, ok := s.fetch.(SharedFetcher); ok {
+		tok, ttl, shared, err = sf.FetchShared(ctx)
+	} else {
+		tok, ttl, err = s.fetch.Fetch(ctx)
+	}
 	cancel()
 	if err == nil && tok == "" {
 		err = errors.New("token: fetch: empty token")
@@ -196,6 +219,7 @@ func (s *Source) run(ch chan struct{}) {
 	now := time.Now()
 	s.inflight = nil
 	if err != nil {
+		// Whether it asked DingTalk or not, a failed fetch backs off.
 		s.failures++
 		s.lastErr = err
 		back := s.opts.MinInterval << min(s.failures-1, 16)
@@ -205,6 +229,12 @@ func (s *Source) run(ch chan struct{}) {
 		back = max(back, s.opts.MinInterval) // never sooner than MinInterval
 		s.nextStart = s.lastStart.Add(back)
 	} else {
+		if !shared {
+			// Asked of DingTalk: the next may start MinInterval after
+			// this one did. A token taken from the fleet leaves the
+			// last fetch from DingTalk's interval as it was.
+			s.nextStart = s.lastStart.Add(s.opts.MinInterval)
+		}
 		s.failures, s.lastErr = 0, nil
 		s.token, s.expires, s.fetched = tok, now.Add(ttl), now
 		close(s.changed)
@@ -219,6 +249,8 @@ func (s *Source) run(ch chan struct{}) {
 	if l := s.opts.Logger; l != nil {
 		if err != nil {
 			l.Warn("token fetch failed", zap.Error(err))
+		} else if shared {
+			l.Info("token refreshed", zap.Duration("expires_in", ttl), zap.String("from", "redis"))
 		} else {
 			l.Info("token refreshed", zap.Duration("expires_in", ttl))
 		}
