@@ -109,8 +109,10 @@ staticcheck: ## staticcheck, pinned, installed into bin/tools from the module pr
 .PHONY: fuzz loadtest help demo demo-fleet resilience test test-fleet soak test-short build docker run fake check-config examples bench lint tidy staticcheck
 
 # The configuration key table and the metric table in docs/ are written
-# from the code; make test fails when the committed ones differ.
-docs: ## regenerate the generated tables in docs/ (configuration keys, metrics) from the code
+# from the code, the alert table and deploy/k8s/prometheusrule.yaml from the
+# rule file deploy/prometheus/dingproxy-rules.yaml; make test fails when the
+# committed ones differ.
+docs: ## regenerate the generated tables in docs/ (configuration keys, metrics, alerts) and deploy/k8s/prometheusrule.yaml from the code and the rule file
 	$(GO) run ./tools/docgen
 
 .PHONY: docs
