@@ -110,8 +110,40 @@ staticcheck: ## staticcheck, pinned, installed into bin/tools from the module pr
 .PHONY: fuzz loadtest help demo demo-fleet resilience test test-fleet soak test-short build docker run fake check-config examples bench lint tidy staticcheck
 
 # The configuration key table and the metric table in docs/ are written
-# from the code; make test fails when the committed ones differ.
-docs: ## regenerate the generated tables in docs/ (configuration keys, metrics) from the code
+# from the code, the alert table and deploy/k8s/prometheusrule.yaml from the
+# rule file deploy/prometheus/dingproxy-rules.yaml; make test fails when the
+# committed ones differ.
+docs: ## regenerate the generated tables in docs/ (configuration keys, metrics, alerts) and deploy/k8s/prometheusrule.yaml from the code and the rule file
 	$(GO) run ./tools/docgen
 
 .PHONY: docs
+
+# promtool is pinned: the one of Debian's prometheus package of this version,
+# which make promtool unpacks alone into bin/tools (apt-get download, then
+# dpkg-deb: the package is not installed, so no Prometheus server is set up
+# or started). make rules takes bin/tools/promtool when it is there, else the
+# promtool on the PATH, and refuses any other version.
+PROMTOOL_PACKAGE := prometheus=2.42.0+ds-5+deb12u1
+PROMTOOL_VERSION := 2.42.0
+PROMTOOL ?= $(or $(wildcard bin/tools/promtool),promtool)
+PROMTOOL_IS_PINNED = $(PROMTOOL) --version 2>&1 | head -n 1 | grep -q '^promtool, version $(subst .,\.,$(PROMTOOL_VERSION))[+ ]'
+rules: ## promtool check rules on deploy/prometheus/dingproxy-rules.yaml and on the PrometheusRule's groups, then the rules' unit tests (deploy/prometheus/tests); needs promtool 2.42.0 (make promtool)
+	@command -v $(PROMTOOL) >/dev/null 2>&1 || { echo "rules: no promtool. Run make promtool: it unpacks promtool $(PROMTOOL_VERSION) from the Debian package $(PROMTOOL_PACKAGE) into bin/tools (apt-get download; nothing is installed or started)."; exit 1; }
+	@$(PROMTOOL_IS_PINNED) || { echo "rules: $(PROMTOOL) is not promtool $(PROMTOOL_VERSION) but: $$($(PROMTOOL) --version 2>&1 | head -n 1). Run make promtool: it puts that version in bin/tools."; exit 1; }
+	$(PROMTOOL) check rules deploy/prometheus/dingproxy-rules.yaml
+	# The PrometheusRule's groups as a rule file: what follows spec:, one level out.
+	tmp=$$(mktemp -d) && sed -e '1,/^spec:$$/d' -e 's/^  //' deploy/k8s/prometheusrule.yaml > $$tmp/prometheusrule-groups.yaml && \
+	$(PROMTOOL) check rules $$tmp/prometheusrule-groups.yaml; rc=$$?; rm -rf $$tmp; exit $$rc
+	$(PROMTOOL) test rules deploy/prometheus/tests/*.yaml
+
+promtool: ## promtool 2.42.0 into bin/tools, unpacked from the pinned Debian package prometheus (nothing installed or started; needs apt's package lists)
+	@if $(PROMTOOL_IS_PINNED); then echo "promtool: $(PROMTOOL) is promtool $(PROMTOOL_VERSION) already"; exit 0; fi; \
+	mkdir -p bin/tools && tmp=$$(mktemp -d) && \
+	if (cd $$tmp && apt-get download -q $(PROMTOOL_PACKAGE)) && \
+		dpkg-deb --fsys-tarfile $$tmp/prometheus_*.deb > $$tmp/data.tar && \
+		tar -xOf $$tmp/data.tar ./usr/bin/promtool > bin/tools/promtool.new; then rc=0; else rc=1; fi; \
+	rm -rf $$tmp; \
+	if [ $$rc != 0 ]; then rm -f bin/tools/promtool.new; echo "promtool: could not get $(PROMTOOL_PACKAGE) (apt-get update first?)"; exit 1; fi; \
+	chmod 755 bin/tools/promtool.new && mv bin/tools/promtool.new bin/tools/promtool && bin/tools/promtool --version 2>&1 | head -n 1
+
+.PHONY: rules promtool

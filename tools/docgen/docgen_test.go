@@ -23,7 +23,7 @@ const root = "../.."
 // naming the command to run, when a committed file differs.
 func TestGeneratedDocsUpToDate(t *testing.T) {
 	t.Parallel()
-	blocks, err := render()
+	blocks, err := render(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestRewrite(t *testing.T) {
 
 func TestTablesHoldTheReference(t *testing.T) {
 	t.Parallel()
-	blocks, err := render()
+	blocks, err := render(root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +119,10 @@ func TestTablesHoldTheReference(t *testing.T) {
 			"| `dingproxy_requests_total` | counter | `code`, `route` |",
 			"`op`: `ping`, `token_read`",
 			"`quota`, `cache`.",
+		},
+		"alerts": {
+			"| [DingproxyDeadSends](../README.md#dingproxydeadsends) | warning | 1m | Deferred sends were given up",
+			"| [DingproxyTokenExpiring](../README.md#dingproxytokenexpiring) | critical | 0 |",
 		},
 	} {
 		for _, w := range want {
@@ -389,5 +393,27 @@ func TestScenarioCount(t *testing.T) {
 		if !strings.Contains(strings.Join(strings.Fields(string(src)), " "), phrase) {
 			t.Errorf("%s does not say %q: internal/resilience has %d scenarios; update its text", file, phrase, n)
 		}
+	}
+}
+
+// TestPrometheusRule: the PrometheusRule is the header, then the rule file
+// from its groups on, under spec, comments kept and blank lines left blank;
+// a file without a top-level groups key is an error.
+func TestPrometheusRule(t *testing.T) {
+	t.Parallel()
+	src := "# the file's own header\n# more\ngroups:\n  - name: g\n    rules:\n      # a comment\n      - alert: A\n        expr: |\n          up\n\n          == 0\n"
+	got, err := prometheusRule([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := operatorHeader + "  groups:\n    - name: g\n      rules:\n        # a comment\n        - alert: A\n          expr: |\n            up\n\n            == 0\n"
+	if string(got) != want {
+		t.Errorf("prometheusRule =\n%s\nwant\n%s", got, want)
+	}
+	if !strings.HasSuffix(operatorHeader, "kind: PrometheusRule\nmetadata:\n  name: dingproxy\n  labels:\n    app.kubernetes.io/name: dingproxy\nspec:\n") {
+		t.Errorf("the header does not end with the PrometheusRule's head and spec:\n%s", operatorHeader)
+	}
+	if _, err := prometheusRule([]byte("  groups:\n")); err == nil {
+		t.Error("no error for a file without a top-level groups key")
 	}
 }

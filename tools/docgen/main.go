@@ -1,13 +1,17 @@
 // Command docgen writes the parts of dingproxy's documentation that the code
 // defines, so that they cannot drift from it: the configuration key table
 // (from config.Reference: key, environment variable, type, default, live or
-// restart) and the metric table (from metrics.Reference: name, type, labels,
-// help). Each is written between a pair of marker comments in a Markdown
-// file of README.md or docs/:
+// restart), the metric table (from metrics.Reference: name, type, labels,
+// help) and the alert table (from the Prometheus rule file,
+// deploy/prometheus/dingproxy-rules.yaml). Each is written between a pair of
+// marker comments in a Markdown file of README.md or docs/:
 //
 //	<!-- BEGIN GENERATED config-keys: make docs writes this table; do not edit it by hand -->
 //	...
 //	<!-- END GENERATED config-keys -->
+//
+// It also writes deploy/k8s/prometheusrule.yaml, the rule file as a
+// PrometheusRule for the Prometheus Operator.
 //
 // Usage, from the repository's root (make docs):
 //
@@ -33,7 +37,7 @@ import (
 	"github.com/dingproxy/dingproxy/internal/metrics"
 )
 
-// regenerate is the command a user runs to bring the blocks up to date.
+// regenerate is the command a user runs to bring the generated files up to date.
 const regenerate = "make docs (go run ./tools/docgen)"
 
 func main() {
@@ -49,7 +53,7 @@ func main() {
 // run brings every file's blocks up to date, or with check only reports
 // the files that are not.
 func run(root string, check bool, stdout io.Writer) error {
-	blocks, err := render()
+	blocks, err := render(root)
 	if err != nil {
 		return err
 	}
@@ -84,16 +88,49 @@ func run(root string, check bool, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "docgen: wrote %s\n", rel)
 	}
+	stale, err = writeOperatorRules(root, check, stdout, stale)
+	if err != nil {
+		return err
+	}
 	for _, name := range slices.Sorted(maps.Keys(blocks)) {
 		if !used[name] {
 			return fmt.Errorf("no file of README.md or docs/ has the block %q: add its markers where the table belongs", name)
 		}
 	}
 	if len(stale) > 0 {
-		return fmt.Errorf("generated tables out of date with the code in %s: run %s and commit the result",
+		return fmt.Errorf("generated files out of date with the code or the rule file in %s: run %s and commit the result",
 			strings.Join(stale, ", "), regenerate)
 	}
 	return nil
+}
+
+// writeOperatorRules brings the PrometheusRule up to date with the rule
+// file, or with check adds it to stale when it is not.
+func writeOperatorRules(root string, check bool, stdout io.Writer, stale []string) ([]string, error) {
+	src, _, err := readRules(root)
+	if err != nil {
+		return stale, err
+	}
+	want, err := prometheusRule(src)
+	if err != nil {
+		return stale, err
+	}
+	p := filepath.Join(root, operatorFile)
+	have, err := os.ReadFile(p)
+	if err != nil && !os.IsNotExist(err) {
+		return stale, err
+	}
+	if bytes.Equal(have, want) {
+		return stale, nil
+	}
+	if check {
+		return append(stale, operatorFile), nil
+	}
+	if err := os.WriteFile(p, want, 0o644); err != nil {
+		return stale, err
+	}
+	fmt.Fprintf(stdout, "docgen: wrote %s\n", operatorFile)
+	return stale, nil
 }
 
 // files are the Markdown files that may hold generated blocks.
@@ -105,15 +142,21 @@ func files(root string) ([]string, error) {
 	return append([]string{filepath.Join(root, "README.md")}, docs...), nil
 }
 
-// render returns each block's content by name.
-func render() (map[string]string, error) {
+// render returns each block's content by name, reading the rule file under
+// root.
+func render(root string) (map[string]string, error) {
 	fams, err := metrics.Reference()
+	if err != nil {
+		return nil, err
+	}
+	_, rules, err := readRules(root)
 	if err != nil {
 		return nil, err
 	}
 	return map[string]string{
 		"config-keys": configTable(config.Reference()),
 		"metrics":     metricTable(fams),
+		"alerts":      alertTable(rules),
 	}, nil
 }
 
