@@ -120,36 +120,12 @@ func TestPrometheusRuleIsTheRuleFile(t *testing.T) {
 	}
 }
 
-// pendingMetrics are metrics the rules use before dingproxy's registry has
-// them, with their labels: the quota's stops (scope: path, organisation,
-// budget), which the quota code is gaining. While the registry lacks one,
-// these labels stand in for it; once it has it, the registry's own are
-// checked, and the entry should go.
-var pendingMetrics = map[string][]string{
-	"dingproxy_quota_stops": {"scope"},
-}
-
 // The rules query metrics and labels dingproxy exports (alone, or in shared
 // mode for the fleet's), so that none of them silently never fires; the
 // series they read from recording rules are recorded in the file.
 func TestRulesUseRealMetrics(t *testing.T) {
 	groups := readRules(t)
 	labels := exportedLabels(t, true)
-	for name, ls := range pendingMetrics {
-		if have, ok := labels[name]; ok {
-			if want := slices.Sorted(slices.Values(ls)); !slices.Equal(slices.Sorted(maps.Keys(have)), want) {
-				t.Errorf("dingproxy exports %s with the labels %v, but the rules were written for %v: check their expressions, and remove it from pendingMetrics",
-					name, slices.Sorted(maps.Keys(have)), want)
-			} else {
-				t.Logf("dingproxy exports %s now: remove it from pendingMetrics", name)
-			}
-			continue
-		}
-		labels[name] = map[string]bool{}
-		for _, l := range ls {
-			labels[name][l] = true
-		}
-	}
 	// A recorded series has the labels of what it reads (a superset, for
 	// aggregations that drop some): recording rules may read earlier ones.
 	recorded := regexp.MustCompile(`^dingproxy:[a-z0-9_]+:[a-z0-9_]+$`)
