@@ -3,6 +3,7 @@ package app
 import (
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,18 +25,13 @@ type observer struct {
 	log *zap.Logger
 	// series are each route's series on the common path, resolved once.
 	series sync.Map // route -> *routeSeries
-	// Attempt latency by upstream, resolved once.
-	oapiAttempts, apiAttempts prometheus.Observer
 	// testHookAttempted, when set (by tests, before the app is used), runs
 	// first in Attempted.
 	testHookAttempted func()
 }
 
 func newObserver(m *metrics.Metrics, log *zap.Logger) *observer {
-	return &observer{m: m, log: log,
-		oapiAttempts: m.AttemptDuration.WithLabelValues(dingtalk.OAPI.String()),
-		apiAttempts:  m.AttemptDuration.WithLabelValues(dingtalk.API.String()),
-	}
+	return &observer{m: m, log: log}
 }
 
 // routeSeries are a route's series on the common path, resolved once:
@@ -45,6 +41,21 @@ type routeSeries struct {
 	duration prometheus.Observer // request_duration_seconds
 	success  prometheus.Counter  // upstream_attempts_total{result="success"}
 	metered  prometheus.Counter  // quota_calls_total
+	// attempts are upstream_attempt_duration_seconds by upstream (oapi,
+	// api), each resolved on first use: a route's calls go to one
+	// upstream, but the overflow route's may go to both.
+	attempts [2]atomic.Pointer[prometheus.Observer]
+}
+
+// attemptDuration is the route's attempt latency series on up.
+func (rs *routeSeries) attemptDuration(m *metrics.Metrics, route string, up dingtalk.Upstream) prometheus.Observer {
+	slot := &rs.attempts[min(int(up), 1)]
+	if o := slot.Load(); o != nil {
+		return *o
+	}
+	o := m.AttemptDuration.WithLabelValues(route, up.String())
+	slot.Store(&o)
+	return o
 }
 
 // seriesFor returns route's resolved series. Routes are bounded by the
@@ -63,21 +74,19 @@ func (o *observer) seriesFor(route string) *routeSeries {
 	return v.(*routeSeries)
 }
 
-// Attempted counts each attempt and times it by upstream (retry.Observer).
+// Attempted counts each attempt and times it by route and upstream
+// (retry.Observer).
 func (o *observer) Attempted(f *call.Facts, _ int, rep call.Report) {
 	if o.testHookAttempted != nil {
 		o.testHookAttempted()
 	}
+	rs := o.seriesFor(f.Route)
 	if rep.Reason == dingtalk.ReasonSuccess {
-		o.seriesFor(f.Route).success.Inc()
+		rs.success.Inc()
 	} else {
 		o.m.Attempts.WithLabelValues(f.Route, rep.Reason).Inc()
 	}
-	if f.Upstream == dingtalk.API {
-		o.apiAttempts.Observe(rep.Took.Seconds())
-	} else {
-		o.oapiAttempts.Observe(rep.Took.Seconds())
-	}
+	rs.attemptDuration(o.m, f.Route, f.Upstream).Observe(rep.Took.Seconds())
 }
 
 // Retrying counts a retry (retry.Observer).

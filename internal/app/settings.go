@@ -41,7 +41,7 @@ func ProxyPolicy(cfg *config.Config) proxy.Policy {
 		TokenPlaceholder:    cfg.Token.Placeholder,
 	}
 	for _, r := range cfg.Routes {
-		route := &call.RoutePolicy{Idempotent: r.Idempotent, Cache: r.Cache}
+		route := &call.RoutePolicy{Idempotent: r.Idempotent, Cache: r.Cache, SlowCall: r.SlowCall}
 		if d := r.Defer; d != nil {
 			route.Defer = &call.Defer{MaxAge: d.MaxAge, Merge: d.Merge}
 		}
@@ -84,6 +84,7 @@ func BreakerSettings(cfg *config.Config) breaker.Settings {
 		Window:           b.Window,
 		OpenTimeout:      b.OpenTimeout,
 		HalfOpenRequests: b.HalfOpenRequests,
+		SlowCall:         b.SlowCall,
 	}
 }
 

@@ -30,6 +30,10 @@ type Settings struct {
 	OpenTimeout time.Duration
 	// HalfOpenRequests probes are let through; all must succeed to close.
 	HalfOpenRequests uint32
+	// SlowCall is the default slow-call limit (breaker.slow_call): a call
+	// DingTalk answered more slowly counts as a failure (Slow). A route's
+	// own limit (call.RoutePolicy.SlowCall) overrides it; 0 is off.
+	SlowCall time.Duration
 }
 
 // WindowBuckets is how many buckets the rolling window has.
@@ -355,7 +359,8 @@ func (s *Set) Banned() time.Duration {
 	return 0
 }
 
-// Update installs new settings. Ratio and minimum apply at once; a changed
+// Update installs new settings. Ratio, minimum and the slow-call limit
+// apply at once (the limit to calls that end from then on); a changed
 // window, open timeout or probe count applies to each breaker's next
 // window. Breakers keep their state.
 func (s *Set) Update(st Settings) { s.settings.Store(&st) }

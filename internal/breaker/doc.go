@@ -10,6 +10,8 @@
 // path, around the attempt loop: it asks a Guard (the Set, or the fleet's
 // decoration of it), runs the loop, and judges the loop's Report (Judge) as
 // one sample of the route, so one client call is one sample however many
-// attempts it took. It answers nothing itself: an open breaker is an
-// *OpenError, which the proxy turns into a fallback.
+// attempts it took. A call DingTalk answered more slowly than the route's
+// slow-call limit (Slow) is a failure whatever it answered: the verdict
+// changes, never the answer. It answers nothing itself: an open breaker is
+// an *OpenError, which the proxy turns into a fallback.
 package breaker

@@ -89,6 +89,9 @@ type RoutePolicy struct {
 	// Defer, when non-nil, keeps a send that cannot go now for later
 	// delivery (the outbox).
 	Defer *Defer
+	// SlowCall, when non-nil, is the route's own slow-call limit in place
+	// of the breaker's default (0: off on this route).
+	SlowCall *time.Duration
 }
 
 // Defer is a route's deferral policy.

@@ -249,6 +249,14 @@ type Breaker struct {
 	// MaxRoutes is how many paths get a breaker of their own; the rest share
 	// one. Default 512; >= 1.
 	MaxRoutes int `mapstructure:"max_routes"`
+	// SlowCall is how long DingTalk may take to answer a call before the
+	// call counts as a failure for its route's breaker, whatever the
+	// answer (which still goes back to the client). Measured per call on
+	// the attempt whose answer goes back, as
+	// dingproxy_upstream_attempt_duration_seconds measures attempts. A
+	// route's own routes[].slow_call overrides it. Default 0: off; else
+	// > 0 and < retry.per_try_timeout. Applied live on reload.
+	SlowCall time.Duration `mapstructure:"slow_call"`
 }
 
 // Route is per-path policy.
@@ -273,6 +281,11 @@ type Route struct {
 	// own (README, "Deferred sends"). Only on a route that sends: not a
 	// read, not a token endpoint.
 	Defer *Defer `mapstructure:"defer"`
+	// SlowCall, when set, is the route's own slow-call limit in place of
+	// breaker.slow_call: 0 turns slow calls off on the route whatever the
+	// breaker's default. Absent (nil) leaves the route to
+	// breaker.slow_call. 0, or > 0 and < retry.per_try_timeout.
+	SlowCall *time.Duration `mapstructure:"slow_call"`
 }
 
 // Defer is a route's deferral policy.

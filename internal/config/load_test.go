@@ -45,6 +45,7 @@ func TestKeys(t *testing.T) {
 		"pacing.per_api_qps", "pacing.global_qps", "pacing.robot_per_minute",
 		"breaker.failure_ratio", "breaker.min_requests", "breaker.window",
 		"breaker.open_timeout", "breaker.half_open_requests", "breaker.max_routes",
+		"breaker.slow_call",
 		"routes",
 		"log.level", "log.format",
 		"quota.monthly_budget", "quota.timezone",
@@ -94,9 +95,10 @@ func TestLoadValid(t *testing.T) {
 			OpenTimeout:      5 * time.Second,
 			HalfOpenRequests: 1,
 			MaxRoutes:        16,
+			SlowCall:         1500 * time.Millisecond,
 		},
 		Routes: []Route{
-			{Path: "/topapi/v2/user/get", Idempotent: ptr(true)},
+			{Path: "/topapi/v2/user/get", Idempotent: ptr(true), SlowCall: ptr(time.Duration(0))},
 			{Path: "/v1.0/robot/oToMessages/batchSend", Fallback: &Fallback{
 				Status: 503,
 				// Lower-cased by viper; header names are case-insensitive.
@@ -104,7 +106,7 @@ func TestLoadValid(t *testing.T) {
 				Body:    "busy",
 				Stale:   time.Minute,
 			}},
-			{Path: "/topapi/v2/department/listsub", Fallback: &Fallback{Stale: 10 * time.Minute}},
+			{Path: "/topapi/v2/department/listsub", Fallback: &Fallback{Stale: 10 * time.Minute}, SlowCall: ptr(800 * time.Millisecond)},
 			{Path: "/robot/send", Defer: &Defer{MaxAge: time.Hour, Merge: true}},
 		},
 		Log:    Log{Level: "debug", Format: "console"},
@@ -517,7 +519,7 @@ func TestLoadEnvOverridesFile(t *testing.T) {
 }
 
 func TestLoadEnvRoutesJSON(t *testing.T) {
-	t.Setenv("DINGPROXY_ROUTES", `[{"path":"/a","idempotent":false,"fallback":{"status":200,"headers":{"X-A":"1"}}},{"path":"/b"}]`)
+	t.Setenv("DINGPROXY_ROUTES", `[{"path":"/a","idempotent":false,"fallback":{"status":200,"headers":{"X-A":"1"}}},{"path":"/b"},{"path":"/c","slow_call":"750ms"}]`)
 	got, err := Load("")
 	if err != nil {
 		t.Fatalf(`Load(""): %v`, err)
@@ -525,6 +527,7 @@ func TestLoadEnvRoutesJSON(t *testing.T) {
 	want := []Route{
 		{Path: "/a", Idempotent: ptr(false), Fallback: &Fallback{Status: 200, Headers: map[string]string{"x-a": "1"}}},
 		{Path: "/b"},
+		{Path: "/c", SlowCall: ptr(750 * time.Millisecond)},
 	}
 	if diff := cmp.Diff(want, got.Routes); diff != "" {
 		t.Errorf("routes mismatch (-want +got):\n%s", diff)
@@ -564,6 +567,16 @@ func TestLoadEnvInvalid(t *testing.T) {
 			name: "duration without unit",
 			env:  map[string]string{"DINGPROXY_BREAKER_WINDOW": "30"},
 			want: `breaker.window: cannot parse "30" as duration (missing unit, e.g. "30s") (from DINGPROXY_BREAKER_WINDOW)`,
+		},
+		{
+			name: "slow_call negative",
+			env:  map[string]string{"DINGPROXY_BREAKER_SLOW_CALL": "-1s"},
+			want: "breaker.slow_call: must be >= 0 (0: off), got -1s",
+		},
+		{
+			name: "route slow_call without unit",
+			env:  map[string]string{"DINGPROXY_ROUTES": `[{"path":"/a","slow_call":2}]`},
+			want: `routes[0].slow_call: cannot parse 2 as duration (missing unit, e.g. "2s") (from DINGPROXY_ROUTES)`,
 		},
 		{
 			name: "routes not a list",

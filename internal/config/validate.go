@@ -154,8 +154,9 @@ func (c *Config) validate() []*FieldError {
 	v.positive("breaker.open_timeout", b.OpenTimeout)
 	v.atLeast("breaker.half_open_requests", int64(b.HalfOpenRequests), 1)
 	v.atLeast("breaker.max_routes", int64(b.MaxRoutes), 1)
+	v.slowCall("breaker.slow_call", b.SlowCall, r.PerTryTimeout)
 
-	v.routes(c.Routes)
+	v.routes(c.Routes, r.PerTryTimeout)
 
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -210,7 +211,7 @@ func (v *validator) upstream(key, raw string) {
 	v.add(key, "must be an absolute http or https URL with no path, query or user info, got %q", shown)
 }
 
-func (v *validator) routes(routes []Route) {
+func (v *validator) routes(routes []Route, perTry time.Duration) {
 	seen := make(map[string]int, len(routes))
 	for i, r := range routes {
 		key := fmt.Sprintf("routes[%d]", i)
@@ -226,9 +227,24 @@ func (v *validator) routes(routes []Route) {
 			v.fallback(key+".fallback", r.Fallback)
 		}
 		v.cache(key, r)
+		if r.SlowCall != nil {
+			v.slowCall(key+".slow_call", *r.SlowCall, perTry)
+		}
 		if r.Defer != nil {
 			v.deferral(key, r)
 		}
+	}
+}
+
+// slowCall checks a slow-call limit: 0 (off), or a positive duration
+// under retry.per_try_timeout (perTry), which cuts a slower attempt off as
+// a timeout: a limit at or past it would never apply.
+func (v *validator) slowCall(key string, d, perTry time.Duration) {
+	switch {
+	case d < 0:
+		v.add(key, "must be >= 0 (0: off), got %s", d)
+	case d > 0 && perTry > 0 && d >= perTry:
+		v.add(key, "must be < retry.per_try_timeout (%s), which already cuts off a slower attempt as a failure, got %s", perTry, d)
 	}
 }
 

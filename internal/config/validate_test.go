@@ -94,6 +94,24 @@ func TestValidate(t *testing.T) {
 		{"open_timeout negative", func(c *Config) { c.Breaker.OpenTimeout = -time.Millisecond }, "breaker.open_timeout: must be > 0, got -1ms"},
 		{"half_open_requests zero", func(c *Config) { c.Breaker.HalfOpenRequests = 0 }, "breaker.half_open_requests: must be >= 1, got 0"},
 		{"max_routes zero", func(c *Config) { c.Breaker.MaxRoutes = 0 }, "breaker.max_routes: must be >= 1, got 0"},
+		{"slow_call negative", func(c *Config) { c.Breaker.SlowCall = -time.Second }, "breaker.slow_call: must be >= 0 (0: off), got -1s"},
+		{"slow_call zero is off", func(c *Config) { c.Breaker.SlowCall = 0 }, ""},
+		{"slow_call under per_try_timeout", func(c *Config) { c.Breaker.SlowCall = 500 * time.Millisecond }, ""},
+		{"slow_call at per_try_timeout", func(c *Config) { c.Breaker.SlowCall = c.Retry.PerTryTimeout },
+			"breaker.slow_call: must be < retry.per_try_timeout (10s), which already cuts off a slower attempt as a failure, got 10s"},
+		{"route slow_call negative", func(c *Config) {
+			d := -5 * time.Millisecond
+			c.Routes = []Route{{Path: "/a"}, {Path: "/b", SlowCall: &d}}
+		}, "routes[1].slow_call: must be >= 0 (0: off), got -5ms"},
+		{"route slow_call past per_try_timeout", func(c *Config) {
+			d := time.Minute
+			c.Routes = []Route{{Path: "/a", SlowCall: &d}}
+		}, "routes[0].slow_call: must be < retry.per_try_timeout (10s), which already cuts off a slower attempt as a failure, got 1m0s"},
+		{"route slow_call zero under a default", func(c *Config) {
+			zero := time.Duration(0)
+			c.Breaker.SlowCall = time.Second
+			c.Routes = []Route{{Path: "/a", SlowCall: &zero}}
+		}, ""},
 
 		{"route path relative", func(c *Config) {
 			c.Routes = []Route{{Path: "/a"}, {Path: "topapi/x"}}

@@ -27,7 +27,9 @@ import (
 // proxy's counts; when the sum trips the local rule (breaker.Settings.Trips),
 // the route opens on every proxy. A proxy that sees no failure on a route
 // does not report it: an outage only one proxy sees is judged on that
-// proxy's own calls.
+// proxy's own calls. A slow call (breaker.slow_call) is a failure in those
+// counts as it is alone: the breaker layer judges it a failure before its
+// verdict reaches the done that Allow returns.
 type Breakers struct {
 	f     *Fleet
 	local *breaker.Set
@@ -96,6 +98,10 @@ func (b *Breakers) Check(route string) error {
 	}
 	return b.local.Check(route)
 }
+
+// Settings are the local Set's: the fleet judges a call, slow or not, by
+// the same settings as a proxy alone, and sums the verdicts.
+func (b *Breakers) Settings() breaker.Settings { return b.local.Settings() }
 
 // Ban bans here and tells the fleet.
 func (b *Breakers) Ban(until time.Time) bool {

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
 )
 
 const namespace = "dingproxy"
@@ -105,9 +107,9 @@ func New(version string) *Metrics {
 	}, []string{"route", "result"})
 	m.AttemptDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "upstream_attempt_duration_seconds",
-		Help:    "One attempt's latency up to its classified answer, by upstream (oapi, api).",
+		Help:    "One attempt's latency, from its sending (after any wait for its turn) to its classified answer, by route and upstream (oapi, api): what breaker.slow_call is compared with.",
 		Buckets: durationBuckets,
-	}, []string{"upstream"})
+	}, []string{"route", "upstream"})
 	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "retries_total",
 		Help: "Retries made, by route and the reason of the attempt that was retried.",
@@ -220,9 +222,6 @@ func New(version string) *Metrics {
 		m.TokenRefreshes.WithLabelValues(r)
 		m.Reloads.WithLabelValues(r)
 	}
-	for _, u := range []string{"oapi", "api"} {
-		m.AttemptDuration.WithLabelValues(u)
-	}
 	m.ReloadSuccessful.Set(1)
 	m.ReloadSuccessTime.Set(float64(time.Now().UnixNano()) / 1e9)
 	return m
@@ -234,6 +233,7 @@ func (m *Metrics) InitRoute(route string, qps float64) {
 	m.Requests.WithLabelValues(route, "200")
 	m.RequestDuration.WithLabelValues(route)
 	m.Attempts.WithLabelValues(route, "success")
+	m.AttemptDuration.WithLabelValues(route, dingtalk.UpstreamFor(route).String())
 	for _, r := range RetryReasons {
 		m.Retries.WithLabelValues(route, r)
 	}
@@ -371,7 +371,7 @@ func (m *Metrics) ForgetRoute(route string) {
 	l := prometheus.Labels{"route": route}
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
-	}{m.Requests, m.RequestDuration, m.Attempts, m.Retries, m.BudgetExhausted, m.BreakerState,
+	}{m.Requests, m.RequestDuration, m.Attempts, m.AttemptDuration, m.Retries, m.BudgetExhausted, m.BreakerState,
 		m.BreakerTransits, m.Fallbacks, m.PacingRate, m.Unreplayable, m.QuotaCalls, m.CacheRequests, m.OutboxSends} {
 		v.DeletePartialMatch(l)
 	}

@@ -37,7 +37,7 @@ var spec = []metricDef{
 
 // extra are the operator metrics beyond the public table.
 var extra = []metricDef{
-	{"dingproxy_upstream_attempt_duration_seconds", dto.MetricType_HISTOGRAM, []string{"upstream"}},
+	{"dingproxy_upstream_attempt_duration_seconds", dto.MetricType_HISTOGRAM, []string{"route", "upstream"}},
 	{"dingproxy_breaker_transitions_total", dto.MetricType_COUNTER, []string{"route", "to"}},
 	{"dingproxy_pacing_rate", dto.MetricType_GAUGE, []string{"route"}},
 	{"dingproxy_unreplayable_requests_total", dto.MetricType_COUNTER, []string{"route", "reason"}},
@@ -148,7 +148,7 @@ func TestLint(t *testing.T) {
 	m.InitRoute("/gettoken", 20)
 	m.Requests.WithLabelValues("/x", metrics.Code(502)).Inc()
 	m.RequestDuration.WithLabelValues("/x").Observe(0.2)
-	m.AttemptDuration.WithLabelValues("oapi").Observe(0.01)
+	m.AttemptDuration.WithLabelValues("/x", "oapi").Observe(0.01)
 	m.Reloaded(false)
 	problems, err := testutil.GatherAndLint(m.Registry)
 	if err != nil {
