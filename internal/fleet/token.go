@@ -232,7 +232,8 @@ func (sf *Fetcher) FetchShared(ctx context.Context) (tok string, ttl time.Durati
 	var (
 		waitingSince time.Time
 		waitMost     time.Duration
-		tookOver     bool // this proxy tried to take a silent holder's lock over
+		waitedOn     string // the holder waited on since waitingSince
+		tookOver     bool   // this proxy tried to take a silent holder's lock over
 	)
 	for {
 		if !f.Up() {
@@ -289,8 +290,10 @@ func (sf *Fetcher) FetchShared(ctx context.Context) (tok string, ttl time.Durati
 		holder := current
 		now := time.Now()
 		switch {
-		case waitingSince.IsZero():
-			waitingSince, waitMost = now, patience(ctx, fetchTimeout)
+		case waitingSince.IsZero() || holder != waitedOn:
+			// A new holder (one that has just taken a silent holder's
+			// lock over, or the next fetch's) has its own patience.
+			waitingSince, waitMost, waitedOn = now, patience(ctx, fetchTimeout), holder
 		case now.Sub(waitingSince) < waitMost:
 		case !tookOver && holder != "":
 			// The holder has had half a fetch's time and shared no
