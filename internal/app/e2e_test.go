@@ -228,7 +228,10 @@ func TestClientTokenIsKept(t *testing.T) {
 		t.Errorf("api header = %q, want the client's token alone", h)
 	}
 	// A client's own token that DingTalk rejects is the client's business:
-	// forwarded once, and the shared token is not refetched.
+	// forwarded once, and the shared token is not refetched. (The
+	// background refresher's first fetch, which no call here waited for,
+	// is over first.)
+	waitFor(t, "the shared token", func() bool { tok, _ := s.app.Tokens().Peek(); return tok != "" })
 	before := s.fake.TokenFetches()
 	r, body = s.do(http.MethodGet, dingtalktest.PathDeptList+"?access_token=not-a-token", nil)
 	if errcodeOf(t, body) != dingtalk.ErrcodeTokenInvalid || attempts(t, r) != 1 {
