@@ -42,14 +42,30 @@ soak: ## the wall-clock tests (files *soak_test.go, tag soak): fault soaks (with
 	# stale shared token: measured without the race detector.
 	$(GO) test -tags soak -count=1 -timeout 10m -run '^(TestDistinctCachedReadsStayBounded|TestStaleSharedTokenAtLoad)$$' -v ./internal/app
 
-test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP (CI runs it to show they ran)
-	@command -v redis-server >/dev/null || { echo "test-fleet needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }
+# The tests against a real Redis, and what each run of them must show:
+# each PASSes, none SKIPs. test-fleet runs them against one redis-server,
+# test-fleet-cluster against a Redis Cluster of three masters
+# (internal/redistest's REDISTEST_CLUSTER=1).
+FLEET_TESTS = ^(TestFleet.*|TestToken.*|TestRedisGoneAndBack|TestRedisFailureNamed|TestSharedPacingHoldsTheFleet|TestSharedAdmitsAsAlone|TestThrottleSharedAcrossTheFleet|TestSharedRobotBudget|TestOpeningsAndBansShared|TestBreakerOpensAtTheSameCountAloneAndShared|TestHostileRedis.*|TestResync.*|TestQuotaStops.*|TestEventsBounded|TestJunkOpeningsBounded|TestQuotaFloodBounded|Test.*OutOfBounds|TestSealedValuesBoundToTheirKey)$$
+# fleet-tests runs FLEET_TESTS with the environment $(1), verbose, into
+# bin/<target>.log, and fails on a failure, a skip or fewer passes than
+# expected.
+define fleet-tests
+	@command -v redis-server >/dev/null || { echo "$@ needs redis-server on the PATH (apt-get install -y redis-server)"; exit 1; }
 	mkdir -p bin
-	$(GO) test -race -count=1 -v -run '^(TestFleet.*|TestToken.*|TestRedisGoneAndBack|TestRedisFailureNamed|TestSharedPacingHoldsTheFleet|TestSharedAdmitsAsAlone|TestThrottleSharedAcrossTheFleet|TestSharedRobotBudget|TestOpeningsAndBansShared|TestBreakerOpensAtTheSameCountAloneAndShared|TestHostileRedis.*|TestResync.*|TestQuotaStops.*|TestEventsBounded|TestJunkOpeningsBounded|TestQuotaFloodBounded|Test.*OutOfBounds|TestSealedValuesBoundToTheirKey)$$' ./internal/fleet ./internal/app > bin/test-fleet.log 2>&1 || { cat bin/test-fleet.log; exit 1; }
-	@grep -E '^(--- |ok|FAIL)' bin/test-fleet.log
-	@! grep -q -- '--- SKIP' bin/test-fleet.log || { echo "fleet tests skipped"; exit 1; }
-	@test "$$(grep -c -- '--- PASS' bin/test-fleet.log)" -ge 24 || { echo "fewer fleet tests ran than expected"; exit 1; }
-	@test "$$(grep -c -- '--- PASS: TestFleetOutbox' bin/test-fleet.log)" -ge 6 || { echo "fewer shared outbox tests ran than expected"; exit 1; }
+	$(1) $(GO) test -race -count=1 -v -run '$(FLEET_TESTS)' ./internal/fleet ./internal/app > bin/$@.log 2>&1 || { cat bin/$@.log; exit 1; }
+	@grep -E '^(--- |ok|FAIL)' bin/$@.log
+	@! grep -q -- '--- SKIP' bin/$@.log || { echo "fleet tests skipped"; exit 1; }
+	@test "$$(grep -c -- '--- PASS' bin/$@.log)" -ge 24 || { echo "fewer fleet tests ran than expected"; exit 1; }
+	@test "$$(grep -c -- '--- PASS: TestFleetOutbox' bin/$@.log)" -ge 6 || { echo "fewer shared outbox tests ran than expected"; exit 1; }
+endef
+
+test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP (CI runs it to show they ran)
+	$(call fleet-tests,)
+
+test-fleet-cluster: ## the same tests against a real Redis Cluster of three masters on loopback (redis-server and redis-cli; about 2.5 minutes)
+	$(call fleet-tests,REDISTEST_CLUSTER=1)
+	@test "$$(grep -c -- 'redistest: a Redis Cluster of 3 masters' bin/$@.log)" -ge 24 || { echo "fewer tests ran against a cluster than expected"; exit 1; }
 
 test-short: ## quick loop: no race detector, long tests skipped
 	$(GO) test -short ./...
@@ -107,7 +123,7 @@ staticcheck: ## staticcheck, pinned, installed into bin/tools from the module pr
 	GOBIN=$(CURDIR)/bin/tools GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	./bin/tools/staticcheck ./...
 
-.PHONY: fuzz loadtest help demo demo-fleet resilience test test-fleet soak test-short build docker run fake check-config examples bench lint tidy staticcheck
+.PHONY: fuzz loadtest help demo demo-fleet resilience test test-fleet test-fleet-cluster soak test-short build docker run fake check-config examples bench lint tidy staticcheck
 
 # The configuration key table and the metric table in docs/ are written
 # from the code, the alert table and deploy/k8s/prometheusrule.yaml from the

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/dingproxy/dingproxy/internal/app"
@@ -160,9 +159,9 @@ func TestFleetOutboxTakeOverAfterKill(t *testing.T) {
 	if err := fake.ResumeListening(); err != nil {
 		t.Fatal(err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	rdb := srv.Client()
 	defer rdb.Close()
-	recKey := "dingproxy:" + dingtalktest.DefaultAppKey + ":outbox:rec"
+	recKey := "dingproxy:{" + dingtalktest.DefaultAppKey + "}:outbox:rec"
 	// The other robot's four are delivered, and one send is marked as
 	// being sent: the one on the wire.
 	var inFlight string

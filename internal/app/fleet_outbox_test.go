@@ -170,7 +170,7 @@ func TestFleetOutboxSharedByFour(t *testing.T) {
 	if holders != 1 {
 		t.Errorf("%d proxies hold the courier's lease, want 1", holders)
 	}
-	if got, _ := srv.Do("XLEN", "dingproxy:"+dingtalktest.DefaultAppKey+":outbox:stream"); got != "0" {
+	if got, _ := srv.Do("XLEN", "dingproxy:{"+dingtalktest.DefaultAppKey+"}:outbox:stream"); got != "0" {
 		t.Errorf("the stream holds %s entries after every send was delivered", got)
 	}
 }
@@ -393,7 +393,7 @@ func TestFleetOutboxRedisShutDown(t *testing.T) {
 // counted and dropped: the proxies keep and deliver every send once.
 func TestFleetOutboxHostileRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	key := func(s string) string { return "dingproxy:" + dingtalktest.DefaultAppKey + ":outbox:" + s }
+	key := func(s string) string { return "dingproxy:{" + dingtalktest.DefaultAppKey + "}:outbox:" + s }
 	must := func(args ...string) {
 		t.Helper()
 		if _, err := srv.Do(args...); err != nil {

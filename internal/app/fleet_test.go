@@ -265,7 +265,7 @@ func TestFleetRedisKilledMidRun(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("call after the revocation: %d", resp.StatusCode)
 	}
-	if v, _ := srv.Do("EXISTS", "dingproxy:"+dingtalktest.DefaultAppKey+":token"); v != "1" {
+	if v, _ := srv.Do("EXISTS", "dingproxy:{"+dingtalktest.DefaultAppKey+"}:token"); v != "1" {
 		t.Errorf("the new token was not shared after Redis came back (EXISTS = %q)", v)
 	}
 }
@@ -370,7 +370,7 @@ func TestBreakerOpensAtTheSameCountAloneAndShared(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	fl := fleetOf(t, 2, fake, srv.URL(), opts...)
 	cfg := fl[0].app.Config()
-	key := cfg.Fleet.KeyPrefix + ":" + cfg.App.Key + ":brk:" + fleet.Digest(path)
+	key := fleet.Prefix(cfg.Fleet.KeyPrefix, cfg.App.Key) + "brk:" + fleet.Digest(path)
 	shared := opensAt(t, fl, func(calls int) {
 		// Each proxy reports its window within 100 ms: wait until the
 		// fleet's sum holds every call made, then until it has tripped (or

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,13 +35,9 @@ import (
 // a flood of 300k messages with its heap measured) are in
 // hostile_redis_soak_test.go.
 
-// keyOf is the fleet key of the test app: <prefix>:<app key>:<parts>.
+// keyOf is the fleet key of the test app: <prefix>:{<app key>}:<parts>.
 func keyOf(parts ...string) string {
-	k := "dingproxy:" + dingtalktest.DefaultAppKey
-	for _, p := range parts {
-		k += ":" + p
-	}
-	return k
+	return "dingproxy:{" + dingtalktest.DefaultAppKey + "}:" + strings.Join(parts, ":")
 }
 
 // redisDo runs each command on srv, failing t on an error.

@@ -274,7 +274,7 @@ func TestFleetSlowCallsOpenAtTheSameCountAsAlone(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	fl := fleetOf(t, 2, fake, srv.URL(), opts...)
 	cfg := fl[0].app.Config()
-	key := cfg.Fleet.KeyPrefix + ":" + cfg.App.Key + ":brk:" + fleet.Digest(path)
+	key := fleet.Prefix(cfg.Fleet.KeyPrefix, cfg.App.Key) + "brk:" + fleet.Digest(path)
 	shared := opensAt(t, fl, func(calls int) {
 		// Each proxy reports its window within 100 ms: wait until the
 		// fleet's sum holds every slow call as a failure, then until it

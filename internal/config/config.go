@@ -3,6 +3,7 @@ package config
 import (
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -322,9 +323,11 @@ type Fallback struct {
 // openings and an IP ban through Redis. Empty RedisURL: each proxy alone.
 type Fleet struct {
 	// RedisURL is redis://[user:password@]host:port/db, or rediss:// for
-	// TLS (DINGPROXY_FLEET_REDIS_URL). Its password never prints.
+	// TLS; a Redis Cluster with addr= seeds or the redis+cluster:// scheme;
+	// Sentinel with master_name= (internal/redisurl)
+	// (DINGPROXY_FLEET_REDIS_URL). Its passwords never print.
 	RedisURL RedisURL `mapstructure:"redis_url" reload:"restart"`
-	// KeyPrefix starts every key: <prefix>:<app key>:... Default dingproxy.
+	// KeyPrefix starts every key: <prefix>:{<app key>}:... Default dingproxy.
 	KeyPrefix string `mapstructure:"key_prefix" reload:"restart"`
 	// Timeout bounds every Redis operation; past it the proxy carries on
 	// alone. Default 50ms; must be > 0 and at most 5s.
@@ -334,8 +337,9 @@ type Fleet struct {
 // RedisURL is a Redis URL that prints with its password replaced.
 type RedisURL string
 
-// String is the URL with any password replaced by "xxxxx"; a URL that does
-// not parse prints as REDACTED (it might hold a password anywhere).
+// String is the URL with any password replaced by "xxxxx", the user's and
+// a query parameter's (Sentinel's master password=); a URL that does not
+// parse prints as REDACTED (it might hold a password anywhere).
 func (r RedisURL) String() string {
 	if r == "" {
 		return ""
@@ -343,6 +347,22 @@ func (r RedisURL) String() string {
 	u, err := url.Parse(string(r))
 	if err != nil {
 		return Redacted
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return Redacted
+	}
+	hidden := false
+	for k, vs := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			for i := range vs {
+				vs[i] = "xxxxx"
+			}
+			hidden = true
+		}
+	}
+	if hidden {
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }

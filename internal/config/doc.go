@@ -26,5 +26,7 @@
 // does, and Load returns a new value each call and keeps no state. Of
 // dingproxy's packages it imports only internal/dingtalk, which holds
 // DingTalk's wire facts and does no I/O: Validate asks its catalogue
-// (dingtalk.Describe) whether a route given a cache is a read.
+// (dingtalk.Describe) whether a route given a cache is a read; and
+// internal/redisurl, which imports none of them and only parses: Validate
+// reads fleet.redis_url as the fleet does.
 package config

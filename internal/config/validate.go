@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/redisurl"
 )
 
 // FieldError is one problem with one key. Its Error is Key + ": " + Msg, for
@@ -347,23 +348,13 @@ func placeholderOK(p string) bool {
 
 // fleet checks the fleet keys. Its messages never hold the URL's password.
 func (v *validator) fleet(f Fleet) {
-	if f.RedisURL != "" {
-		u, err := url.Parse(f.RedisURL.Reveal())
-		switch {
-		case !strings.Contains(f.RedisURL.Reveal(), "://"):
-			v.add("fleet.redis_url", "%s", noScheme(f.RedisURL.Reveal()))
-		case err != nil:
-			v.add("fleet.redis_url", "must be a redis:// or rediss:// URL: it does not parse")
-		case u.Scheme != "redis" && u.Scheme != "rediss":
-			v.add("fleet.redis_url", "must be a redis:// or rediss:// URL, got scheme %q", u.Scheme)
-		case u.Host == "":
-			v.add("fleet.redis_url", "must name a host, got %s", f.RedisURL)
-		default:
-			if db := strings.Trim(u.Path, "/"); db != "" {
-				if n, err := strconv.Atoi(db); err != nil || n < 0 {
-					v.add("fleet.redis_url", "must end in a database number (/0), got %s", f.RedisURL)
-				}
-			}
+	if raw := f.RedisURL.Reveal(); raw != "" {
+		if !strings.Contains(raw, "://") {
+			v.add("fleet.redis_url", "%s", noScheme(raw))
+		} else if _, err := redisurl.Parse(raw); err != nil {
+			// The fleet's own parse: its messages say what is wrong and
+			// never quote the URL, which may hold a password.
+			v.add("fleet.redis_url", "%s", err)
 		}
 	}
 	if p := f.KeyPrefix; p == "" || len(p) > 64 || strings.ContainsAny(p, " \t\r\n:{}") {

@@ -184,10 +184,31 @@ func TestValidate(t *testing.T) {
 		{"outbox dir empty", func(c *Config) { c.Outbox.Dir = "" }, `outbox.dir: must be set (a directory the proxy may write)`},
 		{"outbox too small", func(c *Config) { c.Outbox.MaxBytes = 1000 }, `outbox.max_bytes: must be between 1048576 and 68719476736, got 1000`},
 		{"fleet redis", func(c *Config) { c.Fleet.RedisURL = "rediss://user:s3cret@redis:6380/3" }, ""},
-		{"fleet scheme", func(c *Config) { c.Fleet.RedisURL = "http://:s3cret@redis:6379" }, `fleet.redis_url: must be a redis:// or rediss:// URL, got scheme "http"`},
-		{"fleet unparsable", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:port/0" }, `fleet.redis_url: must be a redis:// or rediss:// URL: it does not parse`},
-		{"fleet no host", func(c *Config) { c.Fleet.RedisURL = "redis:///0" }, `fleet.redis_url: must name a host, got redis:///0`},
-		{"fleet db", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:6379/x" }, `fleet.redis_url: must end in a database number (/0), got redis://:xxxxx@redis:6379/x`},
+		{"fleet scheme", func(c *Config) { c.Fleet.RedisURL = "http://:s3cret@redis:6379" },
+			`fleet.redis_url: must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL, got scheme "http"`},
+		{"fleet unparsable", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:port/0" }, `fleet.redis_url: does not parse as a URL`},
+		{"fleet no host", func(c *Config) { c.Fleet.RedisURL = "redis:///0" }, `fleet.redis_url: must name a host`},
+		{"fleet db", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:6379/x" }, `fleet.redis_url: must end in a database number (/0)`},
+		{"fleet cluster", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@r1:6379?addr=r2:6379&addr=r3:6379" }, ""},
+		{"fleet cluster, one seed", func(c *Config) { c.Fleet.RedisURL = "rediss+cluster://app:s3cret@clustercfg.example:6379" }, ""},
+		{"fleet cluster, database 0", func(c *Config) { c.Fleet.RedisURL = "redis+cluster://r1:6379/0" }, ""},
+		{"fleet cluster, another database", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@r1:6379/2?addr=r2:6379" },
+			`fleet.redis_url: names a database other than 0, which a Redis Cluster does not have: end it in /0 or no database`},
+		{"fleet cluster, a bad seed", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@r1:6379?addr=r2:6379&addr=u:s3cret@r3" },
+			`fleet.redis_url: addr parameter 2 is not host:port`},
+		{"fleet sentinel", func(c *Config) {
+			c.Fleet.RedisURL = "redis://:s3cret@s1:26379/1?master_name=mymaster&addr=s2:26379&password=m4ster"
+		}, ""},
+		{"fleet sentinel, no master", func(c *Config) { c.Fleet.RedisURL = "redis://s1:26379?master_name=" },
+			`fleet.redis_url: master_name= must name the master`},
+		{"fleet sentinel and cluster", func(c *Config) { c.Fleet.RedisURL = "redis+cluster://s1:26379?master_name=m" },
+			`fleet.redis_url: master_name= (Sentinel) does not go with the redis+cluster:// scheme (a cluster): use redis://`},
+		{"fleet unknown option", func(c *Config) { c.Fleet.RedisURL = "redis://:s3cret@redis:6379/0?pool_size=3&pool_sise=3" },
+			`fleet.redis_url: query parameter 2 is not an option of a Redis URL`},
+		{"fleet option value", func(c *Config) { c.Fleet.RedisURL = "redis://r1:6379?addr=r2:6379&read_only=s3cret" },
+			`fleet.redis_url: query parameter "read_only": its value does not parse`},
+		{"fleet password as a parameter", func(c *Config) { c.Fleet.RedisURL = "redis://redis:6379/0?s3cret" },
+			`fleet.redis_url: query parameter 1 is not an option of a Redis URL`},
 		{"fleet no scheme", func(c *Config) { c.Fleet.RedisURL = "localhost:6379" },
 			`fleet.redis_url: "localhost:6379" has no scheme: write redis://localhost:6379/0 (or rediss:// for TLS)`},
 		{"fleet no scheme, a database", func(c *Config) { c.Fleet.RedisURL = "redis.svc:6380/2" },
@@ -248,6 +269,51 @@ func TestValidateZero(t *testing.T) {
 		}
 		if e.Error() != fe.Key+": "+fe.Msg {
 			t.Errorf("Error() = %q, want Key + \": \" + Msg", e.Error())
+		}
+	}
+}
+
+// fleet.redis_url's passwords, the user's and Sentinel's master password=
+// in the query, never print, nor show in a validation error of any form.
+func TestRedisURLPasswordsNeverPrint(t *testing.T) {
+	t.Parallel()
+	const pw = "s3cr3t-Val-4b9f"
+	prints := []struct{ url, want string }{
+		{"redis://:" + pw + "@r:6379/0", "redis://:xxxxx@r:6379/0"},
+		{"redis://app:" + pw + "@r1:6379?addr=r2:6379", "redis://app:xxxxx@r1:6379?addr=r2:6379"},
+		{"rediss+cluster://:" + pw + "@cfg:6379", "rediss+cluster://:xxxxx@cfg:6379"},
+		{"redis://:" + pw + "@s1:26379?master_name=m&password=" + pw, "redis://:xxxxx@s1:26379?master_name=m&password=xxxxx"},
+		{"redis://s1:26379?master_name=m&password=" + pw + "&password=" + pw, "redis://s1:26379?master_name=m&password=xxxxx&password=xxxxx"},
+		{"redis://s1:26379?master_name=m&password=" + pw + "%zz", Redacted},
+	}
+	for _, p := range prints {
+		if got := RedisURL(p.url).String(); got != p.want {
+			t.Errorf("RedisURL(%q).String() = %q, want %q", p.url, got, p.want)
+		}
+	}
+	bad := []string{
+		"http://:" + pw + "@r:6379",
+		"redis://:" + pw + "@r:port/0",
+		"redis://:" + pw + "@r:6379/x",
+		"redis://:" + pw + "@r1:6379/3?addr=r2:6379",
+		"redis://r1:6379?addr=u:" + pw + "@r2",
+		"redis://r1:6379?addr=r2:6379&" + pw + "=1",
+		"redis://r1:6379?" + pw,
+		"redis://r1:6379?read_timeout=" + pw,
+		"redis://s1:26379?master_name=m&dial_timeout=" + pw,
+		"redis+cluster://:" + pw + "@s1:26379?master_name=m",
+		":" + pw + "@r:6379",
+	}
+	for _, u := range bad {
+		c := Default()
+		c.Fleet.RedisURL = RedisURL(u)
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "fleet.redis_url: ") {
+			t.Errorf("%q: Validate = %v, want a fleet.redis_url error", u, err)
+			continue
+		}
+		if strings.Contains(err.Error(), pw) {
+			t.Errorf("%q: the error shows the password: %v", u, err)
 		}
 	}
 }

@@ -118,7 +118,7 @@ func listening(t *testing.T, url string, h Applier, obs Observer) *Fleet {
 // throughout: nothing flaps.
 func TestResyncReadsKnownKeysOnly(t *testing.T) {
 	srv := redistest.Start(t)
-	if _, err := srv.Do("DEBUG", "POPULATE", "300000", "dp:"+testKey+":cache:junk"); err != nil {
+	if _, err := srv.Do("DEBUG", "POPULATE", "300000", "dp:{"+testKey+"}:cache:junk"); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := srv.Do("DBSIZE"); n != "300000" {
@@ -128,12 +128,12 @@ func TestResyncReadsKnownKeysOnly(t *testing.T) {
 	a.PublishOpen("/topapi/v2/user/get", time.Minute)
 	a.PublishBan(time.Minute)
 	waitFor(t, "the opening and the ban recorded", func() bool {
-		n, _ := srv.Do("ZCARD", "dp:"+testKey+":state:open")
-		b, _ := srv.Do("ZCARD", "dp:"+testKey+":state:ban")
+		n, _ := srv.Do("ZCARD", "dp:{"+testKey+"}:state:open")
+		b, _ := srv.Do("ZCARD", "dp:{"+testKey+"}:state:ban")
 		return n == "1" && b == "1"
 	})
 	for _, k := range []string{"open", "ban"} {
-		if ttl, _ := srv.Do("PTTL", "dp:"+testKey+":state:"+k); ttl == "-1" {
+		if ttl, _ := srv.Do("PTTL", "dp:{"+testKey+"}:state:"+k); ttl == "-1" {
 			t.Errorf("state:%s has no expiry", k)
 		}
 	}
@@ -161,7 +161,7 @@ func TestResyncReadsKnownKeysOnly(t *testing.T) {
 
 	// Recorded while b was not listening (no message): read at reconnect.
 	until := time.Now().Add(time.Minute).UnixMilli()
-	if _, err := srv.Do("ZADD", "dp:"+testKey+":state:open", strconv.FormatInt(until, 10), "/topapi/v2/department/get"); err != nil {
+	if _, err := srv.Do("ZADD", "dp:{"+testKey+"}:state:open", strconv.FormatInt(until, 10), "/topapi/v2/department/get"); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Pause(); err != nil {
@@ -189,9 +189,9 @@ func TestResyncReadsKnownKeysOnly(t *testing.T) {
 // subscribed waits until n proxies listen on the fleet's channel.
 func subscribed(t *testing.T, srv *redistest.Server, n int) {
 	t.Helper()
-	want := "dp:" + testKey + ":events " + strconv.Itoa(n)
+	want := "dp:{" + testKey + "}:events " + strconv.Itoa(n)
 	waitFor(t, "the proxies to subscribe", func() bool {
-		got, _ := srv.Do("PUBSUB", "NUMSUB", "dp:"+testKey+":events")
+		got, _ := srv.Do("PUBSUB", "NUMSUB", "dp:{"+testKey+"}:events")
 		return got == want
 	})
 }
@@ -221,7 +221,7 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 	if err := b.Quota.Admit(route, true); !errors.As(err, &qe) || qe.RetryAfter < 50*time.Minute {
 		t.Errorf("b's Admit on the stopped route = %v, want a quota refusal until the hour's probe", err)
 	}
-	if n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", route); n == "" {
+	if n, _ := srv.Do("ZSCORE", "dp:{"+testKey+"}:state:quota", route); n == "" {
 		t.Errorf("the stop is not recorded for joiners")
 	}
 
@@ -235,7 +235,7 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 		t.Errorf("b's Admit after the lift = %v, want nil", err)
 	}
 	waitFor(t, "the stop's record removed", func() bool {
-		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", route)
+		n, _ := srv.Do("ZSCORE", "dp:{"+testKey+"}:state:quota", route)
 		return n == ""
 	})
 	c := joined(t, srv.URL(), s)
@@ -250,7 +250,7 @@ func TestQuotaStopsSharedBothWays(t *testing.T) {
 	fa := a.Breakers.f
 	fa.publish(kindQuota, other, 30*time.Second) // long enough to outlive a slow join
 	waitFor(t, "the stop recorded", func() bool {
-		n, _ := srv.Do("ZSCORE", "dp:"+testKey+":state:quota", other)
+		n, _ := srv.Do("ZSCORE", "dp:{"+testKey+"}:state:quota", other)
 		return n != ""
 	})
 	d := joined(t, srv.URL(), s)
@@ -281,7 +281,7 @@ func hostileFleet(t *testing.T, url string) (*Fleet, Shared, *errCounts, *observ
 // access may.
 func publishRaw(t *testing.T, srv *redistest.Server, msg string) {
 	t.Helper()
-	if _, err := srv.Do("PUBLISH", "dp:"+testKey+":events", msg); err != nil {
+	if _, err := srv.Do("PUBLISH", "dp:{"+testKey+"}:events", msg); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -366,7 +366,7 @@ func TestJunkOpeningsBounded(t *testing.T) {
 	srv := redistest.Start(t)
 	f, s, _, _ := hostileFleet(t, srv.URL())
 	until := strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)
-	args := []string{"ZADD", "dp:" + testKey + ":state:open"}
+	args := []string{"ZADD", "dp:{" + testKey + "}:state:open"}
 	for i := range 600 {
 		args = append(args, until, "/junk/"+strconv.Itoa(i))
 	}
@@ -408,7 +408,7 @@ func TestQuotaFloodBounded(t *testing.T) {
 	until := strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
 	pipe := rdb.Pipeline()
 	for i := range n {
-		pipe.Publish(ctx, "dp:"+testKey+":events", "quota x "+until+" /junk/"+strconv.Itoa(i))
+		pipe.Publish(ctx, "dp:{"+testKey+"}:events", "quota x "+until+" /junk/"+strconv.Itoa(i))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatal(err)

@@ -6,19 +6,22 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/redisurl"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
 // Options configure a Fleet.
 type Options struct {
-	// URL is the Redis URL (redis:// or rediss://).
+	// URL is fleet.redis_url: one server, a cluster or Sentinel
+	// (internal/redisurl).
 	URL string
-	// KeyPrefix and AppKey start every key: <prefix>:<app key>:...
+	// KeyPrefix and AppKey start every key: Prefix.
 	KeyPrefix, AppKey string
 	// AppSecret keys the token's encryption (HKDF). Empty: pass-through
 	// mode, no token is shared.
@@ -81,9 +84,9 @@ var ErrDown = errors.New("fleet: redis down")
 // treats as such) when Redis is slow or gone; none waits longer than the
 // timeout.
 type Fleet struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	opts    Options
-	prefix  string // <prefix>:<app key>:
+	prefix  string // Prefix: <prefix>:{<app key>}:
 	log     *zap.Logger
 	timeout time.Duration
 
@@ -155,34 +158,22 @@ func New(o Options) (*Fleet, error) {
 		o.Logger = zap.NewNop()
 	}
 	quietRedis.Do(func() { redis.SetLogger(discardLogger{}) })
-	ro, err := redis.ParseURL(o.URL)
+	target, err := redisurl.Parse(o.URL)
 	if err != nil {
-		// go-redis's errors may quote the URL: say only what is wrong.
-		return nil, errors.New("fleet: fleet.redis_url does not parse as a redis:// or rediss:// URL")
+		// The message never quotes the URL: it may hold a password.
+		return nil, fmt.Errorf("fleet: fleet.redis_url %v", err)
 	}
-	ro.DialTimeout = o.Timeout
-	ro.ReadTimeout = o.Timeout
-	ro.WriteTimeout = o.Timeout
-	ro.PoolTimeout = o.Timeout
-	ro.ContextTimeoutEnabled = true
-	ro.MaxRetries = -1 // no retries inside go-redis: one try, bounded
-	// One dial per try too: go-redis dials in the background, five times
-	// 100ms apart by default, and a caller whose timeout ends first sees only
-	// that, never why the dial failed (redactErr).
-	ro.DialerRetries = 1
-	ro.DisableIdentity = true
-	ro.PoolSize = 32
-	ro.MinIdleConns = 2
 	f := &Fleet{
-		rdb:     redis.NewClient(ro),
+		rdb:     newClient(target, o.Timeout),
 		opts:    o,
-		prefix:  o.KeyPrefix + ":" + o.AppKey + ":",
+		prefix:  Prefix(o.KeyPrefix, o.AppKey),
 		log:     o.Logger,
 		timeout: o.Timeout,
 		stop:    make(chan struct{}),
 	}
 	if o.AppSecret != "" {
 		if f.sealer, err = newSealer(o.AppSecret, o.AppKey); err != nil {
+			_ = f.rdb.Close()
 			return nil, err
 		}
 	}
@@ -221,6 +212,64 @@ func (f *Fleet) Close() {
 
 // Up says whether Redis answered the last operation: shared mode.
 func (f *Fleet) Up() bool { return f.up.Load() }
+
+// Prefix starts every key of an app: <key prefix>:{<app key>}:. The
+// braces are Redis Cluster's hash tag: every key of one app, and so every
+// script, MULTI and pipeline on them, is on one slot (one node), while
+// apps spread over the cluster. An app key that is empty (pass-through
+// mode) or holds a brace, which would spoil the tag, is replaced by its
+// Digest.
+func Prefix(keyPrefix, appKey string) string {
+	tag := appKey
+	if tag == "" || strings.ContainsAny(tag, "{}") {
+		tag = Digest(appKey)
+	}
+	return keyPrefix + ":{" + tag + "}:"
+}
+
+// newClient is the client for t, one try per operation bounded by
+// timeout: a plain client for one server, a cluster client, or a client
+// of the master that Sentinel names.
+func newClient(t *redisurl.Target, timeout time.Duration) redis.UniversalClient {
+	switch t.Form {
+	case redisurl.Cluster:
+		o := t.Cluster
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
+		o.ContextTimeoutEnabled = true
+		// The nodes' clients make one try. The cluster client itself
+		// follows MOVED and ASK (a slot that moved, a failover), and may
+		// try a dial or a dropped connection once more: all within the
+		// operation's timeout, as the context bounds it.
+		o.MaxRetries = -1
+		o.DialerRetries = 1
+		o.DisableIdentity = true
+		o.PoolSize = 32 // per node
+		o.MinIdleConns = 2
+		return redis.NewClusterClient(o)
+	case redisurl.Sentinel:
+		o := t.Failover
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
+		o.ContextTimeoutEnabled = true
+		o.MaxRetries = -1
+		o.DialerRetries = 1
+		o.DisableIdentity = true
+		o.PoolSize = 32
+		o.MinIdleConns = 2
+		return redis.NewFailoverClient(o)
+	}
+	o := t.Single
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
+	o.ContextTimeoutEnabled = true
+	o.MaxRetries = -1 // no retries inside go-redis: one try, bounded
+	// One dial per try too: go-redis dials in the background, five times
+	// 100ms apart by default, and a caller whose timeout ends first sees only
+	// that, never why the dial failed (redactErr).
+	o.DialerRetries = 1
+	o.DisableIdentity = true
+	o.PoolSize = 32
+	o.MinIdleConns = 2
+	return redis.NewClient(o)
+}
 
 // key is prefix + the parts joined by colons.
 func (f *Fleet) key(parts ...string) string {

@@ -150,7 +150,7 @@ func TestTokenOneFetchForTheFleet(t *testing.T) {
 	if n := fetches.Load(); n != 1 {
 		t.Errorf("%d fetches from DingTalk for 4 proxies, want 1", n)
 	}
-	stored, err := srv.Do("GET", "dp:"+testKey+":token")
+	stored, err := srv.Do("GET", "dp:{"+testKey+"}:token")
 	if err != nil || stored == "" {
 		t.Fatalf("GET token = %q, %v; want the sealed token", stored, err)
 	}
@@ -194,7 +194,7 @@ func TestTokenRevocationOneRefetch(t *testing.T) {
 	// The first 40014 deletes the shared token (it still holds old); a
 	// proxy starting now would not be handed the revoked one.
 	fleets[0].InvalidateToken(old)
-	if v, err := srv.Do("GET", "dp:"+testKey+":token"); err != nil || v != "" {
+	if v, err := srv.Do("GET", "dp:{"+testKey+"}:token"); err != nil || v != "" {
 		t.Errorf("after the invalidation Redis still holds a token (%q, %v)", v, err)
 	}
 	var wg sync.WaitGroup
@@ -220,7 +220,7 @@ func TestTokenRevocationOneRefetch(t *testing.T) {
 // fetches then, not before, and not forever after.
 func TestTokenLockHolderDies(t *testing.T) {
 	srv := redistest.Start(t)
-	if _, err := srv.Do("SET", "dp:"+testKey+":token:lock", "dead-proxy", "PX", "400"); err != nil {
+	if _, err := srv.Do("SET", "dp:{"+testKey+"}:token:lock", "dead-proxy", "PX", "400"); err != nil {
 		t.Fatal(err)
 	}
 	var fetches atomic.Int32
@@ -323,7 +323,7 @@ func TestRedisGoneAndBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stored, _ := srv.Do("GET", "dp:"+testKey+":token"); stored == "" {
+	if stored, _ := srv.Do("GET", "dp:{"+testKey+"}:token"); stored == "" {
 		t.Errorf("after Redis came back the token (%q) was not shared", tok2)
 	}
 }
@@ -412,7 +412,7 @@ func TestThrottleSharedAcrossTheFleet(t *testing.T) {
 	if d := time.Since(at); d < 900*time.Millisecond {
 		t.Errorf("b's call went %v after a's throttle, inside the 1 s penalty", d)
 	}
-	rate, err := srv.Do("HGET", "dp:"+testKey+":pace:"+Digest(api), "ceil")
+	rate, err := srv.Do("HGET", "dp:{"+testKey+"}:pace:"+Digest(api), "ceil")
 	if err != nil || rate == "" {
 		t.Errorf("shared learned ceiling = %q, %v; want one", rate, err)
 	}
@@ -486,8 +486,8 @@ func TestOpeningsAndBansShared(t *testing.T) {
 	b.Start()
 	defer b.Close()
 	waitFor(t, "a and b to subscribe", func() bool {
-		n, _ := srv.Do("PUBSUB", "NUMSUB", "dp:"+testKey+":events")
-		return n == "dp:"+testKey+":events 2"
+		n, _ := srv.Do("PUBSUB", "NUMSUB", "dp:{"+testKey+"}:events")
+		return n == "dp:{"+testKey+"}:events 2"
 	})
 	a.PublishOpen("/topapi/v2/user/get", 5*time.Second)
 	a.PublishBan(5 * time.Second)

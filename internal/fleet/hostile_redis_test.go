@@ -31,12 +31,12 @@ func TestTokenLockWithoutExpiry(t *testing.T) {
 		name string
 		set  []string
 	}{
-		{"no expiry", []string{"SET", "dp:" + testKey + ":token:lock", "stuck"}},
-		{"a day", []string{"SET", "dp:" + testKey + ":token:lock", "stuck", "EX", "86400"}},
-		{"another type", []string{"HSET", "dp:" + testKey + ":token:lock", "a", "b"}},
+		{"no expiry", []string{"SET", "dp:{" + testKey + "}:token:lock", "stuck"}},
+		{"a day", []string{"SET", "dp:{" + testKey + "}:token:lock", "stuck", "EX", "86400"}},
+		{"another type", []string{"HSET", "dp:{" + testKey + "}:token:lock", "a", "b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := srv.Do("DEL", "dp:"+testKey+":token"); err != nil {
+			if _, err := srv.Do("DEL", "dp:{"+testKey+"}:token"); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := srv.Do(tc.set...); err != nil {
@@ -55,7 +55,7 @@ func TestTokenLockWithoutExpiry(t *testing.T) {
 				t.Errorf("%d fetches, want 1", n)
 			}
 			// Fetched under the lock for the fleet, not alone after waiting.
-			if v, _ := srv.Do("GET", "dp:"+testKey+":token"); v == "" {
+			if v, _ := srv.Do("GET", "dp:{"+testKey+"}:token"); v == "" {
 				t.Error("the token was not shared: the proxy fetched alone, after waiting on the stuck lock")
 			}
 			if n := errs.get(OpTokenLockStale); n != 1 {
@@ -75,7 +75,7 @@ func TestTokenLockHeldForever(t *testing.T) {
 	go func() {
 		defer close(done)
 		for {
-			_, _ = srv.Do("SET", "dp:"+testKey+":token:lock", "hog", "PX", "1000")
+			_, _ = srv.Do("SET", "dp:{"+testKey+"}:token:lock", "hog", "PX", "1000")
 			select {
 			case <-stop:
 				return
@@ -103,7 +103,7 @@ func TestTokenLockHeldForever(t *testing.T) {
 // than every proxy fetching alone for good.
 func TestTokenKeyOfAnotherType(t *testing.T) {
 	srv := redistest.Start(t)
-	if _, err := srv.Do("HSET", "dp:"+testKey+":token", "tok", "plain"); err != nil {
+	if _, err := srv.Do("HSET", "dp:{"+testKey+"}:token", "tok", "plain"); err != nil {
 		t.Fatal(err)
 	}
 	var errs errCounts
@@ -115,7 +115,7 @@ func TestTokenKeyOfAnotherType(t *testing.T) {
 	if err != nil || ta == "" || ta == "plain" {
 		t.Fatalf("fetch = %q, %v; want a fetched token", ta, err)
 	}
-	if ty, _ := srv.Do("TYPE", "dp:"+testKey+":token"); ty != "string" {
+	if ty, _ := srv.Do("TYPE", "dp:{"+testKey+"}:token"); ty != "string" {
 		t.Errorf("the token key is a %s after the fetch, want the sealed token (string)", ty)
 	}
 	tb, _, err := b.TokenFetcher(inner, 10*time.Minute, 2*time.Second).Fetch(context.Background())
@@ -138,7 +138,7 @@ func TestTokenKeyOfAnotherType(t *testing.T) {
 func TestPacingStateOutOfBounds(t *testing.T) {
 	srv := redistest.Start(t)
 	const api = "/topapi/v2/user/get"
-	pfx := "dp:" + testKey + ":"
+	pfx := "dp:{" + testKey + "}:"
 	hash, log, global := pfx+"pace:"+Digest(api), pfx+"pace:"+Digest(api)+":log", pfx+"pace:global:log"
 	nowMS := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	cases := []struct {
@@ -213,7 +213,7 @@ func TestPacingStateOutOfBounds(t *testing.T) {
 func TestPenaltyStateOutOfBounds(t *testing.T) {
 	srv := redistest.Start(t)
 	const api = "/topapi/v2/user/get"
-	hash := "dp:" + testKey + ":pace:" + Digest(api)
+	hash := "dp:{" + testKey + "}:pace:" + Digest(api)
 	throttled := dingtalk.Result{Class: dingtalk.Throttled, Reason: dingtalk.ReasonRateLimited}
 	for _, tc := range []struct {
 		name string
@@ -279,7 +279,7 @@ func TestSealedValuesBoundToTheirKey(t *testing.T) {
 	cache := s.Cache.(*Cache)
 	keyA, keyB := [32]byte{1}, [32]byte{2}
 	cache.Put(keyA, proxy.Entry{Status: 200, Body: []byte(`{"errcode":0,"secret":"a"}`), Stored: time.Now()}, time.Minute)
-	keyOf := func(k [32]byte) string { return "dp:" + testKey + ":cache:" + hex.EncodeToString(k[:]) }
+	keyOf := func(k [32]byte) string { return "dp:{" + testKey + "}:cache:" + hex.EncodeToString(k[:]) }
 	waitFor(t, "the answer in Redis", func() bool {
 		v, _ := srv.Do("EXISTS", keyOf(keyA))
 		return v == "1"
@@ -305,7 +305,7 @@ func TestSealedValuesBoundToTheirKey(t *testing.T) {
 	}
 
 	// Into the token key: not used as the token.
-	if _, err := srv.Do("SET", "dp:"+testKey+":token", sealed, "EX", "3600"); err != nil {
+	if _, err := srv.Do("SET", "dp:{"+testKey+"}:token", sealed, "EX", "3600"); err != nil {
 		t.Fatal(err)
 	}
 	var fetches atomic.Int32
@@ -317,7 +317,7 @@ func TestSealedValuesBoundToTheirKey(t *testing.T) {
 		t.Errorf("token_read errors %d, want the value that does not open counted", errs.get(OpTokenRead))
 	}
 	// And the token into an answer's key: no answer.
-	stok, _ := srv.Do("GET", "dp:"+testKey+":token")
+	stok, _ := srv.Do("GET", "dp:{"+testKey+"}:token")
 	if _, err := srv.Do("SET", keyOf(keyB), stok, "EX", "60"); err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestSealedValuesBoundToTheirKey(t *testing.T) {
 func TestFailureReportsOutOfBounds(t *testing.T) {
 	srv := redistest.Start(t)
 	const route = "/topapi/v2/user/get"
-	key := "dp:" + testKey + ":brk:" + Digest(route)
+	key := "dp:{" + testKey + "}:brk:" + Digest(route)
 	future := strconv.FormatInt(time.Now().AddDate(1, 0, 0).UnixMilli(), 10)
 	nowMS := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	many := []string{"HSET", key}
@@ -408,7 +408,7 @@ func TestMonthCountOutOfBounds(t *testing.T) {
 			f := newFleet(t, srv.URL(), testSecret, &errs)
 			q := decorate(f, pacing.Settings{PerAPIQPS: 20, GlobalQPS: 1000}).Quota
 			month := q.local.Month()
-			key := "dp:" + testKey + ":month:" + month
+			key := "dp:{" + testKey + "}:month:" + month
 			if _, err := srv.Do(tc.set(key)...); err != nil {
 				t.Fatal(err)
 			}

@@ -95,11 +95,11 @@ func TestRedisFailureNamed(t *testing.T) {
 			"connection refused: nothing listens at the URL's host and port"},
 		{"unresolvable name", "redis://:" + redisPassword + "@nohost.invalid:6379/0", long,
 			"DNS: "},
-		{"wrong password", "redis://:" + redisPassword + "@" + auth.Addr() + "/0", long,
+		{"wrong password", withUser(auth, ":"+redisPassword+"@"), long,
 			"auth: Redis refused the URL's user name or password (WRONGPASS)"},
-		{"unknown user", "redis://nobody:" + redisPassword + "@" + auth.Addr() + "/0", long,
+		{"unknown user", withUser(auth, "nobody:"+redisPassword+"@"), long,
 			"auth: Redis refused the URL's user name or password (WRONGPASS)"},
-		{"no password", "redis://" + auth.Addr() + "/0", long,
+		{"no password", auth.URL(), long,
 			"auth: Redis requires a password and the URL has none (NOAUTH)"},
 		{"TLS, untrusted certificate", fmt.Sprintf("rediss://:%s@127.0.0.1:%d/0", redisPassword, tlsPort), long,
 			"TLS: the server's certificate is signed by an unknown authority"},
@@ -107,7 +107,7 @@ func TestRedisFailureNamed(t *testing.T) {
 			"TLS: the server's certificate is not valid for the URL's host"},
 		{"plain client on a TLS port", fmt.Sprintf("redis://:%s@127.0.0.1:%d/0", redisPassword, tlsPort), long,
 			"connection closed by the server (a restart, or a TLS port reached with redis://)"},
-		{"server hangs", "redis://" + hung.Addr() + "/0", 200 * time.Millisecond,
+		{"server hangs", hung.URL(), 200 * time.Millisecond,
 			"timeout: no answer within fleet.timeout"},
 	}
 	for _, tt := range tests {
@@ -124,6 +124,12 @@ func TestRedisFailureNamed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withUser is srv's URL (a cluster's, in cluster mode) with userinfo
+// (user:password@).
+func withUser(srv *redistest.Server, userinfo string) string {
+	return strings.Replace(srv.URL(), "://", "://"+userinfo, 1)
 }
 
 // startTLS has srv serve TLS too, on a port of its own, with a self-signed

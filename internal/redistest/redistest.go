@@ -3,6 +3,12 @@
 // test ends. There is no fake Redis: the fleet is tested against the engine
 // it runs on.
 //
+// With REDISTEST_CLUSTER=1 in the environment, Start runs a Redis Cluster
+// of three masters instead (cluster.go): the same tests, unchanged, run
+// against a cluster, as a managed Redis in cluster mode serves the fleet.
+// (The variable does not start with DINGPROXY_: the proxy refuses unknown
+// variables of its own prefix.)
+//
 // Without redis-server on the PATH a test that needs it is skipped, saying
 // why in one line; with CI=true it fails instead (CI installs the server,
 // and a skipped fleet test there would pass for the wrong reason).
@@ -12,6 +18,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -21,13 +28,26 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// Server is one redis-server process on 127.0.0.1.
+// ClusterEnv is the environment variable that makes Start run a cluster.
+const ClusterEnv = "REDISTEST_CLUSTER"
+
+// Server is one redis-server process on 127.0.0.1, or a cluster of three
+// (LaunchCluster) whose methods act on every node.
 type Server struct {
+	dir   string
+	nodes []*node // one; three masters in a cluster
+}
+
+// node is one redis-server process.
+type node struct {
 	bin  string
 	dir  string
 	port int
+	bus  int // the cluster bus port; 0: not in a cluster
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -39,8 +59,12 @@ func Available() (string, bool) {
 	return bin, err == nil
 }
 
-// Start runs a redis-server for t, or skips t (fails it with CI=true) when
-// there is none. It is stopped when t ends.
+// ClusterMode says whether Start runs a cluster (REDISTEST_CLUSTER=1).
+func ClusterMode() bool { return os.Getenv(ClusterEnv) == "1" }
+
+// Start runs a redis-server for t (a cluster of three with
+// REDISTEST_CLUSTER=1), or skips t (fails it with CI=true) when there is
+// none. It is stopped when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	if _, ok := Available(); !ok {
@@ -49,11 +73,18 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip("redis-server not on the PATH: skipping the Redis tests (apt-get install -y redis-server)")
 	}
-	s, err := Launch()
+	launch := Launch
+	if ClusterMode() {
+		launch = LaunchCluster
+	}
+	s, err := launch()
 	if err != nil {
 		t.Fatalf("redistest: %v", err)
 	}
 	t.Cleanup(s.Close)
+	if s.Cluster() {
+		t.Logf("redistest: a Redis Cluster of %d masters at %s", len(s.nodes), strings.Join(s.Addrs(), " "))
+	}
 	return s
 }
 
@@ -68,13 +99,13 @@ func Launch() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: bin, dir: dir}
+	n := &node{bin: bin, dir: dir}
 	for range 5 { // a free port can be taken between finding and binding it
-		if s.port, err = freePort(); err != nil {
+		if n.port, err = freePort(); err != nil {
 			continue
 		}
-		if err = s.start(); err == nil {
-			return s, nil
+		if err = n.start(); err == nil {
+			return &Server{dir: dir, nodes: []*node{n}}, nil
 		}
 	}
 	os.RemoveAll(dir)
@@ -87,20 +118,59 @@ func (s *Server) Close() {
 	os.RemoveAll(s.dir)
 }
 
-// Addr is host:port.
-func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+// Cluster says whether s is a cluster.
+func (s *Server) Cluster() bool { return len(s.nodes) > 1 }
 
-// URL is the server's redis:// URL, database 0.
-func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+// Addr is host:port (a cluster's first node).
+func (s *Server) Addr() string { return s.nodes[0].addr() }
 
-func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir,
+// Addrs are every node's host:port.
+func (s *Server) Addrs() []string {
+	out := make([]string, len(s.nodes))
+	for i, n := range s.nodes {
+		out[i] = n.addr()
+	}
+	return out
+}
+
+// URL is the server's redis:// URL, database 0; a cluster's names its
+// first node and the others as addr= parameters (fleet.redis_url's cluster
+// form).
+func (s *Server) URL() string {
+	if !s.Cluster() {
+		return "redis://" + s.Addr() + "/0"
+	}
+	u := "redis://" + s.Addr()
+	for i, a := range s.Addrs()[1:] {
+		sep := "&"
+		if i == 0 {
+			sep = "?"
+		}
+		u += sep + "addr=" + a
+	}
+	return u
+}
+
+// Client is a go-redis client of s, for tests that read what the fleet
+// stored with go-redis (a cluster client for a cluster).
+func (s *Server) Client() redis.UniversalClient {
+	return redis.NewUniversalClient(&redis.UniversalOptions{Addrs: s.Addrs(), IsClusterMode: s.Cluster()})
+}
+
+func (n *node) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port)) }
+
+func (n *node) start() error {
+	args := []string{
+		"--port", strconv.Itoa(n.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", n.dir,
 		"--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
 		// DEBUG SLEEP (a Redis that stalls) and DEBUG POPULATE (a big
 		// keyspace) for the hostile-Redis tests, from loopback only.
-		"--enable-debug-command", "local")
+		"--enable-debug-command", "local"}
+	if n.bus != 0 {
+		args = append(args, clusterArgs(n.bus)...)
+	}
+	cmd := exec.Command(n.bin, args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
@@ -109,97 +179,134 @@ func (s *Server) start() error {
 	go func() { exited <- cmd.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if err := ping(s.Addr()); err == nil {
+		if err := ping(n.addr()); err == nil {
 			break
 		}
 		select {
 		case err := <-exited:
-			return fmt.Errorf("redis-server on port %d exited: %v", s.port, err)
+			return fmt.Errorf("redis-server on port %d exited: %v", n.port, err)
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
 			<-exited
-			return fmt.Errorf("redis-server on port %d not answering PING after 10s", s.port)
+			return fmt.Errorf("redis-server on port %d not answering PING after 10s", n.port)
 		}
 	}
-	s.mu.Lock()
-	s.cmd = cmd
-	s.mu.Unlock()
+	n.mu.Lock()
+	n.cmd = cmd
+	n.mu.Unlock()
 	go func() { // reap it, whoever stops it
 		err := <-exited
 		_ = err
-		s.mu.Lock()
-		if s.cmd == cmd {
-			s.cmd = nil
+		n.mu.Lock()
+		if n.cmd == cmd {
+			n.cmd = nil
 		}
-		s.mu.Unlock()
+		n.mu.Unlock()
 	}()
 	return nil
 }
 
-// Kill stops the server at once (SIGKILL), losing everything it held, as a
-// crashed or restarted Redis does. It is safe to call twice.
+// Kill stops the server (every node) at once (SIGKILL), losing everything
+// it held, as a crashed or restarted Redis does. It is safe to call twice.
 func (s *Server) Kill() {
-	s.mu.Lock()
-	cmd := s.cmd
-	s.cmd = nil
-	s.mu.Unlock()
+	for _, n := range s.nodes {
+		n.kill()
+	}
+}
+
+func (n *node) kill() {
+	n.mu.Lock()
+	cmd := n.cmd
+	n.cmd = nil
+	n.mu.Unlock()
 	if cmd == nil {
 		return
 	}
 	_ = cmd.Process.Kill()
 	// Wait for the port to close, so a restart can bind it.
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && ping(s.Addr()) == nil {
+	for time.Now().Before(deadline) && ping(n.addr()) == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
 
-// Shutdown asks the server to stop with SHUTDOWN NOSAVE, and waits until it
-// is gone.
+// Shutdown asks the server (every node) to stop with SHUTDOWN NOSAVE, and
+// waits until it is gone.
 func (s *Server) Shutdown() {
-	_ = command(s.Addr(), "SHUTDOWN", "NOSAVE") // the server closes the connection: no reply
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && ping(s.Addr()) == nil {
-		time.Sleep(5 * time.Millisecond)
+	for _, n := range s.nodes {
+		_ = command(n.addr(), "SHUTDOWN", "NOSAVE") // the server closes the connection: no reply
+	}
+	for _, n := range s.nodes {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) && ping(n.addr()) == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	s.Kill()
 }
 
-// Pause stops the server's process (SIGSTOP) without closing anything: a
-// Redis that hangs. Resume lets it go on.
+// Pause stops the server's process (every node's; SIGSTOP) without closing
+// anything: a Redis that hangs. Resume lets it go on.
 func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
 
 // Resume continues a paused server (SIGCONT).
 func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
 
 func (s *Server) signal(sig os.Signal) error {
-	s.mu.Lock()
-	cmd := s.cmd
-	s.mu.Unlock()
-	if cmd == nil {
-		return errors.New("redistest: the server is not running")
+	var first error
+	for _, n := range s.nodes {
+		n.mu.Lock()
+		cmd := n.cmd
+		n.mu.Unlock()
+		var err error
+		if cmd == nil {
+			err = errors.New("redistest: the server is not running")
+		} else {
+			err = cmd.Process.Signal(sig)
+		}
+		if first == nil {
+			first = err
+		}
 	}
-	return cmd.Process.Signal(sig)
+	return first
 }
 
-// Restart starts the server again on the same port, empty.
+// Restart starts the server again on the same port, empty. A cluster's
+// nodes keep their cluster configuration (the slots stay assigned):
+// Restart returns once the cluster serves again.
 func (s *Server) Restart() error {
 	s.Kill()
-	var err error
-	for range 50 { // the port may linger a moment
-		if err = s.start(); err == nil {
-			return nil
+	for _, n := range s.nodes {
+		var err error
+		for range 50 { // the port may linger a moment
+			if err = n.start(); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
+		if err != nil {
+			return fmt.Errorf("redistest: restart: %w", err)
+		}
 	}
-	return fmt.Errorf("redistest: restart: %w", err)
+	if s.Cluster() {
+		if err := s.clusterOK(); err != nil {
+			return fmt.Errorf("redistest: restart: %w", err)
+		}
+	}
+	return nil
 }
 
-// Do runs one command on the server and returns its reply line, for tests
-// that look at what the fleet stored (KEYS, GET, TTL).
+// Do runs one command on the server and returns its reply, for tests that
+// look at what the fleet stored (KEYS, GET, TTL). On a cluster, a command
+// on a key runs on the node that holds it, and one on the whole server
+// (KEYS, DBSIZE, FLUSHALL, PUBSUB NUMSUB, CONFIG SET, DEBUG SLEEP...) on
+// every node, its replies joined (clusterDo).
 func (s *Server) Do(args ...string) (string, error) {
+	if s.Cluster() {
+		return s.clusterDo(args...)
+	}
 	return roundTrip(s.Addr(), args...)
 }
 
@@ -261,8 +368,15 @@ func readReply(r *bufio.Reader) (string, error) {
 	case line == "$-1" || line == "*-1":
 		return "", nil
 	case strings.HasPrefix(line, "$"):
-		v, err := r.ReadString('\n')
-		return strings.TrimRight(v, "\r\n"), err
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", fmt.Errorf("redis: bad bulk header %q", line)
+		}
+		v := make([]byte, n+2) // and its CRLF
+		if _, err := io.ReadFull(r, v); err != nil {
+			return "", err
+		}
+		return string(v[:n]), nil
 	case strings.HasPrefix(line, "*"):
 		n, err := strconv.Atoi(line[1:])
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	dpfleet "github.com/dingproxy/dingproxy/internal/fleet"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
@@ -84,7 +85,7 @@ func (f Faults) events(scale float64) []event {
 // fleet's channel again after Redis came back at from, and says how long
 // that took.
 func (x *runState) watchShared(from time.Time) {
-	ch := x.prefix + ":" + dingtalktest.DefaultAppKey + ":events"
+	ch := dpfleet.Prefix(x.prefix, dingtalktest.DefaultAppKey) + "events"
 	for time.Since(from) < 30*time.Second {
 		if n, err := x.redis.Do("PUBSUB", "NUMSUB", ch); err == nil && n == ch+" "+fmt.Sprint(x.replicas) {
 			x.shareWait <- time.Since(from)
