@@ -15,12 +15,12 @@ import (
 // Breaker openings, IP bans and quota stops are shared as transitions, not
 // per call: the proxy whose breaker opens (or that meets the ban, or a
 // 90020) records it in Redis with its end and publishes it on
-// <prefix>:<app>:events; every proxy listens on that channel in the
+// <prefix>:{<app>}:events; every proxy listens on that channel in the
 // background and opens the route (or stops everything, or stops the route)
 // until then. Calls pay nothing for it: no Redis on the hot path.
 //
 // What is in force is kept in three known keys, sorted sets, one per kind
-// (<prefix>:<app>:state:open, :state:ban and :state:quota), each member a
+// (<prefix>:{<app>}:state:open, :state:ban and :state:quota), each member a
 // route ("ban" for the ban) scored by its end in unix ms. A write trims the
 // members that ended and keeps at most maxHeld, and sets the key's expiry
 // to its last member's end. A proxy that (re)connects reads the three in

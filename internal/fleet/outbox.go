@@ -24,7 +24,7 @@ import (
 // The shared outbox: the deferred sends of the fleet, kept in Redis, one
 // stream per app, and delivered by one proxy at a time.
 //
-// Keys, under <prefix>:<app key>:outbox:
+// Keys, under <prefix>:{<app key>}:outbox:
 //
 //	stream    the queued sends in the order they were kept (entries {i: id}),
 //	          read by the consumer group "couriers"

@@ -21,12 +21,12 @@ import (
 )
 
 // The shared token: one fetch per lifetime for the whole fleet. The token
-// is kept under <prefix>:<app>:token, sealed with AES-GCM under a key
+// is kept under <prefix>:{<app>}:token, sealed with AES-GCM under a key
 // derived from the app secret (HKDF-SHA256), so Redis alone does not reveal
 // it; the associated data names the app key, the purpose and the key, so a
 // sealed value moved to another key (a cached answer into the token, one
 // answer into another's key) does not open. The proxy that finds it missing
-// or due for refresh takes <prefix>:<app>:token:lock (SET NX with expiry)
+// or due for refresh takes <prefix>:{<app>}:token:lock (SET NX with expiry)
 // and fetches; the others wait for it and read the new one. A Redis that is
 // gone makes each proxy fetch its own.
 //
@@ -63,7 +63,7 @@ const (
 )
 
 // ad is the associated data of a value sealed for purpose under name, the
-// key's part after <prefix>:<app>: ("token", "cache:<digest>"). The parts
+// key's part after <prefix>:{<app>}: ("token", "cache:<digest>"). The parts
 // hold no NUL but the app key may: read from the right, they are
 // unambiguous.
 func (s *sealer) ad(purpose, name string) []byte {
