@@ -333,22 +333,41 @@ func TestBreakerOpensAtTheSameCountAloneAndShared(t *testing.T) {
 	}}
 	const path = dingtalktest.PathDeptListSub // a read: a 503 is retried
 	body := []byte(`{"dept_id":1}`)
-	// opensAt makes failing calls through the stacks in turn and returns
-	// the count after which the route is open on every one of them;
-	// settled waits until what the stacks know of the count is final.
-	opensAt := func(t *testing.T, stacks []*stack, settled func(calls int)) int {
-		t.Helper()
-		fake := stacks[0].fake
-		fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
-		for n := 1; n <= 2*minRequests; n++ {
-			before := fake.Hits(path)
-			resp, _ := stacks[n%len(stacks)].do(http.MethodPost, path, body)
+	alone, shared, _ := opensAloneAndShared(t, srv, path, minRequests, opts,
+		func(fake *dingtalktest.Server) {
+			fake.SetChaos(dingtalktest.Chaos{Faults: []dingtalktest.Weighted{{Fault: dingtalktest.Status(http.StatusServiceUnavailable), P: 1}}})
+		},
+		func(n int, s *stack) {
+			before := s.fake.Hits(path)
+			resp, _ := s.do(http.MethodPost, path, body)
 			if resp.Header.Get(proxy.HeaderFallback) != "" {
 				t.Fatalf("call %d answered %q before the route was seen open", n, resp.Header.Get(proxy.HeaderFallback))
 			}
-			if got := fake.Hits(path) - before; got != attempts {
+			if got := s.fake.Hits(path) - before; got != attempts {
 				t.Fatalf("call %d made %d attempts, want %d", n, got, attempts)
 			}
+		})
+	if alone != minRequests || shared != alone {
+		t.Errorf("the route opened after %d failed calls alone and %d shared; want min_requests (%d) both", alone, shared, minRequests)
+	}
+}
+
+// opensAloneAndShared makes calls on path that its breaker counts as
+// failures (fault sets the fake up; call makes call n through a proxy and
+// checks its answer), first through one proxy, then through two proxies of
+// a fleet on srv in turn, and returns the count after which the route was
+// open on every proxy: alone, and shared; and the fleet. Between two shared
+// calls it waits until the fleet's count holds every call made (each proxy
+// reports its window within 100 ms), then, from minRequests on, until it
+// has tripped.
+func opensAloneAndShared(t *testing.T, srv *redistest.Server, path string, minRequests int, opts []stackOpt,
+	fault func(*dingtalktest.Server), call func(n int, s *stack)) (alone, shared int, fl []*stack) {
+	t.Helper()
+	opensAt := func(stacks []*stack, settled func(calls int)) int {
+		t.Helper()
+		fault(stacks[0].fake)
+		for n := 1; n <= 2*minRequests; n++ {
+			call(n, stacks[n%len(stacks)])
 			settled(n)
 			open := 0
 			for _, s := range stacks {
@@ -363,18 +382,15 @@ func TestBreakerOpensAtTheSameCountAloneAndShared(t *testing.T) {
 				t.Fatalf("after %d calls the route is open on %d of %d proxies", n, open, len(stacks))
 			}
 		}
-		t.Fatalf("the route never opened in %d failed calls", 2*minRequests)
+		t.Fatalf("the route never opened in %d calls", 2*minRequests)
 		return 0
 	}
-	alone := opensAt(t, []*stack{newStack(t, nil, opts...)}, func(int) {})
+	alone = opensAt([]*stack{newStack(t, nil, opts...)}, func(int) {})
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
-	fl := fleetOf(t, 2, fake, srv.URL(), opts...)
+	fl = fleetOf(t, 2, fake, srv.URL(), opts...)
 	cfg := fl[0].app.Config()
 	key := fleet.Prefix(cfg.Fleet.KeyPrefix, cfg.App.Key) + "brk:" + fleet.Digest(path)
-	shared := opensAt(t, fl, func(calls int) {
-		// Each proxy reports its window within 100 ms: wait until the
-		// fleet's sum holds every call made, then until it has tripped (or
-		// a flush more has passed).
+	shared = opensAt(fl, func(calls int) {
 		waitFor(t, fmt.Sprintf("the fleet's count to hold %d calls", calls), func() bool {
 			return fleetFailures(t, srv, key) >= calls
 		})
@@ -382,9 +398,7 @@ func TestBreakerOpensAtTheSameCountAloneAndShared(t *testing.T) {
 			waitFor(t, "the fleet to open the route", func() bool { return openHere(fl[0]) && openHere(fl[1]) })
 		}
 	})
-	if alone != minRequests || shared != alone {
-		t.Errorf("the route opened after %d failed calls alone and %d shared; want min_requests (%d) both", alone, shared, minRequests)
-	}
+	return alone, shared, fl
 }
 
 // fleetFailures is the failures the proxies reported under key: each

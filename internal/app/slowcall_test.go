@@ -14,7 +14,6 @@ import (
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
-	"github.com/dingproxy/dingproxy/internal/fleet"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
@@ -242,50 +241,14 @@ func TestFleetSlowCallsOpenAtTheSameCountAsAlone(t *testing.T) {
 	body := []byte(`{"dept_id":1}`)
 	srv := redistest.Start(t)
 	opts := []stackOpt{breakerSettings(minRequests, time.Minute), withSlowCall(slowLimit)}
-	// opensAt makes slow calls through the stacks in turn and returns the
-	// count after which the route is open on every one of them; settled
-	// waits until what the stacks know of the count is final.
-	opensAt := func(t *testing.T, stacks []*stack, settled func(calls int)) int {
-		t.Helper()
-		slowOn(stacks[0].fake, path, slowLatency)
-		for n := 1; n <= 2*minRequests; n++ {
-			resp, got := stacks[n%len(stacks)].do(http.MethodPost, path, body)
+	alone, shared, fl := opensAloneAndShared(t, srv, path, minRequests, opts,
+		func(fake *dingtalktest.Server) { slowOn(fake, path, slowLatency) },
+		func(n int, s *stack) {
+			resp, got := s.do(http.MethodPost, path, body)
 			if resp.Header.Get(proxy.HeaderFallback) != "" || resp.StatusCode != 200 || errcodeOf(t, got) != 0 {
 				t.Fatalf("slow call %d: %d %q %s, want DingTalk's answer before the route was seen open", n, resp.StatusCode, resp.Header.Get(proxy.HeaderFallback), got)
 			}
-			settled(n)
-			open := 0
-			for _, s := range stacks {
-				if openHere(s) {
-					open++
-				}
-			}
-			if open == len(stacks) {
-				return n
-			}
-			if open != 0 {
-				t.Fatalf("after %d slow calls the route is open on %d of %d proxies", n, open, len(stacks))
-			}
-		}
-		t.Fatalf("the route never opened in %d slow calls", 2*minRequests)
-		return 0
-	}
-	alone := opensAt(t, []*stack{newStack(t, nil, opts...)}, func(int) {})
-	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
-	fl := fleetOf(t, 2, fake, srv.URL(), opts...)
-	cfg := fl[0].app.Config()
-	key := fleet.Prefix(cfg.Fleet.KeyPrefix, cfg.App.Key) + "brk:" + fleet.Digest(path)
-	shared := opensAt(t, fl, func(calls int) {
-		// Each proxy reports its window within 100 ms: wait until the
-		// fleet's sum holds every slow call as a failure, then until it
-		// has tripped.
-		waitFor(t, fmt.Sprintf("the fleet's count to hold %d slow calls", calls), func() bool {
-			return fleetFailures(t, srv, key) >= calls
 		})
-		if calls >= minRequests {
-			waitFor(t, "the fleet to open the route", func() bool { return openHere(fl[0]) && openHere(fl[1]) })
-		}
-	})
 	if alone != minRequests || shared != alone {
 		t.Errorf("the route opened after %d slow calls alone and %d shared; want min_requests (%d) both", alone, shared, minRequests)
 	}
