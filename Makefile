@@ -60,10 +60,10 @@ define fleet-tests
 	@test "$$(grep -c -- '--- PASS: TestFleetOutbox' bin/$@.log)" -ge 6 || { echo "fewer shared outbox tests ran than expected"; exit 1; }
 endef
 
-test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP (CI runs it to show they ran)
+test-fleet: ## the tests against a real redis-server, verbose: each must PASS, none SKIP
 	$(call fleet-tests,)
 
-test-fleet-cluster: ## the same tests against a real Redis Cluster of three masters on loopback (redis-server and redis-cli; about 2.5 minutes)
+test-fleet-cluster: ## the same tests against a real Redis Cluster of three masters on loopback, verbose (redis-server and redis-cli; about 2.5 minutes; CI runs it beside make test)
 	$(call fleet-tests,REDISTEST_CLUSTER=1)
 	@test "$$(grep -c -- 'redistest: a Redis Cluster of 3 masters' bin/$@.log)" -ge 24 || { echo "fewer tests ran against a cluster than expected"; exit 1; }
 

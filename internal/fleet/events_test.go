@@ -442,7 +442,10 @@ func TestQuotaStopsOrganisationShared(t *testing.T) {
 	orgSpent := dingtalk.Result{Class: dingtalk.Business, Reason: dingtalk.ReasonQuota, Errcode: 90020, QuotaUsed: 51, QuotaLimit: 50}
 	const route, other = "/topapi/v2/user/get", "/topapi/processinstance/get"
 	a.Quota.Answered(route, orgSpent)
-	waitFor(t, "b to stop the organisation", func() bool { return b.Quota.local.IsStopped(quota.Organisation) })
+	// Two records, published apart: the organisation's and the route's.
+	waitFor(t, "b to stop the organisation and the route", func() bool {
+		return b.Quota.local.IsStopped(quota.Organisation) && b.Quota.local.IsStopped(route)
+	})
 	var qe *quota.Error
 	if err := b.Quota.Admit(other, true); !errors.As(err, &qe) || !qe.Organisation {
 		t.Errorf("b's metered call on another route = %v, want the organisation's refusal", err)
@@ -454,7 +457,9 @@ func TestQuotaStopsOrganisationShared(t *testing.T) {
 		t.Errorf("b's call the list calls free on a route never refused = %v", err)
 	}
 	c := joined(t, srv.URL(), s)
-	waitFor(t, "a joiner to read the organisation's stop", func() bool { return c.Quota.local.IsStopped(quota.Organisation) })
+	waitFor(t, "a joiner to read the stops", func() bool {
+		return c.Quota.local.IsStopped(quota.Organisation) && c.Quota.local.IsStopped(route)
+	})
 
 	// One probe an hour for the fleet: a takes it, b and c are refused.
 	if !a.Breakers.f.claimProbe() {
