@@ -84,14 +84,9 @@ import (
 // from it was not the fleet's and was dropped.
 const OpOutbox = "outbox"
 
-// Defaults of OutboxOptions: the lease's; how long finished sends are
-// kept is the local store's.
-const (
-	DefaultOutboxLease = 10 * time.Second
-	defaultKeepDeliv   = outbox.DefaultKeepDelivered
-	defaultKeepDead    = outbox.DefaultKeepDead
-	defaultMaxFinished = outbox.DefaultMaxFinished
-)
+// DefaultOutboxLease is the lease's default; how long finished sends are
+// kept defaults to the local store's (outbox.DefaultKeepDelivered, ...).
+const DefaultOutboxLease = 10 * time.Second
 
 const (
 	outboxGroup   = "couriers"
@@ -216,13 +211,13 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		o.Lease = DefaultOutboxLease
 	}
 	if o.KeepDelivered <= 0 {
-		o.KeepDelivered = defaultKeepDeliv
+		o.KeepDelivered = outbox.DefaultKeepDelivered
 	}
 	if o.KeepDead <= 0 {
-		o.KeepDead = defaultKeepDead
+		o.KeepDead = outbox.DefaultKeepDead
 	}
 	if o.MaxFinished <= 0 {
-		o.MaxFinished = defaultMaxFinished
+		o.MaxFinished = outbox.DefaultMaxFinished
 	}
 	log := o.Logger
 	if log == nil {
@@ -1286,12 +1281,20 @@ func (x *Outbox) Get(id string) (*outbox.Send, error) {
 	if !errors.Is(err, outbox.ErrNotFound) {
 		return sd, err
 	}
+	_, sd, _, err = x.shared(id)
+	return sd, err
+}
+
+// shared finds in Redis a send the local store does not hold: its
+// canonical id, its record, and the sealed value read (which the scripts
+// compare, so that a change meanwhile is not overwritten).
+func (x *Outbox) shared(id string) (string, *outbox.Send, string, error) {
 	cid, ok := outbox.CanonicalID(id)
 	if !ok || !x.f.Up() {
-		return nil, outbox.ErrNotFound
+		return "", nil, "", outbox.ErrNotFound
 	}
-	sd, _, err = x.current(cid)
-	return sd, err
+	cur, old, err := x.current(cid)
+	return cid, cur, old, err
 }
 
 // Retry puts a dead or unknown send back at the end of its queue, in the
@@ -1301,11 +1304,7 @@ func (x *Outbox) Retry(id string) error {
 	if !errors.Is(err, outbox.ErrNotFound) {
 		return err
 	}
-	cid, ok := outbox.CanonicalID(id)
-	if !ok || !x.f.Up() {
-		return outbox.ErrNotFound
-	}
-	cur, old, err := x.current(cid)
+	cid, cur, old, err := x.shared(id)
 	if err != nil {
 		return err
 	}
@@ -1351,11 +1350,7 @@ func (x *Outbox) Delete(id string) error {
 	if !errors.Is(err, outbox.ErrNotFound) {
 		return err
 	}
-	cid, ok := outbox.CanonicalID(id)
-	if !ok || !x.f.Up() {
-		return outbox.ErrNotFound
-	}
-	cur, old, err := x.current(cid)
+	cid, cur, old, err := x.shared(id)
 	if err != nil {
 		return err
 	}
