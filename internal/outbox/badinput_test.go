@@ -103,6 +103,9 @@ func TestInUse(t *testing.T) {
 func TestFullDisk(t *testing.T) {
 	dir := mountTmpfs(t, "size=2m")
 	if dir == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI runs as root and must test the full disk: a small tmpfs could not be mounted")
+		}
 		t.Skip("needs root to mount a small tmpfs; the full disk is tested as root (CI runs as root)")
 	}
 	// Room to give back later.
@@ -363,5 +366,33 @@ func TestOpenIsQuickToRefuse(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Open hangs on a held store")
+	}
+}
+
+// TestRepairNamesDroppedSends: the repair's log names the sends it
+// dropped by id, at most maxDroppedIDs of them, and never a key that is not
+// an id.
+func TestRepairNamesDroppedSends(t *testing.T) {
+	sv := &salvage{dropped: map[string]int{}}
+	var first rawID
+	for i := range maxDroppedIDs + 50 {
+		var k rawID
+		k[14], k[15] = byte(i>>8), byte(i)
+		if i == 0 {
+			first = k
+		}
+		sv.drop(k[:], DropSealed)
+	}
+	sv.drop([]byte("not-an-id"), DropUnreadable)
+	if got := sv.dropped[DropSealed] + sv.dropped[DropUnreadable]; got != maxDroppedIDs+51 {
+		t.Fatalf("counted %d drops, want %d", got, maxDroppedIDs+51)
+	}
+	if len(sv.droppedIDs) != maxDroppedIDs || sv.droppedIDs[0] != first.String() {
+		t.Fatalf("named %d dropped ids (first %v), want %d starting with %s", len(sv.droppedIDs), sv.droppedIDs[:1], maxDroppedIDs, first)
+	}
+	for _, id := range sv.droppedIDs {
+		if !ValidID(id) {
+			t.Fatalf("named %q, not an id", id)
+		}
 	}
 }

@@ -475,10 +475,14 @@ func (s *Store) dropAtOpen(bad []badRecord) {
 		return nil
 	})
 	counts := map[string]int{}
+	var ids []string
 	for _, r := range bad {
 		counts[r.why]++
 		if s.obs != nil {
 			s.obs.Dropped(r.why)
+		}
+		if !r.bucket && len(r.rawKey) == len(rawID{}) && len(ids) < maxDroppedIDs {
+			ids = append(ids, rawID(r.rawKey).String())
 		}
 	}
 	fields := []zap.Field{zap.Int("dropped", len(bad)), zap.String("file", s.path)}
@@ -486,6 +490,9 @@ func (s *Store) dropAtOpen(bad []badRecord) {
 		if counts[why] > 0 {
 			fields = append(fields, zap.Int(why, counts[why]))
 		}
+	}
+	if len(ids) > 0 {
+		fields = append(fields, zap.Strings("dropped_ids", ids))
 	}
 	if err != nil {
 		fields = append(fields, zap.NamedError("delete_error", err))

@@ -124,6 +124,11 @@ func TestRecordsThatDoNotReadBackAreDropped(t *testing.T) {
 	if !strings.Contains(logs, "dropped at open") || !strings.Contains(logs, "sealed=3") {
 		t.Errorf("the log does not say what was dropped:\n%s", logs)
 	}
+	for _, id := range []string{victim, altered, movedKey.String(), outKey.String()} {
+		if !strings.Contains(logs, id) {
+			t.Errorf("the log does not name the dropped send %s:\n%s", id, logs)
+		}
+	}
 	noSecretsIn(t, "the log", logs)
 	if st := s.Stats(); st.Routes["/robot/send"].Queued != 1 {
 		t.Errorf("queued after the drops: %+v", st.Routes)

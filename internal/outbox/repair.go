@@ -87,6 +87,9 @@ func (s *Store) repair(db *bolt.DB, why error) error {
 			fields = append(fields, zap.Int(w, sv.dropped[w]))
 		}
 	}
+	if len(sv.droppedIDs) > 0 {
+		fields = append(fields, zap.Strings("dropped_ids", sv.droppedIDs))
+	}
 	fields = append(fields, zap.Bool("damaged_pages_skipped", sv.walkFailed), zap.Int("recovered_unknown", sv.recoveredUnknown), zap.Int("recovered_finished", sv.recoveredFinished))
 	msg := fmt.Sprintf("outbox: the store file was damaged: the %d sends that read back were kept in a fresh file, %d that did not were dropped (and any on damaged pages), and the damaged file was moved aside", sv.kept, dropped)
 	if sv.recoveredUnknown > 0 {
@@ -105,8 +108,12 @@ func (s *Store) repair(db *bolt.DB, why error) error {
 }
 
 type salvage struct {
-	kept       int
-	dropped    map[string]int
+	kept    int
+	dropped map[string]int
+	// droppedIDs are the ids of the first dropped sends (at most
+	// maxDroppedIDs), for the log: what a client was told was kept and is
+	// gone.
+	droppedIDs []string
 	walkFailed bool // the walk met damage (a panic or fault) and skipped it
 	walked     map[rawID]bool
 
@@ -117,6 +124,19 @@ type salvage struct {
 }
 
 type kvPair struct{ k, v []byte }
+
+// maxDroppedIDs bounds the ids the repair's log line names: a file of junk
+// keys must not make a log line of megabytes.
+const maxDroppedIDs = 100
+
+// drop counts key k as dropped for why, and names it in the log when it is
+// a send's id.
+func (sv *salvage) drop(k []byte, why string) {
+	sv.dropped[why]++
+	if len(k) == len(rawID{}) && len(sv.droppedIDs) < maxDroppedIDs {
+		sv.droppedIDs = append(sv.droppedIDs, rawID(k).String())
+	}
+}
 
 func (sv *salvage) run(s *Store, old, ndb *bolt.DB) error {
 	var otherSecret bool
@@ -137,11 +157,11 @@ func (sv *salvage) run(s *Store, old, ndb *bolt.DB) error {
 	var last []byte // the last key the forward walk read
 	take := func(k, v []byte) bool {
 		if v == nil {
-			sv.dropped[DropUnreadable]++
+			sv.drop(k, DropUnreadable)
 			return true
 		}
 		if _, err := s.sealer.decode(k, v); err != nil {
-			sv.dropped[dropWhy(err)]++
+			sv.drop(k, dropWhy(err))
 			return true
 		}
 		sv.walked[rawID(k)] = true
