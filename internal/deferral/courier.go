@@ -61,6 +61,11 @@ type Options struct {
 // always gets it first (README, "Deferred sends": the split).
 const turnSlack = 250 * time.Millisecond
 
+// signMargin is how long before its signature's hour ends a signed robot
+// send is no longer sent: the turn's slack, the attempt's way to
+// DingTalk, and a little of DingTalk's clock against ours.
+const signMargin = 5 * time.Second
+
 const (
 	stopGrace  = 5 * time.Second
 	idlePoll   = 5 * time.Second
@@ -298,6 +303,17 @@ func (c *Courier) deliver(head *outbox.Send, f *call.Facts) {
 	}
 	fd := *f
 	fd.Body = body
+	if len(batch) > 1 {
+		// A merged message is a new message: whatever made the head's
+		// repeat harmless (its msgUuid) is not in it.
+		fd.Idempotent = false
+	}
+	if end, signed := SignedUntil(query); signed && !end.After(time.Now().Add(signMargin)) {
+		// Marked, and not sent: its signature's hour ends before it could
+		// reach DingTalk.
+		c.finish(batch, outbox.Dead, dueReason(head, time.Now().Add(signMargin)), 0, nil, 0)
+		return
+	}
 	req, err := c.request(head, &fd, query)
 	if err != nil {
 		c.finish(batch, outbox.Dead, "its kept request does not read back", 0, nil, 0)
@@ -345,6 +361,11 @@ func (c *Courier) deliver(head *outbox.Send, f *call.Facts) {
 // is harmless); dead on any other answer, which says it will never
 // succeed. reason says why, for dead and unknown.
 func Judge(f *call.Facts, rep call.Report, err error) (outbox.State, string) {
+	if rep.Result.Class == dingtalk.TokenInvalid && f.Inject == dingtalk.PlaceNone && !rep.MayHaveExecuted {
+		// The client's own token, which the proxy cannot renew: it will
+		// not succeed by waiting.
+		return outbox.Dead, "DingTalk answered " + answered(rep.Result) + ": the client's own token, which only the client can renew"
+	}
 	if err == nil {
 		switch {
 		case rep.Outcome == call.Success:

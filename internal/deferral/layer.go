@@ -41,6 +41,8 @@ type Store interface {
 	Begin(id string) error
 	// Update records what a queued send came to.
 	Update(s *outbox.Send) error
+	// Waiting says whether queue holds a send not yet finished.
+	Waiting(queue string) bool
 }
 
 // Outbox is a Store that the admin endpoints and the metrics read and
@@ -81,11 +83,28 @@ func (l *Layer) Wrap(next call.Handler) call.Handler {
 		if !f.Deferrable() {
 			return next.Do(req, f)
 		}
+		now := time.Now()
+		if q := queueOf(f); q != f.Route && l.store.Waiting(q) {
+			// A robot's sends go in the order they came: behind the ones
+			// it has waiting, never before them.
+			if send, ok := Kept(req, f, now); ok {
+				id, kerr := l.store.Put(context.WithoutCancel(req.Context()), send)
+				if kerr == nil {
+					if l.wake != nil {
+						call.Bookkeep(l.log, "deferral", l.wake)
+					}
+					// Not sent: its turn is after its robot's waiting sends.
+					return Answer(req, f, id), call.Refused(call.ReasonPaced), nil
+				}
+				l.log.Warn("a send could not be kept behind its robot's waiting sends: it goes now",
+					zap.String("route", f.Route), zap.String("reason", keepFailure(kerr)), zap.Error(kerr))
+			}
+		}
 		resp, rep, err := next.Do(req, f)
 		if !Keepable(req.Context(), f, rep, err) {
 			return resp, rep, err
 		}
-		now := time.Now()
+		now = time.Now()
 		send, ok := Kept(req, f, now)
 		if !ok {
 			return resp, rep, err // due already (a signed robot send past its hour)
@@ -152,10 +171,7 @@ func Kept(req *http.Request, f *call.Facts, now time.Time) (*outbox.Send, bool) 
 	if !due.After(now) {
 		return nil, false
 	}
-	queue := f.Route
-	if strings.HasPrefix(f.API, pacing.RobotPrefix) {
-		queue = f.API // per robot
-	}
+	queue := queueOf(f)
 	h := req.Header.Clone()
 	for k := range h {
 		if strings.HasPrefix(k, call.HeaderPrefix) {
@@ -174,6 +190,15 @@ func Kept(req *http.Request, f *call.Facts, now time.Time) (*outbox.Send, bool) 
 		Kept:   now,
 		Due:    due,
 	}, true
+}
+
+// queueOf is the queue a send of f waits in: its robot's for a robot
+// (per access_token), else its route's.
+func queueOf(f *call.Facts) string {
+	if strings.HasPrefix(f.API, pacing.RobotPrefix) {
+		return f.API
+	}
+	return f.Route
 }
 
 // SignedUntil is when a signed robot send (timestamp and sign in its

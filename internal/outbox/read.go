@@ -213,3 +213,14 @@ func (s *Store) reportDropped(id, why string) {
 		s.obs.Dropped(why)
 	}
 }
+
+// Waiting says whether queue holds a send not yet finished: queued, being
+// sent, or being kept (a Put in commit). A live send to a robot whose
+// queue is waiting is kept behind it, so that each robot's sends go in the
+// order they came.
+func (s *Store) Waiting(queue string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.ix.queues[queue]
+	return q != nil && (len(q.ents) > 0 || q.bytes > 0)
+}

@@ -1,0 +1,174 @@
+package app_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalk"
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/outbox"
+)
+
+// waitState polls GET /outbox/<id> until the send is in state want, within
+// 30 s; any state but queued on the way fails the test.
+func waitState(t *testing.T, admin http.Handler, id string, want outbox.State) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, doc := outboxState(t, admin, id)
+		if st == string(want) {
+			return doc
+		}
+		if st != string(outbox.Queued) || time.Now().After(deadline) {
+			t.Fatalf("send %s is %s, want %s: %v", id, st, want, doc)
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline
+	}
+}
+
+// A live alert to a robot whose kept alerts still wait (the courier backs
+// off after an outage) is kept behind them, never sent before them: per
+// robot, the order the alerts came in is the order DingTalk gets them.
+func TestLiveRobotSendKeptBehindItsWaitingOnes(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, false))
+	admin := s.app.AdminHandler()
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
+	first := `{"msgtype":"text","text":{"content":"alert 1: first"}}`
+	resp, body := s.do(http.MethodPost, robot, []byte(first))
+	id1 := deferredID(t, resp, body)
+	if id1 == "" {
+		t.Fatalf("the first alert was not kept during the outage: %d %s", resp.StatusCode, body)
+	}
+	// The courier tried it and backs off.
+	waitFor(t, "the courier's first try of the kept alert", func() bool {
+		_, doc := outboxState(t, admin, id1)
+		n, _ := doc["attempts"].(float64)
+		return n >= 1
+	})
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	second := `{"msgtype":"text","text":{"content":"alert 2: second"}}`
+	resp, body = s.do(http.MethodPost, robot, []byte(second))
+	id2 := deferredID(t, resp, body)
+	if id2 == "" {
+		t.Fatalf("a live alert while the robot's kept one waits was answered %d %s; want it kept behind it", resp.StatusCode, body)
+	}
+	if resp.Header.Get("X-Dingproxy-Attempts") != "0" {
+		t.Errorf("the alert kept behind was sent: X-Dingproxy-Attempts %q", resp.Header.Get("X-Dingproxy-Attempts"))
+	}
+	waitDelivered(t, admin, []string{id1, id2}, 30*time.Second)
+	ds := fake.Deliveries(dingtalk.PathRobotSend)
+	if len(ds) != 2 || string(ds[0].Body) != first || string(ds[1].Body) != second {
+		var got []string
+		for _, d := range ds {
+			got = append(got, string(d.Body))
+		}
+		t.Fatalf("the robot got %q; want the first alert, then the second", got)
+	}
+	// Once its queue is empty, a live alert goes at once again.
+	resp, body = s.do(http.MethodPost, robot, []byte(`{"msgtype":"text","text":{"content":"alert 3"}}`))
+	if id := deferredID(t, resp, body); id != "" || resp.StatusCode != http.StatusOK {
+		t.Errorf("a live alert to a robot with nothing waiting: %d %s (kept %q); want it sent at once", resp.StatusCode, body, id)
+	}
+}
+
+// A merged robot message is a new message, with none of its parts'
+// msgUuid: a connection broken after DingTalk executed it makes it
+// unknown, never sent again.
+func TestMergedMessageNeverRepeated(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, true))
+	admin := s.app.AdminHandler()
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
+	var ids []string
+	for i := range 3 {
+		resp, body := s.do(http.MethodPost, robot, fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert %d"},"msgUuid":"u-%d"}`, i, i))
+		id := deferredID(t, resp, body)
+		if id == "" {
+			t.Fatalf("alert %d not kept: %d %s", i, resp.StatusCode, body)
+		}
+		ids = append(ids, id)
+	}
+	fake.Script(dingtalk.PathRobotSend, dingtalktest.ResetAfterExec())
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		waitState(t, admin, id, outbox.Unknown)
+	}
+	if ex := fake.Robot(dingtalktest.DefaultRobotToken).Executed; ex != 1 {
+		t.Errorf("the merged message was executed %d times; want once", ex)
+	}
+}
+
+// A kept send carrying the client's own token, which DingTalk refuses at
+// delivery (40014), is dead at once: the proxy cannot renew a client's
+// token, and waiting out max_age would only hide the error.
+func TestClientTokenRefusedAtDeliveryIsDead(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalktest.PathAsyncSend, time.Hour, false))
+	admin := s.app.AdminHandler()
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend+"?access_token=the-clients-own-stale-token", notice(1))
+	id := deferredID(t, resp, body)
+	if id == "" {
+		t.Fatalf("not kept during the outage: %d %s", resp.StatusCode, body)
+	}
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	doc := waitState(t, admin, id, outbox.Dead)
+	if reason := fmt.Sprint(doc["reason"]); !strings.Contains(reason, "40014") || !strings.Contains(reason, "client's own token") {
+		t.Errorf("dead for %q; want DingTalk's 40014 and the client's own token named", reason)
+	}
+	if n := len(fake.Requests(dingtalktest.PathAsyncSend)); n != 1 {
+		t.Errorf("DingTalk saw the send %d times; want once", n)
+	}
+	if strings.Contains(fmt.Sprint(doc), "the-clients-own-stale-token") {
+		t.Errorf("GET /outbox/<id> shows the client's token: %v", doc)
+	}
+}
+
+// A signed robot send whose hour ends in the next few seconds is not sent
+// when its turn comes: it could reach DingTalk after the hour, where only
+// the robot's secret could sign it again. It is dead, and DingTalk sees
+// nothing.
+func TestSignedSendNotSentInItsLastSeconds(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Hour, false))
+	admin := s.app.AdminHandler()
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	// Signed 59m57s ago: three seconds of its hour are left.
+	ts := time.Now().Add(-time.Hour + 3*time.Second).UnixMilli()
+	path := fmt.Sprintf("%s?access_token=%s&timestamp=%d&sign=abc", dingtalk.PathRobotSend, dingtalktest.DefaultRobotToken, ts)
+	resp, body := s.do(http.MethodPost, path, []byte(`{"msgtype":"text","text":{"content":"alert: late"}}`))
+	id := deferredID(t, resp, body)
+	if id == "" {
+		t.Fatalf("not kept during the outage: %d %s", resp.StatusCode, body)
+	}
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	doc := waitState(t, admin, id, outbox.Dead)
+	if reason := fmt.Sprint(doc["reason"]); !strings.Contains(reason, "signature") {
+		t.Errorf("dead for %q; want its signature's hour named", reason)
+	}
+	if n := len(fake.Requests(dingtalk.PathRobotSend)); n != 0 {
+		t.Errorf("DingTalk saw %d robot sends; want none", n)
+	}
+}
