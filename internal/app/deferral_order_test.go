@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	"github.com/dingproxy/dingproxy/internal/outbox"
@@ -85,14 +86,18 @@ func TestLiveRobotSendKeptBehindItsWaitingOnes(t *testing.T) {
 // unknown, never sent again.
 func TestMergedMessageNeverRepeated(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
-	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, true))
+	// Six kept past a minute of five: they merge. (One attempt a call: the
+	// first alert's refused dial takes one of the turns, the courier's
+	// tries while DingTalk refuses take some more.)
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, true),
+		func(c *config.Config) { c.Pacing.RobotPerMinute, c.Retry.MaxAttempts = 5, 1 })
 	admin := s.app.AdminHandler()
 	if err := fake.StopListening(); err != nil {
 		t.Fatal(err)
 	}
 	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
 	var ids []string
-	for i := range 3 {
+	for i := range 6 {
 		resp, body := s.do(http.MethodPost, robot, fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert %d"},"msgUuid":"u-%d"}`, i, i))
 		id := deferredID(t, resp, body)
 		if id == "" {
@@ -170,5 +175,38 @@ func TestSignedSendNotSentInItsLastSeconds(t *testing.T) {
 	}
 	if n := len(fake.Requests(dingtalk.PathRobotSend)); n != 0 {
 		t.Errorf("DingTalk saw %d robot sends; want none", n)
+	}
+}
+
+// With merge on, kept alerts no more than the robot's minute allows go one
+// by one, as they were sent: merging is for a backlog past the minute.
+func TestMergeOnlyPastTheRobotsMinute(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, true))
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
+	var ids []string
+	var sent []string
+	for i := range 3 {
+		msg := fmt.Sprintf(`{"msgtype":"text","text":{"content":"alert %d"}}`, i)
+		resp, body := s.do(http.MethodPost, robot, []byte(msg))
+		id := deferredID(t, resp, body)
+		if id == "" {
+			t.Fatalf("alert %d not kept: %d %s", i, resp.StatusCode, body)
+		}
+		ids, sent = append(ids, id), append(sent, msg)
+	}
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, s.app.AdminHandler(), ids, 30*time.Second)
+	var got []string
+	for _, d := range fake.Deliveries(dingtalk.PathRobotSend) {
+		got = append(got, string(d.Body))
+	}
+	if strings.Join(got, "\n") != strings.Join(sent, "\n") {
+		t.Errorf("the robot got %q; want the three alerts one by one, as sent", got)
 	}
 }

@@ -91,12 +91,15 @@ func (k *kept) startCourier(a *App, below call.Handler, log *zap.Logger) {
 	oapi, _ := url.Parse(cfg.Upstreams.OAPI)
 	api, _ := url.Parse(cfg.Upstreams.API)
 	k.courier = deferral.NewCourier(deferral.Options{
-		Store:    k.store,
-		Path:     below,
-		Next:     a.parts.turns.Next,
-		OAPI:     oapi,
-		API:      api,
-		Merge:    a.merges,
+		Store: k.store,
+		Path:  below,
+		Next:  a.parts.turns.Next,
+		OAPI:  oapi,
+		API:   api,
+		Merge: a.merges,
+		RobotPerMinute: func() int {
+			return a.cfg.Load().Pacing.RobotPerMinute
+		},
 		Timeout:  cfg.Retry.Timeout,
 		Observer: a.obs,
 		Logger:   log.Named("outbox"),

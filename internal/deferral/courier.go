@@ -47,6 +47,10 @@ type Options struct {
 	OAPI, API *url.URL
 	// Merge says whether route's defer has merge on now (nil: never).
 	Merge func(route string) bool
+	// RobotPerMinute is a robot's limit now (pacing.robot_per_minute): a
+	// robot's queue merges only when it holds more than that. Nil or 0:
+	// dingtalk.RobotPerMinute.
+	RobotPerMinute func() int
 	// Timeout bounds one delivery (its attempts and waits). Zero: 30s.
 	Timeout time.Duration
 	// Parallel is how many queues deliver at once. Zero: 8.
@@ -286,7 +290,13 @@ func (c *Courier) deliver(head *outbox.Send, f *call.Facts) {
 	}()
 	batch, body, query := []*outbox.Send{head}, head.Body, head.Query
 	if c.o.Merge != nil && strings.HasPrefix(head.Queue, pacing.RobotPrefix) && c.o.Merge(head.Route) {
-		if queued, err := c.o.Store.Queue(head.Queue, maxMerge); err == nil && len(queued) > 1 {
+		// Merged only when more wait than the robot's minute allows: fewer
+		// go one by one, as they were sent, within the minute.
+		n := dingtalk.RobotPerMinute
+		if c.o.RobotPerMinute != nil && c.o.RobotPerMinute() > 0 {
+			n = c.o.RobotPerMinute()
+		}
+		if queued, err := c.o.Store.Queue(head.Queue, max(maxMerge, n+1)); err == nil && len(queued) > max(n, 1) {
 			if m := merge(queued, time.Now()); m != nil {
 				batch, body, query = m.sends, m.body, m.query
 			}
