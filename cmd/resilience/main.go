@@ -34,6 +34,7 @@ import (
 )
 
 func main() {
+	scenario.ChildMain() // one of the scenarios' dingproxy processes, when started as one
 	var o resilience.Options
 	var only, groups string
 	flag.Float64Var(&o.Scale, "scale", 1, "multiply every scenario's duration by this (0.05-2)")

@@ -13,7 +13,10 @@ import (
 	"github.com/dingproxy/dingproxy/internal/scenario"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	scenario.ChildMain() // a dingproxy process of a scenario, when one is asked for
+	goleak.VerifyTestMain(m)
+}
 
 func TestOptions(t *testing.T) {
 	if _, err := Run(context.Background(), Options{Only: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "unknown scenario") {

@@ -14,7 +14,10 @@ import (
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	ChildMain() // a dingproxy process of a scenario, when one is asked for
+	goleak.VerifyTestMain(m)
+}
 
 // The table: valid rows with unique names, in groups, each with targets
 // judging a client it runs.
