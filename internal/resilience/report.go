@@ -44,7 +44,7 @@ func PrintTable(w io.Writer, rows []scenario.Row) error {
 // message by message (the deferred group), as one table. It writes
 // nothing when rows hold none.
 func PrintDeliveries(w io.Writer, rows []scenario.Row) error {
-	t := bench.Table{Pad: 2, Widths: []int{17, 18}}
+	t := bench.Table{Pad: 2, Widths: []int{17, 22}}
 	t.Row("scenario", "client", "messages", "answered ok", "kept", "delivered", "twice", "unknown", "into limit/block", "last delivery", "p50", "p99")
 	prev, n := "", 0
 	for _, r := range rows {
