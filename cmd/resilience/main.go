@@ -82,7 +82,8 @@ func main() {
 	fmt.Printf("  %-19s (the %s group) dingproxy with routes[].defer on the send routes, its outbox\n", scenario.ProxyDeferred, scenario.GroupDeferred)
 	fmt.Println("                      in a temporary directory; every client sends each message once")
 	fmt.Printf("                      (in %s: a process of its own, this program re-executed)\n", scenario.Killed)
-	fmt.Printf("  %-19s (%s) %d dingproxy processes deferring, sharing through a local\n", scenario.ProxyFleetDeferred, scenario.FleetKilled, replicas)
+	fmt.Printf("  %s\n", scenario.ProxyFleetDeferred)
+	fmt.Printf("                      (%s) %d dingproxy processes deferring, sharing through a local\n", scenario.FleetKilled, replicas)
 	fmt.Println("                      redis-server: the fleet's shared outbox")
 	fmt.Println()
 	for _, s := range chosen {
@@ -138,9 +139,8 @@ func main() {
 	resilience.PrintTargets(&targets, rows)
 	if targets.Len() > 0 {
 		fmt.Println()
-		fmt.Printf("targets (dingproxy, in the %s group dingproxy shared, in the %s group %q or %q,\n", scenario.GroupFleet, scenario.GroupDeferred, scenario.ProxyDeferred, scenario.ProxyFleetDeferred)
-		fmt.Println("must keep them;")
-		fmt.Println("the others for comparison):")
+		fmt.Printf("targets (dingproxy, in the %s group dingproxy shared, in the %s group %q or\n", scenario.GroupFleet, scenario.GroupDeferred, scenario.ProxyDeferred)
+		fmt.Printf("%q, must keep them; the others for comparison):\n", scenario.ProxyFleetDeferred)
 		fmt.Print(targets.String())
 		fmt.Println("accepted: successful calls per second after the warm-up, over whole seconds until the last arrival, / the limit.")
 		fmt.Printf("at once: answered in under %s; paced: 429 with X-Dingproxy-Fallback: paced and Retry-After.\n", scenario.AtOnce)

@@ -215,7 +215,7 @@ func TestKillTargets(t *testing.T) {
 			[]string{"delivered; the last from the first alert", "kept sends unknown (on the wire at the kill)"}},
 		{"fleet: every one within 60 s of the kill", fleet(30, 0, true, 68*time.Second), nil},
 		{"fleet: late, and not the holder killed", fleet(30, 0, false, 70*time.Second),
-			[]string{"the process killed held the lease, DingTalk refusing", "delivered; the last from the kill"}},
+			[]string{"killed: the lease holder, DingTalk refusing", "delivered; the last from the kill"}},
 	}
 	for _, c := range cases {
 		var got []string

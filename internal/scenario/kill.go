@@ -208,7 +208,7 @@ func killTargets(s Scenario) []Target {
 // while DingTalk refuses connections: the others deliver.
 func fleetKillTargets(s Scenario) []Target {
 	return []Target{
-		{Figure: "the process killed held the lease, DingTalk refusing", Want: "yes",
+		{Figure: "killed: the lease holder, DingTalk refusing", Want: "yes",
 			Value: optional(func(r Row) bool { return r.HasKill }, func(r Row) string {
 				return map[bool]string{true: "yes", false: "no"}[r.KilledHolder && r.KilledRefused]
 			}),
