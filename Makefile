@@ -9,7 +9,7 @@ help: ## list targets
 demo: ## the demo: fake DingTalk with faults, dingproxy, traffic; two tables, the faults and an outage (about 40 s)
 	$(GO) run ./cmd/dingdemo
 
-resilience: ## the resilience benchmark: the faults, pacing, fleet, quota and cache, and deferred scenarios, the clients side by side, the tables and the targets (about 5 minutes, loopback only; the fleet group needs redis-server)
+resilience: ## the resilience benchmark: the faults, pacing, fleet, quota and cache, and deferred scenarios, the clients side by side, the tables and the targets (about 5 minutes, loopback only; the fleet group and the deferred group's fleet-kill need redis-server)
 	$(GO) run ./cmd/resilience
 
 demo-fleet: ## dingproxies alone beside dingproxies sharing through a local redis-server, in the fleet scenarios (about 1 minute; needs redis-server on the PATH)

@@ -8,14 +8,18 @@
 // built-in defaults), the fleet group two ways (dingproxies alone, and
 // sharing through a redis-server it starts, when one is on the PATH), and
 // the deferred group (an alert burst past a robot's minute, with and
-// without merge, and refused connections) three ways: the plain client,
-// the SDK loop, and dingproxy with defer on for the send routes, counting
-// what DingTalk delivered message by message. It prints one table (and
-// one of the deliveries), then the scenarios' targets and whether
-// dingproxy met them. Every scenario is a row of the scenario table
-// (internal/scenario), described from its fields. It needs no credentials
-// and no network, and stops after 8 minutes at most (16 with
-// -one-at-a-time).
+// without merge, refused connections, the alert burst with dingproxy's
+// process killed with SIGKILL and started again on its outbox, and a
+// fleet of four dingproxy processes sharing a redis-server whose
+// courier is killed while DingTalk refuses connections) three ways: the
+// plain client, the SDK loop, and dingproxy with defer on for the send
+// routes, counting what DingTalk delivered message by message. The
+// processes killed are this program re-executed (scenario.ChildMain). It
+// prints one table (and one of the deliveries), then the scenarios'
+// targets and whether dingproxy met them. Every scenario is a row of the
+// scenario table (internal/scenario), described from its fields. It needs
+// no credentials and no network, and stops after 8 minutes at most (16
+// with -one-at-a-time).
 package main
 
 import (
@@ -34,6 +38,7 @@ import (
 )
 
 func main() {
+	scenario.ChildMain() // one of the scenarios' dingproxy processes, when started as one
 	var o resilience.Options
 	var only, groups string
 	flag.Float64Var(&o.Scale, "scale", 1, "multiply every scenario's duration by this (0.05-2)")
@@ -76,6 +81,10 @@ func main() {
 	fmt.Println("                      beside as many alone (\"dingproxy\")")
 	fmt.Printf("  %-19s (the %s group) dingproxy with routes[].defer on the send routes, its outbox\n", scenario.ProxyDeferred, scenario.GroupDeferred)
 	fmt.Println("                      in a temporary directory; every client sends each message once")
+	fmt.Printf("                      (in %s: a process of its own, this program re-executed)\n", scenario.Killed)
+	fmt.Printf("  %s\n", scenario.ProxyFleetDeferred)
+	fmt.Printf("                      (%s) %d dingproxy processes deferring, sharing through a local\n", scenario.FleetKilled, replicas)
+	fmt.Println("                      redis-server: the fleet's shared outbox")
 	fmt.Println()
 	for _, s := range chosen {
 		fmt.Printf("  %-17s %s\n", s.Name, s.Describe(o.Scale))
@@ -83,7 +92,7 @@ func main() {
 	fmt.Println()
 	start := time.Now()
 	o.Progress = func(r scenario.Row) {
-		fmt.Fprintf(os.Stderr, "  %-17s %-19s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
+		fmt.Fprintf(os.Stderr, "  %-17s %-22s done in %s\n", r.Scenario, r.Mode, r.Elapsed.Round(100*time.Millisecond))
 	}
 	o.Skipped = func(scenario, why string) {
 		fmt.Fprintf(os.Stderr, "  %-17s skipped: %s\n", scenario, why)
@@ -120,7 +129,9 @@ func main() {
 		fmt.Print(deliveries.String())
 		fmt.Println("answered ok: calls answered with success; kept: of them, answered X-Dingproxy-Deferred (kept for later).")
 		fmt.Println("delivered, twice: messages DingTalk executed, and executed more than once (a merged message counts for")
-		fmt.Println("  each alert in it); into limit/block: robot sends DingTalk answered 130101 (past its minute, or blocked).")
+		fmt.Println("  each alert in it); unknown: kept sends whose outcome dingproxy cannot know (on the wire at a kill,")
+		fmt.Println("  never sent again), from its admin endpoint GET /outbox/<id> (\"-\": not read, in-process dingproxy);")
+		fmt.Println("  into limit/block: robot sends DingTalk answered 130101 (past its minute, or blocked).")
 		fmt.Println("last delivery: when DingTalk first executed the last message delivered, from the first call,")
 		fmt.Println("  or from when it listens again after refusing connections; p50, p99: the clients' answer times.")
 	}
@@ -128,13 +139,14 @@ func main() {
 	resilience.PrintTargets(&targets, rows)
 	if targets.Len() > 0 {
 		fmt.Println()
-		fmt.Printf("targets (dingproxy, in the %s group dingproxy shared, in the %s group %q, must keep them;\n", scenario.GroupFleet, scenario.GroupDeferred, scenario.ProxyDeferred)
-		fmt.Println("the others for comparison):")
+		fmt.Printf("targets (dingproxy, in the %s group dingproxy shared, in the %s group %q or\n", scenario.GroupFleet, scenario.GroupDeferred, scenario.ProxyDeferred)
+		fmt.Printf("%q, must keep them; the others for comparison):\n", scenario.ProxyFleetDeferred)
 		fmt.Print(targets.String())
 		fmt.Println("accepted: successful calls per second after the warm-up, over whole seconds until the last arrival, / the limit.")
 		fmt.Printf("at once: answered in under %s; paced: 429 with X-Dingproxy-Fallback: paced and Retry-After.\n", scenario.AtOnce)
 		fmt.Printf("%s: upstream calls from the ban's start, the one that met it included (0 from the other %d).\n", scenario.SharedBan, replicas-1)
 		fmt.Printf("%s: p99 against the %d alone; sharing again: all %d subscribed to the fleet's channel.\n", scenario.RedisKilled, replicas, replicas)
+		fmt.Printf("%s: the restart bound is the burst's plus the time from SIGKILL to serving again; %s: from the kill.\n", scenario.Killed, scenario.FleetKilled)
 		fmt.Println("(shown): a figure beside the targets, not one of them.")
 	}
 	fmt.Printf("(took %s)\n", time.Since(start).Round(time.Second))

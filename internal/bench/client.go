@@ -233,8 +233,9 @@ type Outcome struct {
 	// Cache is the last answer's X-Dingproxy-Cache ("hit", "miss", or "").
 	Cache string
 	// Deferred: the last answer said the send was kept for later
-	// (X-Dingproxy-Deferred).
-	Deferred bool
+	// (X-Dingproxy-Deferred), DeferredID the id it gave.
+	Deferred   bool
+	DeferredID string
 	// Attempts is what the call cost DingTalk as the client can count it:
 	// one per try straight, X-Dingproxy-Attempts through dingproxy.
 	Attempts int
@@ -282,7 +283,7 @@ func (c *Caller) Do(ctx context.Context, i int, r Request) Outcome {
 		a := c.once(ctx, base, r)
 		out.Attempts += a.attempts
 		out.OK, out.Fallback, out.Last = a.ok, a.fallback, a.last
-		out.Status, out.FallbackKind, out.Cache, out.Deferred = a.status, a.kind, a.cache, a.deferred
+		out.Status, out.FallbackKind, out.Cache, out.Deferred, out.DeferredID = a.status, a.kind, a.cache, a.deferred != "", a.deferred
 		if a.ok || !a.retryable || n >= tries {
 			break
 		}
@@ -309,7 +310,7 @@ type answer struct {
 	status    int
 	kind      string // X-Dingproxy-Fallback
 	cache     string // X-Dingproxy-Cache
-	deferred  bool   // X-Dingproxy-Deferred
+	deferred  string // X-Dingproxy-Deferred
 	last      string
 }
 
@@ -344,7 +345,7 @@ func (c *Caller) once(ctx context.Context, base string, r Request) answer {
 	defer resp.Body.Close()
 	a := answer{attempts: 1, status: resp.StatusCode, kind: resp.Header.Get(proxy.HeaderFallback), cache: resp.Header.Get(proxy.HeaderCache)}
 	a.fallback = a.kind != ""
-	a.deferred = resp.Header.Get(deferral.HeaderDeferred) != ""
+	a.deferred = resp.Header.Get(deferral.HeaderDeferred)
 	if v := resp.Header.Get(proxy.HeaderAttempts); v != "" {
 		a.attempts, _ = strconv.Atoi(v)
 	}

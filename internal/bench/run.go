@@ -30,10 +30,11 @@ type Load struct {
 	// QuotaPaths are the paths whose 90020 answers Result.QuotaRejected
 	// counts.
 	QuotaPaths []string
-	// Settle, if set, runs once every call has its answer, before the
-	// fake's counters are read and the fake and the client stop: what was
-	// left for later (deferred sends) can be waited for there.
-	Settle func(ctx context.Context, f *dingtalktest.Server, t Timing)
+	// Settle, if set, runs once every call has its answer (outs, by
+	// number), before the fake's counters are read and the fake and the
+	// client stop: what was left for later (deferred sends) can be waited
+	// for there.
+	Settle func(ctx context.Context, f *dingtalktest.Server, t Timing, outs []Outcome)
 }
 
 // Result is one client's run of one Load.
@@ -110,7 +111,7 @@ func Run(ctx context.Context, c Client, l Load) (Result, error) {
 		outs[i].Due = due
 	})
 	if l.Settle != nil && err == nil {
-		l.Settle(ctx, fake, t)
+		l.Settle(ctx, fake, t, outs[:t.Started])
 		err = ctx.Err()
 	}
 	return Result{

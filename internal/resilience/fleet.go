@@ -8,11 +8,13 @@ import (
 	"github.com/dingproxy/dingproxy/internal/scenario"
 )
 
-// sharedReady readies what the shared proxies among modes need: a
-// redis-server, started once for the run when o.Redis is nil. It says
-// false, telling Skipped, when there is none to start.
+// sharedReady readies what the shared proxies among modes need
+// (scenario.Shared): a redis-server, started once for the run when
+// o.Redis is nil. It says false, telling Skipped, when there is none to
+// start.
 func (o *Options) sharedReady(sc scenario.Scenario, modes []bench.Mode) bool {
-	if !slices.Contains(modes, scenario.ProxyShared) || o.Redis != nil {
+	shared := slices.ContainsFunc(modes, func(m bench.Mode) bool { return slices.Contains(scenario.Shared, m) })
+	if !shared || o.Redis != nil {
 		return true
 	}
 	srv, err := redistest.Launch()

@@ -44,8 +44,8 @@ func PrintTable(w io.Writer, rows []scenario.Row) error {
 // message by message (the deferred group), as one table. It writes
 // nothing when rows hold none.
 func PrintDeliveries(w io.Writer, rows []scenario.Row) error {
-	t := bench.Table{Pad: 2, Widths: []int{17, 18}}
-	t.Row("scenario", "client", "messages", "answered ok", "kept", "delivered", "twice", "into limit/block", "last delivery", "p50", "p99")
+	t := bench.Table{Pad: 2, Widths: []int{17, 22}}
+	t.Row("scenario", "client", "messages", "answered ok", "kept", "delivered", "twice", "unknown", "into limit/block", "last delivery", "p50", "p99")
 	prev, n := "", 0
 	for _, r := range rows {
 		if !r.HasDeliveries {
@@ -61,8 +61,12 @@ func PrintDeliveries(w io.Writer, rows []scenario.Row) error {
 		if r.MessagesDelivered > 0 {
 			last = bench.Dur(r.LastDelivery())
 		}
+		unknown := "-"
+		if r.HasStates {
+			unknown = fmt.Sprint(r.Unknown)
+		}
 		t.Row(name, string(r.Mode), fmt.Sprint(r.Messages), fmt.Sprint(r.OK), fmt.Sprint(r.Kept), fmt.Sprint(r.MessagesDelivered),
-			fmt.Sprint(r.MessagesTwice), fmt.Sprint(r.RobotThrottled), last, bench.Dur(r.P50), bench.Dur(r.P99))
+			fmt.Sprint(r.MessagesTwice), unknown, fmt.Sprint(r.RobotThrottled), last, bench.Dur(r.P50), bench.Dur(r.P99))
 	}
 	if n == 0 {
 		return nil

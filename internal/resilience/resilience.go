@@ -1,10 +1,13 @@
 // Package resilience is the resilience benchmark: the scenarios of the
-// faults, pacing, fleet, and quota and cache groups of the scenario table
-// (internal/scenario), each run against the fake DingTalk by each of its
-// clients (a plain client, a client with the common SDK retry loop, and
-// through dingproxy on its built-in defaults; in the fleet group, four
-// dingproxies alone and four sharing through Redis), with a fresh fake and
-// fresh dingproxies for each client. It prints one table of what each
+// faults, pacing, fleet, quota and cache, and deferred groups of the
+// scenario table (internal/scenario), each run against the fake DingTalk
+// by each of its clients (a plain client, a client with the common SDK
+// retry loop, and through dingproxy on its built-in defaults; in the fleet
+// group, four dingproxies alone and four sharing through Redis; in the
+// deferred group, dingproxy deferring sends, in its kill scenarios as
+// processes of their own that are killed), with a fresh fake and fresh
+// dingproxies for each client. A program that runs the kill scenarios
+// calls scenario.ChildMain first. It prints one table of what each
 // client got and what each cost DingTalk, and a second of the scenarios'
 // targets and whether dingproxy met them.
 //

@@ -13,7 +13,10 @@ import (
 	"github.com/dingproxy/dingproxy/internal/scenario"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	scenario.ChildMain() // a dingproxy process of a scenario, when one is asked for
+	goleak.VerifyTestMain(m)
+}
 
 func TestOptions(t *testing.T) {
 	if _, err := Run(context.Background(), Options{Only: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "unknown scenario") {
@@ -35,7 +38,7 @@ func TestOptions(t *testing.T) {
 	if got := scenario.Names(o.chosen()); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("chosen %v, want %v", got, want)
 	}
-	if len(Scenarios) != 19 || Scenarios[0] != scenario.Transient || Scenarios[15] != scenario.Cache || Scenarios[18] != scenario.Refused {
+	if len(Scenarios) != 21 || Scenarios[0] != scenario.Transient || Scenarios[15] != scenario.Cache || Scenarios[18] != scenario.Refused {
 		t.Errorf("the benchmark's scenarios: %v", Scenarios)
 	}
 	var buf bytes.Buffer
@@ -112,7 +115,7 @@ func TestDeferredTargets(t *testing.T) {
 	if err := o.defaults(); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{scenario.AlertBurst, scenario.AlertBurstMerge, scenario.Refused}
+	want := []string{scenario.AlertBurst, scenario.AlertBurstMerge, scenario.Refused, scenario.Killed, scenario.FleetKilled}
 	if got := scenario.Names(o.chosen()); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("the deferred group: %v, want %v", got, want)
 	}
@@ -179,5 +182,76 @@ func TestDeferredTargets(t *testing.T) {
 	PrintDeliveries(&buf, rows[:1])
 	if buf.Len() != 0 {
 		t.Errorf("a deliveries table for no deliveries: %q", buf.String())
+	}
+}
+
+// The kill scenarios' rows: the unknown sends in the deliveries table
+// (read from dingproxy's processes only), and targets that allow one
+// unknown send, never a lost one, within the bound plus the restart, or
+// from the kill.
+func TestKillTargets(t *testing.T) {
+	kill := func(m bench.Mode, delivered, unknown int, last, restart time.Duration) scenario.Row {
+		r := scenario.Row{Scenario: scenario.Killed, Mode: m, Calls: 60, OK: 60, HasDeliveries: true, Messages: 60,
+			MessagesDelivered: delivered, LastArrival: last}
+		if m == scenario.ProxyDeferred {
+			r.Kept, r.HasKill, r.KilledAt, r.Restart, r.HasStates, r.Unknown = 40, true, 9*time.Second, restart, true, unknown
+		}
+		return r
+	}
+	fleet := func(delivered, unknown int, holder bool, last time.Duration) scenario.Row {
+		return scenario.Row{Scenario: scenario.FleetKilled, Mode: scenario.ProxyFleetDeferred, Calls: 30, OK: 30, Kept: 30,
+			HasDeliveries: true, Messages: 30, MessagesDelivered: delivered, LastArrival: last, RefusedUntil: 15 * time.Second,
+			HasKill: true, KilledAt: 9 * time.Second, KilledHolder: holder, KilledRefused: true, HasStates: true, Unknown: unknown}
+	}
+	cases := []struct {
+		name   string
+		row    scenario.Row
+		missed []string
+	}{
+		{"one unknown, within the bound plus the restart", kill(scenario.ProxyDeferred, 59, 1, 180*time.Second+100*time.Millisecond, 200*time.Millisecond), nil},
+		{"one lost, not unknown", kill(scenario.ProxyDeferred, 59, 0, 150*time.Second, 200*time.Millisecond),
+			[]string{"delivered; the last from the first alert"}},
+		{"two unknown, late", kill(scenario.ProxyDeferred, 58, 2, 181*time.Second, 200*time.Millisecond),
+			[]string{"delivered; the last from the first alert", "kept sends unknown (on the wire at the kill)"}},
+		{"fleet: every one within 60 s of the kill", fleet(30, 0, true, 68*time.Second), nil},
+		{"fleet: late, and not the holder killed", fleet(30, 0, false, 70*time.Second),
+			[]string{"killed: the lease holder, DingTalk refusing", "delivered; the last from the kill"}},
+	}
+	for _, c := range cases {
+		var got []string
+		for _, v := range scenario.Check([]scenario.Row{c.row}) {
+			if !v.OK {
+				got = append(got, v.Figure)
+			}
+		}
+		if strings.Join(got, "\n") != strings.Join(c.missed, "\n") {
+			t.Errorf("%s: missed %q, want %q", c.name, got, c.missed)
+		}
+	}
+	rows := []scenario.Row{kill(bench.Direct, 20, 0, 2*time.Second, 0), kill(scenario.ProxyDeferred, 59, 1, 150*time.Second, 250*time.Millisecond),
+		fleet(30, 0, true, 20*time.Second)}
+	var buf bytes.Buffer
+	if err := PrintDeliveries(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(buf.String(), "\n")
+	if len(lines) < 4 || !strings.Contains(lines[0], "unknown") {
+		t.Fatalf("the deliveries table:\n%s", buf.String())
+	}
+	// The plain client's unknown is not read ("-"), dingproxy's is.
+	for i, want := range []string{"20  0  -  0", "59  0  1  0", "30  0  0  0"} {
+		if !strings.Contains(strings.Join(strings.Fields(lines[i+1]), "  "), want) {
+			t.Errorf("line %d lacks %q:\n%s", i+1, want, buf.String())
+		}
+	}
+	buf.Reset()
+	if err := PrintTargets(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"59 of 60 (1 unknown), 150.0 s", ">= 59 of 60, the rest unknown; <= 180 s + restart", "250.0 ms",
+		"30 of 30, 11.0 s", ">= 29 of 30, the rest unknown; <= 60 s", string(scenario.ProxyFleetDeferred)} {
+		if !strings.Contains(buf.String(), s) {
+			t.Errorf("the targets table lacks %q:\n%s", s, buf.String())
+		}
 	}
 }

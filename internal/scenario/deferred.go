@@ -40,10 +40,19 @@ func (s Scenario) sendRoutes() []string {
 // deferOn turns defer on for every send route of the workload, the
 // outbox in dir.
 func (s Scenario) deferOn(dir string) func(*config.Config) {
+	routes := deferRoutes(s.sendRoutes(), s.Tune.Merge)
 	return func(c *config.Config) {
 		c.Outbox.Dir = dir
-		for _, path := range s.sendRoutes() {
-			d := &config.Defer{MaxAge: deferMaxAge, Merge: s.Tune.Merge && path == dingtalk.PathRobotSend}
+		routes(c)
+	}
+}
+
+// deferRoutes turns defer on for routes (merge on the robot's, if
+// merge).
+func deferRoutes(routes []string, merge bool) func(*config.Config) {
+	return func(c *config.Config) {
+		for _, path := range routes {
+			d := &config.Defer{MaxAge: deferMaxAge, Merge: merge && path == dingtalk.PathRobotSend}
 			i := slices.IndexFunc(c.Routes, func(r config.Route) bool { return r.Path == path })
 			if i < 0 {
 				c.Routes = append(c.Routes, config.Route{Path: path})
@@ -54,13 +63,17 @@ func (s Scenario) deferOn(dir string) func(*config.Config) {
 	}
 }
 
-// describeDefer says how the deferring client is configured.
-func (s Scenario) describeDefer() string {
+// describeDefer says how the deferring client m is configured.
+func (s Scenario) describeDefer(m bench.Mode) string {
 	merge := ""
 	if s.Tune.Merge {
 		merge = ", defer.merge on the robot's"
 	}
-	return fmt.Sprintf("%q with defer (max_age %s) on %s%s", ProxyDeferred, strings.TrimSuffix(deferMaxAge.String(), "0m0s"), strings.Join(s.sendRoutes(), ", "), merge)
+	out := fmt.Sprintf("%q with defer (max_age %s) on %s%s", m, strings.TrimSuffix(deferMaxAge.String(), "0m0s"), strings.Join(s.sendRoutes(), ", "), merge)
+	if s.asProcesses(m) {
+		out += ", each dingproxy a process of its own (this program re-executed)"
+	}
+	return out
 }
 
 // marked finds the number a message of the workload carries in its text
@@ -113,11 +126,18 @@ func countDeliveries(f *dingtalktest.Server, paths []string, calls int) deliveri
 }
 
 // awaitDeliveries polls the fake until every one of calls messages is
-// delivered, until is past, or ctx ends.
-func awaitDeliveries(ctx context.Context, f *dingtalktest.Server, paths []string, calls int, until time.Time) {
+// delivered, settled says (if set) that nothing is left to deliver,
+// until is past, or ctx ends. settled is asked once a second at most.
+func awaitDeliveries(ctx context.Context, f *dingtalktest.Server, paths []string, calls int, until time.Time, settled func() bool) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	var asked time.Time
 	for countDeliveries(f, paths, calls).delivered < calls && time.Now().Before(until) {
+		if settled != nil && time.Since(asked) >= time.Second {
+			if asked = time.Now(); settled() {
+				return
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

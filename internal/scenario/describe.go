@@ -69,8 +69,22 @@ func (s Scenario) Describe(scale float64) string {
 	if t := s.Tune.String(); t != "" {
 		parts = append(parts, "dingproxy with "+t)
 	}
-	if slices.Contains(s.Clients, ProxyDeferred) {
-		parts = append(parts, s.describeDefer())
+	if k := f.Kill; k != nil {
+		who := "dingproxy's process"
+		if k.Holder {
+			who = "the dingproxy process that holds the fleet courier's lease"
+		}
+		kill := fmt.Sprintf("%s killed with SIGKILL %s after the last answer", who, d(k.After))
+		if s.Faults.Refuse > 0 {
+			kill += " (DingTalk still refusing)"
+		}
+		if k.Restart {
+			kill += ", then started again on the same outbox.dir"
+		}
+		parts = append(parts, kill)
+	}
+	if m := s.deferring(); m != "" {
+		parts = append(parts, s.describeDefer(m))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -82,6 +96,8 @@ func (s Scenario) who() string {
 		return ""
 	case slices.Contains(s.Clients, ProxyShared):
 		return fmt.Sprintf("%d dingproxies of one app alone, and %d sharing through Redis: ", s.Replicas, s.Replicas)
+	case slices.Contains(s.Clients, ProxyFleetDeferred):
+		return fmt.Sprintf("%d replicas of one app for each client (the plain ones alone, dingproxy's %d sharing through Redis): ", s.Replicas, s.Replicas)
 	}
 	return fmt.Sprintf("%d replicas of one app for each client, alone (no shared state): ", s.Replicas)
 }

@@ -34,6 +34,9 @@ type Faults struct {
 	// closed) for that long from the load's start (from the fake's setup,
 	// just before it), then listening again.
 	Refuse time.Duration
+	// Kill, if set, is dingproxy's process killed with SIGKILL after the
+	// last answer (and started again).
+	Kill *Kill
 }
 
 // Outage is APIs that answer Status to every call, then recover.
@@ -67,6 +70,8 @@ func (f Faults) validate() error {
 		return errors.New("redis back before it went down")
 	case f.Refuse < 0:
 		return errors.New("a refusal of negative length")
+	case f.Kill != nil && f.Kill.After < 0:
+		return errors.New("a kill before the last answer")
 	}
 	return nil
 }

@@ -93,6 +93,22 @@ type Row struct {
 	Messages, MessagesDelivered, MessagesTwice int
 	Kept                                       int
 	LastArrival, RefusedUntil                  time.Duration
+	// Kill, in a scenario that kills dingproxy's process (Faults.Kill),
+	// when HasKill: KilledAt is when, from the load's start; KilledHolder
+	// says the process killed held the fleet courier's lease, and
+	// KilledRefused that DingTalk refused connections then; Restart is
+	// how long from the kill the process took to serve again (0: not
+	// started again).
+	HasKill                     bool
+	KilledAt, Restart           time.Duration
+	KilledHolder, KilledRefused bool
+	// The kept sends' states, read from dingproxy's admin endpoint
+	// (GET /outbox/<id>) once the run is over, when HasStates (dingproxy
+	// in processes of its own): Unknown is how many ended unknown (on the
+	// wire at a kill, never sent again), Unsettled how many were neither
+	// delivered nor unknown (still queued, given up, or not read).
+	HasStates          bool
+	Unknown, Unsettled int
 	// P50 and P99 are the calls' latencies.
 	P50, P99 time.Duration
 	// Elapsed is the wall time from the first call to the last answer.

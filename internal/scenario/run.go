@@ -6,11 +6,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 	dpfleet "github.com/dingproxy/dingproxy/internal/fleet"
+	outboxpkg "github.com/dingproxy/dingproxy/internal/outbox"
 	"github.com/dingproxy/dingproxy/internal/proxy"
 	"github.com/dingproxy/dingproxy/internal/redistest"
 )
@@ -111,12 +113,12 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 		o.Seed = 1
 	}
 	x := &runState{banFrom: -1, shareWait: make(chan time.Duration, 1), replicas: sc.replicas()}
-	if m == ProxyShared {
+	if slices.Contains(Shared, m) {
 		x.redis = o.Redis
 		x.prefix = fmt.Sprintf("res%d", sharedRuns.Add(1))
 	}
 	var outbox string
-	if m == ProxyDeferred {
+	if m == ProxyDeferred || m == ProxyFleetDeferred {
 		tmp, err := os.MkdirTemp("", "dingproxy-scenario-")
 		if err != nil {
 			return Row{}, err
@@ -139,19 +141,49 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 		}
 	}
 	var dl deliveries
-	var settle func(context.Context, *dingtalktest.Server, bench.Timing)
+	var settle func(context.Context, *dingtalktest.Server, bench.Timing, []bench.Outcome)
+	procs, _ := c.Via.(*bench.Processes)
+	var kl killed
+	var killErr error
+	var states map[string]int
 	if sc.DeliverWithin > 0 {
 		paths := sc.sendRoutes()
-		settle = func(ctx context.Context, f *dingtalktest.Server, t bench.Timing) {
+		settle = func(ctx context.Context, f *dingtalktest.Server, t bench.Timing, outs []bench.Outcome) {
+			if k := sc.Faults.Kill; k != nil && procs != nil {
+				if kl, killErr = k.kill(ctx, procs, o.Scale, t.Begin.Add(t.Elapsed), refused); killErr != nil {
+					return
+				}
+			}
 			from := t.Begin
 			if refused != nil {
 				refused.wait(ctx)
 				from = refused.upAt
 			}
-			if m == ProxyDeferred && !from.IsZero() {
-				awaitDeliveries(ctx, f, paths, calls, from.Add(sc.DeliverWithin+awaitGrace))
+			var settled func() bool
+			var hc *http.Client
+			ids := keptIDs(outs)
+			if procs != nil {
+				hc = bench.HTTPClient(5*time.Second, 4, 0)
+				defer hc.CloseIdleConnections()
+				settled = func() bool {
+					st := sendStates(ctx, hc, procs, ids)
+					return st[string(outboxpkg.Queued)] == 0 && st["?"] == 0
+				}
+			}
+			if (m == ProxyDeferred || m == ProxyFleetDeferred) && !from.IsZero() {
+				until := from.Add(sc.DeliverWithin + awaitGrace)
+				switch {
+				case !kl.at.IsZero() && kl.holder:
+					until = kl.at.Add(sc.DeliverWithin + awaitGrace)
+				case !kl.at.IsZero():
+					until = until.Add(kl.restart)
+				}
+				awaitDeliveries(ctx, f, paths, calls, until, settled)
 			}
 			dl = countDeliveries(f, paths, calls)
+			if procs != nil {
+				states = sendStates(ctx, hc, procs, ids)
+			}
 		}
 	}
 	events := sc.Faults.events(o.Scale)
@@ -228,6 +260,9 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 	if refused != nil && refused.err != nil {
 		return row, fmt.Errorf("refusing connections: %w", refused.err)
 	}
+	if killErr != nil {
+		return row, fmt.Errorf("killing dingproxy: %w", killErr)
+	}
 	if sc.DeliverWithin > 0 {
 		row.HasDeliveries, row.Messages = true, calls
 		row.MessagesDelivered, row.MessagesTwice = dl.delivered, dl.twice
@@ -236,6 +271,18 @@ func Run(ctx context.Context, sc Scenario, m bench.Mode, o RunOptions) (Row, err
 		}
 		if refused != nil && !refused.upAt.IsZero() {
 			row.RefusedUntil = refused.upAt.Sub(r.Begin)
+		}
+		if !kl.at.IsZero() {
+			row.HasKill, row.KilledAt, row.Restart = true, kl.at.Sub(r.Begin), kl.restart
+			row.KilledHolder, row.KilledRefused = kl.holder, kl.refused
+		}
+		if states != nil {
+			row.HasStates, row.Unknown = true, states[string(outboxpkg.Unknown)]
+			for st, n := range states {
+				if st != string(outboxpkg.Delivered) && st != string(outboxpkg.Unknown) {
+					row.Unsettled += n
+				}
+			}
 		}
 	}
 	row.Duplicates, row.Throttled, row.UpstreamAttempts, row.RobotThrottled = r.Duplicates, r.Throttled, r.Upstream, r.RobotThrottled

@@ -56,18 +56,27 @@ var (
 	// of the workload (defer.merge on the robot's when Tuning.Merge), its
 	// outbox in a temporary directory.
 	ProxyDeferred bench.Mode = "dingproxy, defer"
+	// ProxyFleetDeferred is the scenario's replicas of dingproxy, each a
+	// process of its own, sharing through a redis-server, with
+	// routes[].defer as ProxyDeferred's: the fleet's shared outbox.
+	ProxyFleetDeferred bench.Mode = "dingproxy fleet, defer"
 )
 
 // Client sets.
 var (
 	// AllModes are the clients, in table order.
-	AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned, ProxyShared, ProxyDeferred}
+	AllModes = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy, ProxyTuned, ProxyShared, ProxyDeferred, ProxyFleetDeferred}
 	// Three is a plain client, the SDK loop and dingproxy.
 	Three = []bench.Mode{bench.Direct, bench.SDKRetry, bench.Proxy}
 	// AloneAndShared is dingproxies alone beside dingproxies shared.
 	AloneAndShared = []bench.Mode{bench.Proxy, ProxyShared}
 	// Deferring is a plain client, the SDK loop and dingproxy deferring.
 	Deferring = []bench.Mode{bench.Direct, bench.SDKRetry, ProxyDeferred}
+	// DeferringFleet is a plain client, the SDK loop and dingproxy's
+	// fleet deferring.
+	DeferringFleet = []bench.Mode{bench.Direct, bench.SDKRetry, ProxyFleetDeferred}
+	// Shared are the clients that share through a redis-server.
+	Shared = []bench.Mode{ProxyShared, ProxyFleetDeferred}
 )
 
 // Scenario is one workload against one kind of trouble, for some clients,
@@ -123,10 +132,40 @@ func (s Scenario) validate() error {
 	if _, sends := s.Work.split(); s.DeliverWithin > 0 && (len(sends) == 0 || s.Work.SendShare > 0) {
 		return fmt.Errorf("scenario %s: deliveries counted without sends in turn", s.Name)
 	}
-	if slices.Contains(s.Clients, ProxyDeferred) && s.DeliverWithin <= 0 {
+	if m := s.deferring(); m != "" && s.DeliverWithin <= 0 {
 		return fmt.Errorf("scenario %s: dingproxy deferring, and no time to deliver in", s.Name)
 	}
+	if k := s.Faults.Kill; k != nil {
+		switch {
+		case s.deferring() == "":
+			return fmt.Errorf("scenario %s: a kill without dingproxy deferring", s.Name)
+		case k.Holder != slices.Contains(s.Clients, ProxyFleetDeferred):
+			return fmt.Errorf("scenario %s: the lease holder killed, and not a fleet deferring (or the reverse)", s.Name)
+		}
+	}
+	if slices.Contains(s.Clients, ProxyFleetDeferred) && (s.replicas() < 2 || s.Faults.Kill == nil) {
+		return fmt.Errorf("scenario %s: dingproxy's fleet of %d, none killed", s.Name, s.replicas())
+	}
 	return nil
+}
+
+// deferring is the client of s that defers ("": none).
+func (s Scenario) deferring() bench.Mode {
+	for _, m := range s.Clients {
+		if m == ProxyDeferred || m == ProxyFleetDeferred {
+			return m
+		}
+	}
+	return ""
+}
+
+// sharedOn puts a dingproxy in the fleet on the redis-server at url,
+// under key prefix prefix.
+func sharedOn(url, prefix string) func(*config.Config) {
+	return func(c *config.Config) {
+		c.Fleet.RedisURL = config.RedisURL(url)
+		c.Fleet.KeyPrefix = prefix
+	}
 }
 
 // judge is the client the targets judge.
@@ -181,23 +220,33 @@ var sharedRuns atomic.Int64
 func (s Scenario) client(m bench.Mode, redis *redistest.Server, prefix, outbox string) (bench.Client, error) {
 	tune := []func(*config.Config){s.Tune.apply}
 	var c bench.Client
-	switch m {
-	case ProxyDeferred:
+	switch {
+	case s.asProcesses(m):
+		if outbox == "" {
+			return c, errors.New("dingproxy deferring without an outbox directory")
+		}
+		url := ""
+		if redis != nil {
+			url = redis.URL()
+		}
+		p, err := s.processes(m, url, prefix, outbox)
+		if err != nil {
+			return c, err
+		}
+		return bench.Client{Mode: m, Via: p}, nil
+	case m == ProxyDeferred:
 		if outbox == "" {
 			return c, errors.New("dingproxy deferring without an outbox directory")
 		}
 		tune = append(tune, s.deferOn(outbox))
 		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: tune}}
-	case ProxyShared:
+	case m == ProxyShared:
 		if redis == nil {
 			return c, errors.New("shared mode without a redis-server")
 		}
-		tune = append(tune, func(c *config.Config) {
-			c.Fleet.RedisURL = config.RedisURL(redis.URL())
-			c.Fleet.KeyPrefix = prefix
-		})
+		tune = append(tune, sharedOn(redis.URL(), prefix))
 		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: tune}}
-	case ProxyTuned:
+	case m == ProxyTuned:
 		tune = append(tune, Tuning{MaxAttempts: TunedAttempts}.apply)
 		c = bench.Client{Mode: m, Via: bench.ThroughProxy{Tune: tune}}
 	default:

@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -12,9 +13,13 @@ import (
 
 	"github.com/dingproxy/dingproxy/internal/bench"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	ChildMain() // a dingproxy process of a scenario, when one is asked for
+	goleak.VerifyTestMain(m)
+}
 
 // The table: valid rows with unique names, in groups, each with targets
 // judging a client it runs.
@@ -41,8 +46,8 @@ func TestTable(t *testing.T) {
 			}
 		}
 	}
-	if n := len(Of(GroupPacing, GroupFleet, GroupQuotaCache, GroupDeferred)); n != 14 {
-		t.Errorf("%d scenarios with targets' groups, want 14", n)
+	if n := len(Of(GroupPacing, GroupFleet, GroupQuotaCache, GroupDeferred)); n != 16 {
+		t.Errorf("%d scenarios with targets' groups, want 16", n)
 	}
 	for _, g := range groups {
 		if len(Of(g)) == 0 {
@@ -136,11 +141,17 @@ func TestDescriptionsFollowFields(t *testing.T) {
 			has(c, 1, "refuses connections for the first 1.3s")
 			has(c, 2, "refuses connections for the first 2.6s")
 		}
+		if f.Kill != nil {
+			k := *f.Kill
+			k.After = 1300 * time.Millisecond
+			f.Kill = &k
+			has(c, 2, "SIGKILL 2.6s after the last answer")
+		}
 		if c.Tune.Merge {
 			has(c, 1, "defer.merge")
 		}
-		if slices.Contains(c.Clients, ProxyDeferred) {
-			has(c, 1, "defer (max_age 1h) on "+c.Work.APIs[0].API)
+		if m := c.deferring(); m != "" {
+			has(c, 1, fmt.Sprintf("%q with defer (max_age 1h) on %s", m, c.Work.APIs[0].API))
 		}
 		if c.Tune != (Tuning{}) {
 			c.Tune = Tuning{PerAPIQPS: 33, OpenTimeout: 3 * time.Second, CachePath: "/x", CacheTTL: 3 * time.Second}
@@ -326,6 +337,16 @@ func TestRunCountsDeliveries(t *testing.T) {
 	if bad.validate() == nil {
 		t.Error("deliveries counted of reads was valid")
 	}
+	bad = sc
+	bad.Faults.Kill = &Kill{After: time.Second}
+	if bad.validate() == nil {
+		t.Error("a kill without dingproxy deferring was valid")
+	}
+	bad = Must(FleetKilled)
+	bad.Faults.Kill = &Kill{After: time.Second}
+	if bad.validate() == nil {
+		t.Error("a fleet deferring whose lease holder is not killed was valid")
+	}
 }
 
 // Messages are counted in what DingTalk executed: a merged robot message
@@ -355,5 +376,88 @@ func TestCountDeliveries(t *testing.T) {
 	}
 	if d := countDeliveries(fake, []string{dingtalktest.PathAsyncSend}, 12); d.delivered != 0 {
 		t.Errorf("%d delivered on a path nothing was sent to", d.delivered)
+	}
+}
+
+// dingproxy as a process of its own (this test binary re-executed),
+// killed with SIGKILL after the last answer and started again on the same
+// outbox: the notices it kept while DingTalk refused connections are
+// delivered by the new process, each once. Connections are refused until
+// well after the kill, so nothing is on the wire then, and nothing is
+// unknown.
+func TestRunKilled(t *testing.T) {
+	sc := Scenario{Name: "test", Group: GroupDeferred, Clients: []bench.Mode{ProxyDeferred}, Judge: ProxyDeferred,
+		Work: Workload{APIs: []Req{AsyncSend}}, Calls: 6, Duration: 300 * time.Millisecond,
+		Faults:        Faults{Refuse: 3 * time.Second, Kill: &Kill{After: 100 * time.Millisecond, Restart: true}},
+		DeliverWithin: time.Minute}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, sc, ProxyDeferred, RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed at %v (refusing: %v), serving again %v later; %d kept, %d delivered, the last at %v",
+		r.KilledAt, r.KilledRefused, r.Restart, r.Kept, r.MessagesDelivered, r.LastArrival)
+	if !r.HasKill || r.KilledHolder || !r.KilledRefused || r.Restart <= 0 || !r.HasStates {
+		t.Fatalf("kill %v (holder %v, refusing %v), restart %v, states read %v", r.HasKill, r.KilledHolder, r.KilledRefused, r.Restart, r.HasStates)
+	}
+	if r.Calls != 6 || r.OK != 6 || r.Kept != 6 {
+		t.Errorf("%d calls, %d answered ok, %d kept; want every one kept while DingTalk refused", r.Calls, r.OK, r.Kept)
+	}
+	if r.MessagesDelivered != 6 || r.MessagesTwice != 0 || r.Duplicates != 0 || r.Unknown != 0 || r.Unsettled != 0 {
+		t.Errorf("%d of 6 delivered, %d twice (%d duplicates), %d unknown, %d unsettled", r.MessagesDelivered, r.MessagesTwice, r.Duplicates, r.Unknown, r.Unsettled)
+	}
+	if r.LastArrival <= r.KilledAt+r.Restart {
+		t.Errorf("the last notice delivered at %v, before the new process served (%v)", r.LastArrival, r.KilledAt+r.Restart)
+	}
+	for _, tg := range killTargets(Scenario{Calls: 6, DeliverWithin: time.Minute}) {
+		if tg.Met != nil && !tg.Met(r) && !strings.Contains(tg.Figure, "robot") {
+			t.Errorf("target %q: %s, want %s", tg.Figure, tg.Value(r), tg.Want)
+		}
+	}
+}
+
+// Processes of a fleet say which holds the courier's lease; when it is
+// killed, none of those alive says so at once (the others wait for its
+// lease to expire), and they still answer.
+func TestProcessesHolder(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	sc := Must(FleetKilled)
+	sc.Replicas = 2
+	p, err := sc.processes(ProxyFleetDeferred, srv.URL(), "test", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	hc := bench.HTTPClient(10*time.Second, 2, 0)
+	defer hc.CloseIdleConnections()
+	ep, err := p.Open(ctx, fake, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	if len(ep.Bases) != 2 || ep.Bases[0] == ep.Bases[1] {
+		t.Fatalf("bases %v", ep.Bases)
+	}
+	h, err := p.WaitHolder(ctx, holderWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Kill(h)
+	if p.Holder() == h {
+		t.Errorf("process %d killed, and still the holder", h)
+	}
+	resp, err := hc.Post(ep.Bases[1-h]+AsyncSend.API, "application/json", strings.NewReader(string(AsyncSend.Request(0).Body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("the other process answered %d", resp.StatusCode)
+	}
+	if _, err := bench.SendState(ctx, hc, p.Admin(), "no-such-send"); err == nil {
+		t.Error("a send that does not exist had a state")
 	}
 }

@@ -38,6 +38,8 @@ const (
 	AlertBurst      = "alert-burst"
 	AlertBurstMerge = "alert-burst-merge"
 	Refused         = "refused"
+	Killed          = "kill"
+	FleetKilled     = "fleet-kill"
 
 	Load = "load"
 )
@@ -302,6 +304,23 @@ func table() []Scenario {
 			Faults:        Faults{Refuse: 15 * time.Second},
 			DeliverWithin: 30 * time.Second,
 		}, refusedTargets),
+		// The alert burst again, dingproxy a process of its own, killed
+		// and started again on the same outbox: the burst's bound plus
+		// the restart.
+		withTargets(Scenario{
+			Name: Killed, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
+			Work: Workload{APIs: []Req{Alert("")}}, Calls: 60, Duration: 6 * time.Second,
+			Faults:        Faults{RobotPerMinute: dingtalk.RobotPerMinute, Kill: &Kill{After: 3 * time.Second, Restart: true}},
+			DeliverWithin: 3 * time.Minute,
+		}, killTargets),
+		// Refused connections before a fleet whose courier dies: the
+		// others take over its lease and what it had claimed.
+		withTargets(Scenario{
+			Name: FleetKilled, Group: GroupDeferred, Clients: DeferringFleet, Judge: ProxyFleetDeferred, Replicas: fleetReplicas,
+			Work: Workload{APIs: []Req{AsyncSend}}, Calls: 30, Duration: 6 * time.Second,
+			Faults:        Faults{Refuse: 15 * time.Second, Kill: &Kill{After: 3 * time.Second, Holder: true}},
+			DeliverWithin: time.Minute,
+		}, fleetKillTargets),
 
 		{
 			// Pacing raised above the load: DingTalk's 20 calls/s per API
