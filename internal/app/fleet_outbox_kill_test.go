@@ -79,8 +79,9 @@ func TestOutboxProxyProcess(t *testing.T) {
 
 // A proxy holding the courier's lease, and the sends it claimed, is
 // killed (SIGKILL, a real process) while one of them is on the wire: the
-// other proxies take over and deliver the rest within 60 s of the kill,
-// none twice, and the one in flight is unknown, never sent again.
+// other proxies, running since before the kill and not holding the lease
+// then, take over and deliver the rest within 60 s of the kill, none
+// twice, and the one in flight is unknown, never sent again.
 func TestFleetOutboxTakeOverAfterKill(t *testing.T) {
 	srv := redistest.Start(t)
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
@@ -159,6 +160,10 @@ func TestFleetOutboxTakeOverAfterKill(t *testing.T) {
 	if err := fake.ResumeListening(); err != nil {
 		t.Fatal(err)
 	}
+	// The others start while the process holds the lease: they keep
+	// trying for it, and must not have it before the kill.
+	fl := outboxFleet(t, 3, fake, srv.URL(), dingtalk.PathRobotSend, func(c *config.Config) { c.Retry.MaxAttempts = 1 })
+	admin := fl[0].app.AdminHandler()
 	rdb := srv.Client()
 	defer rdb.Close()
 	recKey := "dingproxy:{" + dingtalktest.DefaultAppKey + "}:outbox:rec"
@@ -182,6 +187,11 @@ func TestFleetOutboxTakeOverAfterKill(t *testing.T) {
 		}
 		return sending == 1
 	})
+	for i, s := range fl {
+		if sharedOf(t, s).Holding() {
+			t.Fatalf("proxy %d holds the courier's lease before the kill", i)
+		}
+	}
 	if err := cmd.Process.Kill(); err != nil { // SIGKILL
 		t.Fatal(err)
 	}
@@ -189,8 +199,6 @@ func TestFleetOutboxTakeOverAfterKill(t *testing.T) {
 	killed := time.Now()
 	t.Logf("killed the lease holder with %s in flight", inFlight)
 
-	fl := outboxFleet(t, 3, fake, srv.URL(), dingtalk.PathRobotSend, func(c *config.Config) { c.Retry.MaxAttempts = 1 })
-	admin := fl[0].app.AdminHandler()
 	deadline := killed.Add(60 * time.Second)
 	for _, id := range ids {
 		want := outbox.Delivered
@@ -209,6 +217,15 @@ func TestFleetOutboxTakeOverAfterKill(t *testing.T) {
 		}
 	}
 	t.Logf("taken over and delivered %v after the kill", time.Since(killed).Round(time.Millisecond))
+	holders := 0
+	for _, s := range fl {
+		if sharedOf(t, s).Holding() {
+			holders++
+		}
+	}
+	if holders != 1 {
+		t.Errorf("%d of the others hold the courier's lease after the take-over, want 1", holders)
+	}
 	if distinct, twice := fake.DeliveryCounts(dingtalk.PathRobotSend); distinct != n-1 || twice != 0 {
 		t.Errorf("delivered %d distinct, %d twice; want %d, 0 (the one in flight is never sent again)", distinct, twice, n-1)
 	}

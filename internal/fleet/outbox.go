@@ -28,6 +28,9 @@ import (
 //
 //	stream    the queued sends in the order they were kept (entries {i: id}),
 //	          read by the consumer group "couriers"
+//	first     hash: id -> the id of the send's first stream entry, its place
+//	          in its queue: a send retried by hand has a new entry, and
+//	          goes back in its old place, before the sends kept after it
 //	rec       hash: id -> the send's record, sealed as the local store seals
 //	          it (AES-GCM under a key from the app secret, the id and the
 //	          record's head as associated data); queued and finished
@@ -134,7 +137,7 @@ type Outbox struct {
 	me    string // this proxy's consumer name
 	maxIx int    // the most entries indexed
 
-	kStream, kRec, kQueued, kBytes, kDeliv, kDead, kLease string
+	kStream, kRec, kQueued, kBytes, kDeliv, kDead, kLease, kFirst string
 
 	wakeMu sync.Mutex
 	wake   func()
@@ -188,7 +191,7 @@ type Outbox struct {
 // Heads and Expired need without reading the record.
 type oent struct {
 	sid       string
-	ms, seq   uint64 // the entry's id, for order
+	ms, seq   uint64 // its place in its queue: its first entry's id (see first)
 	id        string
 	queue     string
 	kept, due time.Time
@@ -231,7 +234,7 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		maxIx:   int(o.MaxBytes/minCharge) + 1024,
 		kStream: f.key("outbox", "stream"), kRec: f.key("outbox", "rec"), kQueued: f.key("outbox", "queued"),
 		kBytes: f.key("outbox", "bytes"), kDeliv: f.key("outbox", "delivered"), kDead: f.key("outbox", "dead"),
-		kLease: f.key("outbox", "lease"),
+		kLease: f.key("outbox", "lease"), kFirst: f.key("outbox", "first"),
 		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]*oent{}, endedSet: map[string]int{},
 		held: map[string]*heldSend{}, routesOK: map[string]bool{},
 		stop: make(chan struct{}),
@@ -401,7 +404,7 @@ func (x *Outbox) resetIndex() {
 func (x *Outbox) ensure() {
 	var bad int64
 	err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
-		bad, err = ensureScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kBytes, x.kDeliv, x.kDead, x.kLease}, outboxGroup).Int64()
+		bad, err = ensureScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kBytes, x.kDeliv, x.kDead, x.kLease, x.kFirst}, outboxGroup).Int64()
 		return err
 	})
 	if err == nil && bad > 0 {
@@ -550,6 +553,10 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 		ids[i] = c.id
 	}
 	vals, err := x.hmget(ids)
+	var firsts []any
+	if err == nil {
+		firsts, err = x.hmgetFirst(ids)
+	}
 	if err != nil {
 		// Pending, handed to this proxy: read again at the next pull.
 		x.mu.Lock()
@@ -558,6 +565,7 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 		return
 	}
 	for i, c := range cs {
+		c.ms, c.seq = x.place(c.ms, c.seq, firsts[i])
 		v, ok := vals[i].(string)
 		if !ok {
 			x.drop(c.sid, "", "") // deleted since it was kept
@@ -597,7 +605,7 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 // back (id and its value as read, or none).
 func (x *Outbox) drop(sid, id, v string) {
 	_ = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) error {
-		return dropScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued}, outboxGroup, sid, id, v).Err()
+		return dropScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kFirst}, outboxGroup, sid, id, v).Err()
 	})
 }
 
@@ -648,6 +656,37 @@ func (x *Outbox) open(id, v string) (*outbox.Send, error) {
 func (x *Outbox) dropped(what string) {
 	x.f.failed(OpOutbox)
 	x.log.Warn("outbox: a value in Redis was not the fleet's and was dropped", zap.String("what", what))
+}
+
+// place is a send's place in its queue: the id of its first stream entry
+// as first holds it, else (a send kept before first was written) the
+// entry's own, ms-seq. A first that is not an entry id at or before the
+// entry's own is not the fleet's: counted, and the entry's own is its
+// place.
+func (x *Outbox) place(ms, seq uint64, first any) (uint64, uint64) {
+	f, ok := first.(string)
+	if !ok {
+		return ms, seq
+	}
+	fms, fseq, ok := parseStreamID(f)
+	if !ok || fms > ms || fms == ms && fseq > seq {
+		x.dropped("a send's first entry id that is not one")
+		return ms, seq
+	}
+	return fms, fseq
+}
+
+// hmgetFirst reads the first entry ids of ids.
+func (x *Outbox) hmgetFirst(ids []string) ([]any, error) {
+	var vals []any
+	err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
+		vals, err = x.f.rdb.HMGet(ctx, x.kFirst, ids...).Result()
+		return err
+	})
+	if err == nil && len(vals) != len(ids) {
+		err = errors.New("fleet: outbox: HMGET answered a wrong count")
+	}
+	return vals, err
 }
 
 func (x *Outbox) hmget(ids []string) ([]any, error) {
@@ -731,7 +770,7 @@ func (x *Outbox) Put(ctx context.Context, s *outbox.Send) (string, error) {
 	c := charge(s)
 	var res []int64
 	err = x.f.do(ctx, OpOutbox, func(ctx context.Context) (err error) {
-		res, err = putScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kBytes},
+		res, err = putScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kBytes, x.kFirst},
 			id, rec, c, Digest(s.Route), Digest(s.Queue), x.o.MaxBytes, outboxGroup).Int64Slice()
 		return err
 	})
@@ -1297,8 +1336,9 @@ func (x *Outbox) shared(id string) (string, *outbox.Send, string, error) {
 	return cid, cur, old, err
 }
 
-// Retry puts a dead or unknown send back at the end of its queue, in the
-// store that holds it.
+// Retry puts a dead or unknown send back in its queue, in the store that
+// holds it: in its old place, before the sends kept after it (in Redis, a
+// new stream entry read in the place of its first, kept in first).
 func (x *Outbox) Retry(id string) error {
 	err := x.local.Retry(id)
 	if !errors.Is(err, outbox.ErrNotFound) {
@@ -1321,7 +1361,7 @@ func (x *Outbox) Retry(id string) error {
 	}
 	var res []int64
 	err = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
-		res, err = retryScript.Run(ctx, x.f.rdb, []string{x.kRec, x.kQueued, x.kBytes, x.kStream, x.kDeliv, x.kDead},
+		res, err = retryScript.Run(ctx, x.f.rdb, []string{x.kRec, x.kQueued, x.kBytes, x.kStream, x.kDeliv, x.kDead, x.kFirst},
 			cid, old, rec, charge(cur), Digest(cur.Route), Digest(cur.Queue), x.o.MaxBytes, outboxGroup).Int64Slice()
 		return err
 	})
@@ -1356,7 +1396,7 @@ func (x *Outbox) Delete(id string) error {
 	}
 	var n int64
 	err = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
-		n, err = deleteScript.Run(ctx, x.f.rdb, []string{x.kRec, x.kQueued, x.kBytes, x.kDeliv, x.kDead},
+		n, err = deleteScript.Run(ctx, x.f.rdb, []string{x.kRec, x.kQueued, x.kBytes, x.kDeliv, x.kDead, x.kFirst},
 			cid, old, charge(cur), Digest(cur.Route), Digest(cur.Queue)).Int64()
 		return err
 	})
@@ -1512,7 +1552,7 @@ func (x *Outbox) prune() {
 	}
 	now := time.Now()
 	_ = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) error {
-		return pruneScript.Run(ctx, x.f.rdb, []string{x.kRec, x.kQueued, x.kBytes, x.kDeliv, x.kDead, x.kStream},
+		return pruneScript.Run(ctx, x.f.rdb, []string{x.kRec, x.kQueued, x.kBytes, x.kDeliv, x.kDead, x.kStream, x.kFirst},
 			now.Add(-x.o.KeepDelivered).UnixMilli(), now.Add(-x.o.KeepDead).UnixMilli(),
 			x.o.MaxFinished, x.o.MaxBytes, outboxPruneN).Err()
 	})

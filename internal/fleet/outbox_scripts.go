@@ -83,12 +83,13 @@ local function admit(qk, k, c, rd, qd, max)
 end
 `
 
-// putScript keeps a send: KEYS stream, records, queued, counters; ARGV id,
-// record, charge, route digest, queue digest, max bytes, group. The record
-// and the stream's entry are written together or not at all. Returns
-// {1 kept | -1 full | -2 the id is taken, bad}.
+// putScript keeps a send: KEYS stream, records, queued, counters, first;
+// ARGV id, record, charge, route digest, queue digest, max bytes, group.
+// The record, the stream's entry and the entry's id (the send's place in
+// its queue, kept while the record is) are written together or not at
+// all. Returns {1 kept | -1 full | -2 the id is taken, bad}.
 var putScript = redis.NewScript(outboxPrelude + `
-local bad = fix(KEYS[1], 'stream') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'hash')
+local bad = fix(KEYS[1], 'stream') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'hash') + fix(KEYS[5], 'hash')
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {-2, bad} end
 local c, max = tonumber(ARGV[3]), tonumber(ARGV[6])
 local ok, b = admit(KEYS[3], KEYS[4], c, ARGV[4], ARGV[5], max)
@@ -96,7 +97,8 @@ bad = bad + b
 if not ok then return {-1, bad} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-redis.call('XADD', KEYS[1], '*', 'i', ARGV[1])
+local sid = redis.call('XADD', KEYS[1], '*', 'i', ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[1], sid)
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[7], '0')
 return {1, bad}
 `)
@@ -200,7 +202,7 @@ return 1
 
 // dropScript drops a stream entry that is not (or no longer) a queued
 // send's, and the record that did not read back, if still as read: KEYS
-// stream, records, queued; ARGV group, entry (” none), id (” none), old
+// stream, records, queued, first; ARGV group, entry (” none), id (” none), old
 // record. Its charge is not given back (it may not be the fleet's): the
 // counters start again from zero once nothing is queued.
 var dropScript = redis.NewScript(outboxPrelude + `
@@ -211,17 +213,21 @@ end
 if ARGV[3] ~= '' and fix(KEYS[2], 'hash') == 0 and redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[4] then
   redis.call('HDEL', KEYS[2], ARGV[3])
   if fix(KEYS[3], 'hash') == 0 then redis.call('HDEL', KEYS[3], ARGV[3]) end
+  if fix(KEYS[4], 'hash') == 0 then redis.call('HDEL', KEYS[4], ARGV[3]) end
 end
 return 0
 `)
 
-// retryScript puts a dead or unknown send back at the end of the queue, if
-// it fits and its record is as read: KEYS records, queued, counters,
-// stream, delivered, dead; ARGV id, old record, new record, charge, route
-// digest, queue digest, max bytes, group. Returns {1 | -1 full | -2
-// changed, bad}.
+// retryScript puts a dead or unknown send back in its queue, if it fits
+// and its record is as read: KEYS records, queued, counters, stream,
+// delivered, dead, first; ARGV id, old record, new record, charge, route
+// digest, queue digest, max bytes, group. Its new stream entry is read
+// in the place of its first (kept in first: the courier orders a queue
+// by it), so that it goes before the sends kept after it, as on disk; a
+// send kept before first was written has the new entry's place. Returns
+// {1 | -1 full | -2 changed, bad}.
 var retryScript = redis.NewScript(outboxPrelude + `
-local bad = fix(KEYS[1], 'hash') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'stream') + fix(KEYS[5], 'zset') + fix(KEYS[6], 'zset')
+local bad = fix(KEYS[1], 'hash') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'stream') + fix(KEYS[5], 'zset') + fix(KEYS[6], 'zset') + fix(KEYS[7], 'hash')
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return {-2, bad} end
 local ok, b = admit(KEYS[2], KEYS[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7]))
 bad = bad + b
@@ -231,20 +237,22 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. ARGV[6]
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 dec(KEYS[3], 'fin', #ARGV[2])
-redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
+local sid = redis.call('XADD', KEYS[4], '*', 'i', ARGV[1])
+redis.call('HSETNX', KEYS[7], ARGV[1], sid)
 redis.pcall('XGROUP', 'CREATE', KEYS[4], ARGV[8], '0')
 return {1, bad}
 `)
 
 // deleteScript forgets a send, if its record is as read: KEYS records,
-// queued, counters, delivered, dead; ARGV id, old record, charge (” for a
+// queued, counters, delivered, dead, first; ARGV id, old record, charge (” for a
 // record that did not read back), route digest, queue digest. A queued
 // send's stream entry is left to the courier, which drops entries without
 // a queued record. Returns 1 or -2.
 var deleteScript = redis.NewScript(outboxPrelude + `
-local bad = fix(KEYS[1], 'hash') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'zset') + fix(KEYS[5], 'zset')
+local bad = fix(KEYS[1], 'hash') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'zset') + fix(KEYS[5], 'zset') + fix(KEYS[6], 'hash')
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return -2 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 1 then
   if ARGV[3] ~= '' then
     local c = tonumber(ARGV[3])
@@ -261,7 +269,7 @@ return 1
 `)
 
 // pruneScript forgets finished sends: KEYS records, queued, counters,
-// delivered, dead, stream; ARGV delivered before (ms), dead before (ms),
+// delivered, dead, stream, first; ARGV delivered before (ms), dead before (ms),
 // most finished, most finished bytes, most forgotten in one run. Past the
 // counts, the oldest delivered go first, then the oldest dead and unknown.
 // A name in the finished sets that is a queued send's is only taken out
@@ -275,6 +283,7 @@ fix(KEYS[3], 'hash')
 fix(KEYS[4], 'zset')
 fix(KEYS[5], 'zset')
 fix(KEYS[6], 'stream')
+fix(KEYS[7], 'hash')
 local limit = tonumber(ARGV[5])
 local n = 0
 local function forget(z, id)
@@ -283,6 +292,7 @@ local function forget(z, id)
   if redis.call('HEXISTS', KEYS[2], id) == 1 then return end
   dec(KEYS[3], 'fin', redis.call('HSTRLEN', KEYS[1], id))
   redis.call('HDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[7], id)
 end
 for _, z in ipairs({{KEYS[4], ARGV[1]}, {KEYS[5], ARGV[2]}}) do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', z[1], '-inf', z[2], 'LIMIT', 0, limit)) do
@@ -316,10 +326,10 @@ return n
 `)
 
 // ensureScript readies the stream and its group: KEYS stream, records,
-// queued, counters, delivered, dead, lease; ARGV group. Returns how many
+// queued, counters, delivered, dead, lease, first; ARGV group. Returns how many
 // keys of another type it deleted.
 var ensureScript = redis.NewScript(outboxPrelude + `
-local bad = fix(KEYS[1], 'stream') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'hash') + fix(KEYS[5], 'zset') + fix(KEYS[6], 'zset') + fix(KEYS[7], 'string')
+local bad = fix(KEYS[1], 'stream') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'hash') + fix(KEYS[5], 'zset') + fix(KEYS[6], 'zset') + fix(KEYS[7], 'string') + fix(KEYS[8], 'hash')
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 return bad
 `)

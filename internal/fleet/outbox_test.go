@@ -424,3 +424,97 @@ func TestFleetOutboxQueueBoundedByBytes(t *testing.T) {
 		t.Errorf("Queue(q, 2) = %d sends", len(hs))
 	}
 }
+
+// queueIDs are the ids x's Queue gives for queue.
+func queueIDs(t *testing.T, x *Outbox, queue string) []string {
+	t.Helper()
+	q, err := x.Queue(queue, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range q {
+		ids = append(ids, s.ID)
+	}
+	return ids
+}
+
+// A dead send retried (through a proxy without the lease) goes back in its
+// old place, before the sends kept after it, as the local store does: its
+// new stream entry is read in the place of its first, kept in first while
+// its record is. A first that is not the fleet's is counted and ignored,
+// and a send without one has its own entry's place.
+func TestFleetOutboxRetryInItsPlace(t *testing.T) {
+	srv := redistest.Start(t)
+	errs := &errCounts{}
+	a := sharedOutbox(t, srv.URL(), 0, errs)
+	b := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	if !a.Holding() {
+		t.Fatal("a did not take the lease")
+	}
+	var ids []string
+	for range 3 {
+		id, err := b.Put(context.Background(), kept("q", 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a.pull()
+	first, err := srv.Do("HGET", a.kFirst, ids[0])
+	if err != nil || first == "" {
+		t.Fatalf("no first entry id kept for %s: %q %v", ids[0], first, err)
+	}
+	hs, err := a.Heads(10)
+	if err != nil || len(hs) != 1 || hs[0].ID != ids[0] {
+		t.Fatalf("heads: %v %v", hs, err)
+	}
+	dead := *hs[0]
+	dead.State, dead.Reason = outbox.Dead, "test"
+	if err := a.Update(&dead); err != nil {
+		t.Fatal(err)
+	}
+	if got := queueIDs(t, a, "q"); len(got) != 2 || got[0] != ids[1] {
+		t.Fatalf("after the first is dead the queue is %v", got)
+	}
+	if err := b.Retry(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Retry(ids[0]); !errors.Is(err, outbox.ErrNotDead) {
+		t.Fatalf("a second retry = %v, want ErrNotDead", err)
+	}
+	a.pull()
+	if got := queueIDs(t, a, "q"); len(got) != 3 || got[0] != ids[0] || got[1] != ids[1] || got[2] != ids[2] {
+		t.Fatalf("after the retry the queue is %v, want %v", got, ids)
+	}
+	if f2, _ := srv.Do("HGET", a.kFirst, ids[0]); f2 != first {
+		t.Errorf("the retry moved the send's place from %s to %s", first, f2)
+	}
+	// A first after the entry's own, and one that is no entry id: counted,
+	// and the entries' own places hold. Without one, the same.
+	if _, err := srv.Do("HSET", a.kFirst, ids[1], "99999999999999-0", ids[2], "junk"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Do("HDEL", a.kFirst, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	before := errs.get(OpOutbox)
+	if _, err := srv.Do("DEL", a.kLease); err != nil {
+		t.Fatal(err)
+	}
+	a.lease() // taken again: the index is read anew
+	if got := queueIDs(t, a, "q"); len(got) != 3 || got[0] != ids[1] || got[1] != ids[2] || got[2] != ids[0] {
+		t.Fatalf("without a first the retried send has its new entry's place: %v", got)
+	}
+	if n := errs.get(OpOutbox) - before; n != 2 {
+		t.Errorf("%d bad firsts counted, want 2", n)
+	}
+	// Deleting a send forgets its place.
+	if err := b.Delete(ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := srv.Do("HEXISTS", a.kFirst, ids[1]); n != "0" {
+		t.Errorf("a deleted send's first is kept")
+	}
+}
