@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -364,5 +365,89 @@ func TestBinaryKilledSendOnTheWireUnknown(t *testing.T) {
 	}
 	if sent != 1 {
 		t.Errorf("notice 1 reached DingTalk %d times; want once", sent)
+	}
+}
+
+// A graceful stop keeps what is queued: notices kept while DingTalk's
+// oapi host refuses connections (each live call's attempts all
+// unexecuted, the courier retrying them with backoff), then SIGTERM. The
+// proxy exits 0 within shutdown_timeout, leaving them on disk; the next
+// start, with DingTalk back, delivers each once, in order.
+//
+// The oapi host is a fake of its own, stopped before the first start: the
+// proxy never had a connection to it, so every attempt is a refused dial
+// (a pooled connection broken under a send would make it ambiguous, and
+// not kept). The first start takes its token from another fake on the
+// api host.
+func TestBinaryTerminatedKeptSendsDeliveredOnce(t *testing.T) {
+	bin := buildBinary(t)
+	tokens := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "outbox")
+	c := testClient(t, 30*time.Second)
+	const path = dingtalktest.PathAsyncSend
+
+	p := startDeferProxy(t, bin, tokens, dir, "", "DINGPROXY_UPSTREAMS_OAPI="+fake.URL())
+	const n = 6
+	var ids []string
+	for i := range n {
+		code, id, body := p.post(t, c, path, workNotice(i))
+		if code != http.StatusOK || id == "" {
+			t.Fatalf("notice %d while DingTalk refuses connections: %d %s; want kept", i, code, body)
+		}
+		ids = append(ids, id)
+	}
+	// The courier has tried the head (refused, so it is still queued).
+	deadline := time.Now().Add(15 * time.Second)
+	for p.outboxGet(t, c, ids[0]).Attempts == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the courier never tried the first kept notice")
+		}
+		time.Sleep(pollInterval) // polling with a deadline
+	}
+	// Kept, and still queued at the stop.
+	for i, id := range ids {
+		if s := p.outboxGet(t, c, id); s.State != "queued" {
+			t.Fatalf("notice %d before SIGTERM: %+v; want queued", i, s)
+		}
+	}
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	code := p.waitExit(t)
+	took := time.Since(start)
+	t.Logf("exited %d after SIGTERM in %s", code, took.Round(time.Millisecond))
+	if code != exitOK {
+		t.Fatalf("exit status after SIGTERM = %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	const shutdownTimeout = 10 * time.Second // deferConfig's
+	if took > shutdownTimeout {
+		t.Errorf("dingproxy took %s to exit after SIGTERM; shutdown_timeout is %s", took, shutdownTimeout)
+	}
+	if out := p.stderr.String(); !strings.Contains(out, `"msg":"shutting down"`) || strings.Contains(out, `"msg":"dingproxy stopped"`) {
+		t.Errorf("not a clean shutdown:\n%s", out)
+	}
+	if h := fake.Hits(path) + tokens.Hits(path); h != 0 {
+		t.Fatalf("DingTalk had %d requests on %s while it refused connections", h, path)
+	}
+
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	q := startDeferProxy(t, bin, fake, dir, "")
+	states := q.waitSettled(t, c, ids, 30*time.Second, func() string { return "" })
+	for i, id := range ids {
+		if s := states[id]; s.State != "delivered" || s.Status != http.StatusOK {
+			t.Errorf("notice %d after the restart: %+v; want delivered", i, s)
+		}
+	}
+	checkDelivered(t, fake, upTo(n)...)
+	if h := fake.Hits(path); h != n {
+		t.Errorf("DingTalk had %d requests on %s; want %d, one per notice", h, path, n)
 	}
 }
