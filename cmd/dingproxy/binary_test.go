@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
 // testVersion is stamped into the binary that the tests build.
@@ -751,6 +753,78 @@ func TestBinaryNoServe(t *testing.T) {
 				t.Errorf("stderr =\n%s\nwant\n%s", stderr.String(), tt.wantStderr)
 			}
 		})
+	}
+}
+
+// An outbox.dir that cannot be made (under a regular file: refused to
+// root too) stops the start of a proxy with a deferred route: exit status
+// 2, as for an invalid configuration, naming the key, and nothing served.
+// -check-config judges the file alone and says it is valid: the directory
+// is the host's, as the listen port is, and the file is checked where it
+// is written (deploy/k8s/configmap.yaml names the pod's volume, which the
+// machine that checks it does not have).
+func TestBinaryOutboxDirNotWritable(t *testing.T) {
+	bin := buildBinary(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, []byte("not a directory\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listen, admin := freePort(t), freePort(t)
+	for admin == listen {
+		admin = freePort(t)
+	}
+	cfg := fmt.Sprintf(deferConfig, listen, admin, fake.URL(), fake.URL(),
+		dingtalktest.DefaultAppKey, dingtalktest.DefaultAppSecret, filepath.Join(file, "outbox"), "")
+	path := writeFile(t, "dingproxy.yaml", cfg)
+
+	runBin := func(args ...string) (int, string, string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Env = cleanEnv()
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("dingproxy %q did not exit within %s; stderr:\n%s", args, exitTimeout, stderr.String())
+		}
+		return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+	}
+
+	code, stdout, stderr := runBin("-config", path)
+	if code != exitBadConfig {
+		t.Errorf("exit status = %d, want %d; stderr:\n%s", code, exitBadConfig, stderr)
+	}
+	if stdout != "" {
+		t.Errorf("stdout = %q, want nothing", stdout)
+	}
+	// The last line is the plain one, after the JSON log's.
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "dingproxy: outbox.dir: ") || !strings.Contains(last, file) {
+		t.Errorf("stderr's last line = %q, want it to name outbox.dir and the path", last)
+	}
+	if !strings.Contains(stderr, `"key":"outbox.dir"`) {
+		t.Errorf("the log does not name the key:\n%s", stderr)
+	}
+	if strings.Contains(stderr, `"msg":"dingproxy started"`) {
+		t.Errorf("started though outbox.dir cannot be used:\n%s", stderr)
+	}
+	if strings.Contains(stderr, dingtalktest.DefaultAppSecret) {
+		t.Error("the output shows the app secret")
+	}
+	if h := fake.TotalHits(); h != 0 {
+		t.Errorf("DingTalk had %d requests from a proxy that could not start", h)
+	}
+
+	code, stdout, stderr = runBin("-check-config", "-config", path)
+	if code != exitOK || stdout != "configuration is valid\n" || stderr != "" {
+		t.Errorf("-check-config: exit status %d, stdout %q, stderr %q; want 0 and valid (the file is valid; the directory is checked at start)", code, stdout, stderr)
 	}
 }
 

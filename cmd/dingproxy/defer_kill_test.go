@@ -9,11 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
+	"github.com/dingproxy/dingproxy/internal/outbox"
 )
 
 // The binary with deferred sends on, in front of the fake DingTalk
@@ -51,10 +54,11 @@ outbox:
   dir: %s
 %s`
 
-// startDeferProxy runs the binary in front of fake with the outbox in dir
-// and extra configuration lines, and waits until it is ready and holds a
-// token. A port taken between freePort and the binary's listen is retried.
-func startDeferProxy(t *testing.T, bin string, fake *dingtalktest.Server, dir, extra string) *proxyProcess {
+// startDeferProxy runs the binary in front of fake with the outbox in dir,
+// extra configuration lines and env (DINGPROXY_* settings over the file),
+// and waits until it is ready and holds a token. A port taken between
+// freePort and the binary's listen is retried.
+func startDeferProxy(t *testing.T, bin string, fake *dingtalktest.Server, dir, extra string, env ...string) *proxyProcess {
 	t.Helper()
 	for try := 1; ; try++ {
 		listen, admin := freePort(t), freePort(t)
@@ -78,7 +82,7 @@ func startDeferProxy(t *testing.T, bin string, fake *dingtalktest.Server, dir, e
 			config:    cfg,
 		}
 		p.cmd = exec.Command(bin, "-config", path)
-		p.cmd.Env = cleanEnv()
+		p.cmd.Env = append(cleanEnv(), env...)
 		p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 		if err := p.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -200,19 +204,13 @@ func workNotice(i int) []byte {
 	return fmt.Appendf(nil, `{"agent_id":1,"userid_list":"u%d","msg":{"msgtype":"text","text":{"content":"notice %d"}}}`, i, i)
 }
 
-// The fast kill: the first work notice goes at once and takes pacing's
-// only turn for minutes (pacing.per_api_qps 0.01), so every later one is
-// kept at once and none can be taken up by delivery before the kill:
-// nothing is on the wire when SIGKILL comes. The next start, with the
-// usual pacing, delivers every kept one, each once.
-func TestBinaryKilledKeptSendsDeliveredOnce(t *testing.T) {
-	bin := buildBinary(t)
-	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
-	dir := filepath.Join(t.TempDir(), "outbox")
-	c := testClient(t, 30*time.Second)
-
-	p := startDeferProxy(t, bin, fake, dir, "pacing:\n  per_api_qps: 0.01\n")
-	const n = 25
+// keepNotices posts work notices 0 to n through p, which runs with
+// pacing.per_api_qps 0.01: notice 0 goes at once and takes pacing's only
+// turn for minutes, so every later one is kept at once and none can be
+// taken up by delivery while p runs. It returns the kept notices' ids,
+// notice i's at i-1.
+func keepNotices(t *testing.T, p *proxyProcess, c *http.Client, n int) []string {
+	t.Helper()
 	var ids []string
 	for i := range n + 1 {
 		code, id, body := p.post(t, c, dingtalktest.PathAsyncSend, workNotice(i))
@@ -228,6 +226,52 @@ func TestBinaryKilledKeptSendsDeliveredOnce(t *testing.T) {
 			ids = append(ids, id)
 		}
 	}
+	return ids
+}
+
+// checkDelivered checks that DingTalk executed exactly the work notices
+// want, in that order, each once.
+func checkDelivered(t *testing.T, fake *dingtalktest.Server, want ...int) {
+	t.Helper()
+	got := fake.Deliveries(dingtalktest.PathAsyncSend)
+	var seen []string
+	for _, d := range got {
+		seen = append(seen, fmt.Sprintf("%s (x%d)", d.Body, d.Executions))
+	}
+	ok := len(got) == len(want)
+	for i := 0; ok && i < len(want); i++ {
+		ok = bytes.Equal(got[i].Body, workNotice(want[i])) && got[i].Executions == 1
+	}
+	if !ok {
+		t.Errorf("DingTalk executed, in order:\n  %s\nwant notices %v, in that order, each once", strings.Join(seen, "\n  "), want)
+	}
+}
+
+// upTo is 0, 1, ..., n-1 without the numbers in skip.
+func upTo(n int, skip ...int) []int {
+	var out []int
+	for i := range n {
+		if !slices.Contains(skip, i) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// The fast kill: the first work notice goes at once and takes pacing's
+// only turn for minutes (pacing.per_api_qps 0.01), so every later one is
+// kept at once and none can be taken up by delivery before the kill:
+// nothing is on the wire when SIGKILL comes. The next start, with the
+// usual pacing, delivers every kept one, each once, in order.
+func TestBinaryKilledKeptSendsDeliveredOnce(t *testing.T) {
+	bin := buildBinary(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	dir := filepath.Join(t.TempDir(), "outbox")
+	c := testClient(t, 30*time.Second)
+
+	p := startDeferProxy(t, bin, fake, dir, "pacing:\n  per_api_qps: 0.01\n")
+	const n = 25
+	ids := keepNotices(t, p, c, n)
 	p.kill(t)
 	if d, twice := fake.DeliveryCounts(dingtalktest.PathAsyncSend); d != 1 || twice != 0 {
 		t.Fatalf("before the restart DingTalk executed %d notices (%d twice); want only the first", d, twice)
@@ -240,10 +284,170 @@ func TestBinaryKilledKeptSendsDeliveredOnce(t *testing.T) {
 			t.Errorf("send %s after the restart: %+v; want delivered", id, s)
 		}
 	}
-	if d, twice := fake.DeliveryCounts(dingtalktest.PathAsyncSend); d != n+1 || twice != 0 {
-		t.Errorf("DingTalk executed %d distinct notices, %d twice; want %d, 0", d, twice, n+1)
-	}
+	checkDelivered(t, fake, upTo(n+1)...)
 	if out := p.stderr.String() + q.stderr.String(); strings.Contains(out, dingtalktest.DefaultAppSecret) {
 		t.Error("the log shows the app secret")
+	}
+}
+
+// The kill with a send on the wire: the kept notices' first delivery hangs
+// at DingTalk, which has read its whole body, and the proxy is killed
+// then. The next start finds it marked as being sent: it is unknown, for
+// the stop, and never sent again; every other kept notice is delivered
+// once, in order. Three starts on one outbox.dir: the first keeps the
+// notices (no turn to deliver them), the second has the one on the wire,
+// the third delivers the rest.
+func TestBinaryKilledSendOnTheWireUnknown(t *testing.T) {
+	bin := buildBinary(t)
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	dir := filepath.Join(t.TempDir(), "outbox")
+	c := testClient(t, 30*time.Second)
+	const path = dingtalktest.PathAsyncSend
+
+	p := startDeferProxy(t, bin, fake, dir, "pacing:\n  per_api_qps: 0.01\n")
+	const n = 8
+	ids := keepNotices(t, p, c, n)
+	p.kill(t)
+	if d, twice := fake.DeliveryCounts(path); d != 1 || twice != 0 || fake.Hits(path) != 1 {
+		t.Fatalf("before the second start DingTalk had %d notices, executed %d (%d twice); want only the first", fake.Hits(path), d, twice)
+	}
+
+	// The next request to the path, the courier's first delivery (notice
+	// 1, the queue's head), hangs once DingTalk has read it. Timeouts
+	// longer than the test, so that only the kill ends it.
+	fake.Script(path, dingtalktest.Hang())
+	q := startDeferProxy(t, bin, fake, dir, "", "DINGPROXY_RETRY_TIMEOUT=2m", "DINGPROXY_RETRY_PER_TRY_TIMEOUT=2m")
+	onTheWire := func() bool {
+		rs := fake.Requests(path)
+		return len(rs) == 2 && bytes.Equal(rs[1].Body, workNotice(1))
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !onTheWire() {
+		if q.exited() {
+			t.Fatalf("dingproxy exited (%v) before its delivery reached DingTalk", q.err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("notice 1 never reached DingTalk; it had %d requests on %s", fake.Hits(path), path)
+		}
+		time.Sleep(pollInterval) // polling with a deadline
+	}
+	// It hangs there: still queued (being sent), and nothing behind it goes.
+	if s := q.outboxGet(t, c, ids[0]); s.State != "queued" {
+		t.Fatalf("notice 1, on the wire: %+v; want queued", s)
+	}
+	q.kill(t)
+	if d, _ := fake.DeliveryCounts(path); d != 1 || fake.Hits(path) != 2 {
+		t.Fatalf("at the kill DingTalk had %d requests and executed %d notices; want 2 and only the first", fake.Hits(path), d)
+	}
+
+	r := startDeferProxy(t, bin, fake, dir, "")
+	states := r.waitSettled(t, c, ids, 30*time.Second, func() string { return "" })
+	for i, id := range ids {
+		s := states[id]
+		switch {
+		case i == 0 && (s.State != "unknown" || s.Reason != outbox.ReasonStopped):
+			t.Errorf("notice 1, on the wire at the kill: %+v; want unknown for the stop", s)
+		case i > 0 && (s.State != "delivered" || s.Status != http.StatusOK):
+			t.Errorf("notice %d after the restart: %+v; want delivered", i+1, s)
+		}
+	}
+	checkDelivered(t, fake, upTo(n+1, 1)...)
+	// DingTalk saw notice 1 once, on the wire at the kill, and every
+	// other notice once: nothing was sent again.
+	if h := fake.Hits(path); h != n+1 {
+		t.Errorf("DingTalk had %d requests on %s; want %d, one per notice", h, path, n+1)
+	}
+	sent := 0
+	for _, rq := range fake.Requests(path) {
+		if bytes.Equal(rq.Body, workNotice(1)) {
+			sent++
+		}
+	}
+	if sent != 1 {
+		t.Errorf("notice 1 reached DingTalk %d times; want once", sent)
+	}
+}
+
+// A graceful stop keeps what is queued: notices kept while DingTalk's
+// oapi host refuses connections (each live call's attempts all
+// unexecuted, the courier retrying them with backoff), then SIGTERM. The
+// proxy exits 0 within shutdown_timeout, leaving them on disk; the next
+// start, with DingTalk back, delivers each once, in order.
+//
+// The oapi host is a fake of its own, stopped before the first start: the
+// proxy never had a connection to it, so every attempt is a refused dial
+// (a pooled connection broken under a send would make it ambiguous, and
+// not kept). The first start takes its token from another fake on the
+// api host.
+func TestBinaryTerminatedKeptSendsDeliveredOnce(t *testing.T) {
+	bin := buildBinary(t)
+	tokens := dingtalktest.NewServer(t, dingtalktest.Options{})
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "outbox")
+	c := testClient(t, 30*time.Second)
+	const path = dingtalktest.PathAsyncSend
+
+	p := startDeferProxy(t, bin, tokens, dir, "", "DINGPROXY_UPSTREAMS_OAPI="+fake.URL())
+	const n = 6
+	var ids []string
+	for i := range n {
+		code, id, body := p.post(t, c, path, workNotice(i))
+		if code != http.StatusOK || id == "" {
+			t.Fatalf("notice %d while DingTalk refuses connections: %d %s; want kept", i, code, body)
+		}
+		ids = append(ids, id)
+	}
+	// The courier has tried the head (refused, so it is still queued).
+	deadline := time.Now().Add(15 * time.Second)
+	for p.outboxGet(t, c, ids[0]).Attempts == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the courier never tried the first kept notice")
+		}
+		time.Sleep(pollInterval) // polling with a deadline
+	}
+	// Kept, and still queued at the stop.
+	for i, id := range ids {
+		if s := p.outboxGet(t, c, id); s.State != "queued" {
+			t.Fatalf("notice %d before SIGTERM: %+v; want queued", i, s)
+		}
+	}
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	code := p.waitExit(t)
+	took := time.Since(start)
+	t.Logf("exited %d after SIGTERM in %s", code, took.Round(time.Millisecond))
+	if code != exitOK {
+		t.Fatalf("exit status after SIGTERM = %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	const shutdownTimeout = 10 * time.Second // deferConfig's
+	if took > shutdownTimeout {
+		t.Errorf("dingproxy took %s to exit after SIGTERM; shutdown_timeout is %s", took, shutdownTimeout)
+	}
+	if out := p.stderr.String(); !strings.Contains(out, `"msg":"shutting down"`) || strings.Contains(out, `"msg":"dingproxy stopped"`) {
+		t.Errorf("not a clean shutdown:\n%s", out)
+	}
+	if h := fake.Hits(path) + tokens.Hits(path); h != 0 {
+		t.Fatalf("DingTalk had %d requests on %s while it refused connections", h, path)
+	}
+
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	q := startDeferProxy(t, bin, fake, dir, "")
+	states := q.waitSettled(t, c, ids, 30*time.Second, func() string { return "" })
+	for i, id := range ids {
+		if s := states[id]; s.State != "delivered" || s.Status != http.StatusOK {
+			t.Errorf("notice %d after the restart: %+v; want delivered", i, s)
+		}
+	}
+	checkDelivered(t, fake, upTo(n)...)
+	if h := fake.Hits(path); h != n {
+		t.Errorf("DingTalk had %d requests on %s; want %d, one per notice", h, path, n)
 	}
 }
