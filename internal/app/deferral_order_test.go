@@ -210,3 +210,34 @@ func TestMergeOnlyPastTheRobotsMinute(t *testing.T) {
 		t.Errorf("the robot got %q; want the three alerts one by one, as sent", got)
 	}
 }
+
+// While DingTalk refuses connections, a send on a route with defer is kept
+// after its first attempt went unexecuted, not retried while its client
+// waits: the courier delivers it later. A call on a route without defer
+// is retried as ever.
+func TestDeferredAfterOneUnexecutedAttempt(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalktest.PathAsyncSend, time.Hour, false),
+		func(c *config.Config) { c.Retry.MaxAttempts = 3 })
+	// The proxy's token first, while DingTalk listens.
+	waitFor(t, "the proxy's first token", func() bool { tok, _ := s.app.Tokens().Peek(); return tok != "" })
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(1))
+	id := deferredID(t, resp, body)
+	if id == "" {
+		t.Fatalf("not kept: %d %s", resp.StatusCode, body)
+	}
+	if got := resp.Header.Get("X-Dingproxy-Attempts"); got != "1" {
+		t.Errorf("kept after %s attempts; want after the first", got)
+	}
+	resp, body = s.do(http.MethodPost, "/topapi/message/corpconversation/getsendprogress", []byte(`{"agent_id":1,"task_id":1}`))
+	if got := resp.Header.Get("X-Dingproxy-Attempts"); got == "1" || got == "" {
+		t.Errorf("a call without defer tried %q times while DingTalk refused: %d %s; want it retried", got, resp.StatusCode, body)
+	}
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, s.app.AdminHandler(), []string{id}, 30*time.Second)
+}

@@ -168,6 +168,10 @@ func (l *Loop) run(req *http.Request, f *call.Facts, next call.Handler) (*http.R
 			// Once, and only for a token of the proxy's own: a client's own
 			// token DingTalk rejected is the client's answer.
 			retry = retry && f.Inject != 0 && !tokenRetried
+		} else if retry && f.Deferrable() && !rep.MayHaveExecuted && (one.Outcome == call.NotSent || one.Result.RefusedForNow()) {
+			// A send its route's outbox can keep: kept now and delivered
+			// later, rather than retried while its client waits.
+			retry = false
 		}
 		var wait time.Duration
 		if retry {
