@@ -23,7 +23,7 @@ import (
 // minutes of real time: about two and a half.
 func TestBinaryKilledAlertBurst(t *testing.T) {
 	bin := buildBinary(t)
-	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotPerMinute: dingtalk.RobotPerMinute})
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotPerMinute: dingtalktest.RobotLimit})
 	dir := filepath.Join(t.TempDir(), "outbox")
 	c := testClient(t, 30*time.Second)
 	robot := func() dingtalktest.RobotStats { return fake.Robot(dingtalktest.DefaultRobotToken) }
@@ -50,8 +50,8 @@ func TestBinaryKilledAlertBurst(t *testing.T) {
 		}
 	}
 	t.Logf("%d alerts delivered at once, %d deferred", live, len(ids))
-	if live > dingtalk.RobotPerMinute || len(ids) == 0 {
-		t.Fatalf("%d alerts went at once; want at most the robot's minute (%d), the rest kept", live, dingtalk.RobotPerMinute)
+	if live > dingtalktest.RobotLimit || len(ids) == 0 {
+		t.Fatalf("%d alerts went at once; want at most the robot's minute (%d), the rest kept", live, dingtalktest.RobotLimit)
 	}
 	// The scenario: the proxy dies 3 s after the burst was answered.
 	time.Sleep(3 * time.Second)

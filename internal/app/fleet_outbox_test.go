@@ -95,7 +95,7 @@ func alertNumber(body []byte) int {
 // block), and any proxy answers for any send.
 func TestFleetOutboxSharedByFour(t *testing.T) {
 	srv := redistest.Start(t)
-	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotPerMinute: dingtalk.RobotPerMinute})
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{RobotPerMinute: dingtalktest.RobotLimit})
 	// One attempt per live send: each takes a turn of its robot's minute,
 	// connection refused or not.
 	fl := outboxFleet(t, 4, fake, srv.URL(), dingtalk.PathRobotSend, func(c *config.Config) { c.Retry.MaxAttempts = 1 })

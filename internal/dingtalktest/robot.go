@@ -24,6 +24,17 @@ import (
 // Set [Options.RobotMaxBody] to it to enforce it.
 const RobotBodyLimit = 20000
 
+// RobotLimit is DingTalk's limit on a custom robot's messages in any
+// minute, and RobotBlockTime how long a robot past it is blocked (each
+// message refused with 130101): DingTalk's documents on custom robots
+// ("每个机器人每分钟最多发送20条消息 ... 限流10分钟"). The fake's own
+// numbers, never the proxy's, so that a wrong limit in the proxy fails
+// the tests that send past it.
+const (
+	RobotLimit     = 20
+	RobotBlockTime = 10 * time.Minute
+)
+
 // RobotSignWindow is how far a signed robot send's timestamp may be from
 // DingTalk's clock, either way, before it is answered 310000 "invalid
 // timestamp".
@@ -285,7 +296,7 @@ func (s *Server) robotLimitedLocked(tok string, now time.Time) (limited, blocks 
 	}
 	rm.sends = rm.sends[i:]
 	if len(rm.sends) >= s.opts.RobotPerMinute {
-		rm.blocked = now.Add(dingtalk.RobotBlock * time.Second)
+		rm.blocked = now.Add(RobotBlockTime)
 		rm.sends = nil
 		return true, true
 	}

@@ -185,7 +185,7 @@ func TestRobotMaxBody(t *testing.T) {
 // then 130101 and a 10-minute block that sends into it do not extend.
 func TestRobotMinute(t *testing.T) {
 	clk := newClock(t0)
-	s := NewServer(t, Options{RobotToken: "rt", RobotPerMinute: dingtalk.RobotPerMinute, Now: clk.Now})
+	s := NewServer(t, Options{RobotToken: "rt", RobotPerMinute: RobotLimit, Now: clk.Now})
 	c := newClient(t)
 	const ok, tooFast = "OK errcode=0", "OK errcode=130101"
 	send := func(tok, want string) {
@@ -207,7 +207,7 @@ func TestRobotMinute(t *testing.T) {
 	}
 	clk.Advance(20*time.Second - time.Millisecond) // +59.999 s: the first is still in the minute
 	send("rt", tooFast)
-	blockEnd := clk.Now().Add(dingtalk.RobotBlock * time.Second)
+	blockEnd := clk.Now().Add(RobotBlockTime)
 	if got := s.RobotBlockedUntil("rt"); !got.Equal(blockEnd) {
 		t.Errorf("RobotBlockedUntil = %v, want %v", got, blockEnd)
 	}
@@ -216,7 +216,7 @@ func TestRobotMinute(t *testing.T) {
 	// Into the block: refused, and the block does not grow.
 	clk.Advance(time.Minute)
 	send("rt", tooFast)
-	clk.Advance(dingtalk.RobotBlock*time.Second - time.Minute - time.Millisecond)
+	clk.Advance(RobotBlockTime - time.Minute - time.Millisecond)
 	send("rt", tooFast)
 	clk.Advance(time.Millisecond)
 	if got := s.RobotBlockedUntil("rt"); !got.IsZero() {
@@ -261,12 +261,12 @@ func TestRobotMinute_Sliding(t *testing.T) {
 		clk.Advance(advance)
 		got = append(got, errKey(robotCall(t, c, s, "rt", "", textMsg("m"))))
 	}
-	step(0)                                 // 0 s
-	step(30 * time.Second)                  // 30 s
-	step(20 * time.Second)                  // 50 s
-	step(10 * time.Second)                  // 60 s: the first left the window
-	step(29 * time.Second)                  // 89 s: 30, 50, 60 in the window: refused, blocked
-	step(dingtalk.RobotBlock * time.Second) // at the end of the block
+	step(0)                // 0 s
+	step(30 * time.Second) // 30 s
+	step(20 * time.Second) // 50 s
+	step(10 * time.Second) // 60 s: the first left the window
+	step(29 * time.Second) // 89 s: 30, 50, 60 in the window: refused, blocked
+	step(RobotBlockTime)   // at the end of the block
 	want := []string{"OK errcode=0", "OK errcode=0", "OK errcode=0", "OK errcode=0", "OK errcode=130101", "OK errcode=0"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("answers = %v, want %v", got, want)

@@ -22,8 +22,9 @@ type Options struct {
 	// that many sends in any minute (a sliding 60 s of the sends it let
 	// through), a robot is answered 130101 and blocked for 10 minutes, and
 	// sends into the block are answered 130101 without extending it
-	// (DingTalk's 20 and 10 minutes: dingtalk.RobotPerMinute and
-	// dingtalk.RobotBlock). Sends refused for the token or the robot's
+	// (DingTalk's 20 and 10 minutes: RobotLimit and RobotBlockTime, the
+	// fake's own reading of DingTalk's documents, never the proxy's).
+	// Sends refused for the token or the robot's
 	// rules do not count.
 	RobotPerMinute int
 	// RobotSecret, when set, is every robot's signing secret (DingTalk's

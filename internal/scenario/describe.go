@@ -45,7 +45,7 @@ func (s Scenario) Describe(scale float64) string {
 	}
 	if f.RobotPerMinute > 0 {
 		parts = append(parts, fmt.Sprintf("DingTalk allows %d a minute per robot, then blocks it %d minutes",
-			f.RobotPerMinute, dingtalk.RobotBlock/60))
+			f.RobotPerMinute, int(dingtalktest.RobotBlockTime.Minutes())))
 	}
 	if f.MonthlyQuota > 0 {
 		parts = append(parts, fmt.Sprintf("the organisation's monthly quota is %d (then 90020)", f.MonthlyQuota))

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/dingproxy/dingproxy/internal/bench"
-	"github.com/dingproxy/dingproxy/internal/dingtalk"
 	"github.com/dingproxy/dingproxy/internal/dingtalktest"
 )
 
@@ -171,7 +170,7 @@ func table() []Scenario {
 		withTargets(Scenario{
 			Name: Robot, Group: GroupPacing, Clients: Three,
 			Work: Workload{APIs: []Req{Alert("")}}, Calls: 40, Duration: 30 * time.Second,
-			Faults: Faults{RobotPerMinute: dingtalk.RobotPerMinute},
+			Faults: Faults{RobotPerMinute: dingtalktest.RobotLimit},
 		}, func(s Scenario) []Target {
 			deliver := s.Deliver(s.Calls)
 			return []Target{
@@ -187,7 +186,7 @@ func table() []Scenario {
 		withTargets(Scenario{
 			Name: Robots, Group: GroupPacing, Clients: Three,
 			Work: Workload{APIs: Alerts(5)}, Rate: 1000, Calls: 50,
-			Faults: Faults{RobotPerMinute: dingtalk.RobotPerMinute},
+			Faults: Faults{RobotPerMinute: dingtalktest.RobotLimit},
 		}, func(s Scenario) []Target {
 			n := len(s.Work.APIs)
 			return []Target{
@@ -288,13 +287,13 @@ func table() []Scenario {
 		withTargets(Scenario{
 			Name: AlertBurst, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
 			Work: Workload{APIs: []Req{Alert("")}}, Calls: 60, Duration: 6 * time.Second,
-			Faults:        Faults{RobotPerMinute: dingtalk.RobotPerMinute},
+			Faults:        Faults{RobotPerMinute: dingtalktest.RobotLimit},
 			DeliverWithin: 3 * time.Minute,
 		}, burstTargets),
 		withTargets(Scenario{
 			Name: AlertBurstMerge, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
 			Work: Workload{APIs: []Req{Alert("")}}, Calls: 60, Duration: 6 * time.Second,
-			Faults:        Faults{RobotPerMinute: dingtalk.RobotPerMinute},
+			Faults:        Faults{RobotPerMinute: dingtalktest.RobotLimit},
 			Tune:          Tuning{Merge: true},
 			DeliverWithin: 70 * time.Second,
 		}, burstTargets),
@@ -310,7 +309,7 @@ func table() []Scenario {
 		withTargets(Scenario{
 			Name: Killed, Group: GroupDeferred, Clients: Deferring, Judge: ProxyDeferred,
 			Work: Workload{APIs: []Req{Alert("")}}, Calls: 60, Duration: 6 * time.Second,
-			Faults:        Faults{RobotPerMinute: dingtalk.RobotPerMinute, Kill: &Kill{After: 3 * time.Second, Restart: true}},
+			Faults:        Faults{RobotPerMinute: dingtalktest.RobotLimit, Kill: &Kill{After: 3 * time.Second, Restart: true}},
 			DeliverWithin: 3 * time.Minute,
 		}, killTargets),
 		// Refused connections before a fleet whose courier dies: the
