@@ -241,3 +241,45 @@ func TestDeferredAfterOneUnexecutedAttempt(t *testing.T) {
 	}
 	waitDelivered(t, s.app.AdminHandler(), []string{id}, 30*time.Second)
 }
+
+// A kept robot send goes to DingTalk with its query byte for byte as the
+// client sent it (escapes, order and all), and a kept send on the api host
+// is answered in that host's shape, saying no attempt reached DingTalk
+// when none did.
+func TestKeptSendsGoAsSentAndAnswerInTheirHostsShape(t *testing.T) {
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Hour, false),
+		deferOn(t, dingtalktest.PathRobotBatchSend, time.Hour, false),
+		func(c *config.Config) { c.Retry.MaxAttempts = 1 })
+	waitFor(t, "the proxy's first token", func() bool { tok, _ := s.app.Tokens().Peek(); return tok != "" })
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	ts := time.Now().UnixMilli()
+	query := fmt.Sprintf("access_token=%s&timestamp=%d&sign=a%%2Bb%%2F%%3D&note=%%7e+x&empty=", dingtalktest.DefaultRobotToken, ts)
+	resp, body := s.do(http.MethodPost, dingtalk.PathRobotSend+"?"+query, []byte(`{"msgtype":"text","text":{"content":"alert: as sent"}}`))
+	robotID := deferredID(t, resp, body)
+	if robotID == "" {
+		t.Fatalf("the robot send was not kept: %d %s", resp.StatusCode, body)
+	}
+	resp, body = s.do(http.MethodPost, dingtalktest.PathRobotBatchSend, []byte(`{"robotCode":"r","userIds":["u1"],"msgKey":"sampleText","msgParam":"{\"content\":\"hi\"}"}`))
+	apiID := resp.Header.Get("X-Dingproxy-Deferred")
+	if resp.StatusCode != http.StatusOK || apiID == "" || strings.TrimSpace(string(body)) != `{"dingproxy_deferred":"`+apiID+`"}` {
+		t.Fatalf("a kept send on the api host was answered %d %v %s; want 200 and {\"dingproxy_deferred\":id}", resp.StatusCode, resp.Header, body)
+	}
+	if got := resp.Header.Get("X-Dingproxy-Attempts"); got != "1" {
+		t.Errorf("X-Dingproxy-Attempts %q on the api host's kept send; want 1 (one refused connection)", got)
+	}
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, s.app.AdminHandler(), []string{robotID, apiID}, 30*time.Second)
+	got := fake.Requests(dingtalk.PathRobotSend)
+	if len(got) != 1 || got[0].RawQuery != query {
+		var qs []string
+		for _, r := range got {
+			qs = append(qs, r.RawQuery)
+		}
+		t.Errorf("DingTalk got the robot send's query as %q; want %q, once", qs, query)
+	}
+}
