@@ -42,6 +42,7 @@ func TestFaultSoakDeferred(t *testing.T) {
 	}
 	var mu sync.Mutex
 	kept := map[string]keptSend{}
+	var keptInBan []string
 	var badAnswers []string
 	df := &soakDefer{
 		opts: []stackOpt{
@@ -50,12 +51,16 @@ func TestFaultSoakDeferred(t *testing.T) {
 		},
 		sent: func(path string, body []byte, resp *http.Response, answer []byte, ban bool) {
 			id := resp.Header.Get("X-Dingproxy-Deferred")
-			if id == "" || ban {
-				return // not kept; or kept during the ban, which outlasts the test
+			if id == "" {
+				return // not kept
 			}
 			m := soakMarker.FindSubmatch(body)
 			mu.Lock()
 			defer mu.Unlock()
+			if ban {
+				keptInBan = append(keptInBan, id) // the ban outlasts the test: still queued at its end
+				return
+			}
 			if resp.StatusCode != http.StatusOK || !strings.Contains(string(answer), `"dingproxy_deferred":"`+id+`"`) || m == nil {
 				if len(badAnswers) < 5 {
 					badAnswers = append(badAnswers, fmt.Sprintf("%d %s", resp.StatusCode, answer))
@@ -149,6 +154,26 @@ func TestFaultSoakDeferred(t *testing.T) {
 		}
 		robots := s.fake.Robot(dingtalktest.DefaultRobotToken)
 		t.Logf("the robot: %d executed, %d throttled, %d blocks", robots.Executed, robots.Throttled, robots.Blocks)
+	}
+	df.banned = func(s *stack) {
+		// Kept during the ban, which outlasts the test: each is still
+		// queued, neither lost nor sent into the ban.
+		mu.Lock()
+		defer mu.Unlock()
+		ob := s.app.Outbox()
+		queued := 0
+		for _, id := range keptInBan {
+			sd, err := ob.Get(id)
+			switch {
+			case err != nil:
+				t.Errorf("send %s kept during the IP ban is lost: %v", id, err)
+			case sd.State != outbox.Queued:
+				t.Errorf("send %s kept during the IP ban is %s, want queued until the ban ends", id, sd.State)
+			default:
+				queued++
+			}
+		}
+		t.Logf("during the ban %d sends were kept; %d of them still queued at the end", len(keptInBan), queued)
 	}
 	faultSoak(t, d, df)
 }

@@ -63,8 +63,8 @@ type soakDefer struct {
 	// large to buffer), and of its answer.
 	sent func(path string, body []byte, resp *http.Response, answer []byte, ban bool)
 	// settled runs once the faults are over and the proxy works again,
-	// before the IP ban.
-	settled func(s *stack)
+	// before the IP ban; banned after it.
+	settled, banned func(s *stack)
 }
 
 // faultSoak is the fault soak for d; with df, defer is on for the send
@@ -328,6 +328,9 @@ func faultSoak(t *testing.T, d time.Duration, df *soakDefer) {
 		t.Logf("%d attempts from before the ban reached the fake late", n)
 	}
 	t.Logf("during the ban: %d calls answered 503, %d token fetches", 20*workers, s.fake.TokenFetches()-fetches)
+	if df != nil && df.banned != nil {
+		df.banned(s)
+	}
 
 	s.fake.ResetCounters() // the fake's own history of requests is not the proxy's heap
 	g, h := settle(t, s, tr)
