@@ -311,7 +311,12 @@ func (x *Outbox) holding() bool {
 
 // lease renews or takes the lease. On taking it, the holder claims every
 // pending entry of the group and reads the stream from its start.
-func (x *Outbox) lease() {
+func (x *Outbox) lease() { x.leaseUnder(true) }
+
+// leaseUnder is lease; again: a canary found changed is checked once more
+// at once (replaced, if it was not the fleet's), so that a holder keeps its
+// lease when the canary still opens under its key.
+func (x *Outbox) leaseUnder(again bool) {
 	if !x.f.Up() {
 		x.lose()
 		return
@@ -344,6 +349,10 @@ func (x *Outbox) lease() {
 	switch res[0] {
 	case -9:
 		x.canaryChanged(cv)
+		if again {
+			x.leaseUnder(false)
+			return
+		}
 		x.lose()
 	case 0:
 		x.lose()

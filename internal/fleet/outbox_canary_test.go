@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -202,5 +203,161 @@ func TestFleetOutboxOtherSecretRefused(t *testing.T) {
 	}
 	if got := headIDs(t, c, "q1", "q2"); strings.Join(got, ",") != strings.Join(ids, ",") {
 		t.Fatalf("c sees %v, want a's %v", got, ids)
+	}
+}
+
+// putSome keeps n sends through x, under the lease it takes, and returns
+// their ids, sorted.
+func putSome(t *testing.T, x *Outbox, n int) []string {
+	t.Helper()
+	var ids []string
+	for range n {
+		id, err := x.Put(context.Background(), kept("q1", 10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := x.local.Get(id); err == nil {
+			t.Fatalf("send %s kept locally, not in Redis", id)
+		}
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// An outbox kept by a version without the canary: a proxy under another
+// app secret that comes first refuses it and writes nothing; one under
+// the fleet's writes the canary and delivers the sends.
+func TestFleetOutboxCanaryUpgrade(t *testing.T) {
+	srv := redistest.Start(t)
+	a, _ := secretOutbox(t, srv.URL(), testSecret, nil)
+	ids := putSome(t, a, 3)
+	a.Close()
+	if _, err := srv.Do("DEL", a.kCanary); err != nil { // as a version without it left the outbox
+		t.Fatal(err)
+	}
+	before := outboxKeys(t, srv)
+
+	b, logs := secretOutbox(t, srv.URL(), otherSecret, nil)
+	b.lease()
+	if b.Holding() || !b.Refused() {
+		t.Fatalf("another secret on an outbox without a canary: holding %v, refused %v", b.Holding(), b.Refused())
+	}
+	if n, _ := srv.Do("EXISTS", a.kCanary); n != "0" {
+		t.Fatal("a proxy under another secret wrote the canary")
+	}
+	sameKeys(t, "another secret first", before, outboxKeys(t, srv))
+	refusedLine(t, logs)
+
+	c, _ := secretOutbox(t, srv.URL(), testSecret, nil)
+	c.lease()
+	if !c.Holding() {
+		t.Fatal("the fleet's secret did not take the lease of an outbox without a canary")
+	}
+	v, err := srv.Do("GET", a.kCanary)
+	if err != nil || !c.seal.CanaryOpens([]byte(v)) {
+		t.Fatalf("the canary written: %q %v", v, err)
+	}
+	if got := headIDs(t, c, "q1"); strings.Join(got, ",") != strings.Join(ids, ",") {
+		t.Fatalf("c sees %v, want %v", got, ids)
+	}
+	// b stays out: the canary is another key's now.
+	b.canaryChanged(b.canaryValue())
+	b.lease()
+	if b.Holding() || !b.Refused() {
+		t.Fatal("b took the outbox once the canary was written")
+	}
+}
+
+// A value at the canary's key that is not the fleet's canary neither cuts
+// the fleet off its own sends nor lets a proxy drop them: one that is no
+// canary at all (junk, another type) is replaced when the records open,
+// or there are none; a sealed-looking one that does not open, when every
+// record sampled opens. Under another secret, none of them is replaced.
+// A holder whose canary is replaced checks it again before it renews.
+func TestFleetOutboxJunkCanary(t *testing.T) {
+	random := string(make([]byte, 51)) // a canary's size, opening under no key
+	for name, plant := range map[string][]string{
+		"junk":       {"SET", "", "junk"},
+		"empty":      {"SET", "", ""},
+		"hash":       {"HSET", "", "a", "b"},
+		"sealedsize": {"SET", "", random},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			errs := &errCounts{}
+			a, _ := secretOutbox(t, srv.URL(), testSecret, errs)
+			a.lease()
+			ids := putSome(t, a, 2)
+			args := append([]string(nil), plant...)
+			args[1] = a.kCanary
+			if _, err := srv.Do("DEL", a.kCanary); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := srv.Do(args...); err != nil {
+				t.Fatal(err)
+			}
+			before := outboxKeys(t, srv)
+
+			// Another secret replaces nothing and drops nothing.
+			b, _ := secretOutbox(t, srv.URL(), otherSecret, nil)
+			b.lease()
+			if _, err := b.Put(context.Background(), kept("q1", 10)); err != nil {
+				t.Fatal(err)
+			}
+			if b.Holding() || !b.Refused() {
+				t.Fatalf("another secret: holding %v, refused %v", b.Holding(), b.Refused())
+			}
+			sameKeys(t, "another secret", before, outboxKeys(t, srv))
+
+			// The holder's renewal finds the canary changed, and checks it
+			// again: the records open, the canary is replaced, the lease
+			// renewed.
+			a.lease()
+			if !a.Holding() || a.Refused() {
+				t.Fatalf("the fleet's secret: holding %v, refused %v", a.Holding(), a.Refused())
+			}
+			if v, _ := srv.Do("GET", a.kCanary); !a.seal.CanaryOpens([]byte(v)) {
+				t.Fatalf("the canary is %q, not replaced", v)
+			}
+			if errs.get(OpOutbox) == 0 {
+				t.Error("the replaced canary is not counted")
+			}
+			a.resetIndex()
+			a.takeOver()
+			if got := headIDs(t, a, "q1"); strings.Join(got, ",") != strings.Join(ids, ",") {
+				t.Fatalf("a sees %v, want %v", got, ids)
+			}
+		})
+	}
+}
+
+// A sealed-looking canary that opens under no key, on an outbox without
+// a record, cannot be told from another secret's: refused. Once the key
+// is deleted, the proxy joins again on its own.
+func TestFleetOutboxForeignCanaryEmptyOutbox(t *testing.T) {
+	srv := redistest.Start(t)
+	a, logs := secretOutbox(t, srv.URL(), testSecret, nil)
+	if _, err := srv.Do("SET", a.kCanary, string(make([]byte, 51))); err != nil {
+		t.Fatal(err)
+	}
+	a.lease()
+	if a.Holding() || !a.Refused() {
+		t.Fatalf("holding %v, refused %v", a.Holding(), a.Refused())
+	}
+	refusedLine(t, logs)
+	if _, err := srv.Do("DEL", a.kCanary); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !a.Holding() {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy did not join once the key was deleted")
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+		a.lease()
+	}
+	if a.Refused() {
+		t.Error("still refused")
 	}
 }
