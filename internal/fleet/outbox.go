@@ -41,6 +41,8 @@ import (
 //	delivered, dead
 //	          zsets: finished sends by when they finished, for pruning
 //	lease     the courier's lease: the holder's value, with an expiry
+//	canary    a value sealed under the records' key: a proxy whose key does
+//	          not open it leaves the outbox alone (outbox_canary.go)
 //
 // Any proxy keeps a send (Put: one script writes the record and the stream
 // entry, within outbox.max_bytes and the per-route and per-queue shares,
@@ -76,7 +78,8 @@ import (
 // deferred answer for a send that is kept, and it is delivered at most
 // once.
 //
-// Every value read back from Redis is checked: an entry, record, counter
+// Every value read back from Redis is checked, by a proxy whose key opens
+// the canary (only such a proxy drops anything): an entry, record, counter
 // or lease that is not the fleet's is dropped and counted
 // (dingproxy_fleet_errors_total{op="outbox"}). A counter that does not
 // read back is rebuilt from the queued charges, a charge that does not
