@@ -16,7 +16,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dingproxy/dingproxy/internal/config"
 	"github.com/dingproxy/dingproxy/internal/dingtalk"
@@ -549,4 +551,85 @@ func scrapeStatus(a interface{ AdminHandler() http.Handler }) (int, string) {
 	rec := httptest.NewRecorder()
 	a.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	return rec.Code, rec.Body.String()
+}
+
+// A proxy of the app under another app secret (a pod misconfigured, a
+// secret rotated in a rolling update) that finds the courier's lease free
+// must not take the fleet's sends for junk: it refuses the fleet's outbox
+// with one error line naming app.secret, keeps its own deferred sends
+// locally and delivers them itself; the fleet's sends stay in Redis, and a
+// proxy under the fleet's secret delivers each once.
+func TestFleetOutboxOtherSecret(t *testing.T) {
+	srv := redistest.Start(t)
+	key := func(s string) string { return "dingproxy:{" + dingtalktest.DefaultAppKey + "}:outbox:" + s }
+	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
+	a := outboxFleet(t, 1, fake, srv.URL(), dingtalk.PathRobotSend)[0]
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	for i := range n {
+		resp, body := a.do(http.MethodPost, robotAt(i), alert(i))
+		if deferredID(t, resp, body) == "" {
+			t.Fatalf("alert %d not deferred: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if got, _ := srv.Do("HLEN", key("rec")); got != strconv.Itoa(n) {
+		t.Fatalf("%s records in Redis, want %d", got, n)
+	}
+	a.proxy.Close()
+	a.app.Close() // a stops: its lease is given up
+
+	core, logs := observer.New(zap.ErrorLevel)
+	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Core(), core))
+	b := newStackOn(t, fake, log, nil, shared(srv.URL()), deferOn(t, dingtalk.PathRobotSend, 10*time.Minute, false), noBreaker,
+		func(c *config.Config) { c.App.Secret = config.Secret("not-the-fleets-secret") })
+	// Its lease is tried at its start, and every second: it refuses, or (as
+	// before the canary) takes the lease and drops the sends.
+	waitUpTo(t, 15*time.Second, "b to refuse the fleet's outbox, or drop its sends", func() bool {
+		left, _ := srv.Do("HLEN", key("rec"))
+		return logs.Len() > 0 || left != strconv.Itoa(n)
+	})
+	if got, _ := srv.Do("HLEN", key("rec")); got != strconv.Itoa(n) {
+		t.Fatalf("%s of the fleet's %d records left in Redis by a proxy under another secret", got, n)
+	}
+	resp, body := b.do(http.MethodPost, robotAt(n), alert(n))
+	own := deferredID(t, resp, body)
+	if own == "" {
+		t.Fatalf("b's alert not deferred: %d %s", resp.StatusCode, body)
+	}
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+	waitUpTo(t, 30*time.Second, "b to deliver its own send", func() bool {
+		st, _ := outboxState(t, b.app.AdminHandler(), own)
+		return st == string(outbox.Delivered)
+	})
+	if sharedOf(t, b).Holding() || !sharedOf(t, b).Refused() {
+		t.Fatal("b holds the fleet's lease, or does not say it refused the fleet's outbox")
+	}
+	for _, d := range fake.Deliveries(dingtalk.PathRobotSend) {
+		if i := alertNumber(d.Body); i != n {
+			t.Fatalf("alert %d of the fleet delivered by b", i)
+		}
+	}
+	if got, _ := srv.Do("HLEN", key("rec")); got != strconv.Itoa(n) {
+		t.Fatalf("%s of the fleet's %d records left", got, n)
+	}
+	if logs.Len() != 1 || !strings.Contains(logs.All()[0].Message, "app.secret") {
+		t.Fatalf("b's error lines: %v; want the one refusal naming app.secret", logs.All())
+	}
+	if !strings.Contains(scrape(t, b.app), `dingproxy_fleet_errors_total{op="outbox"}`) {
+		t.Error("the refusal is not counted")
+	}
+
+	// A proxy under the fleet's secret delivers a's sends, once each.
+	outboxFleet(t, 1, fake, srv.URL(), dingtalk.PathRobotSend)
+	waitUpTo(t, 60*time.Second, "the fleet's sends to be delivered", func() bool {
+		d, _ := fake.DeliveryCounts(dingtalk.PathRobotSend)
+		return d == n+1
+	})
+	if d, twice := fake.DeliveryCounts(dingtalk.PathRobotSend); d != n+1 || twice != 0 {
+		t.Errorf("delivered %d distinct, %d twice; want %d, 0", d, twice, n+1)
+	}
 }

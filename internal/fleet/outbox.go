@@ -41,6 +41,8 @@ import (
 //	delivered, dead
 //	          zsets: finished sends by when they finished, for pruning
 //	lease     the courier's lease: the holder's value, with an expiry
+//	canary    a value sealed under the records' key: a proxy whose key does
+//	          not open it leaves the outbox alone (outbox_canary.go)
 //
 // Any proxy keeps a send (Put: one script writes the record and the stream
 // entry, within outbox.max_bytes and the per-route and per-queue shares,
@@ -76,7 +78,8 @@ import (
 // deferred answer for a send that is kept, and it is delivered at most
 // once.
 //
-// Every value read back from Redis is checked: an entry, record, counter
+// Every value read back from Redis is checked, by a proxy whose key opens
+// the canary (only such a proxy drops anything): an entry, record, counter
 // or lease that is not the fleet's is dropped and counted
 // (dingproxy_fleet_errors_total{op="outbox"}). A counter that does not
 // read back is rebuilt from the queued charges, a charge that does not
@@ -137,7 +140,15 @@ type Outbox struct {
 	me    string // this proxy's consumer name
 	maxIx int    // the most entries indexed
 
-	kStream, kRec, kQueued, kBytes, kDeliv, kDead, kLease, kFirst string
+	kStream, kRec, kQueued, kBytes, kDeliv, kDead, kLease, kFirst, kCanary string
+
+	// canMu guards the canary (outbox_canary.go): canVal, the canary found
+	// opening under this proxy's key ("" while not); refused, whether the
+	// last check found the outbox sealed under another; canAt, that check.
+	canMu   sync.Mutex
+	canVal  string
+	refused bool
+	canAt   time.Time
 
 	wakeMu sync.Mutex
 	wake   func()
@@ -234,7 +245,7 @@ func (f *Fleet) NewOutbox(o OutboxOptions) (*Outbox, error) {
 		maxIx:   int(o.MaxBytes/minCharge) + 1024,
 		kStream: f.key("outbox", "stream"), kRec: f.key("outbox", "rec"), kQueued: f.key("outbox", "queued"),
 		kBytes: f.key("outbox", "bytes"), kDeliv: f.key("outbox", "delivered"), kDead: f.key("outbox", "dead"),
-		kLease: f.key("outbox", "lease"), kFirst: f.key("outbox", "first"),
+		kLease: f.key("outbox", "lease"), kFirst: f.key("outbox", "first"), kCanary: f.key("outbox", "canary"),
 		queues: map[string][]*oent{}, byID: map[string]*oent{}, inflight: map[string]*oent{}, endedSet: map[string]int{},
 		held: map[string]*heldSend{}, routesOK: map[string]bool{},
 		stop: make(chan struct{}),
@@ -303,9 +314,19 @@ func (x *Outbox) holding() bool {
 
 // lease renews or takes the lease. On taking it, the holder claims every
 // pending entry of the group and reads the stream from its start.
-func (x *Outbox) lease() {
+func (x *Outbox) lease() { x.leaseUnder(true) }
+
+// leaseUnder is lease; again: a canary found changed is checked once more
+// at once (replaced, if it was not the fleet's), so that a holder keeps its
+// lease when the canary still opens under its key.
+func (x *Outbox) leaseUnder(again bool) {
 	if !x.f.Up() {
 		x.lose()
+		return
+	}
+	cv := x.canaryValue()
+	if cv == "" {
+		x.lose() // the canary does not open (yet): the fleet's outbox is left alone
 		return
 	}
 	x.mu.Lock()
@@ -319,7 +340,7 @@ func (x *Outbox) lease() {
 	start := time.Now()
 	var res []int64
 	err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
-		res, err = leaseScript.Run(ctx, x.f.rdb, []string{x.kLease}, val, x.o.Lease.Milliseconds()).Int64Slice()
+		res, err = leaseScript.Run(ctx, x.f.rdb, []string{x.kLease, x.kCanary}, val, x.o.Lease.Milliseconds(), cv).Int64Slice()
 		return err
 	})
 	if err != nil || len(res) != 2 {
@@ -329,6 +350,13 @@ func (x *Outbox) lease() {
 		x.dropped("a lease that was not the fleet's was broken")
 	}
 	switch res[0] {
+	case -9:
+		x.canaryChanged(cv)
+		if again {
+			x.leaseUnder(false)
+			return
+		}
+		x.lose()
 	case 0:
 		x.lose()
 	case 1, 2:
@@ -603,10 +631,21 @@ func (x *Outbox) ingest(msgs []redis.XMessage) {
 
 // drop drops a stream entry (sid, or none) and a record that did not read
 // back (id and its value as read, or none).
+// Only under the canary this proxy opened: a proxy under another key
+// drops nothing.
 func (x *Outbox) drop(sid, id, v string) {
-	_ = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) error {
-		return dropScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kFirst}, outboxGroup, sid, id, v).Err()
+	cv := x.canaryValue()
+	if cv == "" {
+		return
+	}
+	var n int64
+	err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {
+		n, err = dropScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kFirst, x.kCanary}, outboxGroup, sid, id, v, cv).Int64()
+		return err
 	})
+	if err == nil && n == -9 {
+		x.canaryChanged(cv)
+	}
 }
 
 // forget takes e out of the index.
@@ -744,8 +783,15 @@ func (x *Outbox) read(es []*oent, sending bool) ([]*outbox.Send, error) {
 
 // Put keeps s in Redis or, while Redis does not answer, in the local
 // store. It returns only once one of them has it.
+//
+// A proxy whose key does not open the fleet's outbox (see the canary)
+// keeps every send locally, as while Redis is down.
 func (x *Outbox) Put(ctx context.Context, s *outbox.Send) (string, error) {
 	if !x.f.Up() {
+		return x.local.Put(ctx, s)
+	}
+	cv := x.canaryValue()
+	if cv == "" {
 		return x.local.Put(ctx, s)
 	}
 	if err := ctx.Err(); err != nil {
@@ -770,8 +816,8 @@ func (x *Outbox) Put(ctx context.Context, s *outbox.Send) (string, error) {
 	c := charge(s)
 	var res []int64
 	err = x.f.do(ctx, OpOutbox, func(ctx context.Context) (err error) {
-		res, err = putScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kBytes, x.kFirst},
-			id, rec, c, Digest(s.Route), Digest(s.Queue), x.o.MaxBytes, outboxGroup).Int64Slice()
+		res, err = putScript.Run(ctx, x.f.rdb, []string{x.kStream, x.kRec, x.kQueued, x.kBytes, x.kFirst, x.kCanary},
+			id, rec, c, Digest(s.Route), Digest(s.Queue), x.o.MaxBytes, outboxGroup, cv).Int64Slice()
 		return err
 	})
 	if err == nil && len(res) != 2 {
@@ -788,6 +834,9 @@ func (x *Outbox) Put(ctx context.Context, s *outbox.Send) (string, error) {
 			return id, nil
 		case -1:
 			return "", outbox.ErrFull
+		case -9: // the canary changed: checked again at the next keep
+			x.canaryChanged(cv)
+			return x.local.Put(ctx, s)
 		}
 		return "", fmt.Errorf("fleet: outbox: the new id %s is taken", id)
 	case errors.Is(err, ErrDown), notSent(err):
@@ -1329,7 +1378,7 @@ func (x *Outbox) Get(id string) (*outbox.Send, error) {
 // compare, so that a change meanwhile is not overwritten).
 func (x *Outbox) shared(id string) (string, *outbox.Send, string, error) {
 	cid, ok := outbox.CanonicalID(id)
-	if !ok || !x.f.Up() {
+	if !ok || !x.f.Up() || x.canaryValue() == "" {
 		return "", nil, "", outbox.ErrNotFound
 	}
 	cur, old, err := x.current(cid)
@@ -1450,7 +1499,7 @@ func (x *Outbox) invalidateStats() {
 // neither breaks the metrics nor invents routes; at most statsRoutes
 // routes are counted.
 func (x *Outbox) sharedStats() (outbox.Stats, bool) {
-	if !x.f.Up() {
+	if !x.f.Up() || x.canaryValue() == "" {
 		return outbox.Stats{}, false
 	}
 	x.statsMu.Lock()

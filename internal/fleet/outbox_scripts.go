@@ -83,12 +83,14 @@ local function admit(qk, k, c, rd, qd, max)
 end
 `
 
-// putScript keeps a send: KEYS stream, records, queued, counters, first;
-// ARGV id, record, charge, route digest, queue digest, max bytes, group.
-// The record, the stream's entry and the entry's id (the send's place in
-// its queue, kept while the record is) are written together or not at
-// all. Returns {1 kept | -1 full | -2 the id is taken, bad}.
+// putScript keeps a send: KEYS stream, records, queued, counters, first,
+// canary; ARGV id, record, charge, route digest, queue digest, max bytes,
+// group, canary. The record, the stream's entry and the entry's id (the
+// send's place in its queue, kept while the record is) are written
+// together or not at all, and only under the canary the proxy opened.
+// Returns {1 kept | -1 full | -2 the id is taken | -9 another canary, bad}.
 var putScript = redis.NewScript(outboxPrelude + `
+if redis.call('TYPE', KEYS[6]).ok ~= 'string' or redis.call('GET', KEYS[6]) ~= ARGV[8] then return {-9, 0} end
 local bad = fix(KEYS[1], 'stream') + fix(KEYS[2], 'hash') + fix(KEYS[3], 'hash') + fix(KEYS[4], 'hash') + fix(KEYS[5], 'hash')
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {-2, bad} end
 local c, max = tonumber(ARGV[3]), tonumber(ARGV[6])
@@ -119,11 +121,13 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 0
 `)
 
-// leaseScript takes or renews the courier's lease: KEYS lease; ARGV the
-// holder's value, ttl (ms). A lease of another type, without an expiry or
-// longer than any proxy sets is not the fleet's: broken. Returns {1
-// renewed | 2 taken | 0 held by another, bad}.
+// leaseScript takes or renews the courier's lease: KEYS lease, canary;
+// ARGV the holder's value, ttl (ms), the canary the proxy opened. A lease
+// of another type, without an expiry or longer than any proxy sets is not
+// the fleet's: broken. Returns {1 renewed | 2 taken | 0 held by another |
+// -9 another canary (nothing done), bad}.
 var leaseScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[2]).ok ~= 'string' or redis.call('GET', KEYS[2]) ~= ARGV[3] then return {-9, 0} end
 local bad = 0
 local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'none' and t ~= 'string' then
@@ -201,11 +205,14 @@ return 1
 `)
 
 // dropScript drops a stream entry that is not (or no longer) a queued
-// send's, and the record that did not read back, if still as read: KEYS
-// stream, records, queued, first; ARGV group, entry (” none), id (” none), old
-// record. Its charge is not given back (it may not be the fleet's): the
-// counters start again from zero once nothing is queued.
+// send's, and the record that did not read back, if still as read, and
+// only under the canary the proxy opened: KEYS stream, records, queued,
+// first, canary; ARGV group, entry (empty: none), id (empty: none), old record,
+// canary. Its charge is not given back (it may not be the fleet's): the
+// counters start again from zero once nothing is queued. Returns 0, or -9
+// (another canary: nothing dropped).
 var dropScript = redis.NewScript(outboxPrelude + `
+if redis.call('TYPE', KEYS[5]).ok ~= 'string' or redis.call('GET', KEYS[5]) ~= ARGV[5] then return -9 end
 if ARGV[2] ~= '' and fix(KEYS[1], 'stream') == 0 then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[1], ARGV[2])

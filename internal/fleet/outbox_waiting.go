@@ -10,15 +10,16 @@ import (
 
 // Waiting says whether queue holds a send not yet finished, here (kept
 // while Redis was down) or in the fleet's outbox: its queued bytes in
-// Redis are above zero. While Redis does not answer, only the local store
-// is asked: a live send then goes as it can, the fleet's order given up
+// Redis are above zero. While Redis does not answer, or the fleet's outbox
+// is sealed under another key than this proxy's, only the local store is
+// asked: a live send then goes as it can, the fleet's order given up
 // as while Redis is down.
 func (x *Outbox) Waiting(queue string) bool {
 	if x.local.Waiting(queue) {
 		return true
 	}
-	if !x.f.Up() {
-		return false
+	if !x.f.Up() || x.canaryValue() == "" {
+		return false // the fleet's outbox is not this proxy's (see the canary)
 	}
 	var n int64
 	err := x.f.do(context.Background(), OpOutbox, func(ctx context.Context) error {

@@ -72,3 +72,11 @@ func CanonicalID(id string) (string, bool) {
 	_, s, ok := canonicalID(id)
 	return s, ok
 }
+
+// Canary is a value sealed under this key that only this key opens: the
+// store keeps one in its file, and the fleet's outbox one in Redis, to tell
+// sends sealed under another app secret from damaged ones.
+func (x *Sealer) Canary() []byte { return x.s.canary() }
+
+// CanaryOpens says whether v is a canary sealed under this key.
+func (x *Sealer) CanaryOpens(v []byte) bool { return x.s.canaryOpens(v) }
