@@ -74,6 +74,18 @@ func keep(t *testing.T, s *stack, robot int, body []byte) string {
 	return deferredID(t, resp, b)
 }
 
+// stopListening starts an outage at fake and drops the keeper's idle
+// connections to it, so that its next send meets a refused dial: a pooled
+// connection the fake closed could otherwise take the send's body before
+// it breaks, and a send that may have been executed is never kept.
+func stopListening(t *testing.T, fake *dingtalktest.Server, keeper *stack) {
+	t.Helper()
+	if err := fake.StopListening(); err != nil {
+		t.Fatal(err)
+	}
+	keeper.app.CloseIdleConnections()
+}
+
 // robotBody is a robot message of about size bytes, numbered as alert(i).
 func robotBody(i, size int) []byte {
 	return fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"%s alert %d"}}`, strings.Repeat("x", size), i)
@@ -98,9 +110,7 @@ func oneAttempt(c *config.Config) { c.Retry.MaxAttempts = 1 }
 // adminWrites runs the endpoints' cases: sends are kept through keeper,
 // every admin call goes to admin. It returns the ids of the sends retried.
 func adminWrites(t *testing.T, fake *dingtalktest.Server, keeper *stack, admin http.Handler) []string {
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, keeper)
 	a, b, c := keep(t, keeper, 0, alert(0)), keep(t, keeper, 1, alert(1)), keep(t, keeper, 2, alert(2))
 	if a == "" || b == "" || c == "" {
 		t.Fatalf("sends during the outage not kept: %q %q %q", a, b, c)
@@ -169,9 +179,7 @@ func adminWrites(t *testing.T, fake *dingtalktest.Server, keeper *stack, admin h
 	wantCall(t, fake, admin, http.MethodPost, "/outbox/"+dead+"/retry", http.StatusConflict)
 
 	// 507: a dead send retried while its queue's share is full.
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, keeper)
 	const size = 60 << 10 // a quarter of the 1 MiB outbox holds four
 	x := keep(t, keeper, 5, robotBody(50, size))
 	if x == "" {
@@ -184,9 +192,7 @@ func adminWrites(t *testing.T, fake *dingtalktest.Server, keeper *stack, admin h
 	if st := finished(t, fake, admin, x, 30*time.Second); st != outbox.Dead {
 		t.Fatalf("send %s came to %s, want dead", x, st)
 	}
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, keeper)
 	var fillers []string
 	for i := 51; ; i++ {
 		id := keep(t, keeper, 5, robotBody(i, size))
@@ -258,9 +264,7 @@ func TestOutboxAdminWritesFleet(t *testing.T) {
 // retryInPlace: a dead send retried while sends kept after it in its
 // queue wait goes back before them, and is delivered first.
 func retryInPlace(t *testing.T, fake *dingtalktest.Server, keeper *stack, admin http.Handler) {
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, keeper)
 	d := keep(t, keeper, 7, alert(0))
 	if d == "" {
 		t.Fatal("a send during the outage not kept")
@@ -272,9 +276,7 @@ func retryInPlace(t *testing.T, fake *dingtalktest.Server, keeper *stack, admin 
 	if st := finished(t, fake, admin, d, 30*time.Second); st != outbox.Dead {
 		t.Fatalf("send %s came to %s, want dead", d, st)
 	}
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, keeper)
 	later := []string{keep(t, keeper, 7, alert(1)), keep(t, keeper, 7, alert(2))}
 	if later[0] == "" || later[1] == "" {
 		t.Fatalf("sends during the outage not kept: %q", later)

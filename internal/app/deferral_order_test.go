@@ -37,9 +37,7 @@ func TestLiveRobotSendKeptBehindItsWaitingOnes(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, false))
 	admin := s.app.AdminHandler()
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
 	first := `{"msgtype":"text","text":{"content":"alert 1: first"}}`
 	resp, body := s.do(http.MethodPost, robot, []byte(first))
@@ -92,9 +90,7 @@ func TestMergedMessageNeverRepeated(t *testing.T) {
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, true),
 		func(c *config.Config) { c.Pacing.RobotPerMinute, c.Retry.MaxAttempts = 5, 1 })
 	admin := s.app.AdminHandler()
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
 	var ids []string
 	for i := range 6 {
@@ -124,9 +120,7 @@ func TestClientTokenRefusedAtDeliveryIsDead(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalktest.PathAsyncSend, time.Hour, false))
 	admin := s.app.AdminHandler()
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend+"?access_token=the-clients-own-stale-token", notice(1))
 	id := deferredID(t, resp, body)
 	if id == "" {
@@ -155,9 +149,7 @@ func TestSignedSendNotSentInItsLastSeconds(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Hour, false))
 	admin := s.app.AdminHandler()
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	// Signed 59m57s ago: three seconds of its hour are left.
 	ts := time.Now().Add(-time.Hour + 3*time.Second).UnixMilli()
 	path := fmt.Sprintf("%s?access_token=%s&timestamp=%d&sign=abc", dingtalk.PathRobotSend, dingtalktest.DefaultRobotToken, ts)
@@ -183,9 +175,7 @@ func TestSignedSendNotSentInItsLastSeconds(t *testing.T) {
 func TestMergeOnlyPastTheRobotsMinute(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalk.PathRobotSend, time.Minute, true))
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
 	var ids []string
 	var sent []string
@@ -221,9 +211,7 @@ func TestDeferredAfterOneUnexecutedAttempt(t *testing.T) {
 		func(c *config.Config) { c.Retry.MaxAttempts = 3 })
 	// The proxy's token first, while DingTalk listens.
 	waitFor(t, "the proxy's first token", func() bool { tok, _ := s.app.Tokens().Peek(); return tok != "" })
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend, notice(1))
 	id := deferredID(t, resp, body)
 	if id == "" {
@@ -252,9 +240,7 @@ func TestKeptSendsGoAsSentAndAnswerInTheirHostsShape(t *testing.T) {
 		deferOn(t, dingtalktest.PathRobotBatchSend, time.Hour, false),
 		func(c *config.Config) { c.Retry.MaxAttempts = 1 })
 	waitFor(t, "the proxy's first token", func() bool { tok, _ := s.app.Tokens().Peek(); return tok != "" })
-	if err := fake.StopListening(); err != nil {
-		t.Fatal(err)
-	}
+	stopListening(t, fake, s)
 	ts := time.Now().UnixMilli()
 	query := fmt.Sprintf("access_token=%s&timestamp=%d&sign=a%%2Bb%%2F%%3D&note=%%7e+x&empty=", dingtalktest.DefaultRobotToken, ts)
 	resp, body := s.do(http.MethodPost, dingtalk.PathRobotSend+"?"+query, []byte(`{"msgtype":"text","text":{"content":"alert: as sent"}}`))
