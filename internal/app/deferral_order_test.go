@@ -30,6 +30,26 @@ func waitState(t *testing.T, admin http.Handler, id string, want outbox.State) m
 	}
 }
 
+// keptNow sends body to path through s and returns the kept send's id,
+// failing the test when the send was not kept.
+func keptNow(t *testing.T, s *stack, path string, body []byte) string {
+	t.Helper()
+	resp, b := s.do(http.MethodPost, path, body)
+	id := deferredID(t, resp, b)
+	if id == "" {
+		t.Fatalf("a send to %s was not kept: %d %s", path, resp.StatusCode, b)
+	}
+	return id
+}
+
+// resume ends fake's outage.
+func resume(t *testing.T, fake *dingtalktest.Server) {
+	t.Helper()
+	if err := fake.ResumeListening(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A live alert to a robot whose kept alerts still wait (the courier backs
 // off after an outage) is kept behind them, never sent before them: per
 // robot, the order the alerts came in is the order DingTalk gets them.
@@ -51,9 +71,7 @@ func TestLiveRobotSendKeptBehindItsWaitingOnes(t *testing.T) {
 		n, _ := doc["attempts"].(float64)
 		return n >= 1
 	})
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	resume(t, fake)
 	second := `{"msgtype":"text","text":{"content":"alert 2: second"}}`
 	resp, body = s.do(http.MethodPost, robot, []byte(second))
 	id2 := deferredID(t, resp, body)
@@ -102,9 +120,7 @@ func TestMergedMessageNeverRepeated(t *testing.T) {
 		ids = append(ids, id)
 	}
 	fake.Script(dingtalk.PathRobotSend, dingtalktest.ResetAfterExec())
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	resume(t, fake)
 	for _, id := range ids {
 		waitState(t, admin, id, outbox.Unknown)
 	}
@@ -121,14 +137,8 @@ func TestClientTokenRefusedAtDeliveryIsDead(t *testing.T) {
 	s := newStackOn(t, fake, quietLog(t), nil, deferOn(t, dingtalktest.PathAsyncSend, time.Hour, false))
 	admin := s.app.AdminHandler()
 	stopListening(t, fake, s)
-	resp, body := s.do(http.MethodPost, dingtalktest.PathAsyncSend+"?access_token=the-clients-own-stale-token", notice(1))
-	id := deferredID(t, resp, body)
-	if id == "" {
-		t.Fatalf("not kept during the outage: %d %s", resp.StatusCode, body)
-	}
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	id := keptNow(t, s, dingtalktest.PathAsyncSend+"?access_token=the-clients-own-stale-token", notice(1))
+	resume(t, fake)
 	doc := waitState(t, admin, id, outbox.Dead)
 	if reason := fmt.Sprint(doc["reason"]); !strings.Contains(reason, "40014") || !strings.Contains(reason, "client's own token") {
 		t.Errorf("dead for %q; want DingTalk's 40014 and the client's own token named", reason)
@@ -153,14 +163,8 @@ func TestSignedSendNotSentInItsLastSeconds(t *testing.T) {
 	// Signed 59m57s ago: three seconds of its hour are left.
 	ts := time.Now().Add(-time.Hour + 3*time.Second).UnixMilli()
 	path := fmt.Sprintf("%s?access_token=%s&timestamp=%d&sign=abc", dingtalk.PathRobotSend, dingtalktest.DefaultRobotToken, ts)
-	resp, body := s.do(http.MethodPost, path, []byte(`{"msgtype":"text","text":{"content":"alert: late"}}`))
-	id := deferredID(t, resp, body)
-	if id == "" {
-		t.Fatalf("not kept during the outage: %d %s", resp.StatusCode, body)
-	}
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	id := keptNow(t, s, path, []byte(`{"msgtype":"text","text":{"content":"alert: late"}}`))
+	resume(t, fake)
 	doc := waitState(t, admin, id, outbox.Dead)
 	if reason := fmt.Sprint(doc["reason"]); !strings.Contains(reason, "signature") {
 		t.Errorf("dead for %q; want its signature's hour named", reason)
@@ -188,9 +192,7 @@ func TestMergeOnlyPastTheRobotsMinute(t *testing.T) {
 		}
 		ids, sent = append(ids, id), append(sent, msg)
 	}
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	resume(t, fake)
 	waitDelivered(t, s.app.AdminHandler(), ids, 30*time.Second)
 	var got []string
 	for _, d := range fake.Deliveries(dingtalk.PathRobotSend) {
@@ -224,9 +226,7 @@ func TestDeferredAfterOneUnexecutedAttempt(t *testing.T) {
 	if got := resp.Header.Get("X-Dingproxy-Attempts"); got == "1" || got == "" {
 		t.Errorf("a call without defer tried %q times while DingTalk refused: %d %s; want it retried", got, resp.StatusCode, body)
 	}
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	resume(t, fake)
 	waitDelivered(t, s.app.AdminHandler(), []string{id}, 30*time.Second)
 }
 
@@ -256,9 +256,7 @@ func TestKeptSendsGoAsSentAndAnswerInTheirHostsShape(t *testing.T) {
 	if got := resp.Header.Get("X-Dingproxy-Attempts"); got != "1" {
 		t.Errorf("X-Dingproxy-Attempts %q on the api host's kept send; want 1 (one refused connection)", got)
 	}
-	if err := fake.ResumeListening(); err != nil {
-		t.Fatal(err)
-	}
+	resume(t, fake)
 	waitDelivered(t, s.app.AdminHandler(), []string{robotID, apiID}, 30*time.Second)
 	got := fake.Requests(dingtalk.PathRobotSend)
 	if len(got) != 1 || got[0].RawQuery != query {
