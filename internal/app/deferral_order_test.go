@@ -97,9 +97,10 @@ func TestLiveRobotSendKeptBehindItsWaitingOnes(t *testing.T) {
 	}
 }
 
-// A merged robot message is a new message, with none of its parts'
-// msgUuid: a connection broken after DingTalk executed it makes it
-// unknown, never sent again.
+// A merged robot message is a new message: a connection broken after
+// DingTalk executed it makes it unknown, never sent again. A message that
+// carries its own msgUuid (DingTalk's key for dropping a repeat) is never
+// merged: it goes alone, its key intact.
 func TestMergedMessageNeverRepeated(t *testing.T) {
 	fake := dingtalktest.NewServer(t, dingtalktest.Options{})
 	// Six kept past a minute of five: they merge. (One attempt a call: the
@@ -112,20 +113,27 @@ func TestMergedMessageNeverRepeated(t *testing.T) {
 	robot := dingtalk.PathRobotSend + "?access_token=" + dingtalktest.DefaultRobotToken
 	var ids []string
 	for i := range 6 {
-		resp, body := s.do(http.MethodPost, robot, fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert %d"},"msgUuid":"u-%d"}`, i, i))
-		id := deferredID(t, resp, body)
-		if id == "" {
-			t.Fatalf("alert %d not kept: %d %s", i, resp.StatusCode, body)
-		}
-		ids = append(ids, id)
+		ids = append(ids, keptNow(t, s, robot, fmt.Appendf(nil, `{"msgtype":"text","text":{"content":"alert %d"}}`, i)))
 	}
+	// Then one with a msgUuid, behind them.
+	keyed := `{"msgtype":"text","text":{"content":"alert 6"},"msgUuid":"u-6"}`
+	keyedID := keptNow(t, s, robot, []byte(keyed))
 	fake.Script(dingtalk.PathRobotSend, dingtalktest.ResetAfterExec())
 	resume(t, fake)
 	for _, id := range ids {
 		waitState(t, admin, id, outbox.Unknown)
 	}
-	if ex := fake.Robot(dingtalktest.DefaultRobotToken).Executed; ex != 1 {
-		t.Errorf("the merged message was executed %d times; want once", ex)
+	if ex := fake.Robot(dingtalktest.DefaultRobotToken).Executed; ex < 1 {
+		t.Fatal("the merged message was never executed")
+	}
+	waitDelivered(t, admin, []string{keyedID}, 30*time.Second)
+	ds := fake.Deliveries(dingtalk.PathRobotSend)
+	if len(ds) != 2 || ds[0].Executions != 1 || !strings.Contains(string(ds[0].Body), "6 messages") || string(ds[1].Body) != keyed || ds[1].Executions != 1 {
+		var got []string
+		for _, d := range ds {
+			got = append(got, fmt.Sprintf("%dx %.60s", d.Executions, d.Body))
+		}
+		t.Errorf("the robot got %q; want the six merged, executed once, then the keyed one alone, as sent", got)
 	}
 }
 

@@ -29,6 +29,10 @@ type robotMessage struct {
 		Text  string `json:"text"`
 	} `json:"markdown"`
 	At *robotAt `json:"at"`
+	// MsgUUID is the robot's idempotency key: DingTalk drops a repeat of
+	// a message carrying one it has seen. Merged, the key would be lost
+	// and a repeat shown twice, so such a message goes alone.
+	MsgUUID string `json:"msgUuid"`
 }
 
 type robotAt struct {
@@ -38,7 +42,7 @@ type robotAt struct {
 }
 
 // merge makes one markdown message of the longest run of text and markdown
-// messages at the head of queued (a robot's queue, oldest first) that fits
+// messages (without a msgUuid of their own) at the head of queued (a robot's queue, oldest first) that fits
 // DingTalk's body limit: each part under its own heading, the union of
 // their @ mentions. Nil when fewer than two would go together. The merged
 // message goes with the query of the part whose signature is good the
@@ -86,7 +90,7 @@ type part struct {
 // readPart reads a text or markdown robot message.
 func readPart(s *outbox.Send) (part, bool) {
 	var m robotMessage
-	if json.Unmarshal(s.Body, &m) != nil {
+	if json.Unmarshal(s.Body, &m) != nil || m.MsgUUID != "" {
 		return part{}, false
 	}
 	var p part

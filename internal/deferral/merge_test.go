@@ -127,3 +127,23 @@ func TestMergeNeedsTwo(t *testing.T) {
 		t.Fatal("an unreadable head was merged")
 	}
 }
+
+// A message with its own msgUuid is never merged: the run stops before it,
+// and it goes alone in its turn, its key intact.
+func TestMergeStopsAtAKeyedMessage(t *testing.T) {
+	now := time.Now()
+	due := now.Add(time.Hour)
+	q := []*outbox.Send{
+		robot(0, `{"msgtype":"text","text":{"content":"first"}}`, "access_token=t", due),
+		robot(1, `{"msgtype":"text","text":{"content":"second"}}`, "access_token=t", due),
+		robot(2, `{"msgtype":"text","text":{"content":"keyed"},"msgUuid":"u-2"}`, "access_token=t", due),
+		robot(3, `{"msgtype":"text","text":{"content":"after"}}`, "access_token=t", due),
+	}
+	m := merge(q, now)
+	if m == nil || len(m.sends) != 2 || m.sends[1].ID != "s1" {
+		t.Fatalf("merged %v; want the first two only", m)
+	}
+	if m := merge(q[2:], now); m != nil {
+		t.Fatalf("a keyed message at the head was merged: %d parts", len(m.sends))
+	}
+}
