@@ -729,28 +729,15 @@ func TestBinaryNoServe(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, tt.args...)
-			cmd.Env = append(cleanEnv(), tt.env...)
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			var ee *exec.ExitError
-			if err != nil && !errors.As(err, &ee) {
-				t.Fatal(err)
+			code, stdout, stderr := runToExit(t, bin, tt.env, tt.args...)
+			if code != tt.wantCode {
+				t.Errorf("exit status = %d, want %d; stderr:\n%s", code, tt.wantCode, stderr)
 			}
-			if ctx.Err() != nil {
-				t.Fatalf("dingproxy %q did not exit within %s", tt.args, exitTimeout)
+			if stdout != tt.wantStdout {
+				t.Errorf("stdout = %q, want %q", stdout, tt.wantStdout)
 			}
-			if code := cmd.ProcessState.ExitCode(); code != tt.wantCode {
-				t.Errorf("exit status = %d, want %d; stderr:\n%s", code, tt.wantCode, stderr.String())
-			}
-			if stdout.String() != tt.wantStdout {
-				t.Errorf("stdout = %q, want %q", stdout.String(), tt.wantStdout)
-			}
-			if tt.wantStderr != "" && stderr.String() != tt.wantStderr {
-				t.Errorf("stderr =\n%s\nwant\n%s", stderr.String(), tt.wantStderr)
+			if tt.wantStderr != "" && stderr != tt.wantStderr {
+				t.Errorf("stderr =\n%s\nwant\n%s", stderr, tt.wantStderr)
 			}
 		})
 	}
@@ -778,26 +765,7 @@ func TestBinaryOutboxDirNotWritable(t *testing.T) {
 		dingtalktest.DefaultAppKey, dingtalktest.DefaultAppSecret, filepath.Join(file, "outbox"), "")
 	path := writeFile(t, "dingproxy.yaml", cfg)
 
-	runBin := func(args ...string) (int, string, string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, bin, args...)
-		cmd.Env = cleanEnv()
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			t.Fatal(err)
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("dingproxy %q did not exit within %s; stderr:\n%s", args, exitTimeout, stderr.String())
-		}
-		return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
-	}
-
-	code, stdout, stderr := runBin("-config", path)
+	code, stdout, stderr := runToExit(t, bin, nil, "-config", path)
 	if code != exitBadConfig {
 		t.Errorf("exit status = %d, want %d; stderr:\n%s", code, exitBadConfig, stderr)
 	}
@@ -822,7 +790,7 @@ func TestBinaryOutboxDirNotWritable(t *testing.T) {
 		t.Errorf("DingTalk had %d requests from a proxy that could not start", h)
 	}
 
-	code, stdout, stderr = runBin("-check-config", "-config", path)
+	code, stdout, stderr = runToExit(t, bin, nil, "-check-config", "-config", path)
 	if code != exitOK || stdout != "configuration is valid\n" || stderr != "" {
 		t.Errorf("-check-config: exit status %d, stdout %q, stderr %q; want 0 and valid (the file is valid; the directory is checked at start)", code, stdout, stderr)
 	}
@@ -965,4 +933,26 @@ func TestBinaryFleetRedisAbsent(t *testing.T) {
 	if !strings.Contains(out, `"fleet":"shared"`) {
 		t.Errorf("the start line does not say the fleet mode:\n%s", out)
 	}
+}
+
+// runToExit runs the binary with args (and env beside a clean
+// environment) until it exits, within exitTimeout, and returns its exit
+// status, stdout and stderr.
+func runToExit(t *testing.T, bin string, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("dingproxy %q did not exit within %s; stderr:\n%s", args, exitTimeout, stderr.String())
+	}
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
 }
