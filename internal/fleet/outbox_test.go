@@ -295,14 +295,7 @@ func TestFleetOutboxOutcomeAfterIndexCleared(t *testing.T) {
 	srv := redistest.Start(t)
 	a := sharedOutbox(t, srv.URL(), 0, nil)
 	a.lease()
-	var ids []string
-	for range 2 {
-		id, err := a.Put(context.Background(), kept("q", 10))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
+	ids := putN(t, a, 2, 10)
 	a.pull()
 	hs, err := a.Queue("q", 10)
 	if err != nil || len(hs) != 2 {
@@ -351,14 +344,7 @@ func TestFleetOutboxRereadsOwnPending(t *testing.T) {
 	a := sharedOutbox(t, srv.URL(), 0, nil)
 	b := sharedOutbox(t, srv.URL(), 0, nil)
 	a.lease()
-	var ids []string
-	for range 3 {
-		id, err := b.Put(context.Background(), kept("q", 10))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
+	ids := putN(t, b, 3, 10)
 	must := func(args ...string) {
 		t.Helper()
 		if _, err := srv.Do(args...); err != nil {
@@ -395,14 +381,7 @@ func TestFleetOutboxQueueBoundedByBytes(t *testing.T) {
 	srv := redistest.Start(t)
 	a := sharedOutbox(t, srv.URL(), 0, nil)
 	a.lease()
-	var ids []string
-	for range 20 {
-		id, err := a.Put(context.Background(), kept("q", 20<<10))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
+	ids := putN(t, a, 20, 20<<10)
 	a.pull()
 	hs, err := a.Queue("q", 100)
 	if err != nil || len(hs) < 2 {
@@ -453,14 +432,7 @@ func TestFleetOutboxRetryInItsPlace(t *testing.T) {
 	if !a.Holding() {
 		t.Fatal("a did not take the lease")
 	}
-	var ids []string
-	for range 3 {
-		id, err := b.Put(context.Background(), kept("q", 10))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
+	ids := putN(t, b, 3, 10)
 	a.pull()
 	first, err := srv.Do("HGET", a.kFirst, ids[0])
 	if err != nil || first == "" {
@@ -517,4 +489,19 @@ func TestFleetOutboxRetryInItsPlace(t *testing.T) {
 	if n, _ := srv.Do("HEXISTS", a.kFirst, ids[1]); n != "0" {
 		t.Errorf("a deleted send's first is kept")
 	}
+}
+
+// putN keeps n sends of size bytes in queue "q" through x and returns
+// their ids, in order.
+func putN(t *testing.T, x *Outbox, n, size int) []string {
+	t.Helper()
+	var ids []string
+	for range n {
+		id, err := x.Put(context.Background(), kept("q", size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
 }
