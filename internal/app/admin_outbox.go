@@ -141,6 +141,8 @@ func (a *App) outboxError(w http.ResponseWriter, err error) {
 		status, msg = http.StatusNotFound, "no such send (never kept, deleted, or pruned after it finished)"
 	case errors.Is(err, outbox.ErrNotDead):
 		status, msg = http.StatusConflict, "only a dead or unknown send can be retried; this one is queued or delivered"
+	case errors.Is(err, outbox.ErrSending):
+		status, msg = http.StatusConflict, "the send is being sent and its outcome is not known yet: try again once it is delivered, dead or unknown"
 	case errors.Is(err, outbox.ErrFull):
 		status, msg = http.StatusInsufficientStorage, "the outbox (or the send's route or queue share) is full: retry after the queue drains"
 	default:

@@ -110,11 +110,19 @@ const (
 	minCharge     = 1 << 10
 )
 
+// LocalOutbox is this proxy's own store as the shared outbox uses it: an
+// outbox, which can also forget a copy it holds itself (marked as being
+// sent while its keep in Redis is settled), which Delete refuses.
+type LocalOutbox interface {
+	deferral.Outbox
+	Forget(id string) error
+}
+
 // OutboxOptions configure the shared outbox.
 type OutboxOptions struct {
 	// Local is this proxy's own store: where sends go while Redis is down,
 	// and where those kept there are delivered from.
-	Local deferral.Outbox
+	Local LocalOutbox
 	// MaxBytes is outbox.max_bytes: the bytes queued sends may hold in
 	// Redis, half of it per route and a quarter per queue.
 	MaxBytes int64
@@ -132,7 +140,7 @@ type OutboxOptions struct {
 // deferral.Outbox.
 type Outbox struct {
 	f     *Fleet
-	local deferral.Outbox
+	local LocalOutbox
 	seal  *outbox.Sealer
 	ids   outbox.IDs
 	o     OutboxOptions
@@ -959,7 +967,7 @@ func (x *Outbox) settleHeld(force bool) {
 		kept, err := x.settle(h.rid)
 		if err == nil {
 			if kept {
-				err = x.local.Delete(lid)
+				err = x.local.Forget(lid)
 			} else {
 				err = x.local.Update(&outbox.Send{ID: lid, State: outbox.Queued})
 			}
@@ -1442,6 +1450,9 @@ func (x *Outbox) Delete(id string) error {
 	cid, cur, old, err := x.shared(id)
 	if err != nil {
 		return err
+	}
+	if cur.Sending {
+		return outbox.ErrSending // the script's check of old fences a mark made since
 	}
 	var n int64
 	err = x.f.do(context.Background(), OpOutbox, func(ctx context.Context) (err error) {

@@ -505,3 +505,34 @@ func putN(t *testing.T, x *Outbox, n, size int) []string {
 	}
 	return ids
 }
+
+// A send the holder marked as being sent is not deleted through another
+// proxy until its outcome is recorded.
+func TestFleetOutboxDeleteWhileSending(t *testing.T) {
+	srv := redistest.Start(t)
+	a := sharedOutbox(t, srv.URL(), 0, nil)
+	b := sharedOutbox(t, srv.URL(), 0, nil)
+	a.lease()
+	if !a.Holding() {
+		t.Fatal("a did not take the lease")
+	}
+	ids := putN(t, b, 1, 10)
+	a.pull()
+	if err := a.Begin(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ids[0]); !errors.Is(err, outbox.ErrSending) {
+		t.Fatalf("Delete of a send being sent: %v, want ErrSending", err)
+	}
+	cur, err := b.Get(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.State, cur.Sending = outbox.Delivered, false
+	if err := a.Update(cur); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ids[0]); err != nil {
+		t.Fatalf("Delete once delivered: %v", err)
+	}
+}

@@ -77,6 +77,10 @@ var (
 	ErrNotQueued = errors.New("outbox: the send is no longer queued")
 	// ErrNotDead: Retry of a send that is not dead or unknown.
 	ErrNotDead = errors.New("outbox: only a dead or unknown send can be retried")
+	// ErrSending: Delete of a send its courier has marked as being sent:
+	// it may reach DingTalk whatever the store says, so it is forgotten
+	// only once its outcome is recorded.
+	ErrSending = errors.New("outbox: the send is being sent")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("outbox: closed")
 )

@@ -187,8 +187,17 @@ func (s *Store) Begin(id string) error {
 	})
 }
 
-// Delete forgets the send id, whatever its state.
-func (s *Store) Delete(id string) error {
+// Delete forgets the send id, whatever its state but one: a send its
+// courier marked as being sent (ErrSending) may reach DingTalk whatever the
+// store says, and is forgotten only once its outcome is recorded.
+func (s *Store) Delete(id string) error { return s.delete(id, false) }
+
+// Forget forgets the send id whatever its state, one being sent included:
+// for a copy its owner holds itself (the fleet's held sends), never an
+// operator's call.
+func (s *Store) Forget(id string) error { return s.delete(id, true) }
+
+func (s *Store) delete(id string, evenSending bool) error {
 	key, _, ok := canonicalID(id)
 	if !ok {
 		return ErrNotFound
@@ -201,6 +210,9 @@ func (s *Store) Delete(id string) error {
 			return ErrNotFound
 		}
 		h, herr := decodeHead(v)
+		if herr == nil && h.Sending && !evenSending {
+			return ErrSending
+		}
 		if err := b.Delete(key[:]); err != nil {
 			return err
 		}

@@ -521,3 +521,33 @@ func ids(ss []*Send) []string {
 	}
 	return out
 }
+
+// TestDeleteWhileSending: a send marked as being sent is not deleted (it
+// may reach DingTalk whatever the store says) until its outcome is
+// recorded; Forget, for a copy its owner holds, deletes it anyway.
+func TestDeleteWhileSending(t *testing.T) {
+	s, _ := newStore(t)
+	a, b := put(t, s, robotSend("q", 1)), put(t, s, robotSend("r", 2))
+	for _, id := range []string{a, b} {
+		if err := s.Begin(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Delete(a); !errors.Is(err, ErrSending) {
+		t.Fatalf("Delete of a send being sent: %v, want ErrSending", err)
+	}
+	d := get(t, s, a)
+	d.State, d.Sending = Delivered, false
+	if err := s.Update(d); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(a); err != nil {
+		t.Fatalf("Delete once delivered: %v", err)
+	}
+	if err := s.Forget(b); err != nil {
+		t.Fatalf("Forget of a send being sent: %v", err)
+	}
+	if st := s.Stats(); st.QueuedBytes != 0 || len(st.Routes) != 0 {
+		t.Fatalf("stats after both are gone: %+v", st)
+	}
+}
